@@ -1,0 +1,15 @@
+"""colbert_fast: fused late-interaction (ColBERT MaxSim) scoring.
+
+    import colbert_fast as cf
+    scores = cf.maxsim(Q, D, q_mask, d_mask)                 # [B, N] or [B, K]
+    docs = cf.PackedDocs.from_list([d0, d1, ...])
+    scores = cf.maxsim_packed(Q, docs, pids)                  # [B, K], pid -1 -> -inf
+    D, d_mask = cf.gather(docs, pids)
+"""
+
+from .backends import available as available_backends
+from .ops import gather, maxsim, maxsim_packed
+from .packed import PackedDocs
+
+__version__ = "0.1.0"
+__all__ = ["maxsim", "maxsim_packed", "gather", "PackedDocs", "available_backends", "__version__"]

@@ -1,0 +1,146 @@
+"""Input validation for the public ops: every bad input gets a clear error naming the argument
+and the shapes seen, before any backend runs. Backends receive normalized arguments:
+
+    Q            D's dtype, last dim stride 1 (other strides arbitrary)
+    D            last dim stride 1 (other strides arbitrary); never copied otherwise
+    q_mask       None or bool [B, Lq] on Q's device
+    d_mask       None or bool D.shape[:-1]
+    d_lengths    None or int64 D.shape[:-2], 0 <= length <= Ld
+    pids         int64 [B, K], -1 <= pid < num_docs
+"""
+
+from __future__ import annotations
+
+import torch
+
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _shape(t: torch.Tensor) -> tuple:
+    return tuple(t.shape)
+
+
+def check_tensor(name: str, t) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+
+
+def check_dtype(name: str, t: torch.Tensor) -> None:
+    if t.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"{name} has dtype {t.dtype}; supported: float32, float16, bfloat16")
+
+
+def last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """Copy only when the last dim is strided (kernels read rows as contiguous vectors)."""
+    return t if t.stride(-1) == 1 or t.shape[-1] <= 1 else t.contiguous()
+
+
+def _check_same_device(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    if t.device != ref.device:
+        raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}: move them to one device")
+
+
+def check_query(Q, dim: int | None = None, dim_name: str = "D") -> None:
+    check_tensor("Q", Q)
+    if Q.dim() != 3:
+        raise ValueError(f"Q must be [B, Lq, dim], got shape {_shape(Q)}")
+    check_dtype("Q", Q)
+    if Q.shape[1] < 1:
+        raise ValueError(f"Q must have Lq >= 1 query tokens, got shape {_shape(Q)}")
+    if dim is not None and Q.shape[2] != dim:
+        raise ValueError(f"dim mismatch: Q has shape {_shape(Q)} (dim {Q.shape[2]}) but {dim_name} has dim {dim}")
+
+
+def check_q_mask(q_mask, Q: torch.Tensor):
+    if q_mask is None:
+        return None
+    check_tensor("q_mask", q_mask)
+    if _shape(q_mask) != _shape(Q)[:2]:
+        raise ValueError(f"q_mask must be [B, Lq] = {_shape(Q)[:2]} for Q {_shape(Q)}, got shape {_shape(q_mask)}")
+    if q_mask.dtype != torch.bool:
+        raise TypeError(f"q_mask must be a bool tensor (True = real token), got dtype {q_mask.dtype}")
+    _check_same_device("q_mask", q_mask, "Q", Q)
+    return q_mask
+
+
+def _check_lengths(name: str, lengths: torch.Tensor, limit: int | None, limit_desc: str) -> torch.Tensor:
+    if lengths.dtype.is_floating_point or lengths.dtype == torch.bool or lengths.is_complex():
+        raise TypeError(f"{name} must be an integer tensor, got dtype {lengths.dtype}")
+    lengths = lengths.to(torch.int64)
+    if lengths.numel():
+        lo, hi = (int(v) for v in torch.stack([lengths.min(), lengths.max()]).tolist())
+        if lo < 0:
+            raise ValueError(f"{name} must be >= 0, got a length of {lo} (shape {_shape(lengths)})")
+        if limit is not None and hi > limit:
+            raise ValueError(f"{name} must be <= {limit_desc} = {limit}, got a length of {hi} (shape {_shape(lengths)})")
+    return lengths
+
+
+def check_maxsim(Q, D, q_mask, d_mask, d_lengths):
+    """Validate and normalize maxsim's arguments; returns them in the form backends expect."""
+    check_tensor("D", D)
+    if D.dim() not in (3, 4):
+        raise ValueError(f"D must be [N, Ld, dim] or [B, K, Ld, dim], got shape {_shape(D)}")
+    check_dtype("D", D)
+    check_query(Q, D.shape[-1])
+    _check_same_device("D", D, "Q", Q)
+    if D.dim() == 4 and D.shape[0] != Q.shape[0]:
+        raise ValueError(f"D [B, K, Ld, dim] must have B = {Q.shape[0]} (Q's batch), got D shape {_shape(D)}")
+    q_mask = check_q_mask(q_mask, Q)
+    if d_mask is not None and d_lengths is not None:
+        raise ValueError("give d_mask or d_lengths, not both")
+    if d_mask is not None:
+        check_tensor("d_mask", d_mask)
+        if _shape(d_mask) != _shape(D)[:-1]:
+            raise ValueError(f"d_mask must have D's shape without dim {_shape(D)[:-1]}, got shape {_shape(d_mask)}")
+        if d_mask.dtype != torch.bool:
+            raise TypeError(f"d_mask must be a bool tensor (True = real token), got dtype {d_mask.dtype}")
+        _check_same_device("d_mask", d_mask, "D", D)
+    if d_lengths is not None:
+        check_tensor("d_lengths", d_lengths)
+        if _shape(d_lengths) != _shape(D)[:-2]:
+            raise ValueError(
+                f"d_lengths must have D's shape without (Ld, dim) {_shape(D)[:-2]}, got shape {_shape(d_lengths)}"
+            )
+        _check_same_device("d_lengths", d_lengths, "D", D)
+        d_lengths = _check_lengths("d_lengths", d_lengths, D.shape[-2], "Ld")
+    Q = last_dim_contiguous(Q.to(D.dtype))
+    D = last_dim_contiguous(D)
+    return Q, D, q_mask, d_mask, d_lengths
+
+
+def check_docs(docs) -> None:
+    from .packed import PackedDocs
+
+    if not isinstance(docs, PackedDocs):
+        raise TypeError(f"docs must be a colbert_fast.PackedDocs, got {type(docs).__name__}")
+
+
+def check_pids(pids, docs, batch: int | None) -> torch.Tensor:
+    """pids int [B, K] (or [K] when B == 1) in [-1, num_docs); returns int64 [B, K]."""
+    check_tensor("pids", pids)
+    if pids.dtype.is_floating_point or pids.dtype == torch.bool or pids.is_complex():
+        raise TypeError(f"pids must be an integer tensor, got dtype {pids.dtype}")
+    if pids.dim() == 1 and (batch is None or batch == 1):
+        pids = pids.unsqueeze(0)
+    if pids.dim() != 2 or (batch is not None and pids.shape[0] != batch):
+        want = "[B, K]" if batch is None else f"[B, K] with B = {batch} (or [K] when B == 1)"
+        raise ValueError(f"pids must be {want}, got shape {_shape(pids)}")
+    _check_same_device("pids", pids, "docs", docs.embeddings)
+    pids = pids.to(torch.int64)
+    if pids.numel():
+        lo, hi = (int(v) for v in torch.stack([pids.min(), pids.max()]).tolist())
+        if lo < -1:
+            raise IndexError(f"pids must be >= -1 (-1 = empty slot), got {lo} (pids shape {_shape(pids)})")
+        if hi >= docs.num_docs:
+            raise IndexError(f"pid {hi} out of range: docs has {docs.num_docs} docs (pids shape {_shape(pids)})")
+    return pids
+
+
+def check_packed(Q, docs, pids, q_mask):
+    check_docs(docs)
+    check_query(Q, docs.dim, "docs")
+    _check_same_device("Q", Q, "docs", docs.embeddings)
+    q_mask = check_q_mask(q_mask, Q)
+    pids = check_pids(pids, docs, Q.shape[0])
+    return last_dim_contiguous(Q.to(docs.dtype)), pids, q_mask

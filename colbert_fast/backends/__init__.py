@@ -1,0 +1,66 @@
+"""Backend registry and selection.
+
+A backend is a module named <name>_backend in this package exposing:
+
+    NAME: str
+    SUPPORTS_BACKWARD: bool
+    unavailable_reason(device: torch.device) -> str | None   None when usable on that device
+    maxsim(Q, D, q_mask, d_mask, d_lengths) -> fp32 [B, N] or [B, K]
+    maxsim_packed(Q, embeddings, offsets, lengths, pids, q_mask, max_len) -> fp32 [B, K]
+    gather(embeddings, offsets, lengths, pids, max_len) -> (D [*pids.shape, max_len, dim], mask)
+
+Arguments arrive validated and normalized (see colbert_fast/_checks.py); max_len is a host int
+(the longest doc that can occur), so no backend needs a device sync to size its work.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+BACKENDS = ("cuda", "triton", "cpu", "torch")
+# "auto" tries these in order for tensors on each device type. Issue 5 replaces the CUDA order
+# with a per-workload choice read from committed benchmark results.
+AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
+
+
+def load(name: str):
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {name!r}")
+    return importlib.import_module(f"{__name__}.{name}_backend")
+
+
+def unavailable_reason(name: str, device: torch.device) -> str | None:
+    try:
+        module = load(name)
+    except ImportError as e:  # a backend whose dependency (triton, the extension) is missing
+        return f"cannot import it: {e}"
+    return module.unavailable_reason(device)
+
+
+def select(backend: str, device: torch.device, needs_grad: bool = False):
+    """The backend module to run on `device`; RuntimeError saying why when a forced one can't."""
+    if backend != "auto":
+        module_reason = unavailable_reason(backend, device)
+        if module_reason is not None:
+            raise RuntimeError(f"backend {backend!r} is unavailable for {device} tensors: {module_reason}")
+        module = load(backend)
+        if needs_grad and not module.SUPPORTS_BACKWARD:
+            raise RuntimeError(
+                f"backend {backend!r} has no backward; inputs require grad: use backend='torch' or 'auto'"
+            )
+        return module
+    for name in AUTO_ORDER.get(device.type, ("torch",)):
+        if unavailable_reason(name, device) is None:
+            module = load(name)
+            if needs_grad and not module.SUPPORTS_BACKWARD:
+                continue
+            return module
+    return load("torch")
+
+
+def available(device: torch.device | str = "cpu") -> dict[str, str | None]:
+    """{backend: None if usable on device else the reason it is not}."""
+    device = torch.device(device)
+    return {name: unavailable_reason(name, device) for name in BACKENDS}

@@ -1,0 +1,111 @@
+"""Plain-PyTorch backend: runs everywhere and supports autograd.
+
+Unlike the reference it never materialises the whole [B, N, Lq, Ld] similarity tensor: docs are
+processed in chunks sized to keep the per-chunk similarity block near CHUNK_ELEMENTS.
+On CPU the products are computed in fp32 (CPU half-precision GEMMs are slow); on GPU in the
+inputs' dtype with fp32 accumulation inside the GEMM. Maxima are summed in fp32.
+"""
+
+from __future__ import annotations
+
+import torch
+
+NAME = "torch"
+SUPPORTS_BACKWARD = True
+CHUNK_ELEMENTS = 1 << 24  # 16M similarities per chunk: 64 MB in fp32
+
+
+def unavailable_reason(device: torch.device) -> str | None:
+    return None
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float32 if t.device.type == "cpu" else t.dtype
+
+
+def _reduce(sims: torch.Tensor, d_valid: torch.Tensor | None, q_valid: torch.Tensor | None) -> torch.Tensor:
+    """sims [..., Lq, Ld] -> fp32 [...]: masked max over doc tokens, empty doc -> 0, masked query token -> 0."""
+    if sims.shape[-1] == 0:
+        return sims.new_zeros(sims.shape[:-2], dtype=torch.float32)
+    if d_valid is not None:
+        sims = sims.masked_fill(~d_valid.unsqueeze(-2), float("-inf"))
+    best = sims.amax(dim=-1).float()
+    if d_valid is not None:
+        best = torch.where(torch.isneginf(best), torch.zeros_like(best), best)
+    if q_valid is not None:
+        best = best * q_valid.to(best.dtype)
+    return best.sum(dim=-1)
+
+
+def _doc_valid(D, d_mask, d_lengths):
+    if d_lengths is not None:
+        return torch.arange(D.shape[-2], device=D.device) < d_lengths.unsqueeze(-1)
+    return d_mask
+
+
+def maxsim(Q, D, q_mask, d_mask, d_lengths):
+    ct = _compute_dtype(D)
+    d_valid = _doc_valid(D, d_mask, d_lengths)
+    Qc = Q.to(ct)
+    B, Lq = Q.shape[:2]
+    Ld = D.shape[-2]
+    if D.dim() == 3:  # all pairs
+        per_doc = max(1, B * Lq * Ld)
+        chunk = max(1, CHUNK_ELEMENTS // per_doc)
+        out = []
+        for start in range(0, D.shape[0], chunk):
+            Dc = D[start : start + chunk].to(ct)
+            sims = torch.einsum("bqd,ntd->bnqt", Qc, Dc)
+            dv = None if d_valid is None else d_valid[start : start + chunk].unsqueeze(0)
+            qv = None if q_mask is None else q_mask.unsqueeze(1)
+            out.append(_reduce(sims, dv, qv))
+        return torch.cat(out, dim=1) if out else Q.new_zeros((B, 0), dtype=torch.float32)
+    K = D.shape[1]
+    per_doc = max(1, Lq * Ld)
+    chunk = max(1, CHUNK_ELEMENTS // per_doc)
+    out = []
+    qv = None if q_mask is None else q_mask.unsqueeze(1)
+    for b in range(B):
+        row = []
+        for start in range(0, K, chunk):
+            Dc = D[b, start : start + chunk].to(ct)
+            sims = torch.einsum("qd,ktd->kqt", Qc[b], Dc)
+            dv = None if d_valid is None else d_valid[b, start : start + chunk]
+            row.append(_reduce(sims, dv, None if qv is None else qv[b]))
+        out.append(torch.cat(row) if row else Q.new_zeros((0,), dtype=torch.float32))
+    return torch.stack(out)
+
+
+def gather(embeddings, offsets, lengths, pids, max_len):
+    """Packed rows -> padded [*pids.shape, max_len, dim] + mask, in one indexed read."""
+    flat = pids.reshape(-1)
+    valid = flat >= 0
+    safe = flat.clamp(min=0)
+    sel_len = torch.where(valid, lengths[safe], torch.zeros_like(flat))
+    pos = torch.arange(max_len, device=embeddings.device)
+    mask = pos < sel_len.unsqueeze(-1)
+    rows = (offsets[safe].unsqueeze(-1) + pos).masked_fill(~mask, 0)
+    if embeddings.shape[0] == 0:
+        out = embeddings.new_zeros((flat.numel(), max_len, embeddings.shape[1]))
+    else:
+        out = embeddings[rows].masked_fill_(~mask.unsqueeze(-1), 0)
+    shape = tuple(pids.shape)
+    return out.reshape(*shape, max_len, embeddings.shape[1]), mask.reshape(*shape, max_len)
+
+
+def maxsim_packed(Q, embeddings, offsets, lengths, pids, q_mask, max_len):
+    # Per query, score in chunks of candidates so the padded copy stays bounded.
+    B, K = pids.shape
+    per_doc = max(1, Q.shape[1] * max(max_len, 1) + max(max_len, 1) * embeddings.shape[1])
+    chunk = max(1, CHUNK_ELEMENTS // per_doc)
+    out = []
+    for b in range(B):
+        row = []
+        for start in range(0, K, chunk):
+            p = pids[b : b + 1, start : start + chunk]
+            D, d_mask = gather(embeddings, offsets, lengths, p, max_len)
+            qm = None if q_mask is None else q_mask[b : b + 1]
+            row.append(maxsim(Q[b : b + 1], D, qm, d_mask, None)[0])
+        out.append(torch.cat(row) if row else Q.new_zeros((0,), dtype=torch.float32))
+    scores = torch.stack(out)
+    return scores.masked_fill(pids < 0, float("-inf"))

@@ -1,0 +1,92 @@
+"""Public scoring ops: validation, backend selection, and the calls into the chosen backend."""
+
+from __future__ import annotations
+
+import torch
+
+from . import backends
+from ._checks import check_docs, check_maxsim, check_packed, check_pids
+from .packed import PackedDocs
+
+__all__ = ["maxsim", "maxsim_packed", "gather"]
+
+
+def maxsim(
+    Q: torch.Tensor,
+    D: torch.Tensor,
+    q_mask: torch.Tensor | None = None,
+    d_mask: torch.Tensor | None = None,
+    *,
+    d_lengths: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Late-interaction (MaxSim) scores, fp32.
+
+        score(q, d) = sum_i q_mask[i] * max_{j : d valid at j} <Q[i], D[j]>
+
+    Args:
+        Q: [B, Lq, dim] float32/float16/bfloat16 query token vectors. Converted to D's dtype.
+        D: [N, Ld, dim] docs shared by every query -> returns [B, N] (all pairs); or
+           [B, K, Ld, dim], K docs per query -> returns [B, K].
+        q_mask: bool [B, Lq], True = real token; masked tokens contribute 0. Default: all count
+            (ColBERT's [MASK]-padded queries use every token).
+        d_mask: bool, D's shape without dim; masked tokens are excluded before the max
+            (a doc [0.2, -0.5] with mask [False, True] scores -0.5, not 0).
+        d_lengths: int, D's shape without (Ld, dim): valid prefix lengths (the fast path).
+            A doc of length 0 scores 0.
+        backend: "auto", "cuda", "triton", "cpu" or "torch".
+
+    Returns:
+        fp32 [B, N] or [B, K].
+    """
+    Q, D, q_mask, d_mask, d_lengths = check_maxsim(Q, D, q_mask, d_mask, d_lengths)
+    needs_grad = torch.is_grad_enabled() and (Q.requires_grad or D.requires_grad)
+    impl = backends.select(backend, D.device, needs_grad)
+    return impl.maxsim(Q, D, q_mask, d_mask, d_lengths)
+
+
+def maxsim_packed(
+    Q: torch.Tensor,
+    docs: PackedDocs,
+    pids: torch.Tensor,
+    q_mask: torch.Tensor | None = None,
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Score each query against its own candidates, read straight from the packed store.
+
+    Args:
+        Q: [B, Lq, dim] query token vectors (converted to docs.dtype).
+        docs: PackedDocs on Q's device.
+        pids: int [B, K] (or [K] when B == 1) doc ids; -1 marks an empty slot.
+        q_mask: bool [B, Lq], True = real token.
+        backend: as for maxsim.
+
+    Returns:
+        fp32 [B, K]; empty slots score -inf so they sort last.
+    """
+    Q, pids, q_mask = check_packed(Q, docs, pids, q_mask)
+    impl = backends.select(backend, docs.device)
+    return impl.maxsim_packed(Q, docs.embeddings, docs.offsets, docs.lengths, pids, q_mask, docs.max_length)
+
+
+def gather(docs: PackedDocs, pids: torch.Tensor, *, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Copy the selected docs out of the packed store into a padded batch.
+
+    Args:
+        docs: PackedDocs.
+        pids: int [K] or [B, K]; -1 gives an all-padding row.
+
+    Returns:
+        D [*pids.shape, Lmax, dim] in docs.dtype (padding is 0) and d_mask bool [*pids.shape, Lmax],
+        where Lmax is the longest selected doc.
+    """
+    check_docs(docs)
+    squeeze = isinstance(pids, torch.Tensor) and pids.dim() == 1
+    pids = check_pids(pids, docs, None)
+    # Sizing the output needs the longest selected doc: one small host read.
+    sel = docs.lengths[pids.clamp(min=0)].masked_fill(pids < 0, 0)
+    max_len = int(sel.max()) if sel.numel() else 0
+    impl = backends.select(backend, docs.device)
+    D, mask = impl.gather(docs.embeddings, docs.offsets, docs.lengths, pids, max_len)
+    return (D[0], mask[0]) if squeeze else (D, mask)

@@ -1,0 +1,124 @@
+"""The scoring oracle: late interaction (ColBERT, SIGIR 2020, Eq. 3) in plain PyTorch.
+
+    score(q, d) = sum over valid query tokens i of ( max over valid doc tokens j of <q_i, d_j> )
+
+Every backend, test and benchmark is judged against this module, so it imports torch alone and
+shares no code with what it judges. It is written for clarity, not speed: it builds the full
+[.., Lq, Ld] similarity tensor.
+
+Two precisions:
+  upcast=True  (default) the oracle: Q is converted to D's dtype (as ColBERT does), then both to
+               fp32; products, maxima and sums in fp32.
+  upcast=False the "same low dtype" computation the tolerance rule measures against: the
+               similarities are computed and maximised in D's dtype, then summed in fp32.
+
+Semantics (../shared/SPEC.md): masked doc tokens are -inf before the max (never multiplied by 0);
+a doc with no valid token contributes 0 per query token; a masked query token contributes 0;
+an empty candidate slot (pid -1) scores -inf.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["maxsim", "maxsim_packed", "gather", "lengths_to_mask"]
+
+
+def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """bool [..., max_len]: True where position < length."""
+    positions = torch.arange(max_len, device=lengths.device)
+    return positions < lengths.unsqueeze(-1)
+
+
+def _doc_mask(D: torch.Tensor, d_mask, d_lengths) -> torch.Tensor:
+    if d_mask is not None and d_lengths is not None:
+        raise ValueError("give d_mask or d_lengths, not both")
+    if d_lengths is not None:
+        return lengths_to_mask(d_lengths.to(torch.int64), D.shape[-2])
+    if d_mask is not None:
+        return d_mask.to(torch.bool)
+    return torch.ones(D.shape[:-1], dtype=torch.bool, device=D.device)
+
+
+def _reduce(sims: torch.Tensor, q_mask_b: torch.Tensor, d_mask_b: torch.Tensor) -> torch.Tensor:
+    """sims [..., Lq, Ld] -> scores [...] in fp32, masking docs before the max."""
+    sims = sims.masked_fill(~d_mask_b.unsqueeze(-2), float("-inf"))
+    if sims.shape[-1] == 0:
+        best = torch.zeros(sims.shape[:-1], dtype=torch.float32, device=sims.device)
+    else:
+        best = sims.amax(dim=-1).float()
+    # A doc with no valid token: every max is -inf; it contributes 0 instead.
+    best = torch.where(torch.isneginf(best), torch.zeros_like(best), best)
+    best = best * q_mask_b.to(best.dtype)
+    return best.sum(dim=-1)
+
+
+def maxsim(
+    Q: torch.Tensor,
+    D: torch.Tensor,
+    q_mask: torch.Tensor | None = None,
+    d_mask: torch.Tensor | None = None,
+    *,
+    d_lengths: torch.Tensor | None = None,
+    upcast: bool = True,
+) -> torch.Tensor:
+    """Reference MaxSim.
+
+    Q [B, Lq, dim]; D [N, Ld, dim] -> [B, N] (all pairs) or D [B, K, Ld, dim] -> [B, K] (each
+    query against its own K docs). q_mask bool [B, Lq]; d_mask bool D.shape[:-1]; d_lengths int
+    D.shape[:-2] (valid prefix lengths). Returns fp32 scores.
+    """
+    Q = Q.to(D.dtype)
+    q_mask = torch.ones(Q.shape[:-1], dtype=torch.bool, device=Q.device) if q_mask is None else q_mask.bool()
+    dm = _doc_mask(D, d_mask, d_lengths)
+    if upcast:
+        Q, D = Q.float(), D.float()
+    if D.dim() == 3:  # all pairs: sims [B, N, Lq, Ld]
+        sims = torch.einsum("bqd,ntd->bnqt", Q, D)
+        return _reduce(sims, q_mask[:, None, :], dm[None, :, :])
+    # per-query candidates: sims [B, K, Lq, Ld]
+    sims = torch.einsum("bqd,bktd->bkqt", Q, D)
+    return _reduce(sims, q_mask[:, None, :], dm)
+
+
+def gather(
+    embeddings: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor, pids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference gather: packed token rows -> padded [*pids.shape, Lmax, dim] and bool mask.
+
+    pid -1 gives an all-padding row. Lmax is the longest selected doc (0 if none).
+    """
+    flat = pids.reshape(-1).to(torch.int64)
+    valid = flat >= 0
+    sel_lengths = torch.where(valid, lengths.to(torch.int64)[flat.clamp(min=0)], torch.zeros_like(flat))
+    lmax = int(sel_lengths.max()) if flat.numel() else 0
+    out = embeddings.new_zeros((flat.numel(), lmax, embeddings.shape[-1]))
+    mask = torch.zeros((flat.numel(), lmax), dtype=torch.bool, device=embeddings.device)
+    for row, (pid, length) in enumerate(zip(flat.tolist(), sel_lengths.tolist())):
+        if pid < 0 or length == 0:
+            continue
+        start = int(offsets[pid])
+        out[row, :length] = embeddings[start : start + length]
+        mask[row, :length] = True
+    return out.reshape(*pids.shape, lmax, embeddings.shape[-1]), mask.reshape(*pids.shape, lmax)
+
+
+def maxsim_packed(
+    Q: torch.Tensor,
+    embeddings: torch.Tensor,
+    offsets: torch.Tensor,
+    lengths: torch.Tensor,
+    pids: torch.Tensor,
+    q_mask: torch.Tensor | None = None,
+    *,
+    upcast: bool = True,
+) -> torch.Tensor:
+    """Reference packed scoring: Q [B, Lq, dim] against its own candidates pids [B, K] -> [B, K].
+
+    Empty slots (pid -1) score -inf.
+    """
+    if pids.dim() == 1:
+        pids = pids.unsqueeze(0)
+    D, d_mask = gather(embeddings, offsets, lengths, pids)
+    scores = maxsim(Q, D, q_mask, d_mask, upcast=upcast)
+    return scores.masked_fill(pids < 0, float("-inf"))

@@ -1,0 +1,84 @@
+// Torch glue for the CPU build: op schemas (TORCH_LIBRARY), CPU implementations, input checks,
+// and the Python module's build information. Kernels live in csrc/cpu and csrc/cuda.
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include "../gather_params.h"
+#include "common.h"
+
+#ifdef WITH_CUDA
+#include <cuda.h>  // CUDA_VERSION
+#endif
+
+namespace colbert_fast {
+
+GatherParams make_gather_params(const at::Tensor& embeddings, const at::Tensor& offsets, const at::Tensor& lengths,
+                                const at::Tensor& pids, int64_t max_len, at::Tensor& out, at::Tensor& mask) {
+  TORCH_CHECK(embeddings.dim() == 2, "gather: embeddings must be [T, dim], got ", embeddings.sizes());
+  TORCH_CHECK(embeddings.is_contiguous(), "gather: embeddings must be contiguous");
+  TORCH_CHECK(offsets.scalar_type() == at::kLong && lengths.scalar_type() == at::kLong && pids.scalar_type() == at::kLong,
+              "gather: offsets, lengths and pids must be int64");
+  TORCH_CHECK(offsets.dim() == 1 && lengths.dim() == 1 && offsets.numel() == lengths.numel() + 1,
+              "gather: offsets must be [N + 1] and lengths [N], got ", offsets.sizes(), " and ", lengths.sizes());
+  TORCH_CHECK(max_len >= 0, "gather: max_len must be >= 0, got ", max_len);
+  for (const auto* t : {&offsets, &lengths, &pids}) {
+    TORCH_CHECK(t->device() == embeddings.device(), "gather: all tensors must be on ", embeddings.device());
+  }
+  const int64_t dim = embeddings.size(1);
+  auto sizes = pids.sizes().vec();
+  auto mask_sizes = sizes;
+  sizes.push_back(max_len);
+  sizes.push_back(dim);
+  mask_sizes.push_back(max_len);
+  out = at::empty(sizes, embeddings.options());
+  mask = at::empty(mask_sizes, embeddings.options().dtype(at::kBool));
+  GatherParams p{};
+  p.embeddings = embeddings.data_ptr();
+  p.offsets = offsets.data_ptr<int64_t>();
+  p.lengths = lengths.data_ptr<int64_t>();
+  p.pids = pids.data_ptr<int64_t>();
+  p.out = out.data_ptr();
+  p.mask = mask.data_ptr<bool>();
+  p.num_slots = pids.numel();
+  p.max_len = max_len;
+  p.dim = dim;
+  p.elem_size = embeddings.element_size();
+  return p;
+}
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> gather_cpu_op(const at::Tensor& embeddings, const at::Tensor& offsets,
+                                                 const at::Tensor& lengths, const at::Tensor& pids, int64_t max_len) {
+  const auto pids_c = pids.contiguous();
+  at::Tensor out, mask;
+  const GatherParams p = make_gather_params(embeddings, offsets, lengths, pids_c, max_len, out, mask);
+  gather_cpu(p);
+  return {out, mask};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(colbert_fast, m) {
+  m.def("gather(Tensor embeddings, Tensor offsets, Tensor lengths, Tensor pids, int max_len) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(colbert_fast, CPU, m) { m.impl("gather", &gather_cpu_op); }
+
+}  // namespace colbert_fast
+
+#ifndef COLBERT_FAST_TORCH_VERSION
+#define COLBERT_FAST_TORCH_VERSION "unknown"
+#endif
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "colbert_fast compiled kernels (ops are registered under torch.ops.colbert_fast)";
+  m.def("torch_version", [] { return std::string(COLBERT_FAST_TORCH_VERSION); }, "torch version this was built against");
+#ifdef WITH_CUDA
+  m.def("with_cuda", [] { return true; }, "whether the CUDA kernels were built");
+  m.def("cuda_version", [] { return CUDA_VERSION; }, "CUDA toolkit version used for the build");
+#else
+  m.def("with_cuda", [] { return false; }, "whether the CUDA kernels were built");
+  m.def("cuda_version", [] { return 0; }, "CUDA toolkit version used for the build");
+#endif
+}

@@ -1,0 +1,77 @@
+"""Build colbert_fast and its extension colbert_fast._C.
+
+C++ sources (csrc/*.cpp, csrc/cpu, csrc/torch) are always built. CUDA sources (csrc/cuda) are
+built when a GPU is visible, or when FORCE_CUDA=1 or TORCH_CUDA_ARCH_LIST is set (so CPU-only
+machines can compile and link them). COLBERT_FAST_NO_EXTENSION=1 skips the extension entirely.
+MAX_JOBS bounds parallel compilation (ninja). Nothing is compiled at run time and nothing is
+downloaded at build time; build with `pip install --no-build-isolation .` against an installed
+torch.
+"""
+
+import os
+from pathlib import Path
+
+from setuptools import setup
+
+ROOT = Path(__file__).parent
+CSRC = ROOT / "csrc"
+
+
+def _sources(*patterns):
+    return sorted(str(p.relative_to(ROOT)) for pattern in patterns for p in CSRC.glob(pattern))
+
+
+def _want_cuda(torch) -> bool:
+    if os.environ.get("FORCE_CUDA", "0") == "1" or os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        return True
+    return torch.cuda.is_available()
+
+
+def _extensions():
+    if os.environ.get("COLBERT_FAST_NO_EXTENSION", "0") == "1":
+        return [], {}
+    import torch
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+    torch_version = torch.__version__
+    cxx = ["-O3", f'-DCOLBERT_FAST_TORCH_VERSION="{torch_version}"']
+    sources = _sources("*.cpp", "cpu/*.cpp", "torch/*.cpp")
+    if _want_cuda(torch):
+        if torch.version.cuda is None:
+            raise RuntimeError(
+                "CUDA kernels were requested (GPU, FORCE_CUDA=1 or TORCH_CUDA_ARCH_LIST) but the installed "
+                f"torch {torch_version} is a CPU-only build: install a CUDA build of torch or unset them"
+            )
+        nvcc = ["-O3", "--use_fast_math", "-lineinfo", "-DWITH_CUDA", "--expt-relaxed-constexpr"]
+        ext = CUDAExtension(
+            "colbert_fast._C",
+            sources + _sources("cuda/*.cpp", "cuda/*.cu"),
+            extra_compile_args={"cxx": cxx + ["-DWITH_CUDA"], "nvcc": nvcc},
+        )
+    else:
+        ext = CppExtension("colbert_fast._C", sources, extra_compile_args={"cxx": cxx})
+    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = _extensions()
+
+setup(
+    name="colbert_fast",
+    version="0.1.0",
+    description="Fused late-interaction (ColBERT MaxSim) scoring kernels for CPU and GPU",
+    long_description=(ROOT / "README.md").read_text() if (ROOT / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    packages=["colbert_fast", "colbert_fast.backends", "colbert_fast.kernels"],
+    package_dir={"colbert_fast.kernels": "kernels"},
+    python_requires=">=3.9",
+    install_requires=["torch>=2.4", "safetensors", "numpy"],
+    extras_require={
+        "triton": ["triton"],
+        "test": ["pytest", "hypothesis", "pytest-benchmark"],
+        "bench": ["pytest-benchmark", "rich"],
+    },
+    entry_points={"console_scripts": ["colbert-fast=colbert_fast.cli:main"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+    zip_safe=False,
+)
