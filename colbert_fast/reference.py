@@ -122,3 +122,19 @@ def maxsim_packed(
     D, d_mask = gather(embeddings, offsets, lengths, pids)
     scores = maxsim(Q, D, q_mask, d_mask, upcast=upcast)
     return scores.masked_fill(pids < 0, float("-inf"))
+
+
+# ---- the tolerance rule (../shared/SPEC.md) ------------------------------------------------------
+
+TOLERANCE_FLOOR = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+
+
+def tolerance(exact: torch.Tensor, same_dtype: torch.Tensor, dtype: torch.dtype, lq: int) -> float:
+    """Largest error a backend may show against the fp32 oracle `exact`.
+
+    2x the error of the plain-PyTorch computation in the same low dtype (`same_dtype`, from
+    upcast=False), plus a per-dtype floor scaled by the number of query tokens Lq.
+    """
+    finite = torch.isfinite(exact)
+    low_err = (same_dtype[finite].double() - exact[finite].double()).abs().max().item() if finite.any() else 0.0
+    return 2.0 * low_err + TOLERANCE_FLOOR[dtype] * lq

@@ -1,0 +1,40 @@
+"""The `colbert-fast` command line: one subcommand per module.
+
+Each entry of COMMANDS names a module that defines
+    HELP: str                               one line for `colbert-fast --help`
+    add_arguments(parser) -> None
+    run(args) -> int | None
+Modules are imported only when their subcommand runs, so a missing optional dependency of one
+command (faiss, transformers) never breaks another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "env": "colbert_fast.env",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="colbert-fast", description="Fused ColBERT late-interaction scoring.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args._module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

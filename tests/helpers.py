@@ -1,0 +1,71 @@
+"""Input factories and the tolerance check shared by the conformance tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from colbert_fast import backends, reference
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def backend_or_skip(name: str, device: torch.device):
+    """The backend module, skipping (or failing, when CI requires it) if it cannot run here."""
+    from conftest import required_backends
+
+    reason = backends.unavailable_reason(name, device)
+    if reason is not None:
+        if name in required_backends():
+            pytest.fail(f"backend {name!r} is required (COLBERT_FAST_REQUIRE_BACKENDS) but unavailable: {reason}")
+        pytest.skip(f"backend {name!r} unavailable on {device}: {reason}")
+    return backends.load(name)
+
+
+def normalized(shape, dtype, device, generator, negative_bias: float = 0.0) -> torch.Tensor:
+    """L2-normalized random vectors (ColBERT's embeddings). negative_bias is added to component 0
+    before normalizing: vectors with opposite biases have mostly negative similarities."""
+    x = torch.randn(shape, generator=generator, dtype=torch.float32)
+    if negative_bias:
+        x[..., 0] += negative_bias
+    x = torch.nn.functional.normalize(x, dim=-1)
+    return x.to(device=device, dtype=dtype)
+
+
+def random_lengths(shape, max_len: int, generator, device) -> torch.Tensor:
+    """Lengths in [0, max_len], forcing at least one 0 and one max_len when there is room."""
+    lengths = torch.randint(0, max_len + 1, shape, generator=generator)
+    flat = lengths.view(-1)
+    if flat.numel() >= 2:
+        flat[0] = 0
+        flat[-1] = max_len
+    return lengths.to(device)
+
+
+def random_mask(shape, generator, device, p: float = 0.7) -> torch.Tensor:
+    return (torch.rand(shape, generator=generator) < p).to(device)
+
+
+def assert_matches_reference(out: torch.Tensor, exact: torch.Tensor, same_dtype: torch.Tensor, dtype, lq: int):
+    """The SPEC.md tolerance rule, with a failure message naming the worst element."""
+    assert out.dtype == torch.float32, f"scores must be fp32, got {out.dtype}"
+    assert out.shape == exact.shape, f"shape {tuple(out.shape)} != reference {tuple(exact.shape)}"
+    out = out.detach().cpu()
+    exact = exact.cpu()
+    same_dtype = same_dtype.cpu()
+    # -inf (empty slots) must match exactly; NaN never passes.
+    assert not torch.isnan(out).any(), f"NaN in output at {torch.nonzero(torch.isnan(out))[:5].tolist()}"
+    inf_mismatch = torch.isinf(out) != torch.isinf(exact)
+    assert not inf_mismatch.any(), f"infinite scores differ at {torch.nonzero(inf_mismatch)[:5].tolist()}"
+    finite = torch.isfinite(exact)
+    if not finite.any():
+        return
+    tol = reference.tolerance(exact, same_dtype, dtype, lq)
+    err = (out - exact).abs().masked_fill(~finite, 0)
+    worst = int(err.argmax())
+    n_bad = int((err > tol).sum())
+    assert n_bad == 0, (
+        f"{n_bad}/{err.numel()} scores off by more than {tol:.3g}; worst at flat index {worst}: "
+        f"got {out.view(-1)[worst].item():.6f}, reference {exact.view(-1)[worst].item():.6f} "
+        f"(err {err.view(-1)[worst].item():.3g})"
+    )
