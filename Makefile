@@ -1,0 +1,55 @@
+# The few commands people run. `make bench` and `make test` set everything up on first use.
+#
+#   make bench          the benchmark on its built-in default workload (quick on CPU, full on GPU)
+#   make test           the whole test suite (CPU; Triton kernels under the interpreter)
+#   make test-gpu       the same suite on a CUDA GPU
+#   make compile-check  compile every GPU kernel for sm_80/sm_90 without a GPU
+#   make build          rebuild the extension after editing csrc/
+#   make env            versions, GPU, build and backends
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.14.1
+CUDA_HOME ?= /usr/local/cuda
+# Build the CUDA kernels whenever nvcc is there (no GPU needed); CPU kernels are always built.
+ifneq ($(wildcard $(CUDA_HOME)/bin/nvcc),)
+  export CUDA_HOME
+  export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
+endif
+export MAX_JOBS ?= 2
+
+STAMP := $(VENV)/.colbert_fast-installed
+BUILD_INPUTS := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
+
+.PHONY: setup build test test-gpu bench compile-check env clean
+
+setup: $(STAMP)
+
+$(STAMP): $(BUILD_INPUTS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel ninja
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q --no-build-isolation -e ".[test,bench]"
+	touch $@
+
+build: setup
+	$(PY) setup.py build_ext --inplace
+
+test: setup
+	$(PY) -m pytest tests -q
+
+test-gpu: setup
+	$(PY) -m pytest tests -q --device cuda
+
+bench: setup
+	$(VENV)/bin/colbert-fast bench
+
+compile-check: setup
+	$(PY) -m pytest tests -q -k compile
+
+env: setup
+	$(VENV)/bin/colbert-fast env
+
+clean:
+	rm -rf build *.egg-info colbert_fast/_C*.so $(STAMP)

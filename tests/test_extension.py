@@ -1,0 +1,72 @@
+"""The compiled extension: it builds, imports and registers its ops; the package works without it
+and says exactly what is missing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import colbert_fast as cf
+from colbert_fast import _ext, backends
+from conftest import required_backends
+
+
+def test_extension_loaded_or_required():
+    info = _ext.build_info()
+    if not info["built"]:
+        if required_backends():
+            pytest.fail(f"the extension must be built here (COLBERT_FAST_REQUIRE_BACKENDS set): {info['reason']}")
+        pytest.skip(info["reason"])
+    assert info["torch_version"].split("+")[0] == torch.__version__.split("+")[0]
+    assert _ext.has_op("gather")
+
+
+def test_gather_op_checks_its_inputs():
+    if not _ext.has_op("gather"):
+        pytest.skip("extension not built")
+    emb = torch.randn(4, 8)
+    offsets = torch.tensor([0, 4])
+    lengths = torch.tensor([4])
+    with pytest.raises(RuntimeError, match="offsets, lengths and pids must be int64"):
+        torch.ops.colbert_fast.gather(emb, offsets, lengths, torch.tensor([0], dtype=torch.int32), 4)
+    with pytest.raises(RuntimeError, match=r"offsets must be \[N \+ 1\]"):
+        torch.ops.colbert_fast.gather(emb, lengths, lengths, torch.tensor([0]), 4)
+    with pytest.raises(RuntimeError, match="max_len must be >= 0"):
+        torch.ops.colbert_fast.gather(emb, offsets, lengths, torch.tensor([0]), -1)
+
+
+def test_missing_extension_is_explained(monkeypatch):
+    monkeypatch.setattr(_ext, "_load", lambda: (None, "colbert_fast._C is not built (test)"))
+    reason = backends.unavailable_reason("cpu", torch.device("cpu"))
+    assert reason == "colbert_fast._C is not built (test)"
+    # auto falls back to the torch backend and still gives the right answer
+    Q, D = torch.randn(1, 3, 8), torch.randn(2, 4, 8)
+    torch.testing.assert_close(cf.maxsim(Q, D), cf.maxsim(Q, D, backend="torch"))
+    with pytest.raises(RuntimeError, match=r"backend 'cpu' is unavailable for cpu tensors: colbert_fast._C is not built"):
+        cf.maxsim(Q, D, backend="cpu")
+
+
+def test_package_imports_without_extension(tmp_path):
+    # A fresh interpreter where importing _C fails: the package still imports and scores.
+    code = (
+        "import sys\n"
+        "sys.modules['colbert_fast._C'] = None  # makes `from . import _C` raise ImportError\n"
+        "import torch, colbert_fast as cf\n"
+        "from colbert_fast import _ext\n"
+        "assert _ext.extension() is None, _ext.build_info()\n"
+        "assert 'not built' in _ext.missing_reason()\n"
+        "print(cf.maxsim(torch.ones(1, 2, 4), torch.ones(3, 5, 4)).tolist())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[[8.0, 8.0, 8.0]]"
+
+
+def test_env_command_runs():
+    out = subprocess.run([sys.executable, "-m", "colbert_fast", "env", "--json"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert '"torch"' in out.stdout and '"backends_cpu"' in out.stdout

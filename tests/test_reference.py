@@ -1,0 +1,63 @@
+"""The oracle itself, checked on cases small enough to compute by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from colbert_fast import reference
+
+Q = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]])  # [1, 3, 2]
+D = torch.tensor(
+    [
+        [[0.5, -1.0], [2.0, 0.25], [0.0, 0.0]],  # doc 0
+        [[-1.0, -2.0], [-3.0, -0.5], [9.0, 9.0]],  # doc 1, last token is padding
+    ]
+)  # [2, 3, 2]
+
+
+def test_all_pairs_by_hand():
+    lengths = torch.tensor([3, 2])
+    out = reference.maxsim(Q, D, d_lengths=lengths)
+    # doc 0: token sims  q0: (0.5, 2, 0) -> 2;  q1: (-1, .25, 0) -> .25;  q2: (-.5, 2.25, 0) -> 2.25
+    # doc 1: (padding excluded) q0: (-1, -3) -> -1;  q1: (-2, -.5) -> -.5;  q2: (-3, -3.5) -> -3
+    assert out.tolist() == [[4.5, -4.5]]
+
+
+def test_q_mask_and_empty_doc():
+    q_mask = torch.tensor([[True, False, True]])
+    out = reference.maxsim(Q, D, q_mask, d_lengths=torch.tensor([3, 0]))
+    assert out.tolist() == [[4.25, 0.0]]
+
+
+def test_per_query_mode_and_mask():
+    d_mask = torch.tensor([[[False, True, False], [True, True, False]]])
+    out = reference.maxsim(Q, D[None], d_mask=d_mask)
+    assert out.tolist() == [[2.0 + 0.25 + 2.25, -4.5]]
+
+
+def test_same_dtype_mode_rounds_in_low_precision():
+    q = torch.tensor([[[1.0, 1.0]]])
+    d = torch.tensor([[[1.0, 1.0 / 1024]]])
+    exact = reference.maxsim(q, d.half())  # 1 + 1/1024 in fp32
+    low = reference.maxsim(q, d.half(), upcast=False)  # 1 + 1/1024 rounds in fp16 (ulp 1/1024 at 1)
+    assert exact.item() == pytest.approx(1 + 1 / 1024)
+    assert low.dtype == torch.float32 and abs(low.item() - exact.item()) <= 1 / 1024
+
+
+def test_packed_and_gather():
+    emb = torch.cat([D[0], D[1, :2]])
+    offsets = torch.tensor([0, 3, 5])
+    lengths = torch.tensor([3, 2])
+    pids = torch.tensor([[1, -1, 0]])
+    padded, mask = reference.gather(emb, offsets, lengths, pids)
+    assert padded.shape == (1, 3, 3, 2) and mask.tolist() == [[[True, True, False], [False] * 3, [True] * 3]]
+    out = reference.maxsim_packed(Q, emb, offsets, lengths, pids)
+    assert out.tolist() == [[-4.5, float("-inf"), 4.5]]
+
+
+def test_tolerance_rule():
+    exact = torch.tensor([1.0, float("-inf")])
+    low = torch.tensor([1.01, float("-inf")])
+    assert reference.tolerance(exact, low, torch.float16, lq=32) == pytest.approx(2 * 0.01 + 1e-2 * 32, rel=1e-4)
+    assert reference.tolerance(exact, exact, torch.float32, lq=1) == pytest.approx(1e-4)
