@@ -28,7 +28,20 @@ def _load():
     built_for = _C.torch_version()
     if built_for.split("+")[0] != torch.__version__.split("+")[0]:
         return None, f"colbert_fast._C was built for torch {built_for} but torch {torch.__version__} is installed; {REBUILD_HINT}"
+    _register_fakes()
     return _C, None
+
+
+def _register_fakes() -> None:
+    """Shape-only (fake/meta) kernels so torch.compile and FakeTensor tracing see the C++ ops."""
+    register_fake = getattr(torch.library, "register_fake", None)  # torch >= 2.4
+    if register_fake is None:
+        return
+
+    @register_fake("colbert_fast::gather")
+    def _gather_fake(embeddings, offsets, lengths, pids, max_len):
+        out = embeddings.new_empty((*pids.shape, max_len, embeddings.shape[1]))
+        return out, pids.new_empty((*pids.shape, max_len), dtype=torch.bool)
 
 
 def extension():

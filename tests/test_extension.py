@@ -70,3 +70,30 @@ def test_env_command_runs():
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert '"torch"' in out.stdout and '"backends_cpu"' in out.stdout
+
+
+def test_gather_op_passes_opcheck():
+    """Schema, fake kernel and dispatch agree (what torch.compile relies on)."""
+    if not _ext.has_op("gather"):
+        pytest.skip("extension not built")
+    opcheck = getattr(torch.library, "opcheck", None)
+    if opcheck is None:
+        pytest.skip("torch.library.opcheck needs torch >= 2.4")
+    docs = cf.PackedDocs(torch.randn(10, 8), torch.tensor([3, 0, 7]))
+    args = (docs.embeddings, docs.offsets, docs.lengths, torch.tensor([[2, -1], [0, 1]]), 7)
+    opcheck(torch.ops.colbert_fast.gather.default, args)
+
+
+def test_gather_compiles_with_torch_compile():
+    if not _ext.has_op("gather"):
+        pytest.skip("extension not built")
+    docs = cf.PackedDocs(torch.randn(10, 8), torch.tensor([3, 0, 7]))
+    pids = torch.tensor([[2, -1, 0]])
+
+    def f(emb, offsets, lengths, pids):
+        D, mask = torch.ops.colbert_fast.gather(emb, offsets, lengths, pids, 7)
+        return D.sum(-1) * mask
+
+    compiled = torch.compile(f, fullgraph=True, backend="eager")
+    args = (docs.embeddings, docs.offsets, docs.lengths, pids)
+    torch.testing.assert_close(compiled(*args), f(*args))
