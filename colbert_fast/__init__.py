@@ -1,10 +1,10 @@
 """colbert_fast: fused late-interaction (ColBERT MaxSim) scoring.
 
-    import colbert_fast as cf
-    scores = cf.maxsim(Q, D, q_mask, d_mask)                 # [B, N] or [B, K]
-    docs = cf.PackedDocs.from_list([d0, d1, ...])
-    scores = cf.maxsim_packed(Q, docs, pids)                  # [B, K], pid -1 -> -inf
-    D, d_mask = cf.gather(docs, pids)
+import colbert_fast as cf
+scores = cf.maxsim(Q, D, q_mask, d_mask)                 # [B, N] or [B, K]
+docs = cf.PackedDocs.from_list([d0, d1, ...])
+scores = cf.maxsim_packed(Q, docs, pids)                  # [B, K], pid -1 -> -inf
+D, d_mask = cf.gather(docs, pids)
 """
 
 from .backends import available as available_backends

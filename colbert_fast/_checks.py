@@ -72,7 +72,9 @@ def _check_lengths(name: str, lengths: torch.Tensor, limit: int | None, limit_de
         if lo < 0:
             raise ValueError(f"{name} must be >= 0, got a length of {lo} (shape {_shape(lengths)})")
         if limit is not None and hi > limit:
-            raise ValueError(f"{name} must be <= {limit_desc} = {limit}, got a length of {hi} (shape {_shape(lengths)})")
+            raise ValueError(
+                f"{name} must be <= {limit_desc} = {limit}, got a length of {hi} (shape {_shape(lengths)})"
+            )
     return lengths
 
 

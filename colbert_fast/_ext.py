@@ -27,7 +27,10 @@ def _load():
         return None, f"colbert_fast._C is not built ({msg}); {REBUILD_HINT}"
     built_for = _C.torch_version()
     if built_for.split("+")[0] != torch.__version__.split("+")[0]:
-        return None, f"colbert_fast._C was built for torch {built_for} but torch {torch.__version__} is installed; {REBUILD_HINT}"
+        return None, (
+            f"colbert_fast._C was built for torch {built_for} but torch {torch.__version__} is installed; "
+            f"{REBUILD_HINT}"
+        )
     _register_fakes()
     return _C, None
 

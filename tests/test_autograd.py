@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import backend_or_skip
 
 import colbert_fast as cf
 from colbert_fast import backends, reference
-from helpers import backend_or_skip
 
 
 @pytest.mark.parametrize("name", backends.BACKENDS)
@@ -33,7 +33,7 @@ def test_gradients_match_reference(name, device, mode):
     got = grads(lambda q, d: cf.maxsim(q, d, q_mask, d_lengths=lengths, backend=name))
     want = grads(lambda q, d: reference.maxsim(q, d, q_mask, d_lengths=lengths))
     for a, b, what in zip(got, want, ("dQ", "dD")):
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=lambda m: f"{what}: {m}")
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=lambda m, what=what: f"{what}: {m}")
 
 
 def test_forced_backend_without_backward_refuses_grad(device):

@@ -10,10 +10,10 @@ import itertools
 
 import pytest
 import torch
+from helpers import DTYPES, assert_matches_reference, backend_or_skip, normalized, random_lengths, random_mask
 
 import colbert_fast as cf
 from colbert_fast import backends, reference
-from helpers import DTYPES, assert_matches_reference, backend_or_skip, normalized, random_lengths, random_mask
 
 LQS = (1, 7, 32)
 LDS = (0, 1, 17, 180, 513)
@@ -23,10 +23,7 @@ MODES = ("all_pairs", "per_query")
 
 # The full Lq x Ld x masking x mode x dtype grid; dim rotates through DIMS so each appears with
 # every other axis without multiplying the grid by three.
-GRID = [
-    (*case, DIMS[i % len(DIMS)])
-    for i, case in enumerate(itertools.product(MODES, DTYPES, LQS, LDS, MASKINGS))
-]
+GRID = [(*case, DIMS[i % len(DIMS)]) for i, case in enumerate(itertools.product(MODES, DTYPES, LQS, LDS, MASKINGS))]
 
 
 def _grid_id(case):
@@ -180,8 +177,9 @@ def test_non_contiguous_inputs(backend, device):
     _check_maxsim(backend, base_q, D4)
 
 
-@pytest.mark.parametrize("q_dtype,d_dtype", [(torch.float32, torch.float16), (torch.float32, torch.bfloat16),
-                                             (torch.float16, torch.float32)])
+@pytest.mark.parametrize(
+    "q_dtype,d_dtype", [(torch.float32, torch.float16), (torch.float32, torch.bfloat16), (torch.float16, torch.float32)]
+)
 def test_mixed_dtypes_convert_q_to_d(backend, device, q_dtype, d_dtype):
     g = torch.Generator().manual_seed(3)
     Q = normalized((2, 7, 96), q_dtype, device, g)

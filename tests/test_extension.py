@@ -8,10 +8,10 @@ import sys
 
 import pytest
 import torch
+from conftest import required_backends
 
 import colbert_fast as cf
 from colbert_fast import _ext, backends
-from conftest import required_backends
 
 
 def test_extension_loaded_or_required():
@@ -45,7 +45,8 @@ def test_missing_extension_is_explained(monkeypatch):
     # auto falls back to the torch backend and still gives the right answer
     Q, D = torch.randn(1, 3, 8), torch.randn(2, 4, 8)
     torch.testing.assert_close(cf.maxsim(Q, D), cf.maxsim(Q, D, backend="torch"))
-    with pytest.raises(RuntimeError, match=r"backend 'cpu' is unavailable for cpu tensors: colbert_fast._C is not built"):
+    expected = r"backend 'cpu' is unavailable for cpu tensors: colbert_fast._C is not built"
+    with pytest.raises(RuntimeError, match=expected):
         cf.maxsim(Q, D, backend="cpu")
 
 
@@ -66,8 +67,9 @@ def test_package_imports_without_extension(tmp_path):
 
 
 def test_env_command_runs():
-    out = subprocess.run([sys.executable, "-m", "colbert_fast", "env", "--json"], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "colbert_fast", "env", "--json"], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert '"torch"' in out.stdout and '"backends_cpu"' in out.stdout
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import DTYPES, assert_matches_reference, backend_or_skip
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import colbert_fast as cf
 from colbert_fast import backends, reference
-from helpers import DTYPES, assert_matches_reference, backend_or_skip
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 
