@@ -14,7 +14,7 @@ the way a fixed-shape serving loop would use it).
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

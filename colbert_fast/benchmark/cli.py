@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="load these results instead of running (use with --compare)")
     parser.add_argument("--reps", type=int, default=20, help="timed repetitions per row (fewer if --budget runs out)")
     parser.add_argument("--budget", type=float, default=None,
-                        help="seconds of timed repetitions per row (default 2 on GPU, 1 on CPU quick)")
+                        help="seconds of timed repetitions per row (default 2 on GPU, 0.5 on CPU)")
     parser.add_argument("--compile", dest="compile", action="store_true", default=None,
                         help="include the torch.compile'd reference (default on; on CPU capped by --compile-budget)")
     parser.add_argument("--no-compile", dest="compile", action="store_false")
@@ -74,7 +74,7 @@ def _options(args):
     unknown = [w for w in names if w not in WORKLOADS]
     if unknown:
         raise SystemExit(f"--workload: unknown {unknown}; choose from {list(WORKLOADS)}")
-    budget = args.budget if args.budget is not None else (2.0 if device.type == "cuda" else 1.0)
+    budget = args.budget if args.budget is not None else (2.0 if device.type == "cuda" else 0.5)
     compile_budget = args.compile_budget if args.compile_budget is not None else (
         None if device.type == "cuda" else 25.0)
     return runner.Options(

@@ -13,7 +13,7 @@ Nothing here is a dependency: a peer that is not installed is skipped with a not
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -189,7 +189,7 @@ def installed(name: str) -> str | None:
     module, _ = PEERS[name]
     try:
         importlib.import_module(module)
-    except Exception as e:  # a broken install raises more than ImportError
+    except Exception as e:  # noqa: BLE001 (a broken install raises more than ImportError)
         return f"not installed ({type(e).__name__}: {e})"[:200]
     return None
 

@@ -2,9 +2,9 @@
 
 Each stage is a named range: torch.profiler.record_function everywhere (it shows in the Chrome
 trace and the tables) and, on GPU, an NVTX range too (Nsight Systems / Nsight Compute filter on
-it). Stages: the colbert_fast call per backend ("colbert_fast/<backend>/maxsim_packed"), and the
-plain-PyTorch reference split into "reference/pad", "reference/bmm", "reference/masked max",
-"reference/sum". Writes a Chrome trace, prints the kernel table and the exact `ncu` command that
+it). Stages: the colbert_fast call per backend ("colbert_fast.<backend>.maxsim_packed"), and the
+plain-PyTorch reference split into "reference.pad", "reference.bmm", "reference.masked max",
+"reference.sum". Names use dots, not slashes: ncu's --nvtx-include reads "/" as nesting. Writes a Chrome trace, prints the kernel table and the exact `ncu` command that
 profiles the fused kernels of the chosen backend.
 """
 
@@ -62,13 +62,18 @@ def _backend_call(case, backend: str):
     return lambda: cf.maxsim(case.Q, case.D, d_lengths=case.d_lengths, backend=backend)
 
 
-def ncu_command(args, kernel_names: list[str]) -> str:
+def range_name(backend: str, mode: str) -> str:
+    return f"{NVTX_PREFIX}.{backend}.{'maxsim_packed' if mode == 'packed' else 'maxsim'}"
+
+
+def ncu_command(args, kernel_names: list[str], mode: str) -> str:
     """The Nsight Compute command that profiles this workload's fused kernels, and nothing else."""
     regex = "|".join(sorted(set(kernel_names))) if kernel_names else "maxsim|gather"
     inner = [sys.executable, "-m", "colbert_fast", "profile", "--device", "cuda", "--workload", args.workload,
              "--dtype", args.dtype_name, "--backend", args.backend_name, f"--{args.size}", "--reps", "1",
              "--no-reference", "--no-trace"]
-    cmd = ["ncu", "--set", "full", "--nvtx", "--nvtx-include", f"{NVTX_PREFIX}/{args.backend_name}/",
+    # "NAME/" selects kernels launched inside the push/pop range NAME.
+    cmd = ["ncu", "--set", "full", "--nvtx", "--nvtx-include", f"{range_name(args.backend_name, mode)}/",
            "--kernel-name", f"regex:{regex}", "--launch-count", "4", "--import-source", "yes",
            "-o", str(Path(args.out) / f"ncu_{args.workload}_{args.backend_name}"), *inner]
     return shlex.join(cmd)
@@ -91,8 +96,8 @@ def run(args) -> int:
     args.backend_name = backends.select(args.backend, device).NAME if args.backend == "auto" else args.backend
     case = workloads.build(args.workload, args.size, runner.DTYPES[args.dtype_name], device)
     call = _backend_call(case, args.backend_name)
-    ref = baselines.case_fn(case, stage=lambda s: stage(f"reference/{s}", cuda))
-    name = f"{NVTX_PREFIX}/{args.backend_name}/{'maxsim_packed' if case.mode == 'packed' else 'maxsim'}"
+    ref = baselines.case_fn(case, stage=lambda s: stage(f"reference.{s}", cuda))
+    name = range_name(args.backend_name, case.mode)
     print(f"{args.workload} {args.dtype_name} on {device} ({args.size}): {case.spec.title}; backend {args.backend_name}",
           file=sys.stderr)
 
@@ -127,14 +132,14 @@ def run(args) -> int:
     kernels = _fused_kernels(prof, name) if cuda else []
     print(f"Chrome trace: {trace} (open in chrome://tracing or https://ui.perfetto.dev)")
     print("ncu command for the fused kernels" + ("" if cuda else " (run it on a GPU machine)") + ":")
-    print("  " + ncu_command(args, kernels))
+    print("  " + ncu_command(args, kernels, case.mode))
     return 0
 
 
-def _fused_kernels(prof, range_name: str) -> list[str]:
+def _fused_kernels(prof, rng: str) -> list[str]:
     """Names of the GPU kernels launched inside the backend's range (from the profiler events)."""
     events = prof.events()
-    ranges = [(e.time_range.start, e.time_range.end) for e in events if e.name == range_name]
+    ranges = [(e.time_range.start, e.time_range.end) for e in events if e.name == rng]
     names = set()
     for e in events:
         if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA or "cuda" in str(getattr(e, "device_type", "")).lower():

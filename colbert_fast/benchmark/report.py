@@ -47,7 +47,7 @@ def git_info(path: Path | None = None) -> dict:
     path = path or Path(__file__).resolve().parents[2]
 
     def git(*args):
-        return subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True, timeout=10)
+        return subprocess.run(["git", "-C", str(path), *args], check=False, capture_output=True, text=True, timeout=10)
 
     try:
         sha = git("rev-parse", "HEAD")
@@ -59,10 +59,15 @@ def git_info(path: Path | None = None) -> dict:
         return {"sha": None, "dirty": None}
 
 
+def _utc_now() -> str:
+    now = datetime.datetime.now(datetime.timezone.utc)  # noqa: UP017 (datetime.UTC needs Python 3.11)
+    return now.isoformat(timespec="seconds")
+
+
 def document(results, args: dict) -> dict:
     return {
         "schema": SCHEMA,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": _utc_now(),
         "device": results.device, "versions": versions(), "git": git_info(), "args": args,
         "peaks": results.peaks, "workloads": results.workloads, "notes": results.notes, "rows": results.rows,
     }
@@ -169,8 +174,8 @@ def markdown(doc: dict) -> str:
         f"# colbert_fast benchmark: {d.get('name')}",
         "",
         f"- created {doc['created']}; git {g['sha']}{' (dirty)' if g.get('dirty') else ''}",
-        f"- torch {v['torch']}, triton {v['triton']}, CUDA {v['cuda']}, colbert_fast {v['colbert_fast']}, "
-        f"python {v['python']}; {d['threads']} CPU threads",
+        (f"- torch {v['torch']}, triton {v['triton']}, CUDA {v['cuda']}, colbert_fast {v['colbert_fast']}, "
+        f"python {v['python']}; {d['threads']} CPU threads"),
         f"- {_peaks_line(doc)}",
         "",
     ]

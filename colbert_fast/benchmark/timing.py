@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -21,6 +21,7 @@ import torch
 class Timing:
     samples_ms: list[float]
     warmup_ms: float  # the first call, compilation/autotuning included
+    peak_mem_bytes: int | None = None  # extra memory at the peak of the timed calls (see peak_memory_bytes)
 
     @property
     def median_ms(self) -> float:
@@ -44,7 +45,8 @@ def last_level_cache_bytes(device: torch.device) -> int:
     for index in (3, 2):
         path = f"/sys/devices/system/cpu/cpu0/cache/index{index}/size"
         try:
-            text = open(path).read().strip().upper()
+            with open(path) as f:
+                text = f.read().strip().upper()
         except OSError:
             continue
         mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1], 1)
@@ -69,44 +71,49 @@ def sync(device: torch.device) -> None:
 
 
 def measure(fn: Callable[[], object], device: torch.device, reps: int = 20, budget_s: float = 2.0,
-            min_reps: int = 3, flush: CacheFlusher | None = None) -> Timing:
-    """Time fn: one warm-up call, then up to `reps` timed calls within about `budget_s` seconds
-    (at least `min_reps`). Each timed call starts from a flushed cache when `flush` is given."""
+            min_reps: int = 3, flush: CacheFlusher | None = None, warmup: bool = True) -> Timing:
+    """Time fn: one warm-up call (skip it with warmup=False when the caller made it), then up to
+    `reps` timed calls within about `budget_s` seconds (at least `min_reps`). Each timed call
+    starts from a flushed cache when `flush` is given. The peak memory of the timed calls is
+    recorded on the way (the flush buffer and events allocate nothing new)."""
     device = torch.device(device)
     sync(device)
-    t0 = time.perf_counter()
-    fn()
-    sync(device)
-    warmup_ms = (time.perf_counter() - t0) * 1e3
+    warmup_ms = 0.0
+    if warmup:
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        warmup_ms = (time.perf_counter() - t0) * 1e3
     samples: list[float] = []
     deadline = time.perf_counter() + budget_s
-    if device.type == "cuda":
-        pairs = []
-        for i in range(reps):
-            if flush is not None:
-                flush()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            pairs.append((start, end))
-            # Check the clock only every few reps: a host sync per rep would serialise the queue.
-            if i + 1 >= min_reps and (i + 1) % 5 == 0:
-                torch.cuda.synchronize(device)
-                if time.perf_counter() > deadline:
+    with PeakMemory(device) as mem:
+        if device.type == "cuda":
+            pairs = []
+            for i in range(reps):
+                if flush is not None:
+                    flush()
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                pairs.append((start, end))
+                # Check the clock only every few reps: a host sync per rep would serialise the queue.
+                if i + 1 >= min_reps and (i + 1) % 5 == 0:
+                    torch.cuda.synchronize(device)
+                    if time.perf_counter() > deadline:
+                        break
+            torch.cuda.synchronize(device)
+            samples = [s.elapsed_time(e) for s, e in pairs]
+        else:
+            for i in range(reps):
+                if flush is not None:
+                    flush()
+                t = time.perf_counter()
+                fn()
+                samples.append((time.perf_counter() - t) * 1e3)
+                if i + 1 >= min_reps and time.perf_counter() > deadline:
                     break
-        torch.cuda.synchronize(device)
-        samples = [s.elapsed_time(e) for s, e in pairs]
-    else:
-        for i in range(reps):
-            if flush is not None:
-                flush()
-            t = time.perf_counter()
-            fn()
-            samples.append((time.perf_counter() - t) * 1e3)
-            if i + 1 >= min_reps and time.perf_counter() > deadline:
-                break
-    return Timing(samples, warmup_ms)
+    return Timing(samples, warmup_ms, mem.peak_bytes)
 
 
 # ---- peak memory -------------------------------------------------------------------------------
@@ -132,26 +139,42 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> int | None:
-    """Extra memory one call of fn needs at its peak, beyond what was allocated before it.
+class PeakMemory:
+    """Extra memory the code inside the block needs at its peak, beyond what was allocated before.
 
     GPU: the caching allocator's peak (exact). CPU: growth of the process's peak resident set
-    during the call (an estimate: memory the allocator reuses from earlier frees is not seen).
-    None where it cannot be measured.
+    (an estimate: memory the allocator reuses from earlier frees is not seen). peak_bytes is None
+    where it cannot be measured.
     """
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
+
+    def __init__(self, device: torch.device):
+        self.device = torch.device(device)
+        self.peak_bytes: int | None = None
+        self._base = None
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        elif os.name == "posix" and _reset_peak_rss():
+            self._base = _read_status_kb("VmRSS")
+        return self
+
+    def __exit__(self, *exc):
+        if self._base is None:
+            return False
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_bytes = max(0, torch.cuda.max_memory_allocated(self.device) - self._base)
+        else:
+            peak = _read_status_kb("VmHWM")
+            self.peak_bytes = None if peak is None else max(0, peak - self._base) * 1024
+        return False
+
+
+def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> int | None:
+    """Extra memory one call of fn needs at its peak (see PeakMemory)."""
+    with PeakMemory(device) as mem:
         fn()
-        torch.cuda.synchronize(device)
-        return max(0, torch.cuda.max_memory_allocated(device) - base)
-    if os.name != "posix" or not _reset_peak_rss():
-        return None
-    before = _read_status_kb("VmRSS")
-    fn()
-    peak = _read_status_kb("VmHWM")
-    if before is None or peak is None:
-        return None
-    return max(0, peak - before) * 1024
+    return mem.peak_bytes

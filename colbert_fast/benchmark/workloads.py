@@ -54,22 +54,22 @@ FULL = {
     "T1": Spec("T1", "train", "train fwd+bwd 128 q x 128 docs, Ld 300", B=128, K=128, Ld=300),
 }
 QUICK = {
-    "R1": dict(store=10_000),
-    "R2": dict(store=10_000),
-    "R3": dict(B=16, K=250, store=10_000),
-    "X1": dict(B=16, K=250),
-    "X2": dict(B=32, K=32),
-    "P1": dict(K=16),
-    "T1": dict(B=32, K=32),
+    "R1": {"store": 10_000},
+    "R2": {"K": 5_000, "store": 10_000},
+    "R3": {"B": 16, "K": 250, "store": 10_000},
+    "X1": {"B": 16, "K": 250},
+    "X2": {"B": 32, "K": 32},
+    "P1": {"K": 16},
+    "T1": {"B": 32, "K": 32},
 }
 TINY = {
-    "R1": dict(K=50, store=400),
-    "R2": dict(K=200, store=400),
-    "R3": dict(B=3, K=20, store=400),
-    "X1": dict(B=3, K=20),
-    "X2": dict(B=4, K=4, Ld=40),
-    "P1": dict(K=2, Lq=64, Ld=64),
-    "T1": dict(B=4, K=4, Ld=40),
+    "R1": {"K": 50, "store": 400},
+    "R2": {"K": 200, "store": 400},
+    "R3": {"B": 3, "K": 20, "store": 400},
+    "X1": {"B": 3, "K": 20},
+    "X2": {"B": 4, "K": 4, "Ld": 40},
+    "P1": {"K": 2, "Lq": 64, "Ld": 64},
+    "T1": {"B": 4, "K": 4, "Ld": 40},
 }
 WORKLOADS = tuple(FULL)
 
