@@ -109,14 +109,21 @@ def run(args) -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
         opts = _options(args)
-        t0 = time.perf_counter()
-        results = runner.run(opts)
-        wall = time.perf_counter() - t0
-        results.notes.append(f"wall time of the run: {wall:.1f} s")
+        out = Path(args.out)
         arg_record = {k: v for k, v in vars(args).items() if not k.startswith("_")}
         arg_record["size"] = opts.size
+
+        def partial(res):  # a run cut short (a time limit on a lent GPU) still leaves its results
+            doc = report.document(res, arg_record)
+            doc["partial"] = True
+            out.mkdir(parents=True, exist_ok=True)
+            report.write_json(doc, out / "bench.json")
+
+        t0 = time.perf_counter()
+        results = runner.run(opts, on_workload=partial)
+        wall = time.perf_counter() - t0
+        results.notes.append(f"wall time of the run: {wall:.1f} s")
         doc = report.document(results, arg_record)
-        out = Path(args.out)
         paths = report.write_all(doc, out)
         if args.plots:
             doc["notes"].extend(report.write_plots(doc, out))

@@ -11,6 +11,7 @@ import csv
 import datetime
 import importlib.metadata
 import json
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -43,7 +44,11 @@ def versions() -> dict:
 
 
 def git_info(path: Path | None = None) -> dict:
-    """The commit the measured code came from (the package's source tree, else the cwd)."""
+    """The commit the measured code came from: the package's source tree, or COLBERT_FAST_GIT_SHA
+    where the tree is a copy without .git (a lent GPU machine)."""
+    env_sha = os.environ.get("COLBERT_FAST_GIT_SHA")
+    if env_sha:
+        return {"sha": env_sha, "dirty": None}
     path = path or Path(__file__).resolve().parents[2]
 
     def git(*args):

@@ -287,7 +287,8 @@ def device_info(device: torch.device) -> dict:
     return info
 
 
-def run(opts: Options) -> Results:
+def run(opts: Options, on_workload: Callable[[Results], None] | None = None) -> Results:
+    """Run the suite; on_workload(results) is called after each workload (for partial writes)."""
     device = opts.device
     log = opts.log
     log(f"measuring the device's peaks on {device} ...")
@@ -301,6 +302,9 @@ def run(opts: Options) -> Results:
     )
     if device.type == "cpu":
         results.notes.append(f"CPU threads: {torch.get_num_threads()} (torch.get_num_threads())")
+        load = _load_note()
+        if load:
+            results.notes.append(load)
     results.notes.append("reference = padded plain PyTorch (pad + einsum GEMM + masked max + fp32 sum) in the "
                          "inputs' dtype; correctness is judged against colbert_fast.reference (fp32 oracle)")
     for impl in impls:
@@ -317,8 +321,24 @@ def run(opts: Options) -> Results:
             log(f"{name} {DTYPE_NAMES[dtype]}: {case.spec.title}" + (f" [scaled: {desc['scaled']}]" if desc["scaled"] else ""))
             results.rows.extend(run_case(case, impls, opts, peaks, flush, state))
             del case
+            if on_workload is not None:
+                on_workload(results)
         store_cache.clear()
     return results
+
+
+def _load_note() -> str | None:
+    """A warning when other processes compete for the cores: with more runnable threads than
+    cores, OpenMP's barriers wait for descheduled threads and small calls take 10-50x longer."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return None
+    cores = os.cpu_count() or 1
+    if load <= cores * 0.75:
+        return None
+    return (f"CPU contended: 1-minute load average {load:.1f} on {cores} cores; timings are inflated and "
+            "bimodal (compare ratios within this run only, or rerun with --threads 1 or on an idle machine)")
 
 
 def measure_peaks_for(opts: Options) -> dict:

@@ -59,7 +59,8 @@ class CacheFlusher:
 
     def __init__(self, device: torch.device):
         self.nbytes = 2 * last_level_cache_bytes(device)
-        self.buffer = torch.empty(self.nbytes // 4, dtype=torch.float32, device=device)
+        # Touch every page now, so the first flush inside a peak-memory window allocates nothing.
+        self.buffer = torch.zeros(self.nbytes // 4, dtype=torch.float32, device=device)
 
     def __call__(self) -> None:
         self.buffer.fill_(1.0)
