@@ -10,8 +10,6 @@ Options are prefixed --bench- so they never clash with tests/conftest.py's --dev
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 
@@ -22,11 +20,6 @@ def pytest_addoption(parser):
                     help="workload size (default: quick on CPU, full on GPU)")
     group.addoption("--bench-dtype", default=None, choices=["fp32", "fp16", "bf16"],
                     help="dtype (default: fp16 on GPU, fp32 on CPU)")
-
-
-def pytest_configure(config):
-    # Never benchmark the Triton interpreter: it is a correctness tool (the runner skips it too).
-    os.environ.pop("TRITON_INTERPRET", None)
 
 
 @pytest.fixture(scope="session")

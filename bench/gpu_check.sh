@@ -25,7 +25,7 @@ TOTAL_S=${TOTAL_S:-570}
 BUILD_S=${BUILD_S:-240}
 TEST_S=${TEST_S:-150}
 DEVICE=${DEVICE:-cuda}
-BENCH_ARGS=${BENCH_ARGS:---full --dtype fp16,bf16 --budget 1 --compile-budget ${COMPILE_S:-120}}
+BENCH_ARGS=${BENCH_ARGS:---full --dtype fp16,bf16 --sweep --budget 1 --compile-budget ${COMPILE_S:-120}}
 TEST_ARGS=${TEST_ARGS:-}
 mkdir -p "$OUT" bench/results
 LOG="$OUT/gpu_check.log"

@@ -92,6 +92,15 @@ def test_full_sizes_are_perf_md_and_quick_says_what_is_scaled():
         workloads.spec("Z9")
 
 
+def test_sweep_points_are_r1_shaped():
+    assert workloads.sweep_names("tiny") == ["S10", "S30", "S100"]
+    s = workloads.spec("S300", "quick")
+    assert (s.mode, s.B, s.K, s.Lq, s.store) == ("packed", 1, 300, 32, workloads.spec("R1", "quick").store)
+    assert workloads.scaled_text("S300", "full") is None
+    with pytest.raises(ValueError, match="K must be in"):
+        workloads.spec("S500", "tiny")  # more candidates than the tiny store holds
+
+
 def test_timing_quantiles():
     t = Timing([5.0, 1.0, 3.0, 2.0, 4.0], warmup_ms=10.0)
     assert t.median_ms == 3.0

@@ -18,7 +18,7 @@ FAST = ["--tiny", "--no-compile", "--reps", "3", "--budget", "0.05", "--no-plots
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    assert main(["bench", "--device", "cpu", "--workload", "R1,X1,T1", "--out", str(out), *FAST]) == 0
+    assert main(["bench", "--device", "cpu", "--workload", "R1,X1,T1", "--sweep", "--out", str(out), *FAST]) == 0
     return out, json.loads((out / "bench.json").read_text())
 
 
@@ -33,14 +33,14 @@ def test_json_has_every_field(results):
     assert doc["versions"]["torch"] == torch.__version__
     assert "sha" in doc["git"]
     assert doc["peaks"]["copy_GBps"] > 0 and doc["peaks"]["matmul_TFLOPs"]["fp32"] > 0
-    assert [w["name"] for w in doc["workloads"]] == ["R1", "X1", "T1"]
+    assert [w["name"] for w in doc["workloads"]] == ["R1", "X1", "T1", "S10", "S30", "S100"]
     assert all(w["size"] == "tiny" and w["scaled"] for w in doc["workloads"])
     assert any("threads" in n for n in doc["notes"]), "CPU runs state the thread count"
     for row in doc["rows"]:
         assert set(report.ROW_FIELDS) <= set(row), set(report.ROW_FIELDS) - set(row)
     timed = [r for r in doc["rows"] if r["status"] == "ok"]
     # the baseline and the torch backend run everywhere, on every workload (T1 included: it has a backward)
-    for wl in ("R1", "X1", "T1"):
+    for wl in ("R1", "X1", "T1", "S10", "S100"):
         assert {"reference", "torch"} <= {r["impl"] for r in timed if r["workload"] == wl}
     for r in timed:
         assert r["reps"] >= 3 and r["warmup_ms"] > 0
@@ -61,6 +61,18 @@ def test_json_has_every_field(results):
         rows = list(csv.DictReader(f))
     assert len(rows) == len(doc["rows"]) and rows[0]["git_sha"] == str(doc["git"]["sha"])
     assert "| reference |" in (out / "bench.md").read_text()
+
+
+def test_plots_or_a_note_saying_why_not(results, tmp_path):
+    _, doc = results
+    notes = report.write_plots(doc, tmp_path)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert notes == ["plots skipped: matplotlib is not installed (pip install matplotlib)"]
+        return
+    assert (tmp_path / "latency_vs_docs.png").stat().st_size > 0
+    assert (tmp_path / "roofline.png").stat().st_size > 0
 
 
 def test_compare_reads_earlier_results(results, tmp_path, capsys):

@@ -80,4 +80,8 @@ def case_fn(case: Case, fn=None, stage=_no_stage) -> Callable[[], torch.Tensor]:
 def compiled(mode: str):
     """torch.compile'd baseline for a mode ('packed' or 'pairs'/'train')."""
     base = packed_scores if mode == "packed" else pairs_scores
+    # Dynamo keys its cache on the function's code object and stops recompiling (falls back to
+    # eager, silently) after a few shapes; a suite compiles one graph per workload and dtype, so
+    # start each from a clean cache.
+    torch._dynamo.reset()
     return torch.compile(base, dynamic=False)

@@ -51,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile-budget", type=float, default=None,
                         help="seconds torch.compile may take in total (default: none on GPU, 25 on CPU)")
     parser.add_argument("--no-peers", dest="peers", action="store_false", help="skip peer libraries")
+    parser.add_argument("--sweep", action="store_true",
+                        help="also run the 1-query rerank at 100..100k candidates (S<K> rows; first dtype only) "
+                             "for the latency-vs-docs plot")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-plots", dest="plots", action="store_false")
@@ -81,7 +84,7 @@ def _options(args):
         device=device, workloads=names, dtypes=[runner.DTYPES[d] for d in _csv(dtypes_text)], size=size,
         impls=_csv(args.backend) if args.backend else None, reps=args.reps, budget_s=budget,
         compile=True if args.compile is None else args.compile, compile_budget_s=compile_budget,
-        peers=args.peers, seed=args.seed, log=lambda m: print(m, file=sys.stderr, flush=True),
+        peers=args.peers, sweep=args.sweep, seed=args.seed, log=lambda m: print(m, file=sys.stderr, flush=True),
     )
 
 

@@ -208,11 +208,11 @@ def write_plots(doc: dict, out: Path) -> list[str]:
     timed = [r for r in doc["rows"] if r["median_ms"]]
     notes = []
     # Latency against the number of docs each query scores, one line per (impl, dtype), over the
-    # single-query rerank workloads (R1, R2: 1k and 10k candidates).
+    # single-query rerank workloads (R1, R2 and the --sweep points S<K>).
     fig, ax = plt.subplots(figsize=(7, 5))
     series: dict = {}
     for r in timed:
-        if r["queries"] == 1 and r["workload"].startswith("R"):
+        if r["queries"] == 1 and r["workload"][0] in "RS":
             series.setdefault((r["impl"], r["dtype"]), []).append((r["docs_per_query"], r["median_ms"]))
     for (impl, dt), pts in sorted(series.items()):
         pts.sort()

@@ -49,6 +49,7 @@ class Options:
     compile: bool = True
     compile_budget_s: float | None = None  # total seconds torch.compile may take in this run
     peers: bool = True
+    sweep: bool = False  # add the S<K> latency-vs-docs sweep (first dtype only)
     seed: int = 0
     log: Callable[[str], None] = print
 
@@ -239,6 +240,8 @@ def run_case(case: workloads.Case, impls: list[Impl], opts: Options, peaks: dict
         except Exception as e:  # noqa: BLE001 (a crashing backend or peer is reported, not fatal to the run)
             row["status"], row["note"] = "error", f"{type(e).__name__}: {e}"[:300]
             opts.log(f"  {case.name} {dtype_name} {impl.name}: {row['note']}")
+            if case.device.type == "cuda":  # e.g. out of memory: give the next row a clean allocator
+                torch.cuda.empty_cache()
             continue
         if impl.name == COMPILED:
             state["compile_s"] += first_s
@@ -312,8 +315,9 @@ def run(opts: Options, on_workload: Callable[[Results], None] | None = None) -> 
             results.notes.append(f"{impl.name}: not run: {impl.skip}")
     state = {"compile_s": 0.0, "compile_max_s": 0.0}
     store_cache: dict = {}
-    for dtype in opts.dtypes:
-        for name in opts.workloads:
+    for i, dtype in enumerate(opts.dtypes):
+        names = list(opts.workloads) + (workloads.sweep_names(opts.size) if opts.sweep and i == 0 else [])
+        for name in names:
             t0 = time.perf_counter()
             case = workloads.build(name, opts.size, dtype, device, opts.seed, store_cache)
             desc = case.describe() | {"dtype": DTYPE_NAMES[dtype], "setup_s": time.perf_counter() - t0}

@@ -72,9 +72,22 @@ TINY = {
     "T1": {"B": 4, "K": 4, "Ld": 40},
 }
 WORKLOADS = tuple(FULL)
+# The latency-vs-number-of-docs sweep: R1's shape (1 query, same store) at K candidates, named S<K>.
+SWEEP = {"full": (100, 300, 1_000, 3_000, 10_000, 30_000, 100_000), "quick": (100, 300, 1_000, 3_000, 10_000),
+         "tiny": (10, 30, 100)}
+
+
+def sweep_names(size: str) -> list[str]:
+    return [f"S{k}" for k in SWEEP[size]]
 
 
 def spec(name: str, size: str = "full") -> Spec:
+    if name.startswith("S") and name[1:].isdigit():
+        store = spec("R1", size).store
+        k = int(name[1:])
+        if not 1 <= k <= store:
+            raise ValueError(f"sweep workload {name}: K must be in [1, {store}] (the {size} store)")
+        return Spec(name, "packed", f"rerank sweep 1 q x {k:,} cands (store {store // 1000}k)", B=1, K=k, store=store)
     if name not in FULL:
         raise ValueError(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}")
     if size not in SIZES:
@@ -86,6 +99,9 @@ def spec(name: str, size: str = "full") -> Spec:
 
 def scaled_text(name: str, size: str) -> str | None:
     """What differs from PERF.md at this size, e.g. 'B 64->16, K 1000->250'; None at full size."""
+    if name not in FULL:  # a sweep point: only its store can be scaled
+        full_store, store = spec("R1", "full").store, spec("R1", size).store
+        return None if full_store == store else f"store {full_store}->{store}"
     base, s = FULL[name], spec(name, size)
     diffs = [f"{f} {getattr(base, f)}->{getattr(s, f)}" for f in ("B", "K", "Lq", "Ld", "store")
              if getattr(base, f) != getattr(s, f)]
