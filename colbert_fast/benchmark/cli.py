@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="include the torch.compile'd reference (default on; on CPU capped by --compile-budget)")
     parser.add_argument("--no-compile", dest="compile", action="store_false")
     parser.add_argument("--compile-budget", type=float, default=None,
-                        help="seconds torch.compile may take in total (default: none on GPU, 25 on CPU)")
+                        help="seconds torch.compile may take in total (default: none on GPU, 15 on CPU)")
     parser.add_argument("--no-peers", dest="peers", action="store_false", help="skip peer libraries")
     parser.add_argument("--sweep", action="store_true",
                         help="also run the 1-query rerank at 100..100k candidates (S<K> rows; first dtype only) "
@@ -79,7 +79,7 @@ def _options(args):
         raise SystemExit(f"--workload: unknown {unknown}; choose from {list(WORKLOADS)}")
     budget = args.budget if args.budget is not None else (2.0 if device.type == "cuda" else 0.5)
     compile_budget = args.compile_budget if args.compile_budget is not None else (
-        None if device.type == "cuda" else 25.0)
+        None if device.type == "cuda" else 15.0)
     return runner.Options(
         device=device, workloads=names, dtypes=[runner.DTYPES[d] for d in _csv(dtypes_text)], size=size,
         impls=_csv(args.backend) if args.backend else None, reps=args.reps, budget_s=budget,
