@@ -98,23 +98,30 @@ def test_compare_reads_earlier_results(results, tmp_path, capsys):
         report.load(bad)
 
 
-def test_wrong_peer_is_flagged_not_timed(monkeypatch):
+def test_wrong_or_crashing_peer_is_flagged_not_timed(monkeypatch):
     def off_by_one(case):
         return lambda: torch.ones(case.spec.B, case.spec.K)  # a score no real doc gives
 
     def unsupported(case):
         raise peers.Unsupported("does not do this")
 
+    def crashes(case):
+        def run():
+            raise RuntimeError("boom")
+        return run
+
     monkeypatch.setitem(peers.PEERS, "broken-peer", ("torch", off_by_one))
     monkeypatch.setitem(peers.PEERS, "partial-peer", ("torch", unsupported))
+    monkeypatch.setitem(peers.PEERS, "crashing-peer", ("torch", crashes))
     opts = runner.Options(device=torch.device("cpu"), workloads=["R1"], dtypes=[torch.float32], size="tiny",
-                          impls=["broken-peer", "partial-peer"], reps=3, budget_s=0.01, compile=False,
+                          impls=["broken-peer", "partial-peer", "crashing-peer"], reps=3, budget_s=0.01, compile=False,
                           log=lambda m: None)
     res = runner.run(opts)
     rows = {r["impl"]: r for r in res.rows}
     assert rows["broken-peer"]["status"] == "wrong" and rows["broken-peer"]["median_ms"] is None
     assert "disagrees with the reference" in rows["broken-peer"]["note"]
     assert rows["partial-peer"]["status"] == "skipped" and rows["partial-peer"]["note"] == "does not do this"
+    assert rows["crashing-peer"]["status"] == "error" and "RuntimeError: boom" in rows["crashing-peer"]["note"]
     assert rows["reference"]["status"] == "ok"
 
 

@@ -254,8 +254,15 @@ def run_case(case: workloads.Case, impls: list[Impl], opts: Options, peaks: dict
             continue
         del out
         grad_ctx = torch.enable_grad if case.mode == "train" else torch.no_grad
-        with grad_ctx():  # the checked call above was the warm-up
-            timing = measure(fn, case.device, reps=opts.reps, budget_s=opts.budget_s, flush=flush, warmup=False)
+        try:
+            with grad_ctx():  # the checked call above was the warm-up
+                timing = measure(fn, case.device, reps=opts.reps, budget_s=opts.budget_s, flush=flush, warmup=False)
+        except Exception as e:  # noqa: BLE001 (e.g. out of memory on a later call)
+            row["status"], row["note"] = "error", f"while timing: {type(e).__name__}: {e}"[:300]
+            opts.log(f"  {case.name} {dtype_name} {impl.name}: {row['note']}")
+            if case.device.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
         row["peak_mem_bytes"] = timing.peak_mem_bytes
         row["warmup_ms"] = first_s * 1e3  # the very first call: compilation and autotuning included
         row["median_ms"] = timing.median_ms
