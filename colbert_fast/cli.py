@@ -16,6 +16,8 @@ import sys
 
 COMMANDS = {
     "env": "colbert_fast.env",
+    "bench": "colbert_fast.benchmark.cli",
+    "profile": "colbert_fast.benchmark.profiler",
 }
 
 
