@@ -68,7 +68,7 @@ setup(
     extras_require={
         "triton": ["triton"],
         "test": ["pytest", "hypothesis", "pytest-benchmark"],
-        "bench": ["pytest-benchmark", "rich"],
+        "bench": ["pytest-benchmark", "rich", "matplotlib"],
     },
     entry_points={"console_scripts": ["colbert-fast=colbert_fast.cli:main"]},
     ext_modules=ext_modules,

@@ -60,20 +60,17 @@ def maxsim(Q, D, q_mask, d_mask, d_lengths):
             qv = None if q_mask is None else q_mask.unsqueeze(1)
             out.append(_reduce(sims, dv, qv))
         return torch.cat(out, dim=1) if out else Q.new_zeros((B, 0), dtype=torch.float32)
+    # per-query candidates: chunk over K with every query at once (no per-query Python loop)
     K = D.shape[1]
-    per_doc = max(1, Lq * Ld)
-    chunk = max(1, CHUNK_ELEMENTS // per_doc)
-    out = []
+    chunk = max(1, CHUNK_ELEMENTS // max(1, B * Lq * Ld))
     qv = None if q_mask is None else q_mask.unsqueeze(1)
-    for b in range(B):
-        row = []
-        for start in range(0, K, chunk):
-            Dc = D[b, start : start + chunk].to(ct)
-            sims = torch.einsum("qd,ktd->kqt", Qc[b], Dc)
-            dv = None if d_valid is None else d_valid[b, start : start + chunk]
-            row.append(_reduce(sims, dv, None if qv is None else qv[b]))
-        out.append(torch.cat(row) if row else Q.new_zeros((0,), dtype=torch.float32))
-    return torch.stack(out)
+    out = []
+    for start in range(0, K, chunk):
+        Dc = D[:, start : start + chunk].to(ct)
+        sims = torch.einsum("bqd,bktd->bkqt", Qc, Dc)
+        dv = None if d_valid is None else d_valid[:, start : start + chunk]
+        out.append(_reduce(sims, dv, qv))
+    return torch.cat(out, dim=1) if out else Q.new_zeros((B, 0), dtype=torch.float32)
 
 
 def gather(embeddings, offsets, lengths, pids, max_len):
@@ -94,18 +91,14 @@ def gather(embeddings, offsets, lengths, pids, max_len):
 
 
 def maxsim_packed(Q, embeddings, offsets, lengths, pids, q_mask, max_len):
-    # Per query, score in chunks of candidates so the padded copy stays bounded.
+    # Gather a chunk of candidate columns for every query at once, padded to the longest doc
+    # that can occur (a host int: no device sync), and score it as a per-query batch.
     B, K = pids.shape
-    per_doc = max(1, Q.shape[1] * max(max_len, 1) + max(max_len, 1) * embeddings.shape[1])
-    chunk = max(1, CHUNK_ELEMENTS // per_doc)
+    per_column = max(1, B * max(max_len, 1) * (Q.shape[1] + embeddings.shape[1]))
+    chunk = max(1, CHUNK_ELEMENTS // per_column)
     out = []
-    for b in range(B):
-        row = []
-        for start in range(0, K, chunk):
-            p = pids[b : b + 1, start : start + chunk]
-            D, d_mask = gather(embeddings, offsets, lengths, p, max_len)
-            qm = None if q_mask is None else q_mask[b : b + 1]
-            row.append(maxsim(Q[b : b + 1], D, qm, d_mask, None)[0])
-        out.append(torch.cat(row) if row else Q.new_zeros((0,), dtype=torch.float32))
-    scores = torch.stack(out)
+    for start in range(0, K, chunk):
+        D, d_mask = gather(embeddings, offsets, lengths, pids[:, start : start + chunk], max_len)
+        out.append(maxsim(Q, D, q_mask, d_mask, None))
+    scores = torch.cat(out, dim=1) if out else Q.new_zeros((B, 0), dtype=torch.float32)
     return scores.masked_fill(pids < 0, float("-inf"))
