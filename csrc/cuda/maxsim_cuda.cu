@@ -1,0 +1,375 @@
+// MaxSim on the GPU: score(q, d) = sum_i max_j <q_i, d_j> over valid tokens, fp32 accumulation.
+//
+// One warp scores one work item (query b, doc, pass of query rows); a block runs kWarps independent
+// items, so several short docs are in flight per block and no block-wide barrier is ever needed.
+// The doc is read once per pass, row by row up to its own length (padding is never read), and the
+// same kernels serve padded docs (both modes) and the packed store (pid -> offset -> rows).
+//
+//   fp16/bf16, dim % 8 == 0, 16-byte aligned rows: tensor cores (mma.sync m16n8k16, fp32
+//     accumulators). The pass's 32 query rows stay in registers as A fragments; doc rows stream
+//     through a per-warp kStages-deep cp.async ring of 16-row chunks and are read with ldmatrix.
+//   everything else (fp32, odd dims, unaligned views): one doc row per lane, plain fp32 FMA.
+//
+// Pure CUDA over maxsim::Params; the torch glue is maxsim_glue.cpp.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "maxsim_params.h"
+
+namespace colbert_fast {
+namespace maxsim {
+namespace {
+
+#define kNegInf (-__int_as_float(0x7f800000))
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr)
+               : "memory");
+}
+
+// c += a * b for one m16n8k16 tile, fp32 accumulators.
+template <bool kBf16>
+__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  if constexpr (kBf16) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+__device__ __forceinline__ bool doc_row_valid(const Params& p, const DocView& dv, int64_t row) {
+  return row < dv.nrows && (dv.mask0 < 0 || p.d_mask[dv.mask0 + row]);
+}
+
+__device__ __forceinline__ bool query_row_valid(const Params& p, const Item& it, int64_t row) {
+  return p.q_mask == nullptr || p.q_mask[it.b * p.Lq + row];
+}
+
+// Sum over the pass's query rows of each row's max; a row whose max is still -inf saw no valid doc
+// token and contributes 0, like a masked query row.
+__device__ __forceinline__ float row_contribution(const Params& p, const Item& it, int row, int qrows, float best) {
+  if (row >= qrows || best == kNegInf) return 0.f;
+  return query_row_valid(p, it, pass_row0(p, it) + row) ? best : 0.f;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tensor-core kernel. KS: upper bound of dim / 16; MT: m16 tiles per pass (the pass has MT * 16
+// query rows). Both size register arrays, so they are template parameters.
+
+template <bool kBf16, int KS, int MT>
+__global__ void __launch_bounds__(kWarps * 32) maxsim_tc_kernel(const Params p) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t item_idx = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
+  if (item_idx >= num_items(p)) return;  // warp-uniform; the kernel has no block-wide barrier
+
+  const Item it = decode_item(p, item_idx);
+  const int64_t oidx = out_index(p, it);
+  const DocView dv = doc_view(p, it);
+  if (dv.empty_slot) {
+    if (lane == 0) p.out[oidx] = kNegInf;
+    return;
+  }
+  const int dim = static_cast<int>(p.dim);
+  const int ksteps = static_cast<int>(tc_ksteps(p.dim));
+  const int row_elems = static_cast<int>(tc_smem_row_elems(p.dim));
+  const int qrows = static_cast<int>(pass_nrows(p, it));
+  uint16_t* sbuf = reinterpret_cast<uint16_t*>(smem_raw) + warp * (kStages * kChunkRows * row_elems);
+
+  // Columns [dim, round_up(dim, 16)) are the zero k-padding of the last k-step: cp.async never
+  // writes them, so zero them once (A is zero there too, but 0 * stale NaN would be NaN).
+  for (int r = lane; r < kStages * kChunkRows; r += 32) {
+    for (int c = dim; c < ksteps * 16; ++c) sbuf[r * row_elems + c] = 0;
+  }
+
+  // A fragments of the pass's MT * 16 query rows, zero past Lq and past dim. Read once per
+  // item with 16-bit loads: Q's row stride is arbitrary, so nothing wider is known to be aligned.
+  uint32_t a[MT][KS][4];
+  {
+    const uint16_t* qb = static_cast<const uint16_t*>(p.q) + it.b * p.q_sb + pass_row0(p, it) * p.q_sl;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks) {
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          uint32_t v = 0;
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            int row, col;
+            a_frag_coord(lane, r, h, &row, &col);
+            row += mt * 16;
+            col += ks * 16;
+            const uint32_t e = (row < qrows && col < dim) ? qb[row * p.q_sl + col] : 0u;
+            v |= e << (16 * h);
+          }
+          a[mt][ks][r] = v;
+        }
+      }
+    }
+  }
+
+  const uint16_t* dbase =
+      static_cast<const uint16_t*>(p.mode == kPacked ? p.embeddings : p.d) + dv.row0;
+  const int64_t nch = num_chunks(dv.nrows);
+  const int pieces = dim / 8;  // 16-byte pieces per row
+
+  // Chunk c (rows 16c .. 16c + 15, clipped to the doc) -> ring stage c % kStages. Rows past the doc
+  // are not loaded: their columns are excluded from the max below, whatever the smem holds.
+  auto load_chunk = [&](int64_t c) {
+    uint16_t* stage = sbuf + static_cast<int>(c % kStages) * (kChunkRows * row_elems);
+    const int64_t r0 = c * kChunkRows;
+    const int64_t left = dv.nrows - r0;
+    const int rows = left < kChunkRows ? static_cast<int>(left) : kChunkRows;
+    for (int e = lane; e < rows * pieces; e += 32) {
+      const int r = e / pieces, piece = e - r * pieces;
+      cp_async16(smem_addr(stage + r * row_elems + piece * 8), dbase + (r0 + r) * dv.row_stride + piece * 8);
+    }
+  };
+
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < nch) load_chunk(s);
+    cp_async_commit();  // one group per chunk slot, empty or not, keeps wait_group's count exact
+  }
+
+  float best[MT][2];  // running max of rows (mt * 16 + g) and (mt * 16 + g + 8)
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) best[mt][0] = best[mt][1] = kNegInf;
+
+  int lrow, lcol;
+  ldsm_b_coord(lane, &lrow, &lcol);
+  for (int64_t c = 0; c < nch; ++c) {
+    cp_async_wait<kStages - 2>();  // this lane's part of chunk c has landed ...
+    __syncwarp();                  // ... and every lane's; chunk c - 1's stage is free again
+    if (c + kStages - 1 < nch) load_chunk(c + kStages - 1);
+    cp_async_commit();
+
+    const uint16_t* stage = sbuf + static_cast<int>(c % kStages) * (kChunkRows * row_elems);
+    const uint32_t baddr = smem_addr(stage + lrow * row_elems + lcol);
+    float acc[MT][2][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) acc[mt][nt][r] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) {
+      if (ks < ksteps) {
+        uint32_t b[4];
+        ldsm_x4(b, baddr + ks * 32);  // 16 halves = 32 bytes per k-step
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma16816<kBf16>(acc[mt][0], a[mt][ks], b[0], b[1]);
+          mma16816<kBf16>(acc[mt][1], a[mt][ks], b[2], b[3]);
+        }
+      }
+    }
+    // acc[mt][nt][r] (c_frag_coord): query row mt * 16 + g (+8 for r >= 2), doc row 16c + 8nt + 2tig + (r & 1).
+    const int64_t r0 = c * kChunkRows;
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        int qrow, dcol;
+        c_frag_coord(lane, j, &qrow, &dcol);
+        const bool valid = doc_row_valid(p, dv, r0 + nt * 8 + dcol);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          if (valid) {
+            best[mt][0] = fmaxf(best[mt][0], acc[mt][nt][j]);
+            best[mt][1] = fmaxf(best[mt][1], acc[mt][nt][2 + j]);
+          }
+        }
+      }
+    }
+  }
+
+  // The four lanes of a quad hold the same rows, different doc columns: max across them, then sum
+  // the rows (each quad once: lanes with tig == 0 contribute, the others add 0).
+  float sum = 0.f;
+  const int g = lane >> 2, tig = lane & 3;
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float v = best[mt][h];
+      v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+      v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+      if (tig == 0) sum += row_contribution(p, it, mt * 16 + g + 8 * h, qrows, v);
+    }
+  }
+#pragma unroll
+  for (int off = 4; off < 32; off <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+  if (lane == 0) p.out[oidx] = sum;
+}
+
+// ---------------------------------------------------------------------------------------------
+// FMA kernel: fp32 (and fp16/bf16 that the tensor-core kernel cannot read). Lane l takes doc rows
+// l, l + 32, ...; the pass's kFmaPassRows query rows are read through L1 (every lane reads the
+// same Q element at the same time: one broadcast transaction).
+
+struct Half {};
+struct BFloat {};
+
+template <typename Tag>
+__device__ __forceinline__ float elem(const void* base, int64_t i);
+template <>
+__device__ __forceinline__ float elem<float>(const void* base, int64_t i) {
+  return static_cast<const float*>(base)[i];
+}
+template <>
+__device__ __forceinline__ float elem<BFloat>(const void* base, int64_t i) {
+  return __uint_as_float(static_cast<uint32_t>(static_cast<const uint16_t*>(base)[i]) << 16);
+}
+template <>
+__device__ __forceinline__ float elem<Half>(const void* base, int64_t i) {
+  float f;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(static_cast<const uint16_t*>(base)[i]));
+  return f;
+}
+
+template <typename Tag>
+__global__ void __launch_bounds__(kWarps * 32) maxsim_fma_kernel(const Params p) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t item_idx = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
+  if (item_idx >= num_items(p)) return;
+  const Item it = decode_item(p, item_idx);
+  const int64_t oidx = out_index(p, it);
+  const DocView dv = doc_view(p, it);
+  if (dv.empty_slot) {
+    if (lane == 0) p.out[oidx] = kNegInf;
+    return;
+  }
+  const int qrows = static_cast<int>(pass_nrows(p, it));
+  const int64_t q0 = it.b * p.q_sb + pass_row0(p, it) * p.q_sl;
+  const void* dsrc = p.mode == kPacked ? p.embeddings : p.d;
+
+  float best[kFmaPassRows];
+#pragma unroll
+  for (int i = 0; i < kFmaPassRows; ++i) best[i] = kNegInf;
+
+  for (int64_t j = lane; j < dv.nrows; j += 32) {
+    if (!doc_row_valid(p, dv, j)) continue;
+    const int64_t d0 = dv.row0 + j * dv.row_stride;
+    float acc[kFmaPassRows];
+#pragma unroll
+    for (int i = 0; i < kFmaPassRows; ++i) acc[i] = 0.f;
+    for (int64_t k = 0; k < p.dim; ++k) {
+      const float dk = elem<Tag>(dsrc, d0 + k);
+#pragma unroll
+      for (int i = 0; i < kFmaPassRows; ++i) {
+        const int iq = i < qrows ? i : qrows - 1;  // rows past the pass repeat a real one (ignored)
+        acc[i] = fmaf(elem<Tag>(p.q, q0 + iq * p.q_sl + k), dk, acc[i]);
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < kFmaPassRows; ++i) best[i] = fmaxf(best[i], acc[i]);
+  }
+
+  float sum = 0.f;
+#pragma unroll
+  for (int i = 0; i < kFmaPassRows; ++i) {
+    float v = best[i];
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+    sum += row_contribution(p, it, i, qrows, v);
+  }
+  if (lane == 0) p.out[oidx] = sum;
+}
+
+// out[i] = sum over passes of partial[pass][i], in pass order (deterministic).
+__global__ void reduce_partials_kernel(const float* __restrict__ partial, float* __restrict__ out, int64_t n,
+                                       int64_t npass) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  float s = 0.f;
+  for (int64_t pass = 0; pass < npass; ++pass) s += partial[pass * n + i];
+  out[i] = s;
+}
+
+template <bool kBf16, int KS>
+void launch_tc(const Params& p, unsigned blocks, cudaStream_t stream) {
+  const int64_t smem = tc_block_smem_bytes(p.dim);
+  // Above 48 KB dynamic smem needs an opt-in per kernel and device; raise it only when needed
+  // (use_tensor_cores() already checked smem against the device's limit).
+  static int configured[64] = {};
+  int device = 0;
+  cudaGetDevice(&device);
+  if (device >= 64 || configured[device] < smem) {
+    cudaFuncSetAttribute(maxsim_tc_kernel<kBf16, KS, (KS > 8 ? 1 : 2)>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                         static_cast<int>(smem));
+    if (device < 64) configured[device] = static_cast<int>(smem);
+  }
+  maxsim_tc_kernel<kBf16, KS, (KS > 8 ? 1 : 2)><<<blocks, kWarps * 32, static_cast<size_t>(smem), stream>>>(p);
+}
+
+template <bool kBf16>
+void launch_tc_ks(const Params& p, unsigned blocks, cudaStream_t stream) {
+  switch (tc_ks_bucket(p.dim)) {
+    case 4:
+      launch_tc<kBf16, 4>(p, blocks, stream);
+      break;
+    case 8:
+      launch_tc<kBf16, 8>(p, blocks, stream);
+      break;
+    default:
+      launch_tc<kBf16, 16>(p, blocks, stream);
+      break;
+  }
+}
+
+}  // namespace
+
+void launch(Params p, float* out, float* workspace, void* stream_ptr) {
+  const auto stream = static_cast<cudaStream_t>(stream_ptr);
+  const int64_t n_out = p.B * p.ncols;
+  if (n_out == 0 || p.npass == 0) return;
+  p.out = p.npass > 1 ? workspace : out;
+  const unsigned blocks = static_cast<unsigned>(ceil_div(num_items(p), kWarps));
+  if (use_tensor_cores(p)) {
+    if (p.dtype == kBFloat16) {
+      launch_tc_ks<true>(p, blocks, stream);
+    } else {
+      launch_tc_ks<false>(p, blocks, stream);
+    }
+  } else if (p.dtype == kFloat32) {
+    maxsim_fma_kernel<float><<<blocks, kWarps * 32, 0, stream>>>(p);
+  } else if (p.dtype == kBFloat16) {
+    maxsim_fma_kernel<BFloat><<<blocks, kWarps * 32, 0, stream>>>(p);
+  } else {
+    maxsim_fma_kernel<Half><<<blocks, kWarps * 32, 0, stream>>>(p);
+  }
+  if (p.npass > 1) {
+    const unsigned rblocks = static_cast<unsigned>(ceil_div(n_out, 256));
+    reduce_partials_kernel<<<rblocks, 256, 0, stream>>>(workspace, out, n_out, p.npass);
+  }
+}
+
+}  // namespace maxsim
+}  // namespace colbert_fast
