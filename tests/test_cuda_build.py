@@ -8,7 +8,7 @@ import os
 import re
 import shutil
 import subprocess
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -38,20 +38,24 @@ needs_nvcc = pytest.mark.skipif(_nvcc() is None, reason="nvcc not found (set CUD
 NVCC_FLAGS = ["-std=c++17", "-O3", "--use_fast_math", "-lineinfo", "-DWITH_CUDA", "--expt-relaxed-constexpr"]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _compile(source: str, arch: str, out_dir: str) -> tuple[str, str]:
     """(ptxas -v report, PTX text) of one source for one arch."""
     src = CUDA_DIR / source
     cubin = Path(out_dir) / f"{source}.{arch}.cubin"
     res = subprocess.run(
         [_nvcc(), *NVCC_FLAGS, f"-arch={arch}", "-Xptxas", "-v", "-cubin", "-o", str(cubin), str(src)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert res.returncode == 0, f"nvcc failed on {source} for {arch}:\n{res.stderr[-4000:]}"
     ptx = Path(out_dir) / f"{source}.{arch}.ptx"
     res2 = subprocess.run(
         [_nvcc(), *NVCC_FLAGS, f"-arch={arch}", "-ptx", "-o", str(ptx), str(src)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert res2.returncode == 0, f"nvcc -ptx failed on {source} for {arch}:\n{res2.stderr[-4000:]}"
     return res.stderr + res.stdout, ptx.read_text()
@@ -69,8 +73,9 @@ def parse_ptxas(report: str) -> dict[str, dict[str, int]]:
     for line in report.splitlines():
         m = re.search(r"(?:Compiling entry function|Function properties for) '?([\w$]+)'?", line)
         if m:
-            current = kernels.setdefault(m.group(1), {"registers": 0, "spill_stores": 0, "spill_loads": 0,
-                                                      "stack": 0, "smem": 0})
+            current = kernels.setdefault(
+                m.group(1), {"registers": 0, "spill_stores": 0, "spill_loads": 0, "stack": 0, "smem": 0}
+            )
             continue
         if current is None:
             continue
@@ -138,8 +143,12 @@ def test_host_tile_math():
     exe = ROOT / "build" / "tile_math_test"
     exe.parent.mkdir(exist_ok=True)
     src = CUDA_DIR / "test" / "tile_math_test.cpp"
-    res = subprocess.run([cxx, "-std=c++17", "-O1", "-Wall", "-Werror", "-o", str(exe), str(src)],
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [cxx, "-std=c++17", "-O1", "-Wall", "-Werror", "-o", str(exe), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr

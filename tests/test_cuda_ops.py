@@ -64,19 +64,37 @@ def test_cuda_backend_reports_a_build_without_cuda(monkeypatch):
         (lambda: (torch.randn(2, 0, 8), torch.randn(4, 5, 8), None, None, None), "Lq >= 1"),
         (lambda: (torch.randn(2, 3, 8).int(), torch.randn(4, 5, 8).int(), None, None, None), "unsupported dtype"),
         (lambda: (torch.randn(2, 3, 8), torch.randn(3, 4, 5, 8), None, None, None), "must have B = 2"),
-        (lambda: (torch.randn(2, 3, 8), torch.randn(4, 5, 8), torch.ones(2, 4, dtype=torch.bool), None, None),
-         r"q_mask must be \[B, Lq\]"),
+        (
+            lambda: (torch.randn(2, 3, 8), torch.randn(4, 5, 8), torch.ones(2, 4, dtype=torch.bool), None, None),
+            r"q_mask must be \[B, Lq\]",
+        ),
         (lambda: (torch.randn(2, 3, 8), torch.randn(4, 5, 8), None, torch.ones(4, 5), None), "d_mask must be bool"),
-        (lambda: (torch.randn(2, 3, 8), torch.randn(4, 5, 8), None, torch.ones(4, 6, dtype=torch.bool), None),
-         "d_mask must have D's shape without dim"),
-        (lambda: (torch.randn(2, 3, 8), torch.randn(4, 5, 8), None, None, torch.ones(4, dtype=torch.int32)),
-         "d_lengths must be int64"),
-        (lambda: (torch.randn(2, 3, 8), torch.randn(4, 5, 8), None, None, torch.ones(5, dtype=torch.long)),
-         r"d_lengths must have D's shape without \(Ld, dim\)"),
-        (lambda: (torch.randn(2, 3, 8), torch.randn(4, 5, 8), None, torch.ones(4, 5, dtype=torch.bool),
-                  torch.ones(4, dtype=torch.long)), "give d_mask or d_lengths, not both"),
-        (lambda: (torch.randn(2, 3, 8), torch.randn(4, 5, 16)[..., ::2], None, None, None),
-         "D's last dim must have stride 1"),
+        (
+            lambda: (torch.randn(2, 3, 8), torch.randn(4, 5, 8), None, torch.ones(4, 6, dtype=torch.bool), None),
+            "d_mask must have D's shape without dim",
+        ),
+        (
+            lambda: (torch.randn(2, 3, 8), torch.randn(4, 5, 8), None, None, torch.ones(4, dtype=torch.int32)),
+            "d_lengths must be int64",
+        ),
+        (
+            lambda: (torch.randn(2, 3, 8), torch.randn(4, 5, 8), None, None, torch.ones(5, dtype=torch.long)),
+            r"d_lengths must have D's shape without \(Ld, dim\)",
+        ),
+        (
+            lambda: (
+                torch.randn(2, 3, 8),
+                torch.randn(4, 5, 8),
+                None,
+                torch.ones(4, 5, dtype=torch.bool),
+                torch.ones(4, dtype=torch.long),
+            ),
+            "give d_mask or d_lengths, not both",
+        ),
+        (
+            lambda: (torch.randn(2, 3, 8), torch.randn(4, 5, 16)[..., ::2], None, None, None),
+            "D's last dim must have stride 1",
+        ),
         (lambda: (torch.randn(2, 3, 8), torch.randn(4, 5, 8), None, None, None), "Q must be a CUDA tensor"),
     ],
 )
@@ -86,8 +104,15 @@ def test_maxsim_glue_checks(make_args, message):
 
 
 def _packed_args(**over):
-    args = dict(Q=torch.randn(2, 3, 8), emb=torch.randn(10, 8), offsets=torch.tensor([0, 4, 10]),
-                lengths=torch.tensor([4, 6]), pids=torch.tensor([[0, -1], [1, 1]]), q_mask=None, max_len=6)
+    args = dict(
+        Q=torch.randn(2, 3, 8),
+        emb=torch.randn(10, 8),
+        offsets=torch.tensor([0, 4, 10]),
+        lengths=torch.tensor([4, 6]),
+        pids=torch.tensor([[0, -1], [1, 1]]),
+        q_mask=None,
+        max_len=6,
+    )
     args.update(over)
     return tuple(args.values())
 
@@ -116,11 +141,13 @@ def test_maxsim_packed_glue_checks(over, message):
 def test_fake_kernels_give_shapes():
     """Meta tensors go through the fake kernels (what torch.compile traces with)."""
     Q = torch.empty(3, 32, 128, device="meta", dtype=torch.float16)
-    out = torch.ops.colbert_fast.maxsim(Q, torch.empty(7, 50, 128, device="meta", dtype=torch.float16),
-                                        None, None, None)
+    out = torch.ops.colbert_fast.maxsim(
+        Q, torch.empty(7, 50, 128, device="meta", dtype=torch.float16), None, None, None
+    )
     assert out.shape == (3, 7) and out.dtype == torch.float32
-    out = torch.ops.colbert_fast.maxsim(Q, torch.empty(3, 5, 50, 128, device="meta", dtype=torch.float16),
-                                        None, None, None)
+    out = torch.ops.colbert_fast.maxsim(
+        Q, torch.empty(3, 5, 50, 128, device="meta", dtype=torch.float16), None, None, None
+    )
     assert out.shape == (3, 5) and out.dtype == torch.float32
     emb = torch.empty(100, 128, device="meta", dtype=torch.float16)
     idx = torch.empty(4, device="meta", dtype=torch.long)

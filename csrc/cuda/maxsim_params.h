@@ -126,7 +126,9 @@ CF_HD DocView doc_view(const Params& p, const Item& it) {
   const int64_t doc = p.mode == kAllPairs ? it.col : it.b * p.ncols + it.col;
   v.row0 = p.mode == kAllPairs ? it.col * p.d_sk : it.b * p.d_sb + it.col * p.d_sk;
   v.row_stride = p.d_sl;
-  v.nrows = p.d_lengths != nullptr ? p.d_lengths[doc] : p.Ld;
+  // Lengths are validated in Python; clamping keeps a direct torch.ops call from reading past Ld.
+  const int64_t n = p.d_lengths != nullptr ? p.d_lengths[doc] : p.Ld;
+  v.nrows = n < 0 ? 0 : n > p.Ld ? p.Ld : n;
   if (p.d_mask != nullptr) v.mask0 = doc * p.Ld;
   return v;
 }

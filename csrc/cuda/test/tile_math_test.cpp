@@ -440,6 +440,10 @@ static void test_doc_view() {
   q.d_lengths = dl;
   v = doc_view(q, Item{1, 2, 0});
   CHECK(v.nrows == 3 && v.mask0 == -1, "all-pairs lengths");
+  dl[1] = 12;  // longer than Ld: clamped (Python rejects it; a direct op call must not read past Ld)
+  CHECK(doc_view(q, Item{0, 1, 0}).nrows == 9, "lengths clamped to Ld");
+  dl[1] = -4;
+  CHECK(doc_view(q, Item{0, 1, 0}).nrows == 0, "negative lengths clamped to 0");
 }
 
 static void test_geometry() {
