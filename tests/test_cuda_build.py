@@ -23,6 +23,8 @@ MAX_STACK_BYTES = 64
 TC_KERNELS = (
     ("maxsim_tc_kernelILb0E", "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"),
     ("maxsim_tc_kernelILb1E", "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"),
+    ("maxsim_tc_shared_kernelILb0E", "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"),
+    ("maxsim_tc_shared_kernelILb1E", "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"),
 )
 
 

@@ -2,8 +2,8 @@
 the reference on a GPU (@pytest.mark.cuda, run with `pytest --device cuda`).
 
 The conformance suite covers the contract for every backend; the GPU cases here aim at the
-kernels' own machinery: tensor-core vs FMA dispatch (dims, alignment, dtype), chunk and pass
-boundaries (Ld around 16, Lq around 32, ColPali-long queries with partial sums), packed docs
+kernels' own machinery: tensor-core vs FMA dispatch (dims, alignment, dtype), independent-warp vs
+shared-doc tensor-core kernels (one vs several query slots per doc), chunk and pass boundaries (Ld around 16, Lq around 32, ColPali-long queries with partial sums), packed docs
 clipped to max_len, strided views, determinism.
 """
 
@@ -204,7 +204,8 @@ def test_chunk_and_pass_boundaries(device, dtype, lq, ld):
     g = _gen(lq * 1000 + ld)
     Q = normalized((2, lq, 128), dtype, device, g, negative_bias=1.0)
     D = normalized((3, ld, 128), dtype, device, g, negative_bias=-1.5)
-    _check(Q, D)
+    _check(Q, D)  # all-pairs, two queries: the shared-doc kernel
+    _check(Q[:1], D)  # one query, Lq <= 32: independent warps; longer: the shared-doc kernel over passes
     _check(Q, D[None].expand(2, 3, ld, 128), d_lengths=torch.tensor([[ld, 0, ld // 2]] * 2, device=device))
 
 

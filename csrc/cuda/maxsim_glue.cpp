@@ -82,7 +82,7 @@ int64_t smem_limit(const at::Tensor& t) {
 at::Tensor run(Params& p, const at::Tensor& like) {
   p.smem_limit = smem_limit(like);
   maxsim::plan(p);
-  TORCH_CHECK(maxsim::ceil_div(maxsim::num_items(p), maxsim::kWarps) <= INT32_MAX, "maxsim (CUDA): ", p.B,
+  TORCH_CHECK(maxsim::launch_blocks(p) <= INT32_MAX, "maxsim (CUDA): ", p.B,
               " queries x ", p.ncols, " docs x ", p.npass, " query passes is too much work for one launch; split the batch");
   const auto fp32 = like.options().dtype(at::kFloat);
   at::Tensor out = at::empty({p.B, p.ncols}, fp32);

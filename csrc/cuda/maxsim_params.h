@@ -56,6 +56,7 @@ struct Params {
   int64_t pass_rows;  // query rows per pass (a kernel constant, stored for the index helpers)
   int64_t npass;
   int64_t smem_limit;  // the device's opt-in shared memory per block (bytes)
+  int32_t shared_doc;  // tensor-core path: the block's warps share one doc stream (see below)
 };
 
 // ---- work decomposition: one warp scores one (query, doc, query-pass) item ----
@@ -204,9 +205,50 @@ CF_HD void ldsm_b_coord(int lane, int* row, int* col) {
 namespace colbert_fast {
 namespace maxsim {
 
+// ---- shared-doc variant: the kWarps warps of a block score one doc against kWarps query slots ----
+//
+// When several (query, pass) slots read the same doc (all-pairs: every query and pass; per-query and
+// packed: the passes of a long query), the block streams the doc once through one smem ring of
+// kSharedChunkRows-row chunks and each warp multiplies it with its own slot's query rows: L2 traffic
+// drops by up to kWarps. A warp without a slot (the last group) still loads and synchronises.
+
+constexpr int kSharedChunkRows = 32;
+
+CF_HD int64_t tc_shared_smem_bytes(int64_t dim) { return kStages * kSharedChunkRows * tc_smem_row_elems(dim) * 2; }
+CF_HD int64_t shared_slots(const Params& p) { return p.mode == kAllPairs ? p.B * p.npass : p.npass; }
+CF_HD int64_t shared_groups(const Params& p) { return ceil_div(shared_slots(p), kWarps); }
+CF_HD int64_t shared_docs(const Params& p) { return p.mode == kAllPairs ? p.ncols : p.B * p.ncols; }
+CF_HD int64_t shared_blocks(const Params& p) { return shared_docs(p) * shared_groups(p); }
+
+// The doc block `blk` reads, as an item with pass 0 (doc_view depends only on b and col).
+CF_HD Item shared_doc_item(const Params& p, int64_t blk) {
+  const int64_t doc = blk / shared_groups(p);
+  Item it{0, doc, 0};
+  if (p.mode != kAllPairs) {
+    it.b = doc / p.ncols;
+    it.col = doc % p.ncols;
+  }
+  return it;
+}
+
+// Warp `warp` of block `blk`: its (query, doc, pass) item; false when the group has no slot for it.
+CF_HD bool decode_shared(const Params& p, int64_t blk, int warp, Item* it) {
+  const int64_t slot = (blk % shared_groups(p)) * kWarps + warp;
+  if (slot >= shared_slots(p)) return false;
+  *it = shared_doc_item(p, blk);
+  if (p.mode == kAllPairs) {
+    it->b = slot / p.npass;
+    it->pass = slot % p.npass;
+  } else {
+    it->pass = slot;
+  }
+  return true;
+}
+
 // Whether the docs can go through the tensor-core kernel (else the FMA kernel, exact in fp32).
 CF_HD bool use_tensor_cores(const Params& p) {
-  if (p.dtype == kFloat32 || tc_block_smem_bytes(p.dim) > p.smem_limit) return false;
+  if (p.dtype == kFloat32) return false;
+  if (tc_block_smem_bytes(p.dim) > p.smem_limit || tc_shared_smem_bytes(p.dim) > p.smem_limit) return false;
   if (p.mode == kPacked) return tc_aligned(reinterpret_cast<uint64_t>(p.embeddings), p.dim, 2, p.dim, 0, 0);
   const int64_t sb = p.mode == kPerQuery ? p.d_sb : 0;
   return tc_aligned(reinterpret_cast<uint64_t>(p.d), p.dim, 2, sb, p.d_sk, p.d_sl);
@@ -214,8 +256,17 @@ CF_HD bool use_tensor_cores(const Params& p) {
 
 // Fills pass_rows and npass for the kernel use_tensor_cores(p) picks.
 CF_HD void plan(Params& p) {
-  p.pass_rows = use_tensor_cores(p) ? tc_pass_rows(p.dim) : kFmaPassRows;
+  const bool tc = use_tensor_cores(p);
+  p.pass_rows = tc ? tc_pass_rows(p.dim) : kFmaPassRows;
   p.npass = num_passes(p.Lq, p.pass_rows);
+  // Share the doc stream once two or more slots read each doc (R1-like single-query work keeps the
+  // independent warps: one slot per doc would leave three warps of a shared block idle).
+  p.shared_doc = tc && shared_slots(p) >= 2;
+}
+
+// Blocks of the launch plan(p) chose.
+CF_HD int64_t launch_blocks(const Params& p) {
+  return p.shared_doc ? shared_blocks(p) : ceil_div(num_items(p), kWarps);
 }
 
 // Bytes of fp32 partial sums the launch needs (0 when one pass covers the query).

@@ -138,17 +138,19 @@ static float direct_score(const World& w, int64_t b, int64_t col) {
   return float(total);
 }
 
-// One warp of maxsim_tc_kernel<_, KS, MT> on item `idx`, emulated lane by lane. Returns what lane 0 writes.
-static float emulate_tc_item(const World& w, int64_t idx, int MT) {
+// One warp of maxsim_tc_kernel<_, KS, MT> (chunk_rows 16, 32 loading threads) or of
+// maxsim_tc_shared_kernel (chunk_rows 32, 128 loading threads, 16-row sub-blocks) on item `it`,
+// emulated lane by lane. Returns what lane 0 writes.
+static float emulate_tc_item(const World& w, const Item& it, int MT, int chunk_rows) {
   const Params& p = w.p;
-  const Item it = decode_item(p, idx);
+  const int nthreads = chunk_rows == kChunkRows ? 32 : kWarps * 32;
   const DocView dv = doc_view(p, it);
   if (dv.empty_slot) return -kInf;
   const int dim = int(p.dim), ksteps = int(tc_ksteps(p.dim)), row_elems = int(tc_smem_row_elems(p.dim));
   const int qrows = int(pass_nrows(p, it));
   // smem ring: NaN everywhere (uninitialised), then the zero k-padding the kernel writes once.
-  std::vector<float> smem(kStages * kChunkRows * row_elems, kNaN);
-  for (int r = 0; r < kStages * kChunkRows; ++r)
+  std::vector<float> smem(kStages * chunk_rows * row_elems, kNaN);
+  for (int r = 0; r < kStages * chunk_rows; ++r)
     for (int c = dim; c < ksteps * 16; ++c) smem[r * row_elems + c] = 0.f;
   // A fragments per lane.
   std::vector<float> a(32 * MT * 16 * 8);
@@ -166,18 +168,23 @@ static float emulate_tc_item(const World& w, int64_t idx, int MT) {
                 (row < qrows && col < dim) ? qval(w, it.b, pass_row0(p, it) + row, col) : 0.f;
           }
   std::vector<float> best(32 * MT * 2, -kInf);
-  const int64_t nch = num_chunks(dv.nrows);
+  const int64_t nch = ceil_div(dv.nrows, chunk_rows);
+  CHECK(chunk_rows != kChunkRows || nch == num_chunks(dv.nrows), "num_chunks");
   const int pieces = dim / 8;
   for (int64_t c = 0; c < nch; ++c) {
-    // load_chunk(c) (the ring order is the kernel's: chunk c lives in stage c % kStages)
-    const int stage_off = int(c % kStages) * kChunkRows * row_elems;
-    const int64_t r0 = c * kChunkRows;
-    const int rows = int(std::min<int64_t>(kChunkRows, dv.nrows - r0));
-    for (int lane = 0; lane < 32; ++lane)
-      for (int e = lane; e < rows * pieces; e += 32) {
+    // load_rows (the ring order is the kernel's: chunk c lives in stage c % kStages)
+    const int chunk_off = int(c % kStages) * chunk_rows * row_elems;
+    const int64_t c0 = c * chunk_rows;
+    const int rows = int(std::min<int64_t>(chunk_rows, dv.nrows - c0));
+    for (int tid = 0; tid < nthreads; ++tid)
+      for (int e = tid; e < rows * pieces; e += nthreads) {
         const int r = e / pieces, piece = e - r * pieces;
-        for (int x = 0; x < 8; ++x) smem[stage_off + r * row_elems + piece * 8 + x] = dval(w, dv, r0 + r, piece * 8 + x);
+        for (int x = 0; x < 8; ++x) smem[chunk_off + r * row_elems + piece * 8 + x] = dval(w, dv, c0 + r, piece * 8 + x);
       }
+   for (int sub = 0; sub < chunk_rows / 16; ++sub) {
+    const int64_t r0 = c0 + sub * 16;
+    if (r0 >= dv.nrows) continue;  // the shared kernel skips an all-padding sub-block
+    const int stage_off = chunk_off + sub * 16 * row_elems;
     // mma over k-steps: rebuild each lane's B fragment from the ldmatrix emulation, then the
     // product from the PTX tables.
     std::vector<float> acc(32 * MT * 2 * 4, 0.f);
@@ -225,6 +232,7 @@ static float emulate_tc_item(const World& w, int64_t idx, int MT) {
             b1 = std::fmax(b1, acc[((lane * MT + mt) * 2 + nt) * 4 + 2 + j]);
           }
         }
+   }
   }
   // quad max, then the sum over rows by lanes with tig == 0 (butterfly sum order is irrelevant here)
   double sum = 0;
@@ -358,7 +366,31 @@ static void check_world(World& w, bool tc, const char* what) {
     const int64_t o = out_index(p, it);
     CHECK(o >= 0 && o < int64_t(out.size()), "%s: out index %lld", what, (long long)o);
     hits[o]++;
-    out[o] = tc ? emulate_tc_item(w, idx, MT) : emulate_fma_item(w, idx);
+    out[o] = tc ? emulate_tc_item(w, it, MT, kChunkRows) : emulate_fma_item(w, idx);
+  }
+  if (tc) {
+    // The shared-doc kernel: every slot exactly once, every warp of a block on the block's doc, and
+    // the same scores through 32-row chunks.
+    std::vector<int> shared_hits(hits.size(), 0);
+    std::vector<float> shared_out(out.size(), kNaN);
+    for (int64_t blk = 0; blk < shared_blocks(p); ++blk) {
+      const DocView bv = doc_view(p, shared_doc_item(p, blk));
+      for (int warp = 0; warp < kWarps; ++warp) {
+        Item it;
+        if (!decode_shared(p, blk, warp, &it)) continue;
+        const DocView v = doc_view(p, it);
+        CHECK(v.row0 == bv.row0 && v.nrows == bv.nrows && v.mask0 == bv.mask0 && v.empty_slot == bv.empty_slot,
+              "%s: warp %d of block %lld reads another doc", what, warp, (long long)blk);
+        const int64_t o = out_index(p, it);
+        shared_hits[o]++;
+        shared_out[o] = emulate_tc_item(w, it, MT, kSharedChunkRows);
+      }
+    }
+    for (size_t i = 0; i < size_t(p.npass * p.B * p.ncols); ++i) {
+      CHECK(shared_hits[i] == 1, "%s shared: slot %zu hit %d times", what, i, shared_hits[i]);
+      const bool same = (std::isinf(out[i]) && out[i] == shared_out[i]) || std::fabs(out[i] - shared_out[i]) <= 1e-3f;
+      CHECK(same, "%s shared: slot %zu = %g, independent warps %g", what, i, shared_out[i], out[i]);
+    }
   }
   for (size_t i = 0; i < size_t(p.npass * p.B * p.ncols); ++i) CHECK(hits[i] == 1, "%s: slot %zu hit %d times", what, i, hits[i]);
   for (int64_t b = 0; b < p.B; ++b)
@@ -504,6 +536,24 @@ static void test_geometry() {
   p.Lq = 7;
   plan(p);
   CHECK(p.npass == 1 && workspace_bytes(p) == 0, "one pass, no workspace");
+  p.dtype = kFloat16;
+  p.mode = kPacked;
+  p.Lq = 32;
+  plan(p);
+  CHECK(!p.shared_doc && launch_blocks(p) == ceil_div(3 * 5, kWarps), "one slot per doc: independent warps");
+  p.Lq = 200;  // 7 passes share each doc: 2 groups per doc
+  plan(p);
+  CHECK(p.shared_doc && shared_groups(p) == 2 && launch_blocks(p) == 3 * 5 * 2, "long queries share the doc");
+  p.mode = kAllPairs;
+  p.d = reinterpret_cast<const void*>(uintptr_t(4096));
+  p.d_sk = 300 * 128;
+  p.d_sl = 128;
+  p.Lq = 32;
+  plan(p);
+  CHECK(p.shared_doc && shared_slots(p) == 3 && launch_blocks(p) == 5, "all-pairs: queries share the doc");
+  p.dtype = kFloat32;
+  plan(p);
+  CHECK(!p.shared_doc, "fp32 never takes a tensor-core kernel");
 }
 
 int main() {
