@@ -1,13 +1,16 @@
 // MaxSim on the GPU: score(q, d) = sum_i max_j <q_i, d_j> over valid tokens, fp32 accumulation.
 //
-// One warp scores one work item (query b, doc, pass of query rows); a block runs kWarps independent
-// items, so several short docs are in flight per block and no block-wide barrier is ever needed.
-// The doc is read once per pass, row by row up to its own length (padding is never read), and the
-// same kernels serve padded docs (both modes) and the packed store (pid -> offset -> rows).
+// One warp scores one work item (query b, doc, pass of query rows). Docs are read row by row up to
+// their own length (padding is never read); the same kernels serve padded docs (both modes) and the
+// packed store (pid -> offset -> rows). See README.md in this folder.
 //
 //   fp16/bf16, dim % 8 == 0, 16-byte aligned rows: tensor cores (mma.sync m16n8k16, fp32
-//     accumulators). The pass's 32 query rows stay in registers as A fragments; doc rows stream
-//     through a per-warp kStages-deep cp.async ring of 16-row chunks and are read with ldmatrix.
+//     accumulators). The pass's query rows stay in registers as A fragments; doc rows stream through
+//     a kStages-deep cp.async ring and are read with ldmatrix.
+//     maxsim_tc_kernel: the block's warps run independent items, each with its own ring (several
+//       short docs in flight per block, no block barrier).
+//     maxsim_tc_shared_kernel: the block's warps share one doc (all-pairs queries, or the passes of
+//       a long query) and one ring, so the doc leaves L2 once per block instead of once per warp.
 //   everything else (fp32, odd dims, unaligned views): one doc row per lane, plain fp32 FMA.
 //
 // Pure CUDA over maxsim::Params; the torch glue is maxsim_glue.cpp.
