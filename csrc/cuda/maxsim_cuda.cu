@@ -93,27 +93,32 @@ __device__ __forceinline__ void zero_k_padding(uint16_t* sbuf, int rows, int row
 }
 
 // A fragments of the item's MT * 16 query rows, zero past the pass and past dim. Read once per
-// item with 16-bit loads: Q's row stride is arbitrary, so nothing wider is known to be aligned.
+// item: a register's two halves are the adjacent columns (2t, 2t + 1), one 32-bit load when Q's
+// pairs are 4-byte aligned (plan() checks), else two 16-bit loads (any Q stride works).
 template <int KS, int MT>
 __device__ __forceinline__ void load_a(const Params& p, const Item& it, int lane, int qrows,
                                        uint32_t (&a)[MT][KS][4]) {
   const uint16_t* qb = static_cast<const uint16_t*>(p.q) + it.b * p.q_sb + pass_row0(p, it) * p.q_sl;
   const int dim = static_cast<int>(p.dim);
+  const bool pairs = p.q_pairs != 0;
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
     for (int ks = 0; ks < KS; ++ks) {
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
+        int row, col;
+        a_frag_coord(lane, r, 0, &row, &col);  // half 1 is (row, col + 1)
+        row += mt * 16;
+        col += ks * 16;
         uint32_t v = 0;
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          int row, col;
-          a_frag_coord(lane, r, h, &row, &col);
-          row += mt * 16;
-          col += ks * 16;
-          const uint32_t e = (row < qrows && col < dim) ? qb[row * p.q_sl + col] : 0u;
-          v |= e << (16 * h);
+        if (row < qrows && col < dim) {
+          const uint16_t* e = qb + row * p.q_sl + col;
+          if (pairs) {
+            v = *reinterpret_cast<const uint32_t*>(e);  // col even and dim even: col + 1 < dim too
+          } else {
+            v = static_cast<uint32_t>(e[0]) | (col + 1 < dim ? static_cast<uint32_t>(e[1]) << 16 : 0u);
+          }
         }
         a[mt][ks][r] = v;
       }

@@ -57,6 +57,7 @@ struct Params {
   int64_t npass;
   int64_t smem_limit;  // the device's opt-in shared memory per block (bytes)
   int32_t shared_doc;  // tensor-core path: the block's warps share one doc stream (see below)
+  int32_t q_pairs;     // Q's element pairs (2k, 2k + 1) are 4-byte aligned: A fragments load 32 bits
 };
 
 // ---- work decomposition: one warp scores one (query, doc, query-pass) item ----
@@ -262,6 +263,7 @@ CF_HD void plan(Params& p) {
   // Share the doc stream once two or more slots read each doc (R1-like single-query work keeps the
   // independent warps: one slot per doc would leave three warps of a shared block idle).
   p.shared_doc = tc && shared_slots(p) >= 2;
+  p.q_pairs = reinterpret_cast<uint64_t>(p.q) % 4 == 0 && p.q_sb % 2 == 0 && p.q_sl % 2 == 0 && p.dim % 2 == 0;
 }
 
 // Blocks of the launch plan(p) chose.

@@ -67,6 +67,15 @@ static void test_fragment_helpers() {
       CHECK(r1 == r2 && c1 == c2, "C lane %d elem %d", lane, i);
     }
   }
+  // load_a reads a register's two halves as one pair: half 1 sits one column right of half 0,
+  // and half 0's column is even (4-byte aligned when Q's pairs are).
+  for (int lane = 0; lane < 32; ++lane)
+    for (int r = 0; r < 4; ++r) {
+      int r0, c0, r1, c1;
+      a_frag_coord(lane, r, 0, &r0, &c0);
+      a_frag_coord(lane, r, 1, &r1, &c1);
+      CHECK(r0 == r1 && c1 == c0 + 1 && c0 % 2 == 0, "A register %d of lane %d is not a column pair", r, lane);
+    }
   // Each A/C fragment covers its tile exactly once.
   std::set<int> a_cells, c_cells;
   for (int lane = 0; lane < 32; ++lane) {
@@ -551,6 +560,18 @@ static void test_geometry() {
   p.Lq = 32;
   plan(p);
   CHECK(p.shared_doc && shared_slots(p) == 3 && launch_blocks(p) == 5, "all-pairs: queries share the doc");
+  p.q = reinterpret_cast<const void*>(uintptr_t(8192));
+  p.q_sb = 32 * 128;
+  p.q_sl = 128;
+  plan(p);
+  CHECK(p.q_pairs, "contiguous Q loads pairs");
+  p.q_sl = 129;
+  plan(p);
+  CHECK(!p.q_pairs, "odd Q row stride loads halves");
+  p.q_sl = 128;
+  p.q = reinterpret_cast<const void*>(uintptr_t(8194));
+  plan(p);
+  CHECK(!p.q_pairs, "Q base off by one element loads halves");
   p.dtype = kFloat32;
   plan(p);
   CHECK(!p.shared_doc, "fp32 never takes a tensor-core kernel");
