@@ -137,13 +137,12 @@ def test_maxsim_kernels_use_tensor_cores(arch, build_dir):
     assert len(fma) == 3 and not any("mma.sync" in b for b in fma)
 
 
-def test_host_tile_math():
+def test_host_tile_math(tmp_path):
     """Index/tile arithmetic of the kernels, including a lane-by-lane emulation of one warp."""
     cxx = shutil.which("g++") or shutil.which("c++")
     if cxx is None:
         pytest.skip("no host C++ compiler")
-    exe = ROOT / "build" / "tile_math_test"
-    exe.parent.mkdir(exist_ok=True)
+    exe = tmp_path / "tile_math_test"
     src = CUDA_DIR / "test" / "tile_math_test.cpp"
     res = subprocess.run(
         [cxx, "-std=c++17", "-O1", "-Wall", "-Werror", "-o", str(exe), str(src)],
