@@ -46,6 +46,18 @@ def _register_fakes() -> None:
         out = embeddings.new_empty((*pids.shape, max_len, embeddings.shape[1]))
         return out, pids.new_empty((*pids.shape, max_len), dtype=torch.bool)
 
+    # maxsim / maxsim_packed (issue 5, CUDA; the CPU issue adds the same): fp32 scores.
+    if not hasattr(torch.ops.colbert_fast, "maxsim"):
+        return
+
+    @register_fake("colbert_fast::maxsim")
+    def _maxsim_fake(Q, D, q_mask, d_mask, d_lengths):
+        return Q.new_empty((Q.shape[0], D.shape[-3]), dtype=torch.float32)
+
+    @register_fake("colbert_fast::maxsim_packed")
+    def _maxsim_packed_fake(Q, embeddings, offsets, lengths, pids, q_mask, max_len):
+        return Q.new_empty(tuple(pids.shape), dtype=torch.float32)
+
 
 def extension():
     """The loaded _C module, or None."""
@@ -62,6 +74,13 @@ def has_op(name: str) -> bool:
     if extension() is None:
         return False
     return hasattr(torch.ops.colbert_fast, name)
+
+
+def has_kernel(name: str, dispatch_key: str) -> bool:
+    """Whether torch.ops.colbert_fast.<name> has a kernel for dispatch_key ("CPU", "CUDA")."""
+    if not has_op(name):
+        return False
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"colbert_fast::{name}", dispatch_key)
 
 
 def build_info() -> dict:

@@ -16,7 +16,7 @@ def unavailable_reason(device: torch.device) -> str | None:
     reason = _ext.missing_reason()
     if reason is not None:
         return reason
-    if not _ext.has_op("maxsim"):
+    if not _ext.has_kernel("maxsim", "CPU"):
         return "this build of colbert_fast._C has no CPU MaxSim kernels yet"
     return None
 

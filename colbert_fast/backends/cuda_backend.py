@@ -1,12 +1,44 @@
-"""CUDA backend (csrc/cuda): the tensor-core kernels issue fills this in; not yet implemented."""
+"""CUDA backend: the kernels in csrc/cuda (tensor-core MaxSim, packed MaxSim, gather), reached
+through torch.ops.colbert_fast. Forward only: inputs that require grad go to a backend with one."""
 
 from __future__ import annotations
 
 import torch
+
+from .. import _ext
 
 NAME = "cuda"
 SUPPORTS_BACKWARD = False
 
 
 def unavailable_reason(device: torch.device) -> str | None:
-    return "the CUDA kernels are not part of this build yet"
+    """None when the CUDA kernels can run on `device` tensors, else why not."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return f"it runs on CUDA tensors only, got {device} tensors"
+    reason = _ext.missing_reason()
+    if reason is not None:
+        return reason
+    if not _ext.build_info().get("with_cuda"):
+        return (
+            "colbert_fast._C was built without CUDA kernels (no nvcc/GPU at build time): rebuild with "
+            "CUDA_HOME set and FORCE_CUDA=1 or TORCH_CUDA_ARCH_LIST"
+        )
+    for op in ("maxsim", "maxsim_packed", "gather"):
+        if not _ext.has_kernel(op, "CUDA"):
+            return f"this build of colbert_fast._C has no CUDA kernel for colbert_fast::{op}"
+    if not torch.cuda.is_available():
+        return "torch sees no CUDA GPU"
+    return None
+
+
+def maxsim(Q, D, q_mask, d_mask, d_lengths):
+    return torch.ops.colbert_fast.maxsim(Q, D, q_mask, d_mask, d_lengths)
+
+
+def maxsim_packed(Q, embeddings, offsets, lengths, pids, q_mask, max_len):
+    return torch.ops.colbert_fast.maxsim_packed(Q, embeddings, offsets, lengths, pids, q_mask, max_len)
+
+
+def gather(embeddings, offsets, lengths, pids, max_len):
+    return torch.ops.colbert_fast.gather(embeddings, offsets, lengths, pids, max_len)

@@ -1,0 +1,282 @@
+// Parameters and index/tile arithmetic of the CUDA MaxSim kernels.
+//
+// Plain C++ (no torch, no CUDA headers): the glue fills MaxsimParams, the kernels read it, and
+// tests/test_cuda_tiles.py compiles this header with g++ to unit-test every index computation on
+// the host. All offsets are int64: a packed store of more than 2^31 elements is normal.
+#pragma once
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define CF_HD __host__ __device__ __forceinline__
+#else
+#define CF_HD inline
+#endif
+
+namespace colbert_fast {
+namespace maxsim {
+
+enum Mode : int32_t {
+  kAllPairs = 0,  // D [N, Ld, dim]: every query against every doc -> [B, N]
+  kPerQuery = 1,  // D [B, K, Ld, dim]: query b against its own K docs -> [B, K]
+  kPacked = 2,    // embeddings [T, dim] + offsets/lengths, pids [B, K] -> [B, K]
+};
+
+enum DType : int32_t { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+
+struct Params {
+  int32_t mode;
+  int32_t dtype;
+
+  // Q [B, Lq, dim]: element (b, i, k) at q[b * q_sb + i * q_sl + k].
+  const void* q;
+  int64_t q_sb, q_sl;
+  int64_t B, Lq, dim;
+  const bool* q_mask;  // nullptr or contiguous [B, Lq]
+
+  // Padded docs (kAllPairs, kPerQuery): row j of doc (b, k) / (n) starts at
+  // d + [b * d_sb] + k * d_sk + j * d_sl (elements). In kAllPairs d_sb is unused.
+  const void* d;
+  int64_t d_sb, d_sk, d_sl;
+  int64_t Ld;
+  const bool* d_mask;        // nullptr or contiguous D.shape[:-1]
+  const int64_t* d_lengths;  // nullptr or contiguous D.shape[:-2]
+
+  // Packed store (kPacked): doc pid's rows are embeddings[offsets[pid] : offsets[pid] + lengths[pid]],
+  // clipped to max_len rows (as the gather does); pids contiguous [B, K], -1 = empty slot.
+  const void* embeddings;
+  const int64_t* offsets;
+  const int64_t* lengths;
+  const int64_t* pids;
+  int64_t max_len;
+
+  int64_t ncols;  // N (kAllPairs) or K
+  // Output: npass == 1 -> out[b * ncols + col]; npass > 1 -> partial sums
+  // out[pass * B * ncols + b * ncols + col] that maxsim_reduce_partials adds up in pass order.
+  float* out;
+  int64_t pass_rows;  // query rows per pass (a kernel constant, stored for the index helpers)
+  int64_t npass;
+  int64_t smem_limit;  // the device's opt-in shared memory per block (bytes)
+  int32_t shared_doc;  // tensor-core path: the block's warps share one doc stream (see below)
+  int32_t q_pairs;     // Q's element pairs (2k, 2k + 1) are 4-byte aligned: A fragments load 32 bits
+};
+
+// ---- work decomposition: one warp scores one (query, doc, query-pass) item ----
+
+struct Item {
+  int64_t b, col, pass;
+};
+
+CF_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+CF_HD int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+CF_HD int64_t num_passes(int64_t Lq, int64_t pass_rows) { return ceil_div(Lq, pass_rows); }
+CF_HD int64_t num_items(const Params& p) { return p.B * p.ncols * p.npass; }
+
+// The pass index varies fastest so the passes over one doc run side by side (the doc stays in L2).
+// In kAllPairs the query varies next: consecutive warps read the same doc.
+CF_HD Item decode_item(const Params& p, int64_t i) {
+  Item it;
+  it.pass = i % p.npass;
+  const int64_t t = i / p.npass;
+  if (p.mode == kAllPairs) {
+    it.b = t % p.B;
+    it.col = t / p.B;
+  } else {
+    it.col = t % p.ncols;
+    it.b = t / p.ncols;
+  }
+  return it;
+}
+
+CF_HD int64_t out_index(const Params& p, const Item& it) {
+  const int64_t idx = it.b * p.ncols + it.col;
+  return p.npass == 1 ? idx : it.pass * p.B * p.ncols + idx;
+}
+
+// Query rows [row0, row0 + rows) of query b take part in this pass.
+CF_HD int64_t pass_row0(const Params& p, const Item& it) { return it.pass * p.pass_rows; }
+CF_HD int64_t pass_nrows(const Params& p, const Item& it) {
+  const int64_t left = p.Lq - pass_row0(p, it);
+  return left < p.pass_rows ? left : p.pass_rows;
+}
+
+// ---- the doc a work item reads ----
+
+struct DocView {
+  int64_t row0;      // element offset of the doc's first row in d / embeddings
+  int64_t row_stride;  // elements between consecutive rows
+  int64_t nrows;     // rows to read: loop bound, never past the real tokens (or Ld with a mask)
+  int64_t mask0;     // element offset of the doc's row mask in d_mask, -1 without a mask
+  bool empty_slot;   // pid -1: the score is -inf
+};
+
+CF_HD DocView doc_view(const Params& p, const Item& it) {
+  DocView v{0, 0, 0, -1, false};
+  if (p.mode == kPacked) {
+    const int64_t pid = p.pids[it.b * p.ncols + it.col];
+    if (pid < 0) {
+      v.empty_slot = true;
+      return v;
+    }
+    const int64_t n = p.lengths[pid];
+    v.row0 = p.offsets[pid] * p.dim;
+    v.row_stride = p.dim;
+    v.nrows = n < p.max_len ? n : p.max_len;
+    return v;
+  }
+  // Padded: doc index within D.shape[:-2] (flattened) names both the lengths and the mask row.
+  const int64_t doc = p.mode == kAllPairs ? it.col : it.b * p.ncols + it.col;
+  v.row0 = p.mode == kAllPairs ? it.col * p.d_sk : it.b * p.d_sb + it.col * p.d_sk;
+  v.row_stride = p.d_sl;
+  // Lengths are validated in Python; clamping keeps a direct torch.ops call from reading past Ld.
+  const int64_t n = p.d_lengths != nullptr ? p.d_lengths[doc] : p.Ld;
+  v.nrows = n < 0 ? 0 : n > p.Ld ? p.Ld : n;
+  if (p.d_mask != nullptr) v.mask0 = doc * p.Ld;
+  return v;
+}
+
+// ---- tensor-core tile geometry (mma.sync m16n8k16, fp16/bf16) ----
+//
+// A warp holds its pass of 32 query rows (two m16 tiles; 16 rows for dims above 128) as A fragments in registers
+// and streams the doc through shared memory kChunkRows = 16 rows at a time (two n8 tiles per
+// ldmatrix.x4), kStages chunks in flight per warp (cp.async). The smem row is the dim rounded up to
+// 16 (zero columns, written once) plus 8 halves so ldmatrix's 8 row addresses hit 8 distinct
+// 16-byte bank groups.
+
+constexpr int kWarps = 4;  // warps per block; each warp works on its own item
+constexpr int kChunkRows = 16;
+constexpr int kStages = 4;
+constexpr int kFmaPassRows = 16;
+
+CF_HD int64_t tc_ksteps(int64_t dim) { return ceil_div(dim, 16); }
+CF_HD int64_t tc_smem_row_elems(int64_t dim) { return round_up(dim, 16) + 8; }
+CF_HD int64_t tc_warp_smem_bytes(int64_t dim) { return kStages * kChunkRows * tc_smem_row_elems(dim) * 2; }
+CF_HD int64_t tc_block_smem_bytes(int64_t dim) { return kWarps * tc_warp_smem_bytes(dim); }
+CF_HD int64_t num_chunks(int64_t nrows) { return ceil_div(nrows, kChunkRows); }
+
+// The largest dim the register-resident A fragments allow (KS = 16 k-steps).
+constexpr int64_t kTcMaxDim = 256;
+
+// Template k-step count for a dim: A fragments live in registers, so the kernel is instantiated
+// for a few upper bounds and loops to the runtime tc_ksteps(dim) <= that bound.
+CF_HD int tc_ks_bucket(int64_t dim) {
+  const int64_t ks = tc_ksteps(dim);
+  return ks <= 4 ? 4 : ks <= 8 ? 8 : 16;
+}
+
+// Query rows per pass of the tensor-core kernel: two m16 tiles, one for the largest k bucket (its
+// A fragments alone would take 128 registers per m-tile pair).
+CF_HD int64_t tc_pass_rows(int64_t dim) { return tc_ks_bucket(dim) > 8 ? 16 : 32; }
+
+// Whether the tensor-core kernel can read these docs: 16-byte cp.async needs 16-byte aligned rows,
+// i.e. dim a multiple of 8 and every row start (base + row0 + j * row_stride) aligned.
+CF_HD bool tc_aligned(uint64_t base_addr, int64_t dim, int64_t elem_size, int64_t stride_a, int64_t stride_b,
+                      int64_t stride_c) {
+  if (dim <= 0 || dim % 8 != 0 || dim > kTcMaxDim || elem_size != 2) return false;
+  if (base_addr % 16 != 0) return false;
+  return (stride_a * elem_size) % 16 == 0 && (stride_b * elem_size) % 16 == 0 && (stride_c * elem_size) % 16 == 0;
+}
+
+// mma.sync.m16n8k16 fragment coordinates (PTX ISA, "Matrix fragments for mma.m16n8k16").
+// g = lane / 4 ("groupID"), t = lane % 4 ("threadID_in_group").
+// A (16 x 16, row-major) register r in 0..3, half h in 0..1 -> (row, col) of the m16 x k16 tile.
+CF_HD void a_frag_coord(int lane, int r, int h, int* row, int* col) {
+  const int g = lane >> 2, t = lane & 3;
+  *row = g + ((r & 1) ? 8 : 0);
+  *col = t * 2 + h + ((r & 2) ? 8 : 0);
+}
+// C/D (16 x 8, fp32) register r in 0..3 -> (row, col).
+CF_HD void c_frag_coord(int lane, int r, int* row, int* col) {
+  const int g = lane >> 2, t = lane & 3;
+  *row = g + ((r & 2) ? 8 : 0);
+  *col = t * 2 + (r & 1);
+}
+// ldmatrix.x4 over a 16-row x 16-col doc chunk slice: lane supplies the address of row
+// (lane % 8) of matrix (lane / 8); matrix m covers doc rows 8 * (m / 2) + 0..7 and dims
+// 8 * (m % 2) + 0..7, so the four result registers are b0, b1 of n-tile 0, then b0, b1 of n-tile 1.
+CF_HD void ldsm_b_coord(int lane, int* row, int* col) {
+  const int m = lane >> 3;
+  *row = (m >> 1) * 8 + (lane & 7);
+  *col = (m & 1) * 8;
+}
+
+}  // namespace maxsim
+}  // namespace colbert_fast
+
+namespace colbert_fast {
+namespace maxsim {
+
+// ---- shared-doc variant: the kWarps warps of a block score one doc against kWarps query slots ----
+//
+// When several (query, pass) slots read the same doc (all-pairs: every query and pass; per-query and
+// packed: the passes of a long query), the block streams the doc once through one smem ring of
+// kSharedChunkRows-row chunks and each warp multiplies it with its own slot's query rows: L2 traffic
+// drops by up to kWarps. A warp without a slot (the last group) still loads and synchronises.
+
+constexpr int kSharedChunkRows = 32;
+
+CF_HD int64_t tc_shared_smem_bytes(int64_t dim) { return kStages * kSharedChunkRows * tc_smem_row_elems(dim) * 2; }
+CF_HD int64_t shared_slots(const Params& p) { return p.mode == kAllPairs ? p.B * p.npass : p.npass; }
+CF_HD int64_t shared_groups(const Params& p) { return ceil_div(shared_slots(p), kWarps); }
+CF_HD int64_t shared_docs(const Params& p) { return p.mode == kAllPairs ? p.ncols : p.B * p.ncols; }
+CF_HD int64_t shared_blocks(const Params& p) { return shared_docs(p) * shared_groups(p); }
+
+// The doc block `blk` reads, as an item with pass 0 (doc_view depends only on b and col).
+CF_HD Item shared_doc_item(const Params& p, int64_t blk) {
+  const int64_t doc = blk / shared_groups(p);
+  Item it{0, doc, 0};
+  if (p.mode != kAllPairs) {
+    it.b = doc / p.ncols;
+    it.col = doc % p.ncols;
+  }
+  return it;
+}
+
+// Warp `warp` of block `blk`: its (query, doc, pass) item; false when the group has no slot for it.
+CF_HD bool decode_shared(const Params& p, int64_t blk, int warp, Item* it) {
+  const int64_t slot = (blk % shared_groups(p)) * kWarps + warp;
+  if (slot >= shared_slots(p)) return false;
+  *it = shared_doc_item(p, blk);
+  if (p.mode == kAllPairs) {
+    it->b = slot / p.npass;
+    it->pass = slot % p.npass;
+  } else {
+    it->pass = slot;
+  }
+  return true;
+}
+
+// Whether the docs can go through the tensor-core kernel (else the FMA kernel, exact in fp32).
+CF_HD bool use_tensor_cores(const Params& p) {
+  if (p.dtype == kFloat32) return false;
+  if (tc_block_smem_bytes(p.dim) > p.smem_limit || tc_shared_smem_bytes(p.dim) > p.smem_limit) return false;
+  if (p.mode == kPacked) return tc_aligned(reinterpret_cast<uint64_t>(p.embeddings), p.dim, 2, p.dim, 0, 0);
+  const int64_t sb = p.mode == kPerQuery ? p.d_sb : 0;
+  return tc_aligned(reinterpret_cast<uint64_t>(p.d), p.dim, 2, sb, p.d_sk, p.d_sl);
+}
+
+// Fills pass_rows and npass for the kernel use_tensor_cores(p) picks.
+CF_HD void plan(Params& p) {
+  const bool tc = use_tensor_cores(p);
+  p.pass_rows = tc ? tc_pass_rows(p.dim) : kFmaPassRows;
+  p.npass = num_passes(p.Lq, p.pass_rows);
+  // Share the doc stream once two or more slots read each doc (R1-like single-query work keeps the
+  // independent warps: one slot per doc would leave three warps of a shared block idle).
+  p.shared_doc = tc && shared_slots(p) >= 2;
+  p.q_pairs = reinterpret_cast<uint64_t>(p.q) % 4 == 0 && p.q_sb % 2 == 0 && p.q_sl % 2 == 0 && p.dim % 2 == 0;
+}
+
+// Blocks of the launch plan(p) chose.
+CF_HD int64_t launch_blocks(const Params& p) {
+  return p.shared_doc ? shared_blocks(p) : ceil_div(num_items(p), kWarps);
+}
+
+// Bytes of fp32 partial sums the launch needs (0 when one pass covers the query).
+CF_HD int64_t workspace_bytes(const Params& p) { return p.npass > 1 ? p.npass * p.B * p.ncols * 4 : 0; }
+
+// Runs the kernels on `stream` (a cudaStream_t). p must have gone through plan(); `out` is the
+// contiguous fp32 [B, ncols] result and `workspace` holds workspace_bytes(p) bytes (or is null).
+void launch(Params p, float* out, float* workspace, void* stream);
+
+}  // namespace maxsim
+}  // namespace colbert_fast
