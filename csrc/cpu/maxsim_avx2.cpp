@@ -76,12 +76,14 @@ CF_AVX2 void tile_f32_n(int nj, const float* qp, int64_t dim, const float* rows,
   }
 }
 
-CF_AVX2 void convert_rows(DType dtype, const uint16_t* rows, int64_t rs, int64_t nj, int64_t dim, float* out,
+CF_AVX2 void convert_rows(DType dtype, const uint16_t* rows, int64_t rs, int64_t nj, int64_t ahead, int64_t dim, float* out,
                           int64_t out_stride) {
   const int64_t full = dim & ~int64_t{7};
   for (int64_t j = 0; j < nj; ++j) {
     const uint16_t* src = rows + j * rs;
     float* dst = out + j * out_stride;
+    for (int64_t k = 0; k < dim; k += 32)  // the next tile's row j (prefetches never fault)
+      _mm_prefetch(reinterpret_cast<const char*>(src + ahead * rs + k), _MM_HINT_T0);
     if (dtype == DType::f16) {
       for (int64_t k = 0; k < full; k += 8)
         _mm256_store_ps(dst + k, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + k))));
@@ -108,7 +110,7 @@ CF_AVX2 void doc_max_f32(const TileArgs& a, const DocRows& doc) {
       rows = static_cast<const float*>(doc.rows) + j0 * doc.row_stride;
       rs = doc.row_stride;
     } else {
-      convert_rows(a.dtype, static_cast<const uint16_t*>(doc.rows) + j0 * doc.row_stride, doc.row_stride, nj, a.dim,
+      convert_rows(a.dtype, static_cast<const uint16_t*>(doc.rows) + j0 * doc.row_stride, doc.row_stride, nj, kRows, a.dim,
                    a.scratch, out_stride);
       rows = a.scratch;
       rs = out_stride;

@@ -16,6 +16,10 @@
 
 #include "maxsim_cpu.h"
 
+// GCC 12's AVX-512 headers trip -Wuninitialized on their own _mm512_undefined_* helpers.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define CF_HAVE_AVX512 1
 #define CF_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
@@ -39,6 +43,10 @@ CF_AVX512 inline void tile_f32(const float* qp, int64_t dim, const float* rows, 
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[v][j] = _mm512_setzero_ps();
   for (int64_t k = 0; k < dim; ++k) {
+    if ((k & 15) == 0) {  // the next tile's rows, one cache line per row per 16 dims (never faults)
+#pragma GCC unroll 16
+      for (int j = 0; j < NJ; ++j) _mm_prefetch(reinterpret_cast<const char*>(rows + (j + NJ) * rs + k), _MM_HINT_T0);
+    }
     __m512 q[NV];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) q[v] = _mm512_load_ps(qp + k * 16 * NV + 16 * v);
@@ -69,6 +77,11 @@ CF_AVX512BF16 inline void tile_bf16(const uint16_t* qp, int64_t dim, const uint1
     for (int v = 0; v < NV; ++v) acc[v][j] = _mm512_setzero_ps();
   const int64_t pairs = dim / 2;
   for (int64_t kp = 0; kp < pairs; ++kp) {
+    if ((kp & 15) == 0) {
+#pragma GCC unroll 16
+      for (int j = 0; j < NJ; ++j)
+        _mm_prefetch(reinterpret_cast<const char*>(rows + (j + NJ) * rs + 2 * kp), _MM_HINT_T0);
+    }
     __m512bh q[NV];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) q[v] = (__m512bh)_mm512_load_si512(qp + (kp * 16 * NV + 16 * v) * 2);
@@ -140,13 +153,15 @@ CF_AVX512BF16 void tile_bf16_n(int nj, const uint16_t* qp, int64_t dim, const ui
 
 // fp16 / bf16 rows -> fp32 rows in the per-thread scratch (row stride = dim rounded up to 16),
 // 16 elements per instruction; the tail uses a masked load so no byte past a row is read.
-CF_AVX512 void convert_rows(DType dtype, const uint16_t* rows, int64_t rs, int64_t nj, int64_t dim, float* out,
+CF_AVX512 void convert_rows(DType dtype, const uint16_t* rows, int64_t rs, int64_t nj, int64_t ahead, int64_t dim, float* out,
                             int64_t out_stride) {
   const int64_t full = dim & ~int64_t{15};
   const __mmask16 tail = static_cast<__mmask16>((1u << (dim - full)) - 1u);
   for (int64_t j = 0; j < nj; ++j) {
     const uint16_t* src = rows + j * rs;
     float* dst = out + j * out_stride;
+    for (int64_t k = 0; k < dim; k += 32)  // the next tile's row j (prefetches never fault)
+      _mm_prefetch(reinterpret_cast<const char*>(src + ahead * rs + k), _MM_HINT_T0);
     if (dtype == DType::f16) {
       for (int64_t k = 0; k < full; k += 16)
         _mm512_store_ps(dst + k, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + k))));
@@ -175,7 +190,7 @@ CF_AVX512 void doc_max_f32(const TileArgs& a, const DocRows& doc) {
       rows = static_cast<const float*>(doc.rows) + j0 * doc.row_stride;
       rs = doc.row_stride;
     } else {  // converted once per tile, then reused by every query block of every query
-      convert_rows(a.dtype, static_cast<const uint16_t*>(doc.rows) + j0 * doc.row_stride, doc.row_stride, nj, a.dim,
+      convert_rows(a.dtype, static_cast<const uint16_t*>(doc.rows) + j0 * doc.row_stride, doc.row_stride, nj, kRows, a.dim,
                    a.scratch, out_stride);
       rows = a.scratch;
       rs = out_stride;

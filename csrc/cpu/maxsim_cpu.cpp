@@ -218,6 +218,58 @@ bool valid_rows(const char* base, int64_t n_rows, const bool* mask, int64_t rs, 
   return true;
 }
 
+// One work item: the doc it reads and the queries (b0 .. b0 + nq) and outputs it fills.
+struct ItemShape {
+  int64_t group, groups;  // all_pairs: queries per item, query groups per doc
+};
+
+struct DocRef {
+  const char* base;       // the doc's first (padded) row; null for an empty slot (pid -1)
+  int64_t n_rows;         // rows to consider (valid prefix length, or Ld with a mask)
+  const bool* mask;       // per-row validity, or null
+  int64_t b0, nq;         // queries
+  int64_t out_index, out_stride;  // out[out_index + q * out_stride] for q < nq
+};
+
+DocRef resolve(const MaxSimParams& p, const ItemShape& s, int64_t item) {
+  const char* D = static_cast<const char*>(p.D);
+  const size_t esz = elem_size(p.dtype);
+  DocRef r{};
+  if (p.layout == DocLayout::all_pairs) {
+    const int64_t n = item / s.groups;
+    r.b0 = (item % s.groups) * s.group;
+    r.nq = std::min(s.group, p.B - r.b0);
+    r.out_index = r.b0 * p.K + n;
+    r.out_stride = p.K;
+    r.base = D + n * p.d_stride_k * esz;
+    r.n_rows = p.d_lengths ? p.d_lengths[n] : p.Ld;
+    if (p.d_mask) r.mask = p.d_mask + n * p.Ld;
+    return r;
+  }
+  r.b0 = item / p.K;
+  r.nq = 1;
+  r.out_index = item;
+  if (p.layout == DocLayout::packed) {
+    const int64_t pid = p.pids[item];
+    if (pid >= 0) {
+      r.base = D + p.offsets[pid] * p.d_stride_l * esz;
+      r.n_rows = p.lengths[pid];
+    }
+    return r;
+  }
+  r.base = D + (r.b0 * p.d_stride_b + (item % p.K) * p.d_stride_k) * esz;
+  r.n_rows = p.d_lengths ? p.d_lengths[item] : p.Ld;
+  if (p.d_mask) r.mask = p.d_mask + item * p.Ld;
+  return r;
+}
+
+// The first tile's worth of rows (the tile kernels prefetch the rest one tile ahead).
+void prefetch_rows(const char* base, int64_t n_rows, int64_t row_stride_bytes, int64_t row_bytes) {
+  const int64_t rows = std::min<int64_t>(n_rows, kMaxTileRows);
+  for (int64_t j = 0; j < rows; ++j)
+    for (int64_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(base + j * row_stride_bytes + b, 0, 3);
+}
+
 }  // namespace
 
 void maxsim_cpu(const MaxSimParams& p) {
@@ -241,7 +293,7 @@ void maxsim_cpu(const MaxSimParams& p) {
   const int64_t work_per_item = std::max<int64_t>(1, group * l.nblk * l.qb * std::max<int64_t>(p.Ld, 1) * p.dim);
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / work_per_item);
   const size_t esz = elem_size(p.dtype);
-  const char* D = static_cast<const char*>(p.D);
+  const ItemShape item_shape{group, groups};
   const int64_t m_floats = l.nblk * l.qb;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
@@ -253,42 +305,20 @@ void maxsim_cpu(const MaxSimParams& p) {
     std::vector<float*> mptrs(group);
     TileArgs a{p.dtype, p.dim, l.qb, l.nblk, l.block_elems, qptrs.data(), mptrs.data(), 0, scratch.as<float>()};
 
+    DocRef ref = resolve(p, item_shape, begin);
     for (int64_t item = begin; item < end; ++item) {
-      int64_t b0, nq, out_index, out_stride;
-      const char* base;
-      int64_t n_rows;
-      const bool* mask = nullptr;
-      if (p.layout == DocLayout::all_pairs) {
-        const int64_t n = item / groups;
-        b0 = (item % groups) * group;
-        nq = std::min(group, p.B - b0);
-        out_index = b0 * p.K + n;
-        out_stride = p.K;
-        base = D + n * p.d_stride_k * esz;
-        n_rows = p.d_lengths ? p.d_lengths[n] : p.Ld;
-        if (p.d_mask) mask = p.d_mask + n * p.Ld;
-      } else {
-        b0 = item / p.K;
-        nq = 1;
-        out_index = item;
-        out_stride = 0;
-        if (p.layout == DocLayout::packed) {
-          const int64_t pid = p.pids[item];
-          if (pid < 0) {
-            p.out[item] = kNegInf;
-            continue;
-          }
-          base = D + p.offsets[pid] * p.d_stride_l * esz;
-          n_rows = p.lengths[pid];
-        } else {
-          base = D + (b0 * p.d_stride_b + (item % p.K) * p.d_stride_k) * esz;
-          n_rows = p.d_lengths ? p.d_lengths[item] : p.Ld;
-          if (p.d_mask) mask = p.d_mask + item * p.Ld;
-        }
+      const DocRef cur = ref;
+      if (item + 1 < end) {  // start the next doc's first rows on their way from memory
+        ref = resolve(p, item_shape, item + 1);
+        if (ref.base != nullptr && ref.mask == nullptr) prefetch_rows(ref.base, ref.n_rows, p.d_stride_l * esz, p.dim * esz);
       }
-
+      const int64_t b0 = cur.b0, nq = cur.nq, out_index = cur.out_index, out_stride = cur.out_stride;
+      if (cur.base == nullptr) {  // empty slot (pid -1)
+        p.out[out_index] = kNegInf;
+        continue;
+      }
       DocRows doc;
-      if (!valid_rows(base, n_rows, mask, p.d_stride_l, p.dim, esz, compact, doc)) {
+      if (!valid_rows(cur.base, cur.n_rows, cur.mask, p.d_stride_l, p.dim, esz, compact, doc)) {
         for (int64_t q = 0; q < nq; ++q) p.out[out_index + q * out_stride] = 0.0f;  // no valid token
         continue;
       }
