@@ -224,7 +224,8 @@ struct ItemShape {
 };
 
 struct DocRef {
-  const char* base;       // the doc's first (padded) row; null for an empty slot (pid -1)
+  const char* base;       // the doc's first (padded) row
+  bool empty_slot;        // pid -1: scores -inf
   int64_t n_rows;         // rows to consider (valid prefix length, or Ld with a mask)
   const bool* mask;       // per-row validity, or null
   int64_t b0, nq;         // queries
@@ -251,7 +252,8 @@ DocRef resolve(const MaxSimParams& p, const ItemShape& s, int64_t item) {
   r.out_index = item;
   if (p.layout == DocLayout::packed) {
     const int64_t pid = p.pids[item];
-    if (pid >= 0) {
+    r.empty_slot = pid < 0;
+    if (!r.empty_slot) {
       r.base = D + p.offsets[pid] * p.d_stride_l * esz;
       r.n_rows = p.lengths[pid];
     }
@@ -310,10 +312,10 @@ void maxsim_cpu(const MaxSimParams& p) {
       const DocRef cur = ref;
       if (item + 1 < end) {  // start the next doc's first rows on their way from memory
         ref = resolve(p, item_shape, item + 1);
-        if (ref.base != nullptr && ref.mask == nullptr) prefetch_rows(ref.base, ref.n_rows, p.d_stride_l * esz, p.dim * esz);
+        if (!ref.empty_slot && ref.mask == nullptr) prefetch_rows(ref.base, ref.n_rows, p.d_stride_l * esz, p.dim * esz);
       }
       const int64_t b0 = cur.b0, nq = cur.nq, out_index = cur.out_index, out_stride = cur.out_stride;
-      if (cur.base == nullptr) {  // empty slot (pid -1)
+      if (cur.empty_slot) {
         p.out[out_index] = kNegInf;
         continue;
       }
