@@ -102,8 +102,9 @@ template <int NV>
 CF_AVX2 void doc_max_f32(const TileArgs& a, const DocRows& doc) {
   constexpr int kRows = rows_for<NV>();
   const int64_t out_stride = (a.dim + 15) / 16 * 16;
-  for (int64_t j0 = 0; j0 < doc.n; j0 += kRows) {
-    const int nj = static_cast<int>(doc.n - j0 < kRows ? doc.n - j0 : kRows);
+  const int64_t tiles = (doc.n + kRows - 1) / kRows;
+  for (int64_t t = 0, j0 = 0, nj = 0; t < tiles; ++t, j0 += nj) {
+    nj = tile_rows(doc.n - j0, tiles - t);
     const float* rows;
     int64_t rs;
     if (a.dtype == DType::f32) {
@@ -118,7 +119,7 @@ CF_AVX2 void doc_max_f32(const TileArgs& a, const DocRows& doc) {
     for (int64_t q = 0; q < a.nq; ++q) {
       const float* qp = static_cast<const float*>(a.qpack[q]);
       for (int64_t blk = 0; blk < a.nblk; ++blk)
-        tile_f32_n<NV>(nj, qp + blk * a.qpack_stride, a.dim, rows, rs, a.M[q] + blk * 8 * NV);
+        tile_f32_n<NV>(static_cast<int>(nj), qp + blk * a.qpack_stride, a.dim, rows, rs, a.M[q] + blk * 8 * NV);
     }
   }
 }

@@ -182,8 +182,9 @@ CF_AVX512 void convert_rows(DType dtype, const uint16_t* rows, int64_t rs, int64
 template <int NV>
 CF_AVX512 void doc_max_f32(const TileArgs& a, const DocRows& doc) {
   const int64_t out_stride = (a.dim + 15) / 16 * 16;
-  for (int64_t j0 = 0; j0 < doc.n; j0 += kRows) {
-    const int nj = static_cast<int>(doc.n - j0 < kRows ? doc.n - j0 : kRows);
+  const int64_t tiles = (doc.n + kRows - 1) / kRows;
+  for (int64_t t = 0, j0 = 0, nj = 0; t < tiles; ++t, j0 += nj) {
+    nj = tile_rows(doc.n - j0, tiles - t);
     const float* rows;
     int64_t rs;
     if (a.dtype == DType::f32) {
@@ -198,7 +199,7 @@ CF_AVX512 void doc_max_f32(const TileArgs& a, const DocRows& doc) {
     for (int64_t q = 0; q < a.nq; ++q) {
       const float* qp = static_cast<const float*>(a.qpack[q]);
       for (int64_t blk = 0; blk < a.nblk; ++blk)
-        tile_f32_n<NV>(nj, qp + blk * a.qpack_stride, a.dim, rows, rs, a.M[q] + blk * 16 * NV);
+        tile_f32_n<NV>(static_cast<int>(nj), qp + blk * a.qpack_stride, a.dim, rows, rs, a.M[q] + blk * 16 * NV);
     }
   }
 }
@@ -206,13 +207,14 @@ CF_AVX512 void doc_max_f32(const TileArgs& a, const DocRows& doc) {
 template <int NV>
 CF_AVX512BF16 void doc_max_bf16(const TileArgs& a, const DocRows& doc) {
   const auto* base = static_cast<const uint16_t*>(doc.rows);
-  for (int64_t j0 = 0; j0 < doc.n; j0 += kRows) {
-    const int nj = static_cast<int>(doc.n - j0 < kRows ? doc.n - j0 : kRows);
+  const int64_t tiles = (doc.n + kRows - 1) / kRows;
+  for (int64_t t = 0, j0 = 0, nj = 0; t < tiles; ++t, j0 += nj) {
+    nj = tile_rows(doc.n - j0, tiles - t);
     const uint16_t* rows = base + j0 * doc.row_stride;
     for (int64_t q = 0; q < a.nq; ++q) {
       const auto* qp = static_cast<const uint16_t*>(a.qpack[q]);
       for (int64_t blk = 0; blk < a.nblk; ++blk)
-        tile_bf16_n<NV>(nj, qp + blk * a.qpack_stride, a.dim, rows, doc.row_stride, a.M[q] + blk * 16 * NV);
+        tile_bf16_n<NV>(static_cast<int>(nj), qp + blk * a.qpack_stride, a.dim, rows, doc.row_stride, a.M[q] + blk * 16 * NV);
     }
   }
 }

@@ -80,6 +80,11 @@ struct IsaKernels {
 };
 
 constexpr int64_t kMaxTileRows = 16;
+
+// Height of the next tile when `left` rows remain for `tiles_left` tiles: a doc's rows are split
+// into tiles of near-equal height, so its last tile is not a sliver of 1-2 rows (too few
+// independent accumulators to hide the FMA latency).
+inline int64_t tile_rows(int64_t left, int64_t tiles_left) { return (left + tiles_left - 1) / tiles_left; }
 inline int64_t tile_scratch_floats(int64_t dim) { return kMaxTileRows * ((dim + 15) / 16 * 16) + 64; }
 
 const IsaKernels* isa_avx512_bf16();  // null when this build or CPU lacks it
