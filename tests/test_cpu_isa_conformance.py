@@ -9,10 +9,10 @@ is skipped (failed when CI requires the cpu backend).
 from __future__ import annotations
 
 import pytest
-
 import test_conformance
-from colbert_fast import _ext
 from helpers import backend_or_skip
+
+from colbert_fast import _ext
 
 ISAS = ("avx512", "avx2", "scalar")
 

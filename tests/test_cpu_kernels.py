@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import DTYPES, assert_matches_reference, backend_or_skip, normalized, random_lengths, random_mask
 
 import colbert_fast as cf
 from colbert_fast import _ext, reference
-from helpers import DTYPES, assert_matches_reference, backend_or_skip, normalized, random_lengths, random_mask
 
 ISAS = ("avx512_bf16", "avx512", "avx2", "scalar")
 
@@ -235,3 +235,16 @@ def test_ops_trace_with_fake_tensors():
 
     compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(Q, D, d_lengths), f(Q, D, d_lengths))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=lambda d: str(d)[6:])
+def test_large_gather_matches_torch_backend(dtype):
+    # > 4 MB of output: the path that asks for huge pages first
+    g = torch.Generator().manual_seed(11)
+    lengths = random_lengths((3000,), 200, g, "cpu")
+    docs = cf.PackedDocs(normalized((int(lengths.sum()), 64), dtype, "cpu", g), lengths)
+    pids = torch.randint(-1, 3000, (2, 300), generator=g)
+    D, mask = cf.gather(docs, pids, backend="cpu")
+    D_ref, mask_ref = cf.gather(docs, pids, backend="torch")
+    assert D.numel() * D.element_size() > 4 << 20
+    assert torch.equal(mask, mask_ref) and torch.equal(D, D_ref)

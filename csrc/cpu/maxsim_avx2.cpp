@@ -76,8 +76,8 @@ CF_AVX2 void tile_f32_n(int nj, const float* qp, int64_t dim, const float* rows,
   }
 }
 
-CF_AVX2 void convert_rows(DType dtype, const uint16_t* rows, int64_t rs, int64_t nj, int64_t ahead, int64_t dim, float* out,
-                          int64_t out_stride) {
+CF_AVX2 void convert_rows(DType dtype, const uint16_t* rows, int64_t rs, int64_t nj, int64_t ahead, int64_t dim,
+                          float* out, int64_t out_stride) {
   const int64_t full = dim & ~int64_t{7};
   for (int64_t j = 0; j < nj; ++j) {
     const uint16_t* src = rows + j * rs;
@@ -111,8 +111,8 @@ CF_AVX2 void doc_max_f32(const TileArgs& a, const DocRows& doc) {
       rows = static_cast<const float*>(doc.rows) + j0 * doc.row_stride;
       rs = doc.row_stride;
     } else {
-      convert_rows(a.dtype, static_cast<const uint16_t*>(doc.rows) + j0 * doc.row_stride, doc.row_stride, nj, kRows, a.dim,
-                   a.scratch, out_stride);
+      convert_rows(a.dtype, static_cast<const uint16_t*>(doc.rows) + j0 * doc.row_stride, doc.row_stride, nj, kRows,
+                   a.dim, a.scratch, out_stride);
       rows = a.scratch;
       rs = out_stride;
     }

@@ -153,8 +153,8 @@ CF_AVX512BF16 void tile_bf16_n(int nj, const uint16_t* qp, int64_t dim, const ui
 
 // fp16 / bf16 rows -> fp32 rows in the per-thread scratch (row stride = dim rounded up to 16),
 // 16 elements per instruction; the tail uses a masked load so no byte past a row is read.
-CF_AVX512 void convert_rows(DType dtype, const uint16_t* rows, int64_t rs, int64_t nj, int64_t ahead, int64_t dim, float* out,
-                            int64_t out_stride) {
+CF_AVX512 void convert_rows(DType dtype, const uint16_t* rows, int64_t rs, int64_t nj, int64_t ahead, int64_t dim,
+                            float* out, int64_t out_stride) {
   const int64_t full = dim & ~int64_t{15};
   const __mmask16 tail = static_cast<__mmask16>((1u << (dim - full)) - 1u);
   for (int64_t j = 0; j < nj; ++j) {
@@ -191,8 +191,8 @@ CF_AVX512 void doc_max_f32(const TileArgs& a, const DocRows& doc) {
       rows = static_cast<const float*>(doc.rows) + j0 * doc.row_stride;
       rs = doc.row_stride;
     } else {  // converted once per tile, then reused by every query block of every query
-      convert_rows(a.dtype, static_cast<const uint16_t*>(doc.rows) + j0 * doc.row_stride, doc.row_stride, nj, kRows, a.dim,
-                   a.scratch, out_stride);
+      convert_rows(a.dtype, static_cast<const uint16_t*>(doc.rows) + j0 * doc.row_stride, doc.row_stride, nj, kRows,
+                   a.dim, a.scratch, out_stride);
       rows = a.scratch;
       rs = out_stride;
     }
@@ -214,7 +214,8 @@ CF_AVX512BF16 void doc_max_bf16(const TileArgs& a, const DocRows& doc) {
     for (int64_t q = 0; q < a.nq; ++q) {
       const auto* qp = static_cast<const uint16_t*>(a.qpack[q]);
       for (int64_t blk = 0; blk < a.nblk; ++blk)
-        tile_bf16_n<NV>(static_cast<int>(nj), qp + blk * a.qpack_stride, a.dim, rows, doc.row_stride, a.M[q] + blk * 16 * NV);
+        tile_bf16_n<NV>(static_cast<int>(nj), qp + blk * a.qpack_stride, a.dim, rows, doc.row_stride,
+                        a.M[q] + blk * 16 * NV);
     }
   }
 }

@@ -98,8 +98,8 @@ const IsaKernels& select_isa() {
                                " but this CPU or build does not support it; use auto, or one of the ISAs it has");
     return *c.kernels();
   }
-  throw std::runtime_error(std::string("COLBERT_FAST_CPU_ISA must be auto, avx512_bf16, avx512, avx2 or scalar; got '") +
-                           want + "'");
+  throw std::runtime_error(
+      std::string("COLBERT_FAST_CPU_ISA must be auto, avx512_bf16, avx512, avx2 or scalar; got '") + want + "'");
 }
 
 const char* cpu_isa_name() { return select_isa().name; }
@@ -312,7 +312,8 @@ void maxsim_cpu(const MaxSimParams& p) {
       const DocRef cur = ref;
       if (item + 1 < end) {  // start the next doc's first rows on their way from memory
         ref = resolve(p, item_shape, item + 1);
-        if (!ref.empty_slot && ref.mask == nullptr) prefetch_rows(ref.base, ref.n_rows, p.d_stride_l * esz, p.dim * esz);
+        if (!ref.empty_slot && ref.mask == nullptr)
+          prefetch_rows(ref.base, ref.n_rows, p.d_stride_l * esz, p.dim * esz);
       }
       const int64_t b0 = cur.b0, nq = cur.nq, out_index = cur.out_index, out_stride = cur.out_stride;
       if (cur.empty_slot) {
