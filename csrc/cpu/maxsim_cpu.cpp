@@ -9,6 +9,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
 #include <cstdlib>
 #include <cstring>
@@ -293,13 +294,19 @@ void maxsim_cpu(const MaxSimParams& p) {
   const int64_t groups = (p.B + group - 1) / group;
   const int64_t items = p.layout == DocLayout::all_pairs ? p.K * groups : p.B * p.K;
   const int64_t work_per_item = std::max<int64_t>(1, group * l.nblk * l.qb * std::max<int64_t>(p.Ld, 1) * p.dim);
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / work_per_item);
+  // Items are handed out in chunks from a shared counter rather than split statically: docs
+  // differ in length and the cores may be shared, so a thread that finishes early takes more.
+  // A chunk is ~1/16 of a thread's share, but at least 2^18 multiply-adds.
+  const int64_t min_chunk = std::max<int64_t>(1, (int64_t{1} << 18) / work_per_item);
+  const int64_t chunk = std::max(min_chunk, items / (threads * 16));
+  const int64_t workers = std::min(threads, (items + chunk - 1) / chunk);
+  std::atomic<int64_t> next{0};
   const size_t esz = elem_size(p.dtype);
   const ItemShape item_shape{group, groups};
   const int64_t m_floats = l.nblk * l.qb;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-  at::parallel_for(0, items, grain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
     AlignedBuffer mbuf(static_cast<size_t>(group * m_floats) * sizeof(float));
     AlignedBuffer scratch(static_cast<size_t>(tile_scratch_floats(p.dim)) * sizeof(float));
     std::vector<char> compact;
@@ -307,39 +314,46 @@ void maxsim_cpu(const MaxSimParams& p) {
     std::vector<float*> mptrs(group);
     TileArgs a{p.dtype, p.dim, l.qb, l.nblk, l.block_elems, qptrs.data(), mptrs.data(), 0, scratch.as<float>()};
 
-    DocRef ref = resolve(p, item_shape, begin);
-    for (int64_t item = begin; item < end; ++item) {
-      const DocRef cur = ref;
-      if (item + 1 < end) {  // start the next doc's first rows on their way from memory
-        ref = resolve(p, item_shape, item + 1);
-        if (!ref.empty_slot && ref.mask == nullptr)
-          prefetch_rows(ref.base, ref.n_rows, p.d_stride_l * esz, p.dim * esz);
-      }
-      const int64_t b0 = cur.b0, nq = cur.nq, out_index = cur.out_index, out_stride = cur.out_stride;
-      if (cur.empty_slot) {
-        p.out[out_index] = kNegInf;
-        continue;
+    auto score = [&](const DocRef& d) {
+      if (d.empty_slot) {
+        p.out[d.out_index] = kNegInf;
+        return;
       }
       DocRows doc;
-      if (!valid_rows(cur.base, cur.n_rows, cur.mask, p.d_stride_l, p.dim, esz, compact, doc)) {
-        for (int64_t q = 0; q < nq; ++q) p.out[out_index + q * out_stride] = 0.0f;  // no valid token
-        continue;
+      if (!valid_rows(d.base, d.n_rows, d.mask, p.d_stride_l, p.dim, esz, compact, doc)) {
+        for (int64_t q = 0; q < d.nq; ++q) p.out[d.out_index + q * d.out_stride] = 0.0f;  // no valid token
+        return;
       }
-      for (int64_t q = 0; q < nq; ++q) {
-        qptrs[q] = qbuf.as<char>() + (b0 + q) * l.query_elems * l.elem_bytes;
+      for (int64_t q = 0; q < d.nq; ++q) {
+        qptrs[q] = qbuf.as<char>() + (d.b0 + q) * l.query_elems * l.elem_bytes;
         mptrs[q] = mbuf.as<float>() + q * m_floats;
         std::fill(mptrs[q], mptrs[q] + m_floats, kNegInf);
       }
-      a.nq = nq;
+      a.nq = d.nq;
       isa.doc_max(a, doc);
       // Lane i of the maxima is query token i; padding lanes (i >= Lq) are skipped.
-      for (int64_t q = 0; q < nq; ++q) {
+      for (int64_t q = 0; q < d.nq; ++q) {
         const float* M = mptrs[q];
-        const bool* qm = p.q_mask ? p.q_mask + (b0 + q) * p.Lq : nullptr;
+        const bool* qm = p.q_mask ? p.q_mask + (d.b0 + q) * p.Lq : nullptr;
         float s = 0.0f;
         for (int64_t i = 0; i < p.Lq; ++i)
           if (qm == nullptr || qm[i]) s += M[i];
-        p.out[out_index + q * out_stride] = s;
+        p.out[d.out_index + q * d.out_stride] = s;
+      }
+    };
+
+    for (int64_t begin; (begin = next.fetch_add(chunk, std::memory_order_relaxed)) < items;) {
+      const int64_t end = std::min(items, begin + chunk);
+      DocRef cur = resolve(p, item_shape, begin);
+      for (int64_t item = begin; item < end; ++item) {
+        DocRef following{};
+        if (item + 1 < end) {  // start the next doc's first rows on their way from memory
+          following = resolve(p, item_shape, item + 1);
+          if (!following.empty_slot && following.mask == nullptr)
+            prefetch_rows(following.base, following.n_rows, p.d_stride_l * esz, p.dim * esz);
+        }
+        score(cur);
+        cur = following;
       }
     }
   });
