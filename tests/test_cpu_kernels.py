@@ -10,6 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import DTYPES, assert_matches_reference, backend_or_skip, normalized, random_lengths, random_mask
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import colbert_fast as cf
 from colbert_fast import _ext, reference
@@ -248,3 +250,33 @@ def test_large_gather_matches_torch_backend(dtype):
     D_ref, mask_ref = cf.gather(docs, pids, backend="torch")
     assert D.numel() * D.element_size() > 4 << 20
     assert torch.equal(mask, mask_ref) and torch.equal(D, D_ref)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    shape=st.tuples(
+        st.integers(1, 4),  # B
+        st.integers(1, 40),  # Lq
+        st.integers(0, 4),  # N or K
+        st.integers(0, 30),  # Ld
+        st.integers(1, 70),  # dim
+    ),
+    mode=st.sampled_from(["all_pairs", "per_query"]),
+    dtype=st.sampled_from(DTYPES),
+    masking=st.sampled_from(["none", "lengths", "mask"]),
+    q_masked=st.booleans(),
+    strided=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_random_shapes(isa, shape, mode, dtype, masking, q_masked, strided, seed):
+    B, lq, n, ld, dim = shape
+    g = torch.Generator().manual_seed(seed)
+    Q = normalized((B, lq, dim), dtype, "cpu", g, negative_bias=1.0)
+    d_shape = (n, ld, dim) if mode == "all_pairs" else (B, n, ld, dim)
+    D = normalized(d_shape, dtype, "cpu", g, negative_bias=-1.5)
+    if strided:  # every other token of a longer doc: strided rows, never copied
+        D = torch.cat([D, D], dim=-2)[..., ::2, :]
+    d_lengths = random_lengths(d_shape[:-2], ld, g, "cpu") if masking == "lengths" else None
+    d_mask = random_mask(d_shape[:-1], g, "cpu") if masking == "mask" else None
+    q_mask = random_mask((B, lq), g, "cpu") if q_masked else None
+    _check(Q, D, q_mask, d_mask, d_lengths)
