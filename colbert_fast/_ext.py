@@ -31,32 +31,10 @@ def _load():
             f"colbert_fast._C was built for torch {built_for} but torch {torch.__version__} is installed; "
             f"{REBUILD_HINT}"
         )
-    _register_fakes()
+    from .backends import _fakes
+
+    _fakes.register()  # shape-only kernels so torch.compile can trace the C++ ops
     return _C, None
-
-
-def _register_fakes() -> None:
-    """Shape-only (fake/meta) kernels so torch.compile and FakeTensor tracing see the C++ ops."""
-    register_fake = getattr(torch.library, "register_fake", None)  # torch >= 2.4
-    if register_fake is None:
-        return
-
-    @register_fake("colbert_fast::gather")
-    def _gather_fake(embeddings, offsets, lengths, pids, max_len):
-        out = embeddings.new_empty((*pids.shape, max_len, embeddings.shape[1]))
-        return out, pids.new_empty((*pids.shape, max_len), dtype=torch.bool)
-
-    # maxsim / maxsim_packed (issue 5, CUDA; the CPU issue adds the same): fp32 scores.
-    if not hasattr(torch.ops.colbert_fast, "maxsim"):
-        return
-
-    @register_fake("colbert_fast::maxsim")
-    def _maxsim_fake(Q, D, q_mask, d_mask, d_lengths):
-        return Q.new_empty((Q.shape[0], D.shape[-3]), dtype=torch.float32)
-
-    @register_fake("colbert_fast::maxsim_packed")
-    def _maxsim_packed_fake(Q, embeddings, offsets, lengths, pids, q_mask, max_len):
-        return Q.new_empty(tuple(pids.shape), dtype=torch.float32)
 
 
 def extension():

@@ -1,4 +1,10 @@
-"""CPU backend: the compiled kernels in csrc/cpu, reached through torch.ops.colbert_fast."""
+"""CPU backend: the compiled kernels in csrc/cpu, reached through torch.ops.colbert_fast.
+
+The SIMD path is chosen per call from what the CPU supports (AVX-512 with bf16 dot products,
+AVX-512, AVX2, portable scalar); COLBERT_FAST_CPU_ISA=avx512_bf16|avx512|avx2|scalar forces one
+and cpu_isa() says which one runs. Forward only: with inputs that require grad, "auto" falls
+back to the torch backend.
+"""
 
 from __future__ import annotations
 
@@ -17,8 +23,16 @@ def unavailable_reason(device: torch.device) -> str | None:
     if reason is not None:
         return reason
     if not _ext.has_kernel("maxsim", "CPU"):
-        return "this build of colbert_fast._C has no CPU MaxSim kernels yet"
+        return "this build of colbert_fast._C has no CPU MaxSim kernels"
     return None
+
+
+def cpu_isa() -> str:
+    """The SIMD kernels the CPU ops use now: "avx512_bf16", "avx512", "avx2" or "scalar"."""
+    ext = _ext.extension()
+    if ext is None:
+        raise RuntimeError(_ext.missing_reason())
+    return ext.cpu_isa()
 
 
 def maxsim(Q, D, q_mask, d_mask, d_lengths):

@@ -3,6 +3,7 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include "../cpu/maxsim_cpu.h"
 #include "../gather_params.h"
 #include "common.h"
 
@@ -62,7 +63,9 @@ std::tuple<at::Tensor, at::Tensor> gather_cpu_op(const at::Tensor& embeddings, c
 TORCH_LIBRARY(colbert_fast, m) {
   m.def("gather(Tensor embeddings, Tensor offsets, Tensor lengths, Tensor pids, int max_len) -> (Tensor, Tensor)");
   m.def("maxsim(Tensor Q, Tensor D, Tensor? q_mask, Tensor? d_mask, Tensor? d_lengths) -> Tensor");
-  m.def("maxsim_packed(Tensor Q, Tensor embeddings, Tensor offsets, Tensor lengths, Tensor pids, Tensor? q_mask, int max_len) -> Tensor");
+  m.def(
+      "maxsim_packed(Tensor Q, Tensor embeddings, Tensor offsets, Tensor lengths, Tensor pids, Tensor? q_mask, "
+      "int max_len) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(colbert_fast, CPU, m) { m.impl("gather", &gather_cpu_op); }
@@ -75,6 +78,8 @@ TORCH_LIBRARY_IMPL(colbert_fast, CPU, m) { m.impl("gather", &gather_cpu_op); }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "colbert_fast compiled kernels (ops are registered under torch.ops.colbert_fast)";
+  m.def("cpu_isa", [] { return std::string(colbert_fast::cpu::cpu_isa_name()); },
+        "SIMD kernels the CPU ops use now: avx512_bf16, avx512, avx2 or scalar (COLBERT_FAST_CPU_ISA overrides)");
   m.def("torch_version", [] { return std::string(COLBERT_FAST_TORCH_VERSION); }, "torch version this was built against");
 #ifdef WITH_CUDA
   m.def("with_cuda", [] { return true; }, "whether the CUDA kernels were built");

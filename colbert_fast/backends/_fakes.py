@@ -1,0 +1,43 @@
+"""Fake (meta) implementations of the torch.ops.colbert_fast ops, so torch.compile and other
+tracers can infer output shapes without running a kernel. They only describe outputs; every
+device's real kernel is registered in C++ (csrc/torch). Shared by all backends that call these
+ops: register() is idempotent and a no-op when the extension or the op is missing.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_done: set = set()
+
+
+def _maxsim_fake(Q, D, q_mask=None, d_mask=None, d_lengths=None):
+    # [N, Ld, dim] -> [B, N]; [B, K, Ld, dim] -> [B, K]
+    return Q.new_empty((Q.shape[0], D.shape[-3]), dtype=torch.float32)
+
+
+def _maxsim_packed_fake(Q, embeddings, offsets, lengths, pids, q_mask, max_len):
+    return Q.new_empty(tuple(pids.shape), dtype=torch.float32)
+
+
+def _gather_fake(embeddings, offsets, lengths, pids, max_len):
+    shape = tuple(pids.shape)
+    out = embeddings.new_empty((*shape, max_len, embeddings.shape[-1]))
+    return out, embeddings.new_empty((*shape, max_len), dtype=torch.bool)
+
+
+_FAKES = {"maxsim": _maxsim_fake, "maxsim_packed": _maxsim_packed_fake, "gather": _gather_fake}
+
+
+def register() -> None:
+    """Register the fakes of the ops the loaded extension defines (once per process; colbert_fast._ext
+    calls it right after loading the extension)."""
+    # torch >= 2.4 has register_fake; 2.2-2.3 called it impl_abstract; older torch: nothing to do.
+    register_fake = getattr(torch.library, "register_fake", None) or getattr(torch.library, "impl_abstract", None)
+    if register_fake is None:
+        return
+    for name, fn in _FAKES.items():
+        if name in _done or not hasattr(torch.ops.colbert_fast, name):
+            continue
+        register_fake(f"colbert_fast::{name}")(fn)
+        _done.add(name)

@@ -1,0 +1,113 @@
+// Fused MaxSim on the CPU: parameters, the per-ISA kernel table, and the entry points.
+// Plain C++ (no torch headers): the torch glue (csrc/torch/maxsim_cpu_glue.cpp) fills these
+// structs from tensors; the kernels (maxsim_cpu.cpp driver + maxsim_<isa>.cpp tiles) read them.
+//
+//     score(q, d) = sum_{i : q_mask[i]} max_{j : d valid at j} <Q[i], D[j]>     (fp32)
+//
+// A doc with no valid token scores 0; a pid of -1 scores -inf.
+#pragma once
+#include <cstdint>
+#include <cstring>
+
+namespace colbert_fast {
+namespace cpu {
+
+enum class DType : int { f32 = 0, f16 = 1, bf16 = 2 };
+
+// Where each doc's rows live. All strides are in elements; the last dim is contiguous.
+enum class DocLayout : int {
+  all_pairs = 0,  // D [N, Ld, dim]: every query against every doc -> out [B, N]
+  per_query = 1,  // D [B, K, Ld, dim]: query b against its own K docs -> out [B, K]
+  packed = 2,     // embeddings [T, dim] rows + offsets/lengths, pids [B, K] -> out [B, K]
+};
+
+struct MaxSimParams {
+  DType dtype;  // Q and D share it
+  DocLayout layout;
+  int64_t B, Lq, dim;
+  int64_t K;   // docs per query (per_query, packed); N docs for all_pairs
+  int64_t Ld;  // padded doc length (all_pairs, per_query); longest doc (packed)
+
+  const void* Q;  // [B, Lq, dim]
+  int64_t q_stride_b, q_stride_l;
+  const bool* q_mask;  // [B, Lq] contiguous, or null (every token counts)
+
+  const void* D;  // all_pairs: [N, Ld, dim]; per_query: [B, K, Ld, dim]; packed: [T, dim]
+  int64_t d_stride_b;  // per_query only
+  int64_t d_stride_k;  // doc stride (all_pairs: dim 0; per_query: dim 1)
+  int64_t d_stride_l;  // token (row) stride; packed: dim
+  const bool* d_mask;         // contiguous, D.shape[:-1], or null
+  const int64_t* d_lengths;   // contiguous, D.shape[:-2], or null
+
+  const int64_t* offsets;  // packed: [N + 1]
+  const int64_t* lengths;  // packed: [N]
+  const int64_t* pids;     // packed: [B, K] contiguous, -1 = empty
+
+  float* out;  // [B, K] contiguous
+};
+
+// ---- per-ISA tile kernels --------------------------------------------------------------------
+// A query is packed once per call into blocks of `qb` tokens ("lanes"): block-major, then dim,
+// then lane: qpack[blk][k][lane] (fp32), so one vector load gives dim k of qb query tokens and a
+// broadcast doc value multiplies all of them. With bf16 dot products (pair_bf16) dims go in
+// pairs: qpack[blk][k/2][lane][2] (bf16 bits), matching vdpbf16ps. Missing lanes/dims are 0.
+
+struct DocRows {
+  const void* rows;    // first valid row, in the params' dtype
+  int64_t row_stride;  // elements between rows
+  int64_t n;           // rows (>= 1)
+};
+
+struct TileArgs {
+  DType dtype;
+  int64_t dim;
+  int64_t qb;       // lanes per query block
+  int64_t nblk;     // blocks per query
+  int64_t qpack_stride;      // elements (float or uint16) between blocks of one query
+  const void* const* qpack;  // [nq] packed queries
+  float* const* M;           // [nq] running maxima, nblk * qb floats each, start at -inf
+  int64_t nq;
+  float* scratch;  // per-thread, >= kTileScratchFloats(dim) floats, 64-byte aligned
+};
+
+struct IsaKernels {
+  const char* name;  // "avx512_bf16", "avx512", "avx2", "scalar"
+  int64_t qb_small;  // lanes per block when Lq <= qb_small
+  int64_t qb_large;  // lanes per block otherwise
+  bool pair_bf16;    // bf16 docs use the paired-dim layout and dot-product instructions
+  // Updates M[q] with the maxima of every packed query against every row of `doc`.
+  void (*doc_max)(const TileArgs& a, const DocRows& doc);
+};
+
+constexpr int64_t kMaxTileRows = 16;
+
+// Height of the next tile when `left` rows remain for `tiles_left` tiles: a doc's rows are split
+// into tiles of near-equal height, so its last tile is not a sliver of 1-2 rows (too few
+// independent accumulators to hide the FMA latency).
+inline int64_t tile_rows(int64_t left, int64_t tiles_left) { return (left + tiles_left - 1) / tiles_left; }
+inline int64_t tile_scratch_floats(int64_t dim) { return kMaxTileRows * ((dim + 15) / 16 * 16) + 64; }
+
+const IsaKernels* isa_avx512_bf16();  // null when this build or CPU lacks it
+const IsaKernels* isa_avx512();
+const IsaKernels* isa_avx2();
+const IsaKernels* isa_scalar();
+
+// The kernels a call uses: COLBERT_FAST_CPU_ISA (auto|avx512_bf16|avx512|avx2|scalar), read at
+// call time, else the best the CPU supports. Throws std::runtime_error for a forced ISA the CPU
+// lacks or an unknown name.
+const IsaKernels& select_isa();
+const char* cpu_isa_name();
+
+void maxsim_cpu(const MaxSimParams& p);
+
+// Scalar conversions shared by the packing code and the scalar kernel.
+float half_to_float(uint16_t h);
+inline float bf16_to_float(uint16_t h) {
+  const uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
+}  // namespace cpu
+}  // namespace colbert_fast

@@ -1,0 +1,173 @@
+// Torch glue for the CPU MaxSim kernels: input checks (the ops may be called directly through
+// torch.ops, so nothing that would read out of bounds gets past here), params, registration.
+// The kernels are in csrc/cpu/maxsim_*.cpp.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <limits>
+#include <stdexcept>
+
+#include "../cpu/maxsim_cpu.h"
+
+namespace colbert_fast {
+namespace {
+
+using cpu::DocLayout;
+using cpu::DType;
+using cpu::MaxSimParams;
+
+DType kernel_dtype(const at::Tensor& t, const char* op, const char* name) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return DType::f32;
+    case at::kHalf: return DType::f16;
+    case at::kBFloat16: return DType::bf16;
+    default: TORCH_CHECK_TYPE(false, op, ": ", name, " must be float32, float16 or bfloat16, got ", t.scalar_type());
+  }
+}
+
+void check_cpu(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor, got ", t.device());
+}
+
+// Rows are read as contiguous vectors; the other strides are passed to the kernel as they are.
+void check_rows(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(t.size(-1) <= 1 || t.stride(-1) == 1, op, ": ", name,
+              " must have a contiguous last dim (stride 1), got strides ", t.strides());
+}
+
+const bool* optional_mask(const c10::optional<at::Tensor>& m, at::IntArrayRef shape, const char* op, const char* name,
+                          at::Tensor& keep) {
+  if (!m.has_value()) return nullptr;
+  check_cpu(*m, op, name);
+  TORCH_CHECK_TYPE(m->scalar_type() == at::kBool, op, ": ", name, " must be bool, got ", m->scalar_type());
+  TORCH_CHECK(m->sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", m->sizes());
+  keep = m->contiguous();
+  return keep.data_ptr<bool>();
+}
+
+void run(const MaxSimParams& p) {
+  try {
+    cpu::maxsim_cpu(p);
+  } catch (const std::runtime_error& e) {  // a bad COLBERT_FAST_CPU_ISA
+    TORCH_CHECK(false, e.what());
+  }
+}
+
+void fill_query(MaxSimParams& p, const at::Tensor& Q, const char* op) {
+  check_cpu(Q, op, "Q");
+  TORCH_CHECK(Q.dim() == 3, op, ": Q must be [B, Lq, dim], got ", Q.sizes());
+  TORCH_CHECK(Q.size(1) >= 1, op, ": Q must have Lq >= 1, got ", Q.sizes());
+  check_rows(Q, op, "Q");
+  p.Q = Q.data_ptr();
+  p.B = Q.size(0);
+  p.Lq = Q.size(1);
+  p.dim = Q.size(2);
+  p.q_stride_b = Q.stride(0);
+  p.q_stride_l = Q.stride(1);
+}
+
+at::Tensor maxsim_cpu_op(const at::Tensor& Q, const at::Tensor& D, const c10::optional<at::Tensor>& q_mask,
+                         const c10::optional<at::Tensor>& d_mask, const c10::optional<at::Tensor>& d_lengths) {
+  constexpr const char* op = "colbert_fast::maxsim";
+  MaxSimParams p{};
+  fill_query(p, Q, op);
+  check_cpu(D, op, "D");
+  TORCH_CHECK(D.dim() == 3 || D.dim() == 4, op, ": D must be [N, Ld, dim] or [B, K, Ld, dim], got ", D.sizes());
+  p.dtype = kernel_dtype(D, op, "D");
+  TORCH_CHECK_TYPE(Q.scalar_type() == D.scalar_type(), op, ": Q (", Q.scalar_type(), ") must have D's dtype (",
+                   D.scalar_type(), ")");
+  TORCH_CHECK(D.size(-1) == p.dim, op, ": dim mismatch: Q ", Q.sizes(), ", D ", D.sizes());
+  check_rows(D, op, "D");
+  TORCH_CHECK(!(d_mask.has_value() && d_lengths.has_value()), op, ": give d_mask or d_lengths, not both");
+  const bool all_pairs = D.dim() == 3;
+  if (!all_pairs) TORCH_CHECK(D.size(0) == p.B, op, ": D [B, K, Ld, dim] must have B = ", p.B, ", got ", D.sizes());
+  p.layout = all_pairs ? DocLayout::all_pairs : DocLayout::per_query;
+  p.K = D.size(-3);
+  p.Ld = D.size(-2);
+  p.D = D.data_ptr();
+  p.d_stride_b = all_pairs ? 0 : D.stride(0);
+  p.d_stride_k = D.stride(-3);
+  p.d_stride_l = D.stride(-2);
+
+  at::Tensor qm, dm, dl;
+  p.q_mask = optional_mask(q_mask, Q.sizes().slice(0, 2), op, "q_mask", qm);
+  p.d_mask = optional_mask(d_mask, D.sizes().slice(0, D.dim() - 1), op, "d_mask", dm);
+  if (d_lengths.has_value()) {
+    check_cpu(*d_lengths, op, "d_lengths");
+    TORCH_CHECK_TYPE(d_lengths->scalar_type() == at::kLong, op, ": d_lengths must be int64, got ",
+                     d_lengths->scalar_type());
+    const auto shape = D.sizes().slice(0, D.dim() - 2);
+    TORCH_CHECK(d_lengths->sizes() == shape, op, ": d_lengths must have shape ", shape, ", got ", d_lengths->sizes());
+    dl = d_lengths->contiguous();
+    const int64_t* len = dl.data_ptr<int64_t>();
+    for (int64_t i = 0; i < dl.numel(); ++i)
+      TORCH_CHECK(len[i] >= 0 && len[i] <= p.Ld, op, ": d_lengths must be in [0, Ld = ", p.Ld, "], got ", len[i]);
+    p.d_lengths = len;
+  }
+  at::Tensor out = at::empty({p.B, p.K}, D.options().dtype(at::kFloat));
+  p.out = out.data_ptr<float>();
+  run(p);
+  return out;
+}
+
+at::Tensor maxsim_packed_cpu_op(const at::Tensor& Q, const at::Tensor& embeddings, const at::Tensor& offsets,
+                                const at::Tensor& lengths, const at::Tensor& pids,
+                                const c10::optional<at::Tensor>& q_mask, int64_t max_len) {
+  constexpr const char* op = "colbert_fast::maxsim_packed";
+  MaxSimParams p{};
+  fill_query(p, Q, op);
+  for (const auto& [t, name] : {std::pair{&embeddings, "embeddings"}, {&offsets, "offsets"}, {&lengths, "lengths"},
+                                {&pids, "pids"}})
+    check_cpu(*t, op, name);
+  TORCH_CHECK(embeddings.dim() == 2, op, ": embeddings must be [T, dim], got ", embeddings.sizes());
+  p.dtype = kernel_dtype(embeddings, op, "embeddings");
+  TORCH_CHECK_TYPE(Q.scalar_type() == embeddings.scalar_type(), op, ": Q (", Q.scalar_type(),
+                   ") must have embeddings' dtype (", embeddings.scalar_type(), ")");
+  TORCH_CHECK(embeddings.size(1) == p.dim, op, ": dim mismatch: Q ", Q.sizes(), ", embeddings ", embeddings.sizes());
+  check_rows(embeddings, op, "embeddings");
+  TORCH_CHECK_TYPE(offsets.scalar_type() == at::kLong && lengths.scalar_type() == at::kLong &&
+                       pids.scalar_type() == at::kLong,
+                   op, ": offsets, lengths and pids must be int64");
+  TORCH_CHECK(offsets.dim() == 1 && lengths.dim() == 1 && offsets.numel() == lengths.numel() + 1, op,
+              ": offsets must be [N + 1] and lengths [N], got ", offsets.sizes(), " and ", lengths.sizes());
+  TORCH_CHECK(pids.dim() == 2 && pids.size(0) == p.B, op, ": pids must be [B, K] with B = ", p.B, ", got ",
+              pids.sizes());
+  TORCH_CHECK(max_len >= 0, op, ": max_len must be >= 0, got ", max_len);
+
+  const at::Tensor off = offsets.contiguous(), len = lengths.contiguous(), pid = pids.contiguous();
+  const int64_t* o = off.data_ptr<int64_t>();
+  const int64_t* n = len.data_ptr<int64_t>();
+  const int64_t* id = pid.data_ptr<int64_t>();
+  const int64_t num_docs = lengths.numel(), rows = embeddings.size(0);
+  // O(B*K): every selected doc's rows must lie inside embeddings.
+  for (int64_t i = 0; i < pid.numel(); ++i) {
+    const int64_t d = id[i];
+    TORCH_CHECK_INDEX(d >= -1 && d < num_docs, op, ": pid ", d, " out of range for ", num_docs, " docs");
+    if (d >= 0)
+      TORCH_CHECK_INDEX(o[d] >= 0 && n[d] >= 0 && o[d] <= rows - n[d], op, ": doc ", d, " (offset ", o[d], ", length ",
+                        n[d], ") lies outside embeddings ", embeddings.sizes());
+  }
+  p.layout = DocLayout::packed;
+  p.K = pids.size(1);
+  p.Ld = max_len;
+  p.D = embeddings.data_ptr();
+  p.d_stride_l = embeddings.stride(0);
+  p.offsets = o;
+  p.lengths = n;
+  p.pids = id;
+  at::Tensor qm;
+  p.q_mask = optional_mask(q_mask, Q.sizes().slice(0, 2), op, "q_mask", qm);
+  at::Tensor out = at::empty({p.B, p.K}, Q.options().dtype(at::kFloat));
+  p.out = out.data_ptr<float>();
+  run(p);
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(colbert_fast, CPU, m) {
+  m.impl("maxsim", &maxsim_cpu_op);
+  m.impl("maxsim_packed", &maxsim_packed_cpu_op);
+}
+
+}  // namespace colbert_fast
