@@ -16,6 +16,10 @@ import sys
 
 COMMANDS = {
     "env": "colbert_fast.env",
+    "index": "colbert_fast.pipeline_cli.index",
+    "search": "colbert_fast.pipeline_cli.search",
+    "rerank": "colbert_fast.pipeline_cli.rerank",
+    "eval": "colbert_fast.pipeline_cli.eval",
 }
 
 
