@@ -28,6 +28,8 @@ from .index import Index, require_faiss
 __all__ = ["Searcher", "Ranking"]
 
 STAGES = ("encode", "candidates", "score", "topk")
+# Encoder settings that shape the stored doc vectors: a searcher's encoder must agree on them.
+_DOC_SIDE = ("dim", "doc_maxlen", "doc_marker", "mask_punctuation", "skiplist")
 
 # One query's result: (pid, score) pairs, best first.
 Ranking = list[tuple[str, float]]
@@ -89,19 +91,23 @@ class Searcher:
     def _encoder(self, encoder):
         from .model import ColBERT
 
-        if isinstance(encoder, ColBERT):
-            return encoder.to(self.device)
-        if encoder is None:
-            encoder = self.index.manifest.get("model", {}).get("checkpoint")
+        if not isinstance(encoder, ColBERT):
             if encoder is None:
-                raise ValueError("the index manifest names no checkpoint: pass encoder= (a model or its directory)")
-        enc = ColBERT.load(Path(encoder), device=self.device)
-        recorded = self.index.manifest.get("model", {}).get("config")
-        if recorded is not None and recorded != enc.config.to_dict():
+                encoder = self.index.manifest.get("model", {}).get("checkpoint")
+                if encoder is None:
+                    raise ValueError("the index manifest names no checkpoint: pass encoder= (a model or its directory)")
+            encoder = ColBERT.load(Path(encoder))
+        # Query-side settings and the similarity may differ from the build; what shaped the stored
+        # doc vectors may not.
+        recorded = self.index.manifest.get("model", {}).get("config") or {}
+        mine = encoder.config.to_dict()
+        differ = [f for f in _DOC_SIDE if f in recorded and recorded[f] != mine[f]]
+        if differ:
             raise ValueError(
-                f"the encoder at {encoder} has config {enc.config.to_dict()}, but the index was built with {recorded}"
+                "the encoder does not match the index: "
+                + ", ".join(f"{f} is {mine[f]!r}, the index was built with {recorded[f]!r}" for f in differ)
             )
-        return enc
+        return encoder.to(self.device)
 
     # ---- timing ------------------------------------------------------------------------------
 
