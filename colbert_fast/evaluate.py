@@ -14,9 +14,9 @@ from __future__ import annotations
 import math
 import os
 from collections import defaultdict
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
-__all__ = ["load_qrels", "load_run", "mrr_at", "recall_at", "ndcg_at", "evaluate", "write_run"]
+__all__ = ["evaluate", "load_qrels", "load_run", "mrr_at", "ndcg_at", "recall_at", "write_run"]
 
 Qrels = Mapping[str, Mapping[str, int]]
 Run = Mapping[str, Sequence[str]]
@@ -86,8 +86,7 @@ def write_run(path: str | os.PathLike, rankings: Iterable[tuple[str, Sequence[tu
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
         for qid, ranking in rankings:
-            for rank, (pid, score) in enumerate(ranking, 1):
-                f.write(f"{qid}\t{pid}\t{rank}\t{score:.6f}\n")
+            f.writelines(f"{qid}\t{pid}\t{rank}\t{score:.6f}\n" for rank, (pid, score) in enumerate(ranking, 1))
     os.replace(tmp, path)
 
 

@@ -26,15 +26,15 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from .packed import PackedDocs
 
-__all__ = ["IndexConfig", "Index", "build_index", "read_collection", "choose_partitions", "CorruptIndexError"]
+__all__ = ["CorruptIndexError", "Index", "IndexConfig", "build_index", "choose_partitions", "read_collection"]
 
 INDEX_FORMAT = "colbert_fast.index/1"
 MANIFEST = "manifest.json"
@@ -224,7 +224,7 @@ def build_index(
     resume: bool = True,
     progress: bool = True,
     on_chunk: Callable[[int], None] | None = None,
-) -> "Index":
+) -> Index:
     """Encode `collection` with `encoder` and write an index to `index_dir` (replacing any there).
 
     Args:
@@ -308,7 +308,11 @@ def build_index(
         "format": INDEX_FORMAT,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": _versions(),
-        "model": {"checkpoint": checkpoint, "config": encoder.config.to_dict(), "fingerprint": _model_fingerprint(encoder)},
+        "model": {
+            "checkpoint": checkpoint,
+            "config": encoder.config.to_dict(),
+            "fingerprint": _model_fingerprint(encoder),
+        },
         "collection": {"path": str(collection.resolve()), "sha256": collection_sha},
         "index_config": dataclasses.asdict(config),
         "ivf": ivf_info,
@@ -412,7 +416,7 @@ class Index:
         return out
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, verify: bool = True, mmap: bool = True, load_ivf: bool = True) -> "Index":
+    def load(cls, path: str | os.PathLike, *, verify: bool = True, mmap: bool = True, load_ivf: bool = True) -> Index:
         """Open an index directory.
 
         Args:
@@ -427,9 +431,11 @@ class Index:
         path = Path(path)
         mpath = path / MANIFEST
         if not mpath.exists():
-            hint = " (an interrupted build left partial chunks: rerun `index` to resume)" if any(
-                path.glob("partial-*")
-            ) else ""
+            hint = (
+                " (an interrupted build left partial chunks: rerun `index` to resume)"
+                if any(path.glob("partial-*"))
+                else ""
+            )
             raise FileNotFoundError(f"no index at {path}: {MANIFEST} is missing{hint}")
         try:
             manifest = json.loads(mpath.read_text())
@@ -445,7 +451,9 @@ class Index:
         for key, info in files.items():
             fpath = path / str(info["name"])
             if fpath.name != info["name"] or fpath.parent != path:
-                raise CorruptIndexError(f"{mpath}: file name {info['name']!r} is not a plain name in the index directory")
+                raise CorruptIndexError(
+                    f"{mpath}: file name {info['name']!r} is not a plain name in the index directory"
+                )
             if not fpath.exists():
                 raise CorruptIndexError(f"index file {fpath} is missing")
             size = fpath.stat().st_size
@@ -462,7 +470,9 @@ class Index:
         except (ValueError, UnicodeDecodeError) as e:
             raise CorruptIndexError(f"index at {path} is corrupt: {e}") from None
         if not isinstance(doc_ids, list) or len(doc_ids) != docs.num_docs or docs.num_docs != stats.get("num_docs"):
-            raise CorruptIndexError(f"index at {path} is inconsistent: pid list, doc store and manifest disagree on #docs")
+            raise CorruptIndexError(
+                f"index at {path} is inconsistent: pid list, doc store and manifest disagree on #docs"
+            )
         if docs.num_tokens != stats.get("num_tokens") or docs.dim != stats.get("dim"):
             raise CorruptIndexError(f"index at {path} is inconsistent: doc store shape differs from the manifest")
         ivf = None
@@ -470,13 +480,17 @@ class Index:
             faiss = require_faiss()
             raw = (path / files["ivf"]["name"]).read_bytes()
             if verify and hashlib.sha256(raw).hexdigest() != files["ivf"]["sha256"]:
-                raise CorruptIndexError(f"index file {path / files['ivf']['name']} fails its sha256 check: tampered or corrupt")
+                raise CorruptIndexError(
+                    f"index file {path / files['ivf']['name']} fails its sha256 check: tampered or corrupt"
+                )
             try:
                 ivf = faiss.deserialize_index(np.frombuffer(raw, dtype=np.uint8))
             except RuntimeError as e:
                 raise CorruptIndexError(f"cannot read faiss index {files['ivf']['name']}: {e}") from None
             if ivf.ntotal != docs.num_tokens or ivf.d != docs.dim:
-                raise CorruptIndexError(f"index at {path} is inconsistent: faiss holds {ivf.ntotal} vectors of dim {ivf.d}")
+                raise CorruptIndexError(
+                    f"index at {path} is inconsistent: faiss holds {ivf.ntotal} vectors of dim {ivf.d}"
+                )
         return cls(path, manifest, docs, [str(p) for p in doc_ids], ivf)
 
 

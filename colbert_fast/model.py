@@ -26,13 +26,13 @@ import json
 import os
 import shutil
 import string
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ColBERTConfig", "ColBERT", "load_encoder"]
+__all__ = ["ColBERT", "ColBERTConfig", "load_encoder"]
 
 _OUR_CONFIG = "colbert_fast.json"
 _OUR_FORMAT = "colbert_fast.ColBERT/1"
@@ -83,7 +83,7 @@ class ColBERTConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "ColBERTConfig":
+    def from_dict(cls, values: dict) -> ColBERTConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
 
@@ -92,9 +92,7 @@ def _require_transformers():
     try:
         import transformers
     except ImportError as e:  # pragma: no cover - exercised only without the extra
-        raise ImportError(
-            "the ColBERT encoder needs `transformers`: pip install 'colbert_fast[pipeline]'"
-        ) from e
+        raise ImportError("the ColBERT encoder needs `transformers`: pip install 'colbert_fast[pipeline]'") from e
     return transformers
 
 
@@ -306,9 +304,7 @@ class ColBERT(torch.nn.Module):
                 shutil.rmtree(tmp)
 
     @classmethod
-    def load(
-        cls, path: str | os.PathLike, device=None, dtype: torch.dtype | None = None, **overrides
-    ) -> "ColBERT":
+    def load(cls, path: str | os.PathLike, device=None, dtype: torch.dtype | None = None, **overrides) -> ColBERT:
         """Load a local ColBERTv2-format, PyLate or colbert_fast directory (never the hub).
 
         overrides: ColBERTConfig fields that replace the checkpoint's (e.g. doc_maxlen=300).
@@ -342,7 +338,7 @@ def _read_json(path: Path) -> dict:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"cannot read {path}: {e}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object")
+        raise ValueError(f"{path} must hold a JSON object")  # noqa: TRY004 - bad file content, not a bad argument
     return data
 
 
@@ -354,13 +350,13 @@ def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
 
         try:
             return load_file(str(st))
-        except Exception as e:  # safetensors raises its own error types for truncated files
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for bad files
             raise ValueError(f"cannot read {st}: {e}") from None
     binary = directory / "pytorch_model.bin"
     if binary.exists():
         try:
             return torch.load(str(binary), map_location="cpu", weights_only=True)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - unpickling errors come in many types
             raise ValueError(f"cannot read {binary} as plain tensors: {e}") from None
     raise FileNotFoundError(f"{directory} has no model.safetensors or pytorch_model.bin")
 
@@ -369,7 +365,7 @@ def _tokenizer(directory: Path):
     transformers = _require_transformers()
     try:
         return transformers.AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - transformers raises OSError, ValueError, KeyError, ...
         raise ValueError(f"cannot load a tokenizer from {directory}: {e}") from None
 
 
@@ -435,15 +431,13 @@ def _load_pylate(path: Path, overrides: dict) -> ColBERT:
     transformers = _require_transformers()
     modules = json.loads((path / "modules.json").read_text())
     if not isinstance(modules, list):
-        raise ValueError(f"{path}/modules.json must be a list of modules")
+        raise ValueError(f"{path}/modules.json must be a list of modules")  # noqa: TRY004 - bad file content
     kinds = [(m.get("type", "").rsplit(".", 1)[-1], m.get("path", "")) for m in sorted(modules, key=lambda m: m["idx"])]
     transformers_dirs = [p for kind, p in kinds if kind == "Transformer"]
     dense_dirs = [p for kind, p in kinds if kind == "Dense"]
     others = [kind for kind, _ in kinds if kind not in ("Transformer", "Dense")]
     if len(transformers_dirs) != 1 or len(dense_dirs) != 1 or others:
-        raise ValueError(
-            f"{path}: expected one Transformer and one Dense module, got {[k for k, _ in kinds]}"
-        )
+        raise ValueError(f"{path}: expected one Transformer and one Dense module, got {[k for k, _ in kinds]}")
     tdir = path / transformers_dirs[0]
     ddir = path / dense_dirs[0]
     dense_cfg = _read_json(ddir / "config.json")
@@ -453,7 +447,11 @@ def _load_pylate(path: Path, overrides: dict) -> ColBERT:
     dense_w = _read_weights(ddir).get("linear.weight")
     if dense_w is None:
         raise ValueError(f"{ddir}: no 'linear.weight' in the Dense weights")
-    st = _read_json(path / "config_sentence_transformers.json") if (path / "config_sentence_transformers.json").exists() else {}
+    st = (
+        _read_json(path / "config_sentence_transformers.json")
+        if (path / "config_sentence_transformers.json").exists()
+        else {}
+    )
     values = {"dim": dense_w.shape[0]}
     for theirs, mine in (
         ("query_prefix", "query_marker"),
@@ -469,7 +467,7 @@ def _load_pylate(path: Path, overrides: dict) -> ColBERT:
     values.update(overrides)
     try:
         backbone = transformers.AutoModel.from_pretrained(str(tdir), local_files_only=True)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - transformers raises OSError, ValueError, KeyError, ...
         raise ValueError(f"cannot load the Transformer module from {tdir}: {e}") from None
     linear = torch.nn.Linear(dense_w.shape[1], dense_w.shape[0], bias=False)
     with torch.no_grad():

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ import torch
 from . import ops
 from .index import Index, require_faiss
 
-__all__ = ["Searcher", "Ranking"]
+__all__ = ["Ranking", "Searcher"]
 
 STAGES = ("encode", "candidates", "score", "topk")
 # Encoder settings that shape the stored doc vectors: a searcher's encoder must agree on them.
@@ -71,8 +71,8 @@ class Searcher:
         if not isinstance(index, Index):
             index = Index.load(index, verify=verify, load_ivf=load_ivf)
         self.index = index
-        self.device = torch.device(device) if device is not None else torch.device(
-            "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = (
+            torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         )
         self.encoder = self._encoder(encoder)
         self.docs = index.docs.to(self.device)
@@ -157,7 +157,9 @@ class Searcher:
         with self._stage("encode"):
             return self.encoder.encode_queries(list(queries))
 
-    def rerank(self, queries: Sequence[str], candidates: Sequence[Sequence[str]], k: int | None = None) -> list[Ranking]:
+    def rerank(
+        self, queries: Sequence[str], candidates: Sequence[Sequence[str]], k: int | None = None
+    ) -> list[Ranking]:
         """Re-rank each query's candidate pids (paper 3.5): exact MaxSim over their stored embeddings.
 
         Args:

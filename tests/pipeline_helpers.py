@@ -9,11 +9,64 @@ from pathlib import Path
 
 import torch
 
-WORDS = (
-    "the a of and to in is was for on with cat dog fish bird horse red blue green yellow house car tree "
-    "river mountain city run jump eat sleep swim big small fast slow old new water fire stone music paper "
-    "coffee tea bread apple night day sun moon star ship train road bridge garden"
-).split()
+WORDS = [
+    "the",
+    "a",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "was",
+    "for",
+    "on",
+    "with",
+    "cat",
+    "dog",
+    "fish",
+    "bird",
+    "horse",
+    "red",
+    "blue",
+    "green",
+    "yellow",
+    "house",
+    "car",
+    "tree",
+    "river",
+    "mountain",
+    "city",
+    "run",
+    "jump",
+    "eat",
+    "sleep",
+    "swim",
+    "big",
+    "small",
+    "fast",
+    "slow",
+    "old",
+    "new",
+    "water",
+    "fire",
+    "stone",
+    "music",
+    "paper",
+    "coffee",
+    "tea",
+    "bread",
+    "apple",
+    "night",
+    "day",
+    "sun",
+    "moon",
+    "star",
+    "ship",
+    "train",
+    "road",
+    "bridge",
+    "garden",
+]
 SPECIAL = ["[PAD]", "[unused0]", "[unused1]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 SUFFIXES = ["##s", "##ing", "##ed"]
 

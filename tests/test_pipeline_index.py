@@ -12,10 +12,11 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("faiss")
 
-from colbert_fast import PackedDocs  # noqa: E402
-from colbert_fast import index as index_mod  # noqa: E402
-from colbert_fast.index import CorruptIndexError, Index, IndexConfig, build_index, choose_partitions  # noqa: E402
-from pipeline_helpers import tiny_encoder, write_collection  # noqa: E402
+from pipeline_helpers import tiny_encoder, write_collection
+
+from colbert_fast import PackedDocs
+from colbert_fast import index as index_mod
+from colbert_fast.index import CorruptIndexError, Index, IndexConfig, build_index, choose_partitions
 
 N_DOCS = 90
 CFG = IndexConfig(chunk_size=32, batch_size=16)
@@ -73,8 +74,7 @@ def test_partitions_and_codecs(enc, tmp_path):
         build_index(tmp_path / "c.tsv", tmp_path / "bad", enc, IndexConfig(codec="pq", pq_subvectors=7), progress=False)
 
 
-def test_old_index_survives_a_crash_and_the_rerun_resumes(enc, built, tmp_path, monkeypatch):
-    root, _, _ = built
+def test_old_index_survives_a_crash_and_the_rerun_resumes(enc, tmp_path, monkeypatch):
     index_dir = tmp_path / "index"
     write_collection(tmp_path / "a.tsv", 40, seed=7)
     old = build_index(tmp_path / "a.tsv", index_dir, enc, CFG, progress=False)

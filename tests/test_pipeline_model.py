@@ -11,8 +11,9 @@ import torch.nn.functional as F
 
 pytest.importorskip("transformers")
 
-from colbert_fast.model import ColBERT, ColBERTConfig  # noqa: E402
-from pipeline_helpers import tiny_encoder  # noqa: E402
+from pipeline_helpers import tiny_encoder
+
+from colbert_fast.model import ColBERT, ColBERTConfig
 
 QUERIES = ["the cats, run fast!", "dog", "", "blue " * 60]
 DOCS = ["the cat, the dog. and fish!", "water", "red " * 300, "?!.,"]
@@ -95,7 +96,7 @@ def test_doc_marker_skiplist_and_truncation(enc):
 
 def test_mask_punctuation_off_keeps_everything(tmp_path):
     enc = tiny_encoder(tmp_path, mask_punctuation=False)
-    ids, attention, keep = enc.tokenize_docs(DOCS[:1])
+    _, attention, keep = enc.tokenize_docs(DOCS[:1])
     assert (keep == attention.bool()).all()
     assert enc.encode_docs(DOCS[:1])[0].shape[0] == int(attention.sum())
 
@@ -155,8 +156,17 @@ def test_load_colbertv2_layout(enc, tmp_path, weights, nested):
         torch.save(state, d / "pytorch_model.bin")
     else:
         save_file(state, str(d / "model.safetensors"))
-    meta = {"dim": 128, "query_maxlen": 32, "doc_maxlen": 180, "similarity": "cosine", "mask_punctuation": True,
-            "attend_to_mask_tokens": False, "query_token_id": "[unused0]", "doc_token_id": "[unused1]", "nbits": 2}
+    meta = {
+        "dim": 128,
+        "query_maxlen": 32,
+        "doc_maxlen": 180,
+        "similarity": "cosine",
+        "mask_punctuation": True,
+        "attend_to_mask_tokens": False,
+        "query_token_id": "[unused0]",
+        "doc_token_id": "[unused1]",
+        "nbits": 2,
+    }
     (d / "artifact.metadata").write_text(json.dumps({"config": meta} if nested else meta))
     enc.tokenizer.save_pretrained(str(d))
     assert_same_model(enc, ColBERT.load(d))
@@ -175,18 +185,38 @@ def test_load_pylate_layout(enc, tmp_path):
     backbone.resize_token_embeddings(len(tok))
     backbone.save_pretrained(str(d))
     tok.save_pretrained(str(d))
-    (d / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Dense", "type": "pylate.models.Dense.Dense"},
-    ]))
-    (d / "config_sentence_transformers.json").write_text(json.dumps({
-        "query_prefix": "[Q] ", "document_prefix": "[D] ", "query_length": 24, "document_length": 100,
-        "attend_to_expansion_tokens": False, "skiplist_words": list(string.punctuation), "do_query_expansion": True,
-    }))
+    (d / "modules.json").write_text(
+        json.dumps(
+            [
+                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Dense", "type": "pylate.models.Dense.Dense"},
+            ]
+        )
+    )
+    (d / "config_sentence_transformers.json").write_text(
+        json.dumps(
+            {
+                "query_prefix": "[Q] ",
+                "document_prefix": "[D] ",
+                "query_length": 24,
+                "document_length": 100,
+                "attend_to_expansion_tokens": False,
+                "skiplist_words": list(string.punctuation),
+                "do_query_expansion": True,
+            }
+        )
+    )
     (d / "1_Dense").mkdir()
-    (d / "1_Dense" / "config.json").write_text(json.dumps(
-        {"in_features": 32, "out_features": 128, "bias": False, "activation_function": "torch.nn.modules.linear.Identity"}
-    ))
+    (d / "1_Dense" / "config.json").write_text(
+        json.dumps(
+            {
+                "in_features": 32,
+                "out_features": 128,
+                "bias": False,
+                "activation_function": "torch.nn.modules.linear.Identity",
+            }
+        )
+    )
     save_file({"linear.weight": enc.linear.weight.detach().clone()}, str(d / "1_Dense" / "model.safetensors"))
 
     loaded = ColBERT.load(d)

@@ -11,11 +11,12 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("faiss")
 
-from colbert_fast import cli, reference  # noqa: E402
-from colbert_fast.evaluate import load_run  # noqa: E402
-from colbert_fast.index import Index, IndexConfig, build_index  # noqa: E402
-from colbert_fast.search import STAGES, Searcher  # noqa: E402
-from pipeline_helpers import tiny_encoder, write_collection, write_queries  # noqa: E402
+from pipeline_helpers import tiny_encoder, write_collection, write_queries
+
+from colbert_fast import cli, reference
+from colbert_fast.evaluate import load_run
+from colbert_fast.index import Index, IndexConfig, build_index
+from colbert_fast.search import STAGES, Searcher
 
 N_DOCS = 120
 
@@ -28,7 +29,11 @@ def world(tmp_path_factory):
     write_collection(root / "collection.tsv", N_DOCS, seed=11)
     queries = write_queries(root / "queries.tsv", 6, seed=12)
     index = build_index(
-        root / "collection.tsv", root / "index", enc, IndexConfig(chunk_size=50), checkpoint=str(root / "model"),
+        root / "collection.tsv",
+        root / "index",
+        enc,
+        IndexConfig(chunk_size=50),
+        checkpoint=str(root / "model"),
         progress=False,
     )
     return root, enc, index, queries
@@ -38,7 +43,10 @@ def world(tmp_path_factory):
 def pq_index(world, tmp_path_factory):
     root, enc, _, _ = world
     return build_index(
-        root / "collection.tsv", tmp_path_factory.mktemp("pq") / "index", enc, IndexConfig(codec="pq", partitions=8),
+        root / "collection.tsv",
+        tmp_path_factory.mktemp("pq") / "index",
+        enc,
+        IndexConfig(codec="pq", partitions=8),
         progress=False,
     )
 
@@ -71,8 +79,9 @@ def test_search_equals_exhaustive_maxsim(world, pq_index, codec, k):
     """nprobe covering every partition and k' = every token vector: retrieval is exhaustive MaxSim."""
     _, enc, flat_index, queries = world
     index = flat_index if codec == "flat" else pq_index
-    searcher = Searcher(index, enc, device="cpu", nprobe=index.manifest["ivf"]["partitions"],
-                        ncandidates=index.docs.num_tokens)
+    searcher = Searcher(
+        index, enc, device="cpu", nprobe=index.manifest["ivf"]["partitions"], ncandidates=index.docs.num_tokens
+    )
     exact, tol = exhaustive(enc, index, queries)
     for b, ranking in enumerate(searcher.search(queries, k=k)):
         check_ranking(ranking, exact[b], index, k, tol)
@@ -137,7 +146,7 @@ def test_l2_similarity(world):
     direct = {}
     for pid in cands:
         D = index.docs.doc(int(pid)).float()
-        direct[pid] = float((-torch.cdist(Q[0], D) ** 2).amax(dim=1).sum())
+        direct[pid] = float((-(torch.cdist(Q[0], D) ** 2)).amax(dim=1).sum())
     for pid, score in ranking:
         assert abs(score - direct[pid]) < 0.05, (pid, score, direct[pid])
     assert [p for p, _ in ranking] == sorted(direct, key=direct.get, reverse=True)
@@ -199,20 +208,72 @@ def test_gpu_store_matches_cpu(world):
 
 def test_cli_end_to_end(world, tmp_path, capsys):
     root, enc, _, queries = world
-    assert cli.main(["index", "--checkpoint", str(root / "model"), "--collection", str(root / "collection.tsv"),
-                     "--index", str(tmp_path / "idx"), "--device", "cpu", "--quiet", "--chunk-size", "40"]) == 0
+    assert (
+        cli.main(
+            [
+                "index",
+                "--checkpoint",
+                str(root / "model"),
+                "--collection",
+                str(root / "collection.tsv"),
+                "--index",
+                str(tmp_path / "idx"),
+                "--device",
+                "cpu",
+                "--quiet",
+                "--chunk-size",
+                "40",
+            ]
+        )
+        == 0
+    )
     assert "indexed 120 docs" in capsys.readouterr().out
-    assert cli.main(["search", "--index", str(tmp_path / "idx"), "--queries", str(root / "queries.tsv"),
-                     "--output", str(tmp_path / "run.tsv"), "--k", "7", "--device", "cpu", "--timings"]) == 0
+    assert (
+        cli.main(
+            [
+                "search",
+                "--index",
+                str(tmp_path / "idx"),
+                "--queries",
+                str(root / "queries.tsv"),
+                "--output",
+                str(tmp_path / "run.tsv"),
+                "--k",
+                "7",
+                "--device",
+                "cpu",
+                "--timings",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "wrote 42 results for 6 queries" in out and "candidates" in out
     run = load_run(tmp_path / "run.tsv")
     expected = Searcher(tmp_path / "idx", enc, device="cpu").search(queries, k=7)
     assert [run[f"q{i}"] for i in range(6)] == [[p for p, _ in r] for r in expected]
 
-    (tmp_path / "bm25.tsv").write_text("".join(f"q{q}\t{p}\t{r}\n" for q in range(3) for r, p in enumerate([5, 9, 77, 3], 1)))
-    assert cli.main(["rerank", "--index", str(tmp_path / "idx"), "--queries", str(root / "queries.tsv"),
-                     "--run", str(tmp_path / "bm25.tsv"), "--output", str(tmp_path / "rr.tsv"), "--device", "cpu"]) == 0
+    (tmp_path / "bm25.tsv").write_text(
+        "".join(f"q{q}\t{p}\t{r}\n" for q in range(3) for r, p in enumerate([5, 9, 77, 3], 1))
+    )
+    assert (
+        cli.main(
+            [
+                "rerank",
+                "--index",
+                str(tmp_path / "idx"),
+                "--queries",
+                str(root / "queries.tsv"),
+                "--run",
+                str(tmp_path / "bm25.tsv"),
+                "--output",
+                str(tmp_path / "rr.tsv"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert "re-ranked 3 queries" in capsys.readouterr().out
     reranked = load_run(tmp_path / "rr.tsv")
     assert sorted(reranked["q0"]) == ["3", "5", "77", "9"]

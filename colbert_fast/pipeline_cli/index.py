@@ -30,8 +30,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--doc-maxlen", type=int, help="override the checkpoint's doc_maxlen (default 180)")
     parser.add_argument("--partitions", type=int, help="IVF partitions (default ~8*sqrt(#token vectors))")
     parser.add_argument("--nprobe", type=int, default=10, help="default partitions probed at search time (10)")
-    parser.add_argument("--codec", choices=("auto", "pq", "flat"), default="auto",
-                        help="pq: 16 sub-vectors x 8 bits (paper); flat: exact; auto: pq from 10k vectors up")
+    parser.add_argument(
+        "--codec",
+        choices=("auto", "pq", "flat"),
+        default="auto",
+        help="pq: 16 sub-vectors x 8 bits (paper); flat: exact; auto: pq from 10k vectors up",
+    )
     parser.add_argument("--fp16", action="store_true", help="run the encoder in fp16 (GPU)")
     parser.add_argument("--restart", action="store_true", help="ignore the chunks of an interrupted run")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -49,15 +53,25 @@ def run(args) -> int:
     overrides = {"doc_maxlen": args.doc_maxlen} if args.doc_maxlen else {}
     encoder = ColBERT.load(args.checkpoint, device=device, dtype=torch.float16 if args.fp16 else None, **overrides)
     config = IndexConfig(
-        partitions=args.partitions, nprobe=args.nprobe, codec=args.codec,
-        batch_size=args.batch_size, chunk_size=args.chunk_size,
+        partitions=args.partitions,
+        nprobe=args.nprobe,
+        codec=args.codec,
+        batch_size=args.batch_size,
+        chunk_size=args.chunk_size,
     )
     index = build_index(
-        args.collection, args.index, encoder, config,
-        checkpoint=str(Path(args.checkpoint).resolve()), resume=not args.restart, progress=not args.quiet,
+        args.collection,
+        args.index,
+        encoder,
+        config,
+        checkpoint=str(Path(args.checkpoint).resolve()),
+        resume=not args.restart,
+        progress=not args.quiet,
     )
     s = index.manifest["stats"]
     ivf = index.manifest["ivf"]
-    print(f"indexed {s['num_docs']} docs, {s['num_tokens']} token vectors (dim {s['dim']}) into {args.index}: "
-          f"{ivf['codec']} IVF with {ivf['partitions']} partitions")
+    print(
+        f"indexed {s['num_docs']} docs, {s['num_tokens']} token vectors (dim {s['dim']}) into {args.index}: "
+        f"{ivf['codec']} IVF with {ivf['partitions']} partitions"
+    )
     return 0

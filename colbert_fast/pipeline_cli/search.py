@@ -33,8 +33,14 @@ def run(args) -> int:
     from ._common import print_timings, read_queries
 
     qids, texts = read_queries(args.queries)
-    searcher = Searcher(args.index, args.checkpoint, device=args.device, nprobe=args.nprobe,
-                        ncandidates=args.ncandidates, verify=not args.no_verify)
+    searcher = Searcher(
+        args.index,
+        args.checkpoint,
+        device=args.device,
+        nprobe=args.nprobe,
+        ncandidates=args.ncandidates,
+        verify=not args.no_verify,
+    )
     rankings = searcher.search(texts, k=args.k, batch_size=args.batch_size)
     write_run(args.output, zip(qids, rankings))
     print(f"wrote {sum(len(r) for r in rankings)} results for {len(qids)} queries to {args.output}")
