@@ -24,6 +24,7 @@ import json
 import math
 import os
 import shutil
+import struct
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -173,6 +174,19 @@ def _write_atomic(path: Path, data: bytes) -> None:
             tmp.unlink()
 
 
+def _write_faiss(faiss, ivf, path: Path) -> None:
+    """faiss's own (pickle-free) format, straight to a temp file, then renamed into place."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    try:
+        faiss.write_index(ivf, str(tmp))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def _model_fingerprint(encoder) -> str:
     h = hashlib.sha256(json.dumps(encoder.config.to_dict(), sort_keys=True).encode())
     for name, tensor in sorted(encoder.state_dict().items()):
@@ -291,18 +305,17 @@ def build_index(
         if bar is not None:
             bar.close()
 
-    parts = [PackedDocs.load(partial / f"chunk-{c:06d}.safetensors", mmap=False) for c, _, _ in chunks]
-    docs = PackedDocs(torch.cat([p.embeddings for p in parts]), torch.cat([p.lengths for p in parts]))
-    del parts
-
-    # 2. faiss over every token row; ids are row numbers.
-    ivf, ivf_info = _train_ivf(faiss, docs, config)
-
-    # 3. New files under a fresh tag, then the manifest, then remove what the old manifest named.
+    # 2. One store for the whole collection, streamed from the chunk files (never all in memory).
     tag = uuid.uuid4().hex[:12]
     files = {"docs": f"docs-{tag}.safetensors", "ivf": f"ivf-{tag}.faiss", "ids": f"ids-{tag}.json"}
-    docs.save(index_dir / files["docs"])
-    _write_atomic(index_dir / files["ivf"], faiss.serialize_index(ivf).tobytes())
+    docs = _concat_stores([partial / f"chunk-{c:06d}.safetensors" for c, _, _ in chunks], index_dir / files["docs"])
+
+    # 3. faiss over every token row; ids are row numbers.
+    ivf, ivf_info = _train_ivf(faiss, docs, config)
+
+    # 4. The other files under the same fresh tag, then the manifest (the commit point), then
+    #    remove what the old manifest named.
+    _write_faiss(faiss, ivf, index_dir / files["ivf"])
     _write_atomic(index_dir / files["ids"], json.dumps(pids).encode())
     manifest = {
         "format": INDEX_FORMAT,
@@ -330,6 +343,57 @@ def build_index(
             path.unlink()
     shutil.rmtree(partial, ignore_errors=True)
     return Index.load(index_dir, verify=False)
+
+
+def _concat_stores(parts: list[Path], out: Path) -> PackedDocs:
+    """Write the chunk stores back to back as one PackedDocs safetensors file; return it memory-mapped.
+
+    Streams chunk by chunk, so building never needs the whole collection's vectors in memory.
+    Layout: lengths (int64) first, then embeddings, so both tensors are naturally aligned.
+    """
+    stores = [PackedDocs.load(p, mmap=True) for p in parts]
+    dim, dtype = stores[0].dim, stores[0].dtype
+    if any(s.dim != dim or s.dtype != dtype for s in stores):
+        raise ValueError("chunk stores disagree on dim or dtype")
+    lengths = torch.cat([s.lengths for s in stores])
+    num_tokens = sum(s.num_tokens for s in stores)
+    len_bytes = lengths.numel() * 8
+    emb_bytes = num_tokens * dim * stores[0].embeddings.element_size()
+    header = {
+        "__metadata__": {"format": _packed_format()},
+        "lengths": {"dtype": "I64", "shape": [lengths.numel()], "data_offsets": [0, len_bytes]},
+        "embeddings": {
+            "dtype": {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32"}[dtype],
+            "shape": [num_tokens, dim],
+            "data_offsets": [len_bytes, len_bytes + emb_bytes],
+        },
+    }
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # safetensors pads the header so the data starts 8-byte aligned
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(raw)) + raw)
+            f.write(lengths.numpy().tobytes())
+            for s in stores:
+                step = max(1, (64 << 20) // max(1, dim * s.embeddings.element_size()))
+                f.writelines(
+                    s.embeddings[start : start + step].contiguous().view(torch.uint8).numpy().tobytes()
+                    for start in range(0, s.num_tokens, step)
+                )
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return PackedDocs.load(out, mmap=True)
+
+
+def _packed_format() -> str:
+    from . import packed
+
+    return packed._FORMAT  # the same file format PackedDocs.save writes
 
 
 def _write_manifest(index_dir: Path, manifest: dict) -> None:
@@ -478,13 +542,11 @@ class Index:
         ivf = None
         if load_ivf:
             faiss = require_faiss()
-            raw = (path / files["ivf"]["name"]).read_bytes()
-            if verify and hashlib.sha256(raw).hexdigest() != files["ivf"]["sha256"]:
-                raise CorruptIndexError(
-                    f"index file {path / files['ivf']['name']} fails its sha256 check: tampered or corrupt"
-                )
+            ivf_path = path / files["ivf"]["name"]
+            if verify:  # before faiss parses a byte: its reader trusts its input
+                _check_sha(ivf_path, files["ivf"]["sha256"])
             try:
-                ivf = faiss.deserialize_index(np.frombuffer(raw, dtype=np.uint8))
+                ivf = faiss.read_index(str(ivf_path))
             except RuntimeError as e:
                 raise CorruptIndexError(f"cannot read faiss index {files['ivf']['name']}: {e}") from None
             if ivf.ntotal != docs.num_tokens or ivf.d != docs.dim:

@@ -45,6 +45,11 @@ def test_store_holds_every_doc_in_order(enc, built):
         torch.testing.assert_close(docs.doc(i), expected, atol=2e-3, rtol=0)
     assert torch.equal(index.emb2pid, torch.repeat_interleave(torch.arange(N_DOCS, dtype=torch.int32), docs.lengths))
     assert index.ivf.ntotal == docs.num_tokens
+    # the streamed store is a valid safetensors file for the safetensors library too
+    from safetensors.torch import load_file
+
+    raw = load_file(str(index.path / index.manifest["files"]["docs"]["name"]))
+    assert torch.equal(raw["embeddings"], docs.embeddings) and torch.equal(raw["lengths"], docs.lengths)
 
 
 def test_manifest(built):
