@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import struct
 import time
@@ -38,6 +39,8 @@ from .packed import PackedDocs
 __all__ = ["CorruptIndexError", "Index", "IndexConfig", "build_index", "choose_partitions", "read_collection"]
 
 INDEX_FORMAT = "colbert_fast.index/1"
+# Data files of a build (and their temp names): the only files a new build may delete.
+_OURS = re.compile(r"(docs-[0-9a-f]{12}\.safetensors|ivf-[0-9a-f]{12}\.faiss|ids-[0-9a-f]{12}\.json)(\.tmp\d+)?")
 MANIFEST = "manifest.json"
 
 
@@ -338,8 +341,8 @@ def build_index(
     _write_manifest(index_dir, manifest)
     _fsync_dir(index_dir)
     live = set(files.values()) | {MANIFEST}
-    for path in index_dir.iterdir():
-        if path.is_file() and path.name not in live and path.name.split("-")[0] in ("docs", "ivf", "ids"):
+    for path in index_dir.iterdir():  # only files this module names: never a user's file
+        if path.is_file() and path.name not in live and _OURS.fullmatch(path.name):
             path.unlink()
     shutil.rmtree(partial, ignore_errors=True)
     return Index.load(index_dir, verify=False)

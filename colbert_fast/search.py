@@ -164,7 +164,8 @@ class Searcher:
 
         Args:
             queries: B query strings.
-            candidates: B lists of collection pids (e.g. BM25's top 1000); unknown pids raise KeyError.
+            candidates: B lists of collection pids (e.g. BM25's top 1000); unknown pids raise KeyError,
+                repeated ones are scored once.
             k: keep the best k per query (default: all).
 
         Returns:
@@ -174,7 +175,8 @@ class Searcher:
             raise ValueError(f"got {len(queries)} queries but {len(candidates)} candidate lists")
         if len(queries) == 0:
             return []
-        rows = [self.index.internal_ids(c) for c in candidates]
+        # A pid listed twice is scored once (dict keeps the first occurrence's order).
+        rows = [self.index.internal_ids(list(dict.fromkeys(str(p) for p in c))) for c in candidates]
         width = max((len(r) for r in rows), default=0)
         pids = torch.full((len(rows), width), -1, dtype=torch.int64)
         for i, r in enumerate(rows):

@@ -115,6 +115,7 @@ def test_crash_before_the_manifest_keeps_the_old_index(enc, tmp_path, monkeypatc
     write_collection(tmp_path / "a.tsv", 30, seed=1)
     write_collection(tmp_path / "b.tsv", 30, seed=2, start=500)
     old = build_index(tmp_path / "a.tsv", tmp_path / "idx", enc, CFG, progress=False)
+    (tmp_path / "idx" / "docs-notes.txt").write_text("a user's file in the index directory is never removed")
 
     def die(*args):
         raise OSError("disk full")
@@ -126,7 +127,8 @@ def test_crash_before_the_manifest_keeps_the_old_index(enc, tmp_path, monkeypatc
     assert Index.load(tmp_path / "idx").doc_ids == old.doc_ids
     new = build_index(tmp_path / "b.tsv", tmp_path / "idx", enc, CFG, progress=False)
     assert new.doc_ids[0] == "500"
-    assert len(list((tmp_path / "idx").iterdir())) == 4, "orphans of the failed build are cleaned up"
+    assert len(list((tmp_path / "idx").iterdir())) == 5, "orphans of the failed build are cleaned up"
+    assert (tmp_path / "idx" / "docs-notes.txt").exists()
 
 
 def test_no_index_and_partial_only(enc, tmp_path):

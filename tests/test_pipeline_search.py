@@ -130,6 +130,8 @@ def test_rerank_equals_reference(world):
         scores = torch.tensor([s for _, s in ranking])
         torch.testing.assert_close(scores, exact[b, rows], atol=tol, rtol=0)
         assert (scores[:-1] >= scores[1:]).all()
+    twice = searcher.rerank(queries[:1], [candidates[0] + candidates[0][:3]])[0]
+    assert twice == results[0], "a repeated candidate is scored once"
     top3 = searcher.rerank(queries[:2], candidates[:2], k=3)
     assert [r[:3] for r in results[:2]] == top3
 
