@@ -70,7 +70,7 @@ class IndexConfig:
         pq_subvectors, pq_bits: product quantization (paper: 16 x 8 bits). Sub-vectors must divide dim.
         codec: "pq", "flat" (exact vectors in the IVF lists), or "auto": pq from 10,000 token
             vectors up (PQ's 256 centroids per sub-space need that many to train), else flat.
-        train_samples: token vectors sampled to train the quantizers; None -> 256 per cell, >= 10,000.
+        train_samples: token vectors sampled to train the quantizers; None -> 100 per cell (k-means needs >= 39), >= 10,000.
         nprobe: default cells probed per query token at search time (stored in the manifest).
         batch_size: docs per encoder batch (batches are length-sorted).
         chunk_size: docs per resumable chunk.
@@ -410,7 +410,7 @@ def _train_ivf(faiss, docs: PackedDocs, config: IndexConfig):
     train_n = config.train_samples
     partitions = config.partitions
     if train_n is None:
-        train_n = max(10_000, 256 * (partitions or choose_partitions(n, n)))
+        train_n = max(10_000, 100 * (partitions or choose_partitions(n, n)))
     train_n = min(train_n, n)
     if partitions is None:
         partitions = choose_partitions(n, train_n)
