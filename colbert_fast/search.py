@@ -68,6 +68,9 @@ class Searcher:
         backend: str = "auto",
         load_ivf: bool = True,
     ):
+        for name, value in (("nprobe", nprobe), ("ncandidates", ncandidates)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
         if not isinstance(index, Index):
             index = Index.load(index, verify=verify, load_ivf=load_ivf)
         self.index = index
@@ -84,8 +87,6 @@ class Searcher:
             partitions = index.manifest.get("ivf", {}).get("partitions", 1)
             self.ivf.nprobe = int(min(nprobe or index.manifest["index_config"]["nprobe"], partitions))
             self.ivf = _maybe_gpu(self.ivf, self.device)
-        if nprobe is not None and nprobe < 1:
-            raise ValueError(f"nprobe must be >= 1, got {nprobe}")
         self.timings = {s: 0.0 for s in STAGES}
 
     def _encoder(self, encoder):

@@ -176,6 +176,8 @@ def test_bad_inputs(world, tmp_path):
     searcher = Searcher(index, enc, device="cpu")
     with pytest.raises(TypeError, match="list of strings"):
         searcher.search("the cat", k=3)
+    with pytest.raises(ValueError, match="nprobe must be a positive int"):
+        Searcher(index, enc, device="cpu", nprobe=0)
     with pytest.raises(ValueError, match="k must be"):
         searcher.search(queries, k=0)
     with pytest.raises(ValueError, match="2 queries but 1"):
