@@ -83,9 +83,9 @@ class Searcher:
         self.ncandidates = ncandidates
         self.similarity = self.encoder.config.similarity
         self.ivf = index.ivf
+        partitions = index.manifest.get("ivf", {}).get("partitions", 1)
+        self.nprobe = int(min(nprobe or index.manifest["index_config"]["nprobe"], partitions))
         if self.ivf is not None:
-            partitions = index.manifest.get("ivf", {}).get("partitions", 1)
-            self.ivf.nprobe = int(min(nprobe or index.manifest["index_config"]["nprobe"], partitions))
             self.ivf = _maybe_gpu(self.ivf, self.device)
         self.timings = {s: 0.0 for s in STAGES}
 
@@ -198,6 +198,7 @@ class Searcher:
             kprime = max(1, min(ncandidates, self.ivf.ntotal))
             flat = Q.reshape(B * Lq, -1)[q_mask.reshape(-1)].float().cpu().numpy()
             owner = torch.arange(B).repeat_interleave(q_mask.sum(dim=1).cpu())  # query of each searched token
+            self.ivf.nprobe = self.nprobe  # set per call: Searchers may share one Index
             _, token_ids = self.ivf.search(np.ascontiguousarray(flat), kprime)
             token_ids = torch.from_numpy(token_ids)
             found = token_ids >= 0
@@ -252,7 +253,6 @@ def _maybe_gpu(ivf, device: torch.device):
     try:
         res = faiss.StandardGpuResources()
         gpu = faiss.index_cpu_to_gpu(res, device.index or 0, ivf)
-        gpu.nprobe = ivf.nprobe
         gpu._colbert_fast_res = res  # keep the resources alive with the index
         return gpu
     except (RuntimeError, AttributeError):
