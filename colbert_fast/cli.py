@@ -18,6 +18,10 @@ COMMANDS = {
     "env": "colbert_fast.env",
     "bench": "colbert_fast.benchmark.cli",
     "profile": "colbert_fast.benchmark.profiler",
+    "index": "colbert_fast.pipeline_cli.index",
+    "search": "colbert_fast.pipeline_cli.search",
+    "rerank": "colbert_fast.pipeline_cli.rerank",
+    "eval": "colbert_fast.pipeline_cli.eval",
 }
 
 

@@ -1,0 +1,77 @@
+"""`colbert-fast index`: encode a collection and build a searchable index."""
+
+from __future__ import annotations
+
+HELP = "encode a collection (MS MARCO TSV) with a ColBERT checkpoint into an index directory"
+
+EPILOG = """\
+example:
+  colbert-fast index --checkpoint models/colbertv2.0 --collection collection.tsv --index indexes/msmarco
+
+The collection has one passage per line: 'pid<TAB>text' (a third column is read as a title).
+The checkpoint is a local directory: ColBERTv2 format (as colbert-ir/colbertv2.0 ships), a PyLate
+model, or one saved by colbert_fast. A run that is interrupted keeps the finished chunks: run the
+same command again to resume (--restart starts over). The previous index at --index stays valid
+until the new one is complete.
+"""
+
+
+def add_arguments(parser) -> None:
+    import argparse
+
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EPILOG
+    parser.add_argument("--checkpoint", required=True, help="local model directory")
+    parser.add_argument("--collection", required=True, help="collection TSV: 'pid<TAB>text' per line")
+    parser.add_argument("--index", required=True, help="index directory to write (created if needed)")
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--batch-size", type=int, default=64, help="docs per encoder batch (default 64)")
+    parser.add_argument("--chunk-size", type=int, default=10_000, help="docs per resumable chunk (default 10000)")
+    parser.add_argument("--doc-maxlen", type=int, help="override the checkpoint's doc_maxlen (default 180)")
+    parser.add_argument("--partitions", type=int, help="IVF partitions (default ~8*sqrt(#token vectors))")
+    parser.add_argument("--nprobe", type=int, default=10, help="default partitions probed at search time (10)")
+    parser.add_argument(
+        "--codec",
+        choices=("auto", "pq", "flat"),
+        default="auto",
+        help="pq: 16 sub-vectors x 8 bits (paper); flat: exact; auto: pq from 10k vectors up",
+    )
+    parser.add_argument("--fp16", action="store_true", help="run the encoder in fp16 (GPU)")
+    parser.add_argument("--restart", action="store_true", help="ignore the chunks of an interrupted run")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from ..index import IndexConfig, build_index
+    from ..model import ColBERT
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    overrides = {"doc_maxlen": args.doc_maxlen} if args.doc_maxlen else {}
+    encoder = ColBERT.load(args.checkpoint, device=device, dtype=torch.float16 if args.fp16 else None, **overrides)
+    config = IndexConfig(
+        partitions=args.partitions,
+        nprobe=args.nprobe,
+        codec=args.codec,
+        batch_size=args.batch_size,
+        chunk_size=args.chunk_size,
+    )
+    index = build_index(
+        args.collection,
+        args.index,
+        encoder,
+        config,
+        checkpoint=str(Path(args.checkpoint).resolve()),
+        resume=not args.restart,
+        progress=not args.quiet,
+    )
+    s = index.manifest["stats"]
+    ivf = index.manifest["ivf"]
+    print(
+        f"indexed {s['num_docs']} docs, {s['num_tokens']} token vectors (dim {s['dim']}) into {args.index}: "
+        f"{ivf['codec']} IVF with {ivf['partitions']} partitions"
+    )
+    return 0

@@ -1,0 +1,49 @@
+"""`colbert-fast search`: end-to-end retrieval over an index (paper section 3.6)."""
+
+from __future__ import annotations
+
+from ._common import add_searcher_arguments
+
+HELP = "retrieve the top k passages for each query from an index (faiss candidates + exact MaxSim)"
+
+EPILOG = """\
+example:
+  colbert-fast search --index indexes/msmarco --queries queries.dev.small.tsv --output run.tsv --k 1000
+  colbert-fast eval --qrels qrels.dev.small.tsv --run run.tsv
+
+For every query token faiss returns its --ncandidates nearest token vectors (probing --nprobe IVF
+partitions); their passages are scored exactly with MaxSim and the best --k are written.
+"""
+
+
+def add_arguments(parser) -> None:
+    import argparse
+
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EPILOG
+    add_searcher_arguments(parser)
+    parser.add_argument("--k", type=int, default=1000, help="passages per query (default 1000)")
+    parser.add_argument("--nprobe", type=int, help="IVF partitions probed per query token (default: the index's, 10)")
+    parser.add_argument("--ncandidates", type=int, help="k': token neighbours per query token (default k/2)")
+
+
+def run(args) -> int:
+    from ..evaluate import write_run
+    from ..search import Searcher
+    from ._common import print_timings, read_queries
+
+    qids, texts = read_queries(args.queries)
+    searcher = Searcher(
+        args.index,
+        args.checkpoint,
+        device=args.device,
+        nprobe=args.nprobe,
+        ncandidates=args.ncandidates,
+        verify=not args.no_verify,
+    )
+    rankings = searcher.search(texts, k=args.k, batch_size=args.batch_size)
+    write_run(args.output, zip(qids, rankings))
+    print(f"wrote {sum(len(r) for r in rankings)} results for {len(qids)} queries to {args.output}")
+    if args.timings:
+        print_timings(searcher, len(qids))
+    return 0
