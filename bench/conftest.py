@@ -16,10 +16,18 @@ import pytest
 def pytest_addoption(parser):
     group = parser.getgroup("colbert_fast bench")
     group.addoption("--bench-device", default=None, help="cpu or cuda (default: cuda when a GPU is visible)")
-    group.addoption("--bench-size", default=None, choices=["tiny", "quick", "full"],
-                    help="workload size (default: quick on CPU, full on GPU)")
-    group.addoption("--bench-dtype", default=None, choices=["fp32", "fp16", "bf16"],
-                    help="dtype (default: fp16 on GPU, fp32 on CPU)")
+    group.addoption(
+        "--bench-size",
+        default=None,
+        choices=["tiny", "quick", "full"],
+        help="workload size (default: quick on CPU, full on GPU)",
+    )
+    group.addoption(
+        "--bench-dtype",
+        default=None,
+        choices=["fp32", "fp16", "bf16"],
+        help="dtype (default: fp16 on GPU, fp32 on CPU)",
+    )
 
 
 @pytest.fixture(scope="session")

@@ -56,7 +56,12 @@ def test_maxsim(benchmark, bench_setup, name, row):
             torch.cuda.synchronize(device)
 
     counts = case.counts()
-    benchmark.extra_info.update(workload=name, dtype=bench_setup["dtype"], size=bench_setup["size"],
-                                useful_flops=counts.useful_flops, min_bytes=counts.min_bytes)
+    benchmark.extra_info.update(
+        workload=name,
+        dtype=bench_setup["dtype"],
+        size=bench_setup["size"],
+        useful_flops=counts.useful_flops,
+        min_bytes=counts.min_bytes,
+    )
     rounds = 3 if bench_setup["size"] != "tiny" else 5
     benchmark.pedantic(call, setup=flush, rounds=rounds, warmup_rounds=1, iterations=1)

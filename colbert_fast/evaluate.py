@@ -16,6 +16,8 @@ import os
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
+from ._atomic import atomic_path
+
 __all__ = ["evaluate", "load_qrels", "load_run", "mrr_at", "ndcg_at", "recall_at", "write_run"]
 
 Qrels = Mapping[str, Mapping[str, int]]
@@ -83,11 +85,9 @@ def load_run(path: str | os.PathLike) -> dict[str, list[str]]:
 
 def write_run(path: str | os.PathLike, rankings: Iterable[tuple[str, Sequence[tuple[str, float]]]]) -> None:
     """Write 'qid \\t pid \\t rank \\t score' lines (rank from 1) for (qid, [(pid, score), ...]) pairs."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for qid, ranking in rankings:
             f.writelines(f"{qid}\t{pid}\t{rank}\t{score:.6f}\n" for rank, (pid, score) in enumerate(ranking, 1))
-    os.replace(tmp, path)
 
 
 def _judged(qrels: Qrels) -> dict[str, dict[str, int]]:

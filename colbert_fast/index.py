@@ -25,7 +25,6 @@ import math
 import os
 import re
 import shutil
-import struct
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -34,7 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .packed import PackedDocs
+from ._atomic import atomic_path, write_bytes_atomic
+from .packed import PackedDocs, write_store
 
 __all__ = ["CorruptIndexError", "Index", "IndexConfig", "build_index", "choose_partitions", "read_collection"]
 
@@ -70,7 +70,8 @@ class IndexConfig:
         pq_subvectors, pq_bits: product quantization (paper: 16 x 8 bits). Sub-vectors must divide dim.
         codec: "pq", "flat" (exact vectors in the IVF lists), or "auto": pq from 10,000 token
             vectors up (PQ's 256 centroids per sub-space need that many to train), else flat.
-        train_samples: token vectors sampled to train the quantizers; None -> 100 per cell (k-means needs >= 39), >= 10,000.
+        train_samples: token vectors sampled to train the quantizers; None -> 100 per cell
+            (k-means needs >= 39), >= 10,000.
         nprobe: default cells probed per query token at search time (stored in the manifest).
         batch_size: docs per encoder batch (batches are length-sorted).
         chunk_size: docs per resumable chunk.
@@ -164,30 +165,10 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _write_faiss(faiss, ivf, path: Path) -> None:
     """faiss's own (pickle-free) format, straight to a temp file, then renamed into place."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         faiss.write_index(ivf, str(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _model_fingerprint(encoder) -> str:
@@ -319,7 +300,7 @@ def build_index(
     # 4. The other files under the same fresh tag, then the manifest (the commit point), then
     #    remove what the old manifest named.
     _write_faiss(faiss, ivf, index_dir / files["ivf"])
-    _write_atomic(index_dir / files["ids"], json.dumps(pids).encode())
+    write_bytes_atomic(index_dir / files["ids"], json.dumps(pids).encode())
     manifest = {
         "format": INDEX_FORMAT,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -352,55 +333,17 @@ def _concat_stores(parts: list[Path], out: Path) -> PackedDocs:
     """Write the chunk stores back to back as one PackedDocs safetensors file; return it memory-mapped.
 
     Streams chunk by chunk, so building never needs the whole collection's vectors in memory.
-    Layout: lengths (int64) first, then embeddings, so both tensors are naturally aligned.
     """
     stores = [PackedDocs.load(p, mmap=True) for p in parts]
     dim, dtype = stores[0].dim, stores[0].dtype
     if any(s.dim != dim or s.dtype != dtype for s in stores):
         raise ValueError("chunk stores disagree on dim or dtype")
-    lengths = torch.cat([s.lengths for s in stores])
-    num_tokens = sum(s.num_tokens for s in stores)
-    len_bytes = lengths.numel() * 8
-    emb_bytes = num_tokens * dim * stores[0].embeddings.element_size()
-    header = {
-        "__metadata__": {"format": _packed_format()},
-        "lengths": {"dtype": "I64", "shape": [lengths.numel()], "data_offsets": [0, len_bytes]},
-        "embeddings": {
-            "dtype": {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32"}[dtype],
-            "shape": [num_tokens, dim],
-            "data_offsets": [len_bytes, len_bytes + emb_bytes],
-        },
-    }
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # safetensors pads the header so the data starts 8-byte aligned
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(struct.pack("<Q", len(raw)) + raw)
-            f.write(lengths.numpy().tobytes())
-            for s in stores:
-                step = max(1, (64 << 20) // max(1, dim * s.embeddings.element_size()))
-                f.writelines(
-                    s.embeddings[start : start + step].contiguous().view(torch.uint8).numpy().tobytes()
-                    for start in range(0, s.num_tokens, step)
-                )
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_store(out, torch.cat([s.lengths for s in stores]), (s.embeddings for s in stores), dim, dtype)
     return PackedDocs.load(out, mmap=True)
 
 
-def _packed_format() -> str:
-    from . import packed
-
-    return packed._FORMAT  # the same file format PackedDocs.save writes
-
-
 def _write_manifest(index_dir: Path, manifest: dict) -> None:
-    _write_atomic(index_dir / MANIFEST, json.dumps(manifest, indent=2).encode())
+    write_bytes_atomic(index_dir / MANIFEST, json.dumps(manifest, indent=2).encode())
 
 
 def _train_ivf(faiss, docs: PackedDocs, config: IndexConfig):
@@ -515,7 +458,7 @@ class Index:
             stats = manifest["stats"]
         except (KeyError, TypeError) as e:
             raise CorruptIndexError(f"{mpath} lacks entry {e}") from None
-        for key, info in files.items():
+        for info in files.values():
             fpath = path / str(info["name"])
             if fpath.name != info["name"] or fpath.parent != path:
                 raise CorruptIndexError(

@@ -11,16 +11,18 @@ import json
 import os
 import struct
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 
+from ._atomic import atomic_path
 from ._checks import SUPPORTED_DTYPES, check_dtype
 
-__all__ = ["PackedDocs"]
+__all__ = ["PackedDocs", "write_store"]
 
 _ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64}
 _ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
+_WRITE_STEP_BYTES = 64 << 20  # rows are streamed to disk in pieces of this size
 _FORMAT = "colbert_fast.PackedDocs/1"
 
 
@@ -136,17 +138,7 @@ class PackedDocs:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write a safetensors file atomically (temp file + rename)."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        tensors = {"embeddings": self.embeddings.contiguous().cpu(), "lengths": self.lengths.cpu()}
-        try:
-            save_file(tensors, str(tmp), metadata={"format": _FORMAT})
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        write_store(path, self.lengths.cpu(), [self.embeddings], self.dim, self.dtype)
 
     @classmethod
     def load(cls, path: str | os.PathLike, mmap: bool = True, device=None) -> "PackedDocs":
@@ -169,6 +161,47 @@ class PackedDocs:
         tensors = _load_tensors(path, header, data_start, file_size, mmap)
         docs = cls(tensors["embeddings"], tensors["lengths"])
         return docs.to(device) if device is not None else docs
+
+
+def write_store(
+    path: str | os.PathLike, lengths: torch.Tensor, chunks: Iterable[torch.Tensor], dim: int, dtype: torch.dtype
+) -> None:
+    """Write a PackedDocs file from row chunks [T_i, dim] that together hold sum(lengths) rows.
+
+    The rows are streamed, so a collection larger than memory can be written from memory-mapped
+    parts. Layout: a safetensors header, lengths (int64), then embeddings; both naturally aligned.
+    The write is atomic (temp file + rename).
+    """
+    lengths = lengths.to("cpu", torch.int64).contiguous()
+    num_tokens = int(lengths.sum())
+    elem = torch.empty(0, dtype=dtype).element_size()
+    len_bytes, emb_bytes = lengths.numel() * 8, num_tokens * dim * elem
+    header = {
+        "__metadata__": {"format": _FORMAT},
+        "lengths": {"dtype": "I64", "shape": [lengths.numel()], "data_offsets": [0, len_bytes]},
+        "embeddings": {
+            "dtype": _ST_NAMES[dtype],
+            "shape": [num_tokens, dim],
+            "data_offsets": [len_bytes, len_bytes + emb_bytes],
+        },
+    }
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # safetensors pads the header so the data starts 8-byte aligned
+    written = 0
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        f.write(lengths.numpy().tobytes())
+        step = max(1, _WRITE_STEP_BYTES // max(1, dim * elem))
+        for chunk in chunks:
+            if chunk.dtype != dtype or chunk.dim() != 2 or chunk.shape[1] != dim:
+                raise ValueError(
+                    f"chunk of shape {tuple(chunk.shape)} dtype {chunk.dtype}: expected [T, {dim}] {dtype}"
+                )
+            for start in range(0, chunk.shape[0], step):
+                f.write(chunk[start : start + step].contiguous().cpu().view(torch.uint8).numpy().tobytes())
+            written += chunk.shape[0]
+        if written != num_tokens:
+            raise ValueError(f"offsets do not add up: lengths sum to {num_tokens} rows but the chunks hold {written}")
 
 
 def _read_safetensors_header(path: Path) -> tuple[dict, int, int]:

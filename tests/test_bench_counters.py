@@ -26,8 +26,9 @@ def test_pairs_counts_by_hand():
     assert c.useful_flops == 2 * 2 * 2 * 8 * 7  # 448
     assert c.padded_flops == 2 * 2 * 2 * 3 * 5 * 8  # 960
     assert c.min_bytes == 7 * 8 * 4 + 2 * 3 * 8 * 4 + 2 * 8 + 2 * 2 * 4  # 224 + 192 + 16 + 16
-    no_len = counters.pairs_counts(B=2, N=2, lq_valid=2, lq=3, dim=8, real_tokens=7, pad_len=5, elem=4,
-                                   has_lengths=False)
+    no_len = counters.pairs_counts(
+        B=2, N=2, lq_valid=2, lq=3, dim=8, real_tokens=7, pad_len=5, elem=4, has_lengths=False
+    )
     assert no_len.min_bytes == c.min_bytes - 16
 
 

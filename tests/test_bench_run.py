@@ -108,14 +108,23 @@ def test_wrong_or_crashing_peer_is_flagged_not_timed(monkeypatch):
     def crashes(case):
         def run():
             raise RuntimeError("boom")
+
         return run
 
     monkeypatch.setitem(peers.PEERS, "broken-peer", ("torch", off_by_one))
     monkeypatch.setitem(peers.PEERS, "partial-peer", ("torch", unsupported))
     monkeypatch.setitem(peers.PEERS, "crashing-peer", ("torch", crashes))
-    opts = runner.Options(device=torch.device("cpu"), workloads=["R1"], dtypes=[torch.float32], size="tiny",
-                          impls=["broken-peer", "partial-peer", "crashing-peer"], reps=3, budget_s=0.01, compile=False,
-                          log=lambda m: None)
+    opts = runner.Options(
+        device=torch.device("cpu"),
+        workloads=["R1"],
+        dtypes=[torch.float32],
+        size="tiny",
+        impls=["broken-peer", "partial-peer", "crashing-peer"],
+        reps=3,
+        budget_s=0.01,
+        compile=False,
+        log=lambda m: None,
+    )
     res = runner.run(opts)
     rows = {r["impl"]: r for r in res.rows}
     assert rows["broken-peer"]["status"] == "wrong" and rows["broken-peer"]["median_ms"] is None
@@ -130,8 +139,9 @@ def test_every_available_backend_gets_a_row(monkeypatch):
     fake = {name: None for name in backends.BACKENDS}
     fake["cuda"] = "no GPU here"
     monkeypatch.setattr(backends, "available", lambda device: fake)
-    opts = runner.Options(device=torch.device("cpu"), workloads=["R1"], dtypes=[torch.float32], size="tiny",
-                          peers=False, compile=False)
+    opts = runner.Options(
+        device=torch.device("cpu"), workloads=["R1"], dtypes=[torch.float32], size="tiny", peers=False, compile=False
+    )
     impls = {i.name: i for i in runner.implementations(opts)}
     for name in backends.BACKENDS:
         assert name in impls
@@ -140,8 +150,9 @@ def test_every_available_backend_gets_a_row(monkeypatch):
 
 
 def test_unknown_backend_row_is_an_error():
-    opts = runner.Options(device=torch.device("cpu"), workloads=["R1"], dtypes=[torch.float32], size="tiny",
-                          impls=["nope"])
+    opts = runner.Options(
+        device=torch.device("cpu"), workloads=["R1"], dtypes=[torch.float32], size="tiny", impls=["nope"]
+    )
     with pytest.raises(ValueError, match="unknown --backend"):
         runner.implementations(opts)
 
@@ -159,8 +170,25 @@ def test_help(argv, capsys):
 
 
 def test_profile_writes_trace_and_ncu_command(tmp_path, capsys):
-    assert main(["profile", "--device", "cpu", "--workload", "R1", "--tiny", "--backend", "torch", "--reps", "1",
-                 "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "profile",
+                "--device",
+                "cpu",
+                "--workload",
+                "R1",
+                "--tiny",
+                "--backend",
+                "torch",
+                "--reps",
+                "1",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     traces = list(tmp_path.glob("trace_R1_*.json"))
     assert traces and json.loads(traces[0].read_text())["traceEvents"]

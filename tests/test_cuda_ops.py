@@ -3,18 +3,19 @@ the reference on a GPU (@pytest.mark.cuda, run with `pytest --device cuda`).
 
 The conformance suite covers the contract for every backend; the GPU cases here aim at the
 kernels' own machinery: tensor-core vs FMA dispatch (dims, alignment, dtype), independent-warp vs
-shared-doc tensor-core kernels (one vs several query slots per doc), chunk and pass boundaries (Ld around 16, Lq around 32, ColPali-long queries with partial sums), packed docs
-clipped to max_len, strided views, determinism.
+shared-doc tensor-core kernels (one vs several query slots per doc), chunk and pass boundaries
+(Ld around 16, Lq around 32, ColPali-long queries with partial sums), packed docs clipped to
+max_len, strided views, determinism.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+from helpers import assert_matches_reference, normalized
 
 import colbert_fast as cf
 from colbert_fast import _ext, backends, reference
-from helpers import assert_matches_reference, normalized
 
 
 def _cuda_kernels_built() -> bool:

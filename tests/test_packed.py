@@ -125,3 +125,29 @@ def test_wrong_shape_in_header(tmp_path):
     _rewrite_header(path, edit)
     with pytest.raises(ValueError, match="size does not match shape"):
         cf.PackedDocs.load(path)
+
+
+def test_file_is_standard_safetensors(tmp_path):
+    from safetensors import safe_open
+
+    docs = _docs(torch.bfloat16)
+    path = tmp_path / "store.safetensors"
+    docs.save(path)
+    with safe_open(str(path), framework="pt") as f:
+        assert torch.equal(f.get_tensor("embeddings"), docs.embeddings)
+        assert torch.equal(f.get_tensor("lengths"), docs.lengths)
+
+
+def test_write_store_streams_chunks_and_checks_them(tmp_path):
+    from colbert_fast.packed import write_store
+
+    docs = _docs(torch.float32)
+    path = tmp_path / "store.safetensors"
+    write_store(path, docs.lengths, [docs.embeddings[:4], docs.embeddings[4:]], 16, torch.float32)
+    assert torch.equal(cf.PackedDocs.load(path).embeddings, docs.embeddings)
+    with pytest.raises(ValueError, match="offsets do not add up"):
+        write_store(path, docs.lengths, [docs.embeddings[:4]], 16, torch.float32)
+    with pytest.raises(ValueError, match="expected"):
+        write_store(path, docs.lengths, [docs.embeddings.half()], 16, torch.float32)
+    assert torch.equal(cf.PackedDocs.load(path).embeddings, docs.embeddings), "a failed write keeps the old file"
+    assert not list(tmp_path.glob("*.tmp*"))

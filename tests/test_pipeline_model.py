@@ -141,7 +141,8 @@ def test_overrides_on_load(enc, tmp_path):
 @pytest.mark.parametrize("weights", ["safetensors", "bin"])
 @pytest.mark.parametrize("nested", [False, True])
 def test_load_colbertv2_layout(enc, tmp_path, weights, nested):
-    """A directory laid out like colbert-ir/colbertv2.0: HF_ColBERT config, bert.* + linear.weight, artifact.metadata."""
+    """A directory laid out like colbert-ir/colbertv2.0: HF_ColBERT config, bert.* + linear.weight,
+    artifact.metadata."""
     from safetensors.torch import save_file
 
     d = tmp_path / "colbertv2"
@@ -173,7 +174,8 @@ def test_load_colbertv2_layout(enc, tmp_path, weights, nested):
 
 
 def test_load_pylate_layout(enc, tmp_path):
-    """A PyLate (sentence-transformers) ColBERT: modules.json, Transformer at the root, 1_Dense, [Q]/[D] added tokens."""
+    """A PyLate (sentence-transformers) ColBERT: modules.json, Transformer at the root, 1_Dense,
+    [Q]/[D] added tokens."""
     import copy
 
     from safetensors.torch import save_file

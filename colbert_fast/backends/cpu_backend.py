@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from .. import _ext
+from ._compiled_ops import gather, maxsim, maxsim_packed  # noqa: F401  (the backend interface)
 
 NAME = "cpu"
 SUPPORTS_BACKWARD = False
@@ -33,15 +34,3 @@ def cpu_isa() -> str:
     if ext is None:
         raise RuntimeError(_ext.missing_reason())
     return ext.cpu_isa()
-
-
-def maxsim(Q, D, q_mask, d_mask, d_lengths):
-    return torch.ops.colbert_fast.maxsim(Q, D, q_mask, d_mask, d_lengths)
-
-
-def maxsim_packed(Q, embeddings, offsets, lengths, pids, q_mask, max_len):
-    return torch.ops.colbert_fast.maxsim_packed(Q, embeddings, offsets, lengths, pids, q_mask, max_len)
-
-
-def gather(embeddings, offsets, lengths, pids, max_len):
-    return torch.ops.colbert_fast.gather(embeddings, offsets, lengths, pids, max_len)

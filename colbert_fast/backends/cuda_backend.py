@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from .. import _ext
+from ._compiled_ops import gather, maxsim, maxsim_packed  # noqa: F401  (the backend interface)
 
 NAME = "cuda"
 SUPPORTS_BACKWARD = False
@@ -30,15 +31,3 @@ def unavailable_reason(device: torch.device) -> str | None:
     if not torch.cuda.is_available():
         return "torch sees no CUDA GPU"
     return None
-
-
-def maxsim(Q, D, q_mask, d_mask, d_lengths):
-    return torch.ops.colbert_fast.maxsim(Q, D, q_mask, d_mask, d_lengths)
-
-
-def maxsim_packed(Q, embeddings, offsets, lengths, pids, q_mask, max_len):
-    return torch.ops.colbert_fast.maxsim_packed(Q, embeddings, offsets, lengths, pids, q_mask, max_len)
-
-
-def gather(embeddings, offsets, lengths, pids, max_len):
-    return torch.ops.colbert_fast.gather(embeddings, offsets, lengths, pids, max_len)

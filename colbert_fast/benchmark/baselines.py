@@ -25,8 +25,9 @@ def _no_stage(name: str):
     return contextlib.nullcontext()
 
 
-def pad(embeddings: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor, pids: torch.Tensor,
-        pad_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pad(
+    embeddings: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor, pids: torch.Tensor, pad_len: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Packed rows -> padded [*pids.shape, pad_len, dim] and the valid mask (pid -1: all invalid)."""
     safe = pids.clamp(min=0)
     sel_len = torch.where(pids >= 0, lengths[safe], torch.zeros_like(safe))

@@ -29,31 +29,57 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when a GPU is visible)")
     parser.add_argument("--workload", default=",".join(WORKLOADS), help=f"comma list of {','.join(WORKLOADS)}")
-    parser.add_argument("--dtype", default=None, help="comma list of fp32,fp16,bf16 (default: fp16,bf16 on GPU; fp32 on CPU)")
-    parser.add_argument("--backend", default=None,
-                        help="comma list of rows to run: backends (torch,cpu,triton,cuda), 'compiled', peers; "
-                             "the reference always runs (default: everything available)")
+    parser.add_argument(
+        "--dtype", default=None, help="comma list of fp32,fp16,bf16 (default: fp16,bf16 on GPU; fp32 on CPU)"
+    )
+    parser.add_argument(
+        "--backend",
+        default=None,
+        help="comma list of rows to run: backends (torch,cpu,triton,cuda), 'compiled', peers; "
+        "the reference always runs (default: everything available)",
+    )
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="scaled-down workloads (the CPU default)")
     size.add_argument("--full", action="store_true", help="PERF.md sizes (the GPU default)")
     size.add_argument("--tiny", action="store_true", help="seconds-long smoke sizes (tests, CI)")
-    parser.add_argument("--out", default="out/bench", help="directory for bench.json/.csv/.md and plots (default: out/bench)")
-    parser.add_argument("--compare", nargs="*", default=None, metavar="JSON",
-                        help="compare with earlier results (default: bench/results/*.json)")
-    parser.add_argument("--results", default=None, metavar="JSON",
-                        help="load these results instead of running (use with --compare)")
+    parser.add_argument(
+        "--out", default="out/bench", help="directory for bench.json/.csv/.md and plots (default: out/bench)"
+    )
+    parser.add_argument(
+        "--compare",
+        nargs="*",
+        default=None,
+        metavar="JSON",
+        help="compare with earlier results (default: bench/results/*.json)",
+    )
+    parser.add_argument(
+        "--results", default=None, metavar="JSON", help="load these results instead of running (use with --compare)"
+    )
     parser.add_argument("--reps", type=int, default=20, help="timed repetitions per row (fewer if --budget runs out)")
-    parser.add_argument("--budget", type=float, default=None,
-                        help="seconds of timed repetitions per row (default 2 on GPU, 0.5 on CPU)")
-    parser.add_argument("--compile", dest="compile", action="store_true", default=None,
-                        help="include the torch.compile'd reference (default on; on CPU capped by --compile-budget)")
+    parser.add_argument(
+        "--budget", type=float, default=None, help="seconds of timed repetitions per row (default 2 on GPU, 0.5 on CPU)"
+    )
+    parser.add_argument(
+        "--compile",
+        dest="compile",
+        action="store_true",
+        default=None,
+        help="include the torch.compile'd reference (default on; on CPU capped by --compile-budget)",
+    )
     parser.add_argument("--no-compile", dest="compile", action="store_false")
-    parser.add_argument("--compile-budget", type=float, default=None,
-                        help="seconds torch.compile may take in total (default: none on GPU, 15 on CPU)")
+    parser.add_argument(
+        "--compile-budget",
+        type=float,
+        default=None,
+        help="seconds torch.compile may take in total (default: none on GPU, 15 on CPU)",
+    )
     parser.add_argument("--no-peers", dest="peers", action="store_false", help="skip peer libraries")
-    parser.add_argument("--sweep", action="store_true",
-                        help="also run the 1-query rerank at 100..100k candidates (S<K> rows; first dtype only) "
-                             "for the latency-vs-docs plot")
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="also run the 1-query rerank at 100..100k candidates (S<K> rows; first dtype only) "
+        "for the latency-vs-docs plot",
+    )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-plots", dest="plots", action="store_false")
@@ -65,8 +91,15 @@ def _options(args):
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda given but torch sees no GPU")
-    size = "tiny" if args.tiny else "quick" if args.quick else "full" if args.full else (
-        "full" if device.type == "cuda" else "quick")
+    size = (
+        "tiny"
+        if args.tiny
+        else "quick"
+        if args.quick
+        else "full"
+        if args.full
+        else ("full" if device.type == "cuda" else "quick")
+    )
     dtypes_text = args.dtype or ("fp16,bf16" if device.type == "cuda" else "fp32")
     bad = [d for d in _csv(dtypes_text) if d not in runner.DTYPES]
     if bad:
@@ -78,13 +111,23 @@ def _options(args):
     if unknown:
         raise SystemExit(f"--workload: unknown {unknown}; choose from {list(WORKLOADS)}")
     budget = args.budget if args.budget is not None else (2.0 if device.type == "cuda" else 0.5)
-    compile_budget = args.compile_budget if args.compile_budget is not None else (
-        None if device.type == "cuda" else 15.0)
+    compile_budget = (
+        args.compile_budget if args.compile_budget is not None else (None if device.type == "cuda" else 15.0)
+    )
     return runner.Options(
-        device=device, workloads=names, dtypes=[runner.DTYPES[d] for d in _csv(dtypes_text)], size=size,
-        impls=_csv(args.backend) if args.backend else None, reps=args.reps, budget_s=budget,
-        compile=True if args.compile is None else args.compile, compile_budget_s=compile_budget,
-        peers=args.peers, sweep=args.sweep, seed=args.seed, log=lambda m: print(m, file=sys.stderr, flush=True),
+        device=device,
+        workloads=names,
+        dtypes=[runner.DTYPES[d] for d in _csv(dtypes_text)],
+        size=size,
+        impls=_csv(args.backend) if args.backend else None,
+        reps=args.reps,
+        budget_s=budget,
+        compile=True if args.compile is None else args.compile,
+        compile_budget_s=compile_budget,
+        peers=args.peers,
+        sweep=args.sweep,
+        seed=args.seed,
+        log=lambda m: print(m, file=sys.stderr, flush=True),
     )
 
 

@@ -45,7 +45,9 @@ class Counts:
         return self.useful_flops / self.min_bytes if self.min_bytes else 0.0
 
 
-def packed_counts(B: int, K: int, lq_valid: int, lq: int, dim: int, real_tokens: int, pad_len: int, elem: int) -> Counts:
+def packed_counts(
+    B: int, K: int, lq_valid: int, lq: int, dim: int, real_tokens: int, pad_len: int, elem: int
+) -> Counts:
     """B queries x K candidates each, `real_tokens` = sum of the candidates' lengths (pid -1 = 0)."""
     useful = 2 * lq_valid * dim * real_tokens
     padded = 2 * B * K * lq * pad_len * dim
@@ -53,17 +55,37 @@ def packed_counts(B: int, K: int, lq_valid: int, lq: int, dim: int, real_tokens:
     return Counts(useful, padded, nbytes)
 
 
-def pairs_counts(B: int, N: int, lq_valid: int, lq: int, dim: int, real_tokens: int, pad_len: int, elem: int,
-                 has_lengths: bool = True) -> Counts:
+def pairs_counts(
+    B: int,
+    N: int,
+    lq_valid: int,
+    lq: int,
+    dim: int,
+    real_tokens: int,
+    pad_len: int,
+    elem: int,
+    has_lengths: bool = True,
+) -> Counts:
     """B queries x the same N docs; `real_tokens` = sum of the N docs' lengths."""
     useful = 2 * B * lq_valid * dim * real_tokens
     padded = 2 * B * N * lq * pad_len * dim
-    nbytes = real_tokens * dim * elem + B * lq * dim * elem + (N * LEN_BYTES if has_lengths else 0) + B * N * SCORE_BYTES
+    nbytes = (
+        real_tokens * dim * elem + B * lq * dim * elem + (N * LEN_BYTES if has_lengths else 0) + B * N * SCORE_BYTES
+    )
     return Counts(useful, padded, nbytes)
 
 
-def train_counts(B: int, N: int, lq_valid: int, lq: int, dim: int, real_tokens: int, pad_len: int, elem: int,
-                 has_lengths: bool = True) -> Counts:
+def train_counts(
+    B: int,
+    N: int,
+    lq_valid: int,
+    lq: int,
+    dim: int,
+    real_tokens: int,
+    pad_len: int,
+    elem: int,
+    has_lengths: bool = True,
+) -> Counts:
     """Forward + backward of pairs scoring (loss = any function of the [B, N] scores)."""
     fwd = pairs_counts(B, N, lq_valid, lq, dim, real_tokens, pad_len, elem, has_lengths)
     useful = fwd.useful_flops + 4 * B * N * lq_valid * dim

@@ -52,6 +52,7 @@ def _padded(case: Case):
 
 # ---- colbert-ai --------------------------------------------------------------------------------
 
+
 def colbert_score(case: Case) -> Callable:
     from colbert.infra.config import ColBERTConfig
     from colbert.modeling.colbert import colbert_score as score
@@ -63,8 +64,9 @@ def colbert_score(case: Case) -> Callable:
     def run():
         D, valid = _padded(case)
         if case.mode == "packed":  # one call per query over its padded candidates
-            return torch.stack([score(case.Q[b : b + 1], D[b], valid[b], config=config).float()
-                                for b in range(case.Q.shape[0])])
+            return torch.stack(
+                [score(case.Q[b : b + 1], D[b], valid[b], config=config).float() for b in range(case.Q.shape[0])]
+            )
         return torch.stack([score(case.Q[b : b + 1], D, valid, config=config).float() for b in range(case.Q.shape[0])])
 
     return run
@@ -90,6 +92,7 @@ def colbert_score_packed(case: Case) -> Callable:
 
 # ---- PyLate ------------------------------------------------------------------------------------
 
+
 def pylate_colbert_scores(case: Case) -> Callable:
     from pylate.scores import colbert_scores
 
@@ -99,14 +102,19 @@ def pylate_colbert_scores(case: Case) -> Callable:
     def run():
         D, valid = _padded(case)
         if case.mode == "packed":
-            return torch.stack([colbert_scores(case.Q[b : b + 1], D[b], documents_mask=valid[b])[0].float()
-                                for b in range(case.Q.shape[0])])
+            return torch.stack(
+                [
+                    colbert_scores(case.Q[b : b + 1], D[b], documents_mask=valid[b])[0].float()
+                    for b in range(case.Q.shape[0])
+                ]
+            )
         return colbert_scores(case.Q, D, documents_mask=valid).float()
 
     return run
 
 
 # ---- maxsim-cpu --------------------------------------------------------------------------------
+
 
 def maxsim_cpu(case: Case) -> Callable:
     import maxsim_cpu as mc
@@ -125,13 +133,13 @@ def maxsim_cpu(case: Case) -> Callable:
     queries = [q.numpy() for q in case.Q]
 
     def run():
-        return torch.stack([torch.as_tensor(mc.maxsim_scores_variable(q, ds)).float()
-                            for q, ds in zip(queries, docs)])
+        return torch.stack([torch.as_tensor(mc.maxsim_scores_variable(q, ds)).float() for q, ds in zip(queries, docs)])
 
     return run
 
 
 # ---- flash-maxsim ------------------------------------------------------------------------------
+
 
 def flash_maxsim(case: Case) -> Callable:
     import flash_maxsim as fm
@@ -141,6 +149,7 @@ def flash_maxsim(case: Case) -> Callable:
     if case.mode == "train":
         raise Unsupported("not wired up for training here")
     if case.mode == "packed":
+
         def run():
             out = []
             for b in range(case.Q.shape[0]):
@@ -149,6 +158,7 @@ def flash_maxsim(case: Case) -> Callable:
                 torch.cumsum(lens, 0, out=cu[1:])
                 out.append(fm.flash_maxsim_packed(case.Q[b], rows, cu, case.pad_len).float())
             return torch.stack(out)
+
         return run
 
     def run_pairs():
@@ -159,6 +169,7 @@ def flash_maxsim(case: Case) -> Callable:
 
 
 # ---- late-interaction-kernels ------------------------------------------------------------------
+
 
 def late_interaction_kernels(case: Case) -> Callable:
     lik = importlib.import_module("late_interaction_kernels")

@@ -4,8 +4,9 @@ Each stage is a named range: torch.profiler.record_function everywhere (it shows
 trace and the tables) and, on GPU, an NVTX range too (Nsight Systems / Nsight Compute filter on
 it). Stages: the colbert_fast call per backend ("colbert_fast.<backend>.maxsim_packed"), and the
 plain-PyTorch reference split into "reference.pad", "reference.bmm", "reference.masked max",
-"reference.sum". Names use dots, not slashes: ncu's --nvtx-include reads "/" as nesting. Writes a Chrome trace, prints the kernel table and the exact `ncu` command that
-profiles the fused kernels of the chosen backend.
+"reference.sum". Names use dots, not slashes: ncu's --nvtx-include reads "/" as nesting.
+Writes a Chrome trace, prints the kernel table and the exact `ncu` command that profiles
+the fused kernels of the chosen backend.
 """
 
 from __future__ import annotations
@@ -47,8 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     size.add_argument("--full", action="store_true", help="PERF.md size (the GPU default)")
     size.add_argument("--tiny", action="store_true", help="smoke size")
     parser.add_argument("--reps", type=int, default=3, help="profiled repetitions of each stage")
-    parser.add_argument("--no-reference", dest="reference", action="store_false",
-                        help="profile only the backend (what the printed ncu command runs)")
+    parser.add_argument(
+        "--no-reference",
+        dest="reference",
+        action="store_false",
+        help="profile only the backend (what the printed ncu command runs)",
+    )
     parser.add_argument("--out", default="out/profile", help="directory for the Chrome trace (default: out/profile)")
     parser.add_argument("--no-trace", dest="trace", action="store_false", help="skip the profiler (for ncu/nsys runs)")
     parser.add_argument("--rows", type=int, default=25, help="rows of the kernel table")
@@ -69,13 +74,43 @@ def range_name(backend: str, mode: str) -> str:
 def ncu_command(args, kernel_names: list[str], mode: str) -> str:
     """The Nsight Compute command that profiles this workload's fused kernels, and nothing else."""
     regex = "|".join(sorted(set(kernel_names))) if kernel_names else "maxsim|gather"
-    inner = [sys.executable, "-m", "colbert_fast", "profile", "--device", "cuda", "--workload", args.workload,
-             "--dtype", args.dtype_name, "--backend", args.backend_name, f"--{args.size}", "--reps", "1",
-             "--no-reference", "--no-trace"]
+    inner = [
+        sys.executable,
+        "-m",
+        "colbert_fast",
+        "profile",
+        "--device",
+        "cuda",
+        "--workload",
+        args.workload,
+        "--dtype",
+        args.dtype_name,
+        "--backend",
+        args.backend_name,
+        f"--{args.size}",
+        "--reps",
+        "1",
+        "--no-reference",
+        "--no-trace",
+    ]
     # "NAME/" selects kernels launched inside the push/pop range NAME.
-    cmd = ["ncu", "--set", "full", "--nvtx", "--nvtx-include", f"{range_name(args.backend_name, mode)}/",
-           "--kernel-name", f"regex:{regex}", "--launch-count", "4", "--import-source", "yes",
-           "-o", str(Path(args.out) / f"ncu_{args.workload}_{args.backend_name}"), *inner]
+    cmd = [
+        "ncu",
+        "--set",
+        "full",
+        "--nvtx",
+        "--nvtx-include",
+        f"{range_name(args.backend_name, mode)}/",
+        "--kernel-name",
+        f"regex:{regex}",
+        "--launch-count",
+        "4",
+        "--import-source",
+        "yes",
+        "-o",
+        str(Path(args.out) / f"ncu_{args.workload}_{args.backend_name}"),
+        *inner,
+    ]
     return shlex.join(cmd)
 
 
@@ -87,7 +122,9 @@ def run(args) -> int:
     cuda = device.type == "cuda"
     if cuda and not torch.cuda.is_available():
         raise SystemExit("--device cuda given but torch sees no GPU")
-    args.size = "tiny" if args.tiny else "quick" if args.quick else "full" if args.full else ("full" if cuda else "quick")
+    args.size = (
+        "tiny" if args.tiny else "quick" if args.quick else "full" if args.full else ("full" if cuda else "quick")
+    )
     args.dtype_name = args.dtype or ("fp16" if cuda else "fp32")
     if args.dtype_name not in runner.DTYPES:
         raise SystemExit(f"--dtype must be one of {list(runner.DTYPES)}")
@@ -98,8 +135,10 @@ def run(args) -> int:
     call = _backend_call(case, args.backend_name)
     ref = baselines.case_fn(case, stage=lambda s: stage(f"reference.{s}", cuda))
     name = range_name(args.backend_name, case.mode)
-    print(f"{args.workload} {args.dtype_name} on {device} ({args.size}): {case.spec.title}; backend {args.backend_name}",
-          file=sys.stderr)
+    print(
+        f"{args.workload} {args.dtype_name} on {device} ({args.size}): {case.spec.title}; backend {args.backend_name}",
+        file=sys.stderr,
+    )
 
     def body():
         for _ in range(args.reps):
@@ -142,7 +181,10 @@ def _fused_kernels(prof, rng: str) -> list[str]:
     ranges = [(e.time_range.start, e.time_range.end) for e in events if e.name == rng]
     names = set()
     for e in events:
-        if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA or "cuda" in str(getattr(e, "device_type", "")).lower():
+        if (
+            getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA
+            or "cuda" in str(getattr(e, "device_type", "")).lower()
+        ):
             continue
         # a CPU-side launch inside the range carries its kernels as children on the GPU side
         if any(s <= e.time_range.start <= t for s, t in ranges):

@@ -20,9 +20,31 @@ import torch
 
 SCHEMA = "colbert_fast.bench/1"
 ROW_FIELDS = (
-    "workload", "dtype", "impl", "kind", "status", "note", "median_ms", "p20_ms", "p80_ms", "reps", "warmup_ms",
-    "useful_flops", "padded_flops", "min_bytes", "TFLOPs", "GBps", "frac_peak_flops", "frac_peak_bw",
-    "frac_roofline", "speedup", "peak_mem_bytes", "max_err", "tolerance", "docs_per_query", "queries",
+    "workload",
+    "dtype",
+    "impl",
+    "kind",
+    "status",
+    "note",
+    "median_ms",
+    "p20_ms",
+    "p80_ms",
+    "reps",
+    "warmup_ms",
+    "useful_flops",
+    "padded_flops",
+    "min_bytes",
+    "TFLOPs",
+    "GBps",
+    "frac_peak_flops",
+    "frac_peak_bw",
+    "frac_roofline",
+    "speedup",
+    "peak_mem_bytes",
+    "max_err",
+    "tolerance",
+    "docs_per_query",
+    "queries",
 )
 TOP_FIELDS = ("schema", "created", "device", "versions", "git", "args", "peaks", "workloads", "notes", "rows")
 
@@ -37,8 +59,11 @@ def versions() -> dict:
             return None
 
     return {
-        "colbert_fast": __version__, "torch": torch.__version__, "triton": dist("triton"),
-        "cuda": torch.version.cuda, "python": platform.python_version(),
+        "colbert_fast": __version__,
+        "torch": torch.__version__,
+        "triton": dist("triton"),
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
         "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
     }
 
@@ -73,21 +98,33 @@ def document(results, args: dict) -> dict:
     return {
         "schema": SCHEMA,
         "created": _utc_now(),
-        "device": results.device, "versions": versions(), "git": git_info(), "args": args,
-        "peaks": results.peaks, "workloads": results.workloads, "notes": results.notes, "rows": results.rows,
+        "device": results.device,
+        "versions": versions(),
+        "git": git_info(),
+        "args": args,
+        "peaks": results.peaks,
+        "workloads": results.workloads,
+        "notes": results.notes,
+        "rows": results.rows,
     }
 
 
 # ---- files -------------------------------------------------------------------------------------
+
 
 def write_json(doc: dict, path: Path) -> None:
     path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
 
 
 def write_csv(doc: dict, path: Path) -> None:
-    meta = {"device": doc["device"].get("name"), "torch": doc["versions"]["torch"],
-            "triton": doc["versions"]["triton"], "cuda": doc["versions"]["cuda"],
-            "colbert_fast": doc["versions"]["colbert_fast"], "git_sha": doc["git"]["sha"]}
+    meta = {
+        "device": doc["device"].get("name"),
+        "torch": doc["versions"]["torch"],
+        "triton": doc["versions"]["triton"],
+        "cuda": doc["versions"]["cuda"],
+        "colbert_fast": doc["versions"]["colbert_fast"],
+        "git_sha": doc["git"]["sha"],
+    }
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(ROW_FIELDS) + list(meta))
         w.writeheader()
@@ -123,22 +160,44 @@ def _heading(w: dict, rows: list[dict]) -> str:
     useful, padded = r.get("useful_flops", 0), r.get("padded_flops", 0)
     waste = 1 - useful / padded if padded else 0
     scaled = f" (scaled: {w['scaled']})" if w.get("scaled") else ""
-    return (f"{w['name']} {w['dtype']}: {w['title']}{scaled} | useful {useful / 1e9:.3g} GFLOP, reference "
-            f"{padded / 1e9:.3g} GFLOP ({100 * waste:.0f}% padding), min {r.get('min_bytes', 0) / 1e6:.3g} MB")
+    return (
+        f"{w['name']} {w['dtype']}: {w['title']}{scaled} | useful {useful / 1e9:.3g} GFLOP, reference "
+        f"{padded / 1e9:.3g} GFLOP ({100 * waste:.0f}% padding), min {r.get('min_bytes', 0) / 1e6:.3g} MB"
+    )
 
 
 def _cells(r: dict) -> list[str]:
     spread = f"{_fmt(r['median_ms'], '.3f')} ({_fmt(r['p20_ms'], '.3f')}-{_fmt(r['p80_ms'], '.3f')})"
     status = r["status"] if r["status"] != "ok" else ""
     note = (status + ": " if status else "") + (r.get("note") or "")
-    return [r["impl"], spread if r["median_ms"] is not None else "-", _fmt(r["warmup_ms"], ".1f"),
-            _fmt(r["TFLOPs"], ".3g"), _fmt(r["GBps"], ".3g"), _pct(r["frac_peak_flops"]), _pct(r["frac_peak_bw"]),
-            _pct(r["frac_roofline"]), _fmt(r["speedup"], ".2f", "-") + ("x" if r["speedup"] else ""),
-            _mem(r["peak_mem_bytes"]), note]
+    return [
+        r["impl"],
+        spread if r["median_ms"] is not None else "-",
+        _fmt(r["warmup_ms"], ".1f"),
+        _fmt(r["TFLOPs"], ".3g"),
+        _fmt(r["GBps"], ".3g"),
+        _pct(r["frac_peak_flops"]),
+        _pct(r["frac_peak_bw"]),
+        _pct(r["frac_roofline"]),
+        _fmt(r["speedup"], ".2f", "-") + ("x" if r["speedup"] else ""),
+        _mem(r["peak_mem_bytes"]),
+        note,
+    ]
 
 
-HEADERS = ["impl", "median ms (p20-p80)", "warm-up ms", "TFLOP/s", "GB/s", "%GEMM", "%copy", "%roofline",
-           "speedup", "peak mem", "note"]
+HEADERS = [
+    "impl",
+    "median ms (p20-p80)",
+    "warm-up ms",
+    "TFLOP/s",
+    "GB/s",
+    "%GEMM",
+    "%copy",
+    "%roofline",
+    "speedup",
+    "peak mem",
+    "note",
+]
 
 
 def _peaks_line(doc: dict) -> str:
@@ -156,8 +215,10 @@ def print_table(doc: dict, console=None) -> None:
         return
     console = console or Console(width=max(160, Console().width))
     d = doc["device"]
-    console.print(f"[bold]{d.get('name')}[/bold] ({d['type']}, {d['threads']} threads) | "
-                  f"torch {doc['versions']['torch']} | git {str(doc['git']['sha'])[:10]}")
+    console.print(
+        f"[bold]{d.get('name')}[/bold] ({d['type']}, {d['threads']} threads) | "
+        f"torch {doc['versions']['torch']} | git {str(doc['git']['sha'])[:10]}"
+    )
     console.print(_peaks_line(doc))
     for w, rows in _groups(doc):
         table = Table(title=_heading(w, rows), title_justify="left", show_lines=False)
@@ -179,22 +240,27 @@ def markdown(doc: dict) -> str:
         f"# colbert_fast benchmark: {d.get('name')}",
         "",
         f"- created {doc['created']}; git {g['sha']}{' (dirty)' if g.get('dirty') else ''}",
-        (f"- torch {v['torch']}, triton {v['triton']}, CUDA {v['cuda']}, colbert_fast {v['colbert_fast']}, "
-        f"python {v['python']}; {d['threads']} CPU threads"),
+        (
+            f"- torch {v['torch']}, triton {v['triton']}, CUDA {v['cuda']}, colbert_fast {v['colbert_fast']}, "
+            f"python {v['python']}; {d['threads']} CPU threads"
+        ),
         f"- {_peaks_line(doc)}",
         "",
     ]
     for w, rows in _groups(doc):
-        lines += [f"## {_heading(w, rows)}", "", "| " + " | ".join(HEADERS) + " |",
-                  "|" + "---|" * len(HEADERS)]
-        lines += ["| " + " | ".join(c.replace("|", "/") for c in _cells(r)) + " |" for r in rows
-                  if r["status"] != "unavailable"]
+        lines += [f"## {_heading(w, rows)}", "", "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+        lines += [
+            "| " + " | ".join(c.replace("|", "/") for c in _cells(r)) + " |"
+            for r in rows
+            if r["status"] != "unavailable"
+        ]
         lines.append("")
     lines += [f"- {n}" for n in doc["notes"]]
     return "\n".join(lines) + "\n"
 
 
 # ---- plots -------------------------------------------------------------------------------------
+
 
 def write_plots(doc: dict, out: Path) -> list[str]:
     """latency_vs_docs.png and roofline.png; returns notes (e.g. why plots were skipped)."""
@@ -217,8 +283,13 @@ def write_plots(doc: dict, out: Path) -> list[str]:
     for (impl, dt), pts in sorted(series.items()):
         pts.sort()
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{impl} {dt}")
-    ax.set(xscale="log", yscale="log", xlabel="candidate docs per query", ylabel="median latency (ms)",
-           title=f"1-query rerank latency: {doc['device'].get('name')}")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="candidate docs per query",
+        ylabel="median latency (ms)",
+        title=f"1-query rerank latency: {doc['device'].get('name')}",
+    )
     ax.grid(True, which="both", alpha=0.3)
     if series:
         ax.legend(fontsize=7)
@@ -231,16 +302,25 @@ def write_plots(doc: dict, out: Path) -> list[str]:
     bw = peaks["copy_GBps"] * 1e9
     xs = [2.0**e for e in range(-4, 14)]
     for dt, tf in peaks["matmul_TFLOPs"].items():
-        ax.plot(xs, [min(tf, x * bw / 1e12) for x in xs], "--", label=f"ceiling {dt}: {tf:.3g} TFLOP/s, "
-                f"{peaks['copy_GBps']:.3g} GB/s")
+        ax.plot(
+            xs,
+            [min(tf, x * bw / 1e12) for x in xs],
+            "--",
+            label=f"ceiling {dt}: {tf:.3g} TFLOP/s, {peaks['copy_GBps']:.3g} GB/s",
+        )
     markers = "osD^v<>ph*"
     wl = sorted({r["workload"] for r in timed})
     for r in timed:
         x = r["useful_flops"] / r["min_bytes"]
         ax.scatter([x], [r["TFLOPs"]], marker=markers[wl.index(r["workload"]) % len(markers)], s=25)
         ax.annotate(f"{r['workload']} {r['impl']}", (x, r["TFLOPs"]), fontsize=6)
-    ax.set(xscale="log", yscale="log", xlabel="useful FLOPs per minimum byte", ylabel="achieved TFLOP/s (useful)",
-           title=f"roofline: {doc['device'].get('name')}")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="useful FLOPs per minimum byte",
+        ylabel="achieved TFLOP/s (useful)",
+        title=f"roofline: {doc['device'].get('name')}",
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -260,6 +340,7 @@ def write_all(doc: dict, out: Path, stem: str = "bench") -> list[Path]:
 
 
 # ---- --compare ---------------------------------------------------------------------------------
+
 
 def load(path: Path) -> dict:
     doc = json.loads(Path(path).read_text())
@@ -285,12 +366,20 @@ def compare(current: dict, earlier: list[tuple[str, dict]]) -> list[dict]:
             o = old_rows.get(_key(current, r))
             if o is None or not r.get("median_ms"):
                 continue
-            out.append({
-                "against": label, "same_device": same_device, "workload": r["workload"], "dtype": r["dtype"],
-                "impl": r["impl"], "then_ms": o["median_ms"], "now_ms": r["median_ms"],
-                "time_ratio": r["median_ms"] / o["median_ms"] if same_device else None,
-                "then_speedup": o.get("speedup"), "now_speedup": r.get("speedup"),
-            })
+            out.append(
+                {
+                    "against": label,
+                    "same_device": same_device,
+                    "workload": r["workload"],
+                    "dtype": r["dtype"],
+                    "impl": r["impl"],
+                    "then_ms": o["median_ms"],
+                    "now_ms": r["median_ms"],
+                    "time_ratio": r["median_ms"] / o["median_ms"] if same_device else None,
+                    "then_speedup": o.get("speedup"),
+                    "now_speedup": r.get("speedup"),
+                }
+            )
     return out
 
 
@@ -301,16 +390,23 @@ def print_compare(current: dict, earlier: list[tuple[str, dict]]) -> list[dict]:
         return rows
     for label, old in earlier:
         if old["device"].get("name") != current["device"].get("name"):
-            print(f"--compare {label}: measured on {old['device'].get('name')!r}, not {current['device'].get('name')!r}:"
-                  " times are not comparable; speedups over the reference are shown")
+            print(
+                f"--compare {label}: measured on {old['device'].get('name')!r}, not {current['device'].get('name')!r}:"
+                " times are not comparable; speedups over the reference are shown"
+            )
     if not rows:
         print("--compare: no row (workload, size, dtype, impl) is in both")
         return rows
-    header = f"{'against':28s} {'workload':8s} {'dtype':5s} {'impl':24s} {'then ms':>10s} {'now ms':>10s} " \
-             f"{'now/then':>9s} {'speedup then':>12s} {'speedup now':>11s}"
+    header = (
+        f"{'against':28s} {'workload':8s} {'dtype':5s} {'impl':24s} {'then ms':>10s} {'now ms':>10s} "
+        f"{'now/then':>9s} {'speedup then':>12s} {'speedup now':>11s}"
+    )
     print(header)
     for c in rows:
         ratio = "-" if c["time_ratio"] is None else f"{c['time_ratio']:.2f}"
-        print(f"{c['against'][-28:]:28s} {c['workload']:8s} {c['dtype']:5s} {c['impl']:24s} {c['then_ms']:10.3f} "
-              f"{c['now_ms']:10.3f} {ratio:>9s} {_fmt(c['then_speedup'], '.2f'):>12s} {_fmt(c['now_speedup'], '.2f'):>11s}")
+        print(
+            f"{c['against'][-28:]:28s} {c['workload']:8s} {c['dtype']:5s} {c['impl']:24s} {c['then_ms']:10.3f} "
+            f"{c['now_ms']:10.3f} {ratio:>9s} {_fmt(c['then_speedup'], '.2f'):>12s} "
+            f"{_fmt(c['now_speedup'], '.2f'):>11s}"
+        )
     return rows

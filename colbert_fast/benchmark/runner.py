@@ -73,6 +73,7 @@ class Results:
 
 # ---- implementations ---------------------------------------------------------------------------
 
+
 def _backend_fn(name: str, case: workloads.Case) -> Callable[[], torch.Tensor]:
     if case.mode == "packed":
         return lambda: cf.maxsim_packed(case.Q, case.docs, case.pids, backend=name)
@@ -136,6 +137,7 @@ def implementations(opts: Options) -> list[Impl]:
 
 # ---- correctness -------------------------------------------------------------------------------
 
+
 def _check_subset(case: workloads.Case) -> tuple[int, int]:
     s = case.spec
     per_pair = s.Lq * max(case.pad_len, 1)
@@ -183,6 +185,7 @@ def check(out: torch.Tensor, exact: torch.Tensor, low: torch.Tensor, subset, cas
 
 # ---- the run -----------------------------------------------------------------------------------
 
+
 def _metrics(row: dict, counts, peaks: dict, dtype_name: str) -> None:
     t = row["median_ms"] * 1e-3
     row["TFLOPs"] = counts.useful_flops / t / 1e12
@@ -200,12 +203,31 @@ def _metrics(row: dict, counts, peaks: dict, dtype_name: str) -> None:
 
 def _new_row(case: workloads.Case, impl: Impl, dtype_name: str, counts) -> dict:
     return {
-        "workload": case.name, "dtype": dtype_name, "impl": impl.name, "kind": impl.kind, "status": "ok",
-        "note": "", "median_ms": None, "p20_ms": None, "p80_ms": None, "reps": 0, "warmup_ms": None,
-        "useful_flops": counts.useful_flops, "padded_flops": counts.padded_flops, "min_bytes": counts.min_bytes,
-        "TFLOPs": None, "GBps": None, "frac_peak_flops": None, "frac_peak_bw": None, "frac_roofline": None,
-        "speedup": None, "peak_mem_bytes": None, "max_err": None, "tolerance": None,
-        "docs_per_query": case.num_docs_per_query, "queries": case.spec.B,
+        "workload": case.name,
+        "dtype": dtype_name,
+        "impl": impl.name,
+        "kind": impl.kind,
+        "status": "ok",
+        "note": "",
+        "median_ms": None,
+        "p20_ms": None,
+        "p80_ms": None,
+        "reps": 0,
+        "warmup_ms": None,
+        "useful_flops": counts.useful_flops,
+        "padded_flops": counts.padded_flops,
+        "min_bytes": counts.min_bytes,
+        "TFLOPs": None,
+        "GBps": None,
+        "frac_peak_flops": None,
+        "frac_peak_bw": None,
+        "frac_roofline": None,
+        "speedup": None,
+        "peak_mem_bytes": None,
+        "max_err": None,
+        "tolerance": None,
+        "docs_per_query": case.num_docs_per_query,
+        "queries": case.spec.B,
     }
 
 
@@ -221,11 +243,16 @@ def run_case(case: workloads.Case, impls: list[Impl], opts: Options, peaks: dict
             row["status"], row["note"] = "unavailable", impl.skip
             continue
         # A compile cannot be interrupted, so stop before the one expected to overrun the budget.
-        if impl.name == COMPILED and opts.compile_budget_s is not None and (
-                state["compile_s"] + state["compile_max_s"] > opts.compile_budget_s):
+        if (
+            impl.name == COMPILED
+            and opts.compile_budget_s is not None
+            and (state["compile_s"] + state["compile_max_s"] > opts.compile_budget_s)
+        ):
             row["status"] = "skipped"
-            row["note"] = (f"torch.compile budget of {opts.compile_budget_s:.0f} s reached ({state['compile_s']:.0f} s "
-                           "spent compiling); raise --compile-budget")
+            row["note"] = (
+                f"torch.compile budget of {opts.compile_budget_s:.0f} s reached ({state['compile_s']:.0f} s "
+                "spent compiling); raise --compile-budget"
+            )
             continue
         try:
             fn = impl.make(case)
@@ -290,8 +317,13 @@ def device_info(device: torch.device) -> dict:
         pass
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        info.update(name=props.name, capability=f"{props.major}.{props.minor}", sms=props.multi_processor_count,
-                    memory_bytes=props.total_memory, l2_bytes=getattr(props, "L2_cache_size", None))
+        info.update(
+            name=props.name,
+            capability=f"{props.major}.{props.minor}",
+            sms=props.multi_processor_count,
+            memory_bytes=props.total_memory,
+            l2_bytes=getattr(props, "L2_cache_size", None),
+        )
     else:
         info["name"] = info["cpu"]
     return info
@@ -315,8 +347,10 @@ def run(opts: Options, on_workload: Callable[[Results], None] | None = None) -> 
         load = _load_note()
         if load:
             results.notes.append(load)
-    results.notes.append("reference = padded plain PyTorch (pad + einsum GEMM + masked max + fp32 sum) in the "
-                         "inputs' dtype; correctness is judged against colbert_fast.reference (fp32 oracle)")
+    results.notes.append(
+        "reference = padded plain PyTorch (pad + einsum GEMM + masked max + fp32 sum) in the "
+        "inputs' dtype; correctness is judged against colbert_fast.reference (fp32 oracle)"
+    )
     for impl in impls:
         if impl.skip:
             results.notes.append(f"{impl.name}: not run: {impl.skip}")
@@ -329,7 +363,10 @@ def run(opts: Options, on_workload: Callable[[Results], None] | None = None) -> 
             case = workloads.build(name, opts.size, dtype, device, opts.seed, store_cache)
             desc = case.describe() | {"dtype": DTYPE_NAMES[dtype], "setup_s": time.perf_counter() - t0}
             results.workloads.append(desc)
-            log(f"{name} {DTYPE_NAMES[dtype]}: {case.spec.title}" + (f" [scaled: {desc['scaled']}]" if desc["scaled"] else ""))
+            log(
+                f"{name} {DTYPE_NAMES[dtype]}: {case.spec.title}"
+                + (f" [scaled: {desc['scaled']}]" if desc["scaled"] else "")
+            )
             results.rows.extend(run_case(case, impls, opts, peaks, flush, state))
             del case
             if on_workload is not None:
@@ -348,8 +385,10 @@ def _load_note() -> str | None:
     cores = os.cpu_count() or 1
     if load <= cores * 0.75:
         return None
-    return (f"CPU contended: 1-minute load average {load:.1f} on {cores} cores; timings are inflated and "
-            "bimodal (compare ratios within this run only, or rerun with --threads 1 or on an idle machine)")
+    return (
+        f"CPU contended: 1-minute load average {load:.1f} on {cores} cores; timings are inflated and "
+        "bimodal (compare ratios within this run only, or rerun with --threads 1 or on an idle machine)"
+    )
 
 
 def measure_peaks_for(opts: Options) -> dict:

@@ -71,8 +71,15 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(fn: Callable[[], object], device: torch.device, reps: int = 20, budget_s: float = 2.0,
-            min_reps: int = 3, flush: CacheFlusher | None = None, warmup: bool = True) -> Timing:
+def measure(
+    fn: Callable[[], object],
+    device: torch.device,
+    reps: int = 20,
+    budget_s: float = 2.0,
+    min_reps: int = 3,
+    flush: CacheFlusher | None = None,
+    warmup: bool = True,
+) -> Timing:
     """Time fn: one warm-up call (skip it with warmup=False when the caller made it), then up to
     `reps` timed calls within about `budget_s` seconds (at least `min_reps`). Each timed call
     starts from a flushed cache when `flush` is given. The peak memory of the timed calls is
@@ -118,6 +125,7 @@ def measure(fn: Callable[[], object], device: torch.device, reps: int = 20, budg
 
 
 # ---- peak memory -------------------------------------------------------------------------------
+
 
 def _read_status_kb(field: str) -> int | None:
     try:

@@ -73,8 +73,11 @@ TINY = {
 }
 WORKLOADS = tuple(FULL)
 # The latency-vs-number-of-docs sweep: R1's shape (1 query, same store) at K candidates, named S<K>.
-SWEEP = {"full": (100, 300, 1_000, 3_000, 10_000, 30_000, 100_000), "quick": (100, 300, 1_000, 3_000, 10_000),
-         "tiny": (10, 30, 100)}
+SWEEP = {
+    "full": (100, 300, 1_000, 3_000, 10_000, 30_000, 100_000),
+    "quick": (100, 300, 1_000, 3_000, 10_000),
+    "tiny": (10, 30, 100),
+}
 
 
 def sweep_names(size: str) -> list[str]:
@@ -103,8 +106,11 @@ def scaled_text(name: str, size: str) -> str | None:
         full_store, store = spec("R1", "full").store, spec("R1", size).store
         return None if full_store == store else f"store {full_store}->{store}"
     base, s = FULL[name], spec(name, size)
-    diffs = [f"{f} {getattr(base, f)}->{getattr(s, f)}" for f in ("B", "K", "Lq", "Ld", "store")
-             if getattr(base, f) != getattr(s, f)]
+    diffs = [
+        f"{f} {getattr(base, f)}->{getattr(s, f)}"
+        for f in ("B", "K", "Lq", "Ld", "store")
+        if getattr(base, f) != getattr(s, f)
+    ]
     return ", ".join(diffs) or None
 
 
@@ -147,9 +153,18 @@ class Case:
     def describe(self) -> dict:
         s = self.spec
         return {
-            "name": s.name, "mode": s.mode, "title": s.title, "size": self.size, "B": s.B, "K": s.K,
-            "Lq": s.Lq, "Ld": s.Ld, "store": s.store if s.mode == "packed" else None, "dim": DIM,
-            "pad_len": self.pad_len, "real_doc_tokens": int(self.lengths_cpu.sum()),
+            "name": s.name,
+            "mode": s.mode,
+            "title": s.title,
+            "size": self.size,
+            "B": s.B,
+            "K": s.K,
+            "Lq": s.Lq,
+            "Ld": s.Ld,
+            "store": s.store if s.mode == "packed" else None,
+            "dim": DIM,
+            "pad_len": self.pad_len,
+            "real_doc_tokens": int(self.lengths_cpu.sum()),
             "scaled": scaled_text(s.name, self.size),
         }
 
@@ -195,8 +210,7 @@ def build(name: str, size: str, dtype: torch.dtype, device, seed: int = 0, store
         perm = torch.randperm(docs.num_docs, generator=gen, device=device)[: s.B * s.K]
         pids = perm.view(s.B, s.K).contiguous()
         lengths_cpu = docs.lengths[pids].cpu()
-        return Case(s, size, dtype, device, Q, docs=docs, pids=pids, lengths_cpu=lengths_cpu,
-                    pad_len=docs.max_length)
+        return Case(s, size, dtype, device, Q, docs=docs, pids=pids, lengths_cpu=lengths_cpu, pad_len=docs.max_length)
     if s.Ld is None:  # padded to 180 with uniform valid lengths
         d_lengths = torch.randint(LEN_LO, LEN_HI + 1, (s.K,), generator=gen, device=device)
         D = normalized_rows(s.K * LEN_HI, DIM, dtype, device, gen).view(s.K, LEN_HI, DIM)

@@ -1,0 +1,21 @@
+"""The entry points of the backends whose kernels live in the compiled extension (cpu, cuda).
+
+Both call the same torch.ops.colbert_fast ops; the dispatcher picks the CPU or CUDA kernel from
+the tensors' device, so the two backends differ only in when they are available.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def maxsim(Q, D, q_mask, d_mask, d_lengths):
+    return torch.ops.colbert_fast.maxsim(Q, D, q_mask, d_mask, d_lengths)
+
+
+def maxsim_packed(Q, embeddings, offsets, lengths, pids, q_mask, max_len):
+    return torch.ops.colbert_fast.maxsim_packed(Q, embeddings, offsets, lengths, pids, q_mask, max_len)
+
+
+def gather(embeddings, offsets, lengths, pids, max_len):
+    return torch.ops.colbert_fast.gather(embeddings, offsets, lengths, pids, max_len)
