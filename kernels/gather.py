@@ -19,7 +19,7 @@ from . import settings
 from ._launch import wrap
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["max_len"])
 def _gather_kernel(
     EMB, OFFSETS, LENGTHS, PIDS, OUT, MASK,
     max_len, dim, stride_e,

@@ -57,7 +57,7 @@ def _dot(a, b, UPCAST: tl.constexpr):
         return tl.dot(a, b)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["B", "N", "Lq", "Ld", "G"])
 def _maxsim_all_pairs_kernel(
     Q, D, QMASK, DMASK, DLEN, OUT, ARGMAX,
     B, N, Lq, Ld, dim, G,
@@ -126,7 +126,7 @@ def _maxsim_all_pairs_kernel(
     tl.store(OUT + b_out * N + n, acc, mask=(offs_r < G) & (b_out < B))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["B", "K", "Lq", "Ld"])
 def _maxsim_segmented_kernel(
     Q, D, QMASK, DMASK, DLEN, PIDS, OFFSETS, OUT, ARGMAX,
     B, K, Lq, Ld, dim,
@@ -219,12 +219,16 @@ def _maxsim_segmented_kernel(
 
 
 @functools.lru_cache(maxsize=None)
-def _tuned(kernel: str, arch, block_m: int, dim_pad: int, elsize: int):
-    """The autotuned kernel for one (arch, query block, dim block, element size)."""
+def _tuned(kernel: str, arch, block_m: int, dim_pad: int, elsize: int, save_argmax: bool):
+    """The autotuned kernel for one (arch, query block, dim block, element size, argmax saving).
+
+    Built on first use, not at import: the configs depend on the GPU, and importing must not
+    touch CUDA. Tuning runs once per object (the key only separates dtypes), on the first call.
+    """
     fn = _maxsim_all_pairs_kernel if kernel == "all_pairs" else _maxsim_segmented_kernel
     configs = [
         triton.Config(c.as_dict(), num_warps=c.num_warps, num_stages=c.num_stages)
-        for c in settings.autotune_configs(kernel, arch, block_m, dim_pad, elsize)
+        for c in settings.autotune_configs(kernel, arch, block_m, dim_pad, elsize, save_argmax)
     ]
     return triton.autotune(configs=configs, key=["SAVE_ARGMAX"])(fn)
 
@@ -295,7 +299,7 @@ def maxsim_fwd(
     if all_pairs:
         bm = settings.all_pairs_block_m(B * Lq)
         group = max(1, min(bm // Lq, B))
-        kernel = wrap(_tuned("all_pairs", arch, bm, dp, D.element_size()))
+        kernel = wrap(_tuned("all_pairs", arch, bm, dp, D.element_size(), save_argmax))
         grid = (N * triton.cdiv(B, group),)
         kernel[grid](
             Q, D, qm, dm, dl, out, am,
@@ -308,7 +312,7 @@ def maxsim_fwd(
         return out, argmax
 
     bm = settings.per_query_block_m(Lq)
-    kernel = wrap(_tuned("segmented", arch, bm, dp, D.element_size()))
+    kernel = wrap(_tuned("segmented", arch, bm, dp, D.element_size(), save_argmax))
     K = N
     kernel[lambda meta: (B * triton.cdiv(K, meta["DOCS"]),)](
         Q, D, qm, dm, dl, dl, dl, out, am,
@@ -346,7 +350,7 @@ def maxsim_packed_fwd(
     emb = embeddings if embeddings.shape[0] > 0 else _placeholder(Q, embeddings.dtype)
     bm = settings.per_query_block_m(Lq)
     dp = settings.dim_pad(dim)
-    kernel = wrap(_tuned("segmented", settings.device_arch(Q.device), bm, dp, embeddings.element_size()))
+    kernel = wrap(_tuned("segmented", settings.device_arch(Q.device), bm, dp, embeddings.element_size(), False))
     kernel[lambda meta: (B * triton.cdiv(K, meta["DOCS"]),)](
         Q, emb, qm, qm, lengths, pids, offsets, out, _placeholder(Q, torch.int32),
         B, K, Lq, 0, dim,

@@ -29,7 +29,7 @@ from . import settings
 from ._launch import wrap
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N", "Lq"])
 def _maxsim_bwd_dq_kernel(
     GRAD, D, ARGMAX, DQ,
     N, Lq, dim,
@@ -61,7 +61,7 @@ def _maxsim_bwd_dq_kernel(
     tl.store(out, acc.to(DQ.dtype.element_ty), mask=t_ok[:, None] & d_ok[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N", "Lq", "Ld"])
 def _maxsim_bwd_dd_atomic_kernel(
     GRAD, Q, ARGMAX, DD,
     N, Lq, Ld, dim, docs_per_query,
@@ -86,7 +86,7 @@ def _maxsim_bwd_dd_atomic_kernel(
     tl.atomic_add(dst, g * q.to(tl.float32), mask=(a >= 0)[:, None] & d_ok[None, :], sem="relaxed")
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["B", "N", "Lq", "Ld"])
 def _maxsim_bwd_dd_onehot_kernel(
     GRAD, Q, ARGMAX, DD,
     B, N, Lq, Ld, dim, per_query,
