@@ -144,7 +144,8 @@ def _maxsim_segmented_kernel(
     k = (pid % n_kb) * DOCS + slots
     k_ok = k < K
 
-    # Per slot: doc base (element offset of its row 0) and valid length. Branch-free: the unused
+    # Per slot: where its rows start (packed: row offsets[pid]; padded: candidate k) and its valid
+    # length. Branch-free: the unused
     # mode's loads are masked off.
     is_packed = packed != 0
     pids = tl.load(PIDS + b * stride_pb + k * stride_pk, mask=k_ok & is_packed, other=-1)
@@ -154,8 +155,8 @@ def _maxsim_segmented_kernel(
     len_padded = tl.load(DLEN + b * stride_lb + k * stride_lk, mask=k_ok & (~is_packed) & (has_len != 0), other=0)
     len_padded = tl.where(has_len != 0, len_padded, Ld)
     lens = tl.where(doc_ok, tl.where(is_packed, len_packed, len_padded), 0)
-    row0 = tl.load(OFFSETS + safe, mask=doc_ok & is_packed, other=0)
-    base = tl.where(is_packed, row0 * stride_dt, b * stride_db + k * stride_dk)
+    row0 = tl.load(OFFSETS + safe, mask=doc_ok & is_packed, other=0)  # padded: 0
+    kk = tl.where(is_packed, 0, k)  # packed: 0 (and the launcher passes stride_db = stride_dk = 0)
     mbase = b * stride_dmb + k * stride_dmk
     ends = tl.cumsum(lens, axis=0)
     starts = ends - lens
@@ -181,8 +182,13 @@ def _maxsim_segmented_kernel(
             slot = tl.sum((v[:, None] >= ends[None, :]).to(tl.int32), axis=1)
             onehot = slot[:, None] == slots[None, :]
             tok = v - tl.sum(tl.where(onehot, starts[None, :], 0), axis=1)
-            rbase = tl.sum(tl.where(onehot, base[None, :], 0), axis=1)
-            k_ptrs = D + rbase[:, None] + tok[:, None] * stride_dt + offs_d[None, :]
+            k_row = tl.sum(tl.where(onehot, kk[None, :], 0), axis=1)
+            r_row = tl.sum(tl.where(onehot, row0[None, :], 0), axis=1) + tok
+            # Multiply by the strides after the per-row selection: the compiler then knows each
+            # row starts 16-element aligned (strides are specialised on divisibility), so the row
+            # loads vectorise and pipeline (cp.async / TMA-free async copies).
+            row_off = b * stride_db + k_row * stride_dk + r_row * stride_dt
+            k_ptrs = D + row_off[:, None] + offs_d[None, :]
             kt = tl.load(k_ptrs, mask=v_ok[:, None] & d_ok[None, :], other=0.0)
             s = _dot(q, tl.trans(kt), UPCAST)
             mrow = tl.sum(tl.where(onehot, mbase[None, :], 0), axis=1)
