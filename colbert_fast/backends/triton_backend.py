@@ -112,11 +112,18 @@ def _gather_impl(
 
 
 def _register_ops():
-    """torch.library.triton_op where torch has it (>= 2.6); otherwise the plain functions."""
+    """torch.library.triton_op where torch has it (>= 2.6); otherwise the plain functions.
+
+    Under the Triton interpreter the kernels cannot be traced (wrap_triton hands back the
+    interpreted kernel, and triton_op would let torch.compile inline a body whose launches it
+    cannot see), so there the ops are opaque custom ops whose fake implementation is the same
+    body with the launches skipped (kernels/_launch.py).
+    """
     try:
-        from torch.library import triton_op
+        from torch.library import custom_op, triton_op
     except ImportError:
         return _fwd_impl, _bwd_impl, _packed_impl, _gather_impl
+    _, _, _, settings = _import_kernels()
     ops = []
     for name, fn in (
         ("triton_maxsim_fwd", _fwd_impl),
@@ -126,9 +133,14 @@ def _register_ops():
     ):
         qualname = f"colbert_fast::{name}"
         try:
-            ops.append(triton_op(qualname, fn, mutates_args=()))
+            if settings.interpreting():
+                op = custom_op(qualname, fn, mutates_args=())
+                op.register_fake(fn)
+            else:
+                op = triton_op(qualname, fn, mutates_args=())
         except RuntimeError:  # already registered (module reloaded): reuse the registered op
-            ops.append(getattr(torch.ops.colbert_fast, name).default)
+            op = getattr(torch.ops.colbert_fast, name).default
+        ops.append(op)
     return tuple(ops)
 
 
