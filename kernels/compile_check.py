@@ -79,16 +79,16 @@ def compile_variant(job: tuple) -> dict:
         signature[arg] = ptr or "i32"
         if ptr is not None or arg in ROW_STRIDES and arg not in no_spec:
             attrs[(i,)] = [["tt.divisibility", 16]]
-    record = dict(kernel=kernel, arch=arch, dtype=data, constexprs=constexprs, num_warps=num_warps,
-                  num_stages=num_stages)  # fmt: skip
+    record = {"kernel": kernel, "arch": arch, "dtype": data, "constexprs": constexprs, "num_warps": num_warps,
+              "num_stages": num_stages}  # fmt: skip
     start = time.perf_counter()
     try:
         compiled = triton.compile(
             ASTSource(fn, signature, constexprs, attrs),
             target=GPUTarget("cuda", arch, 32),
-            options=dict(num_warps=num_warps, num_stages=num_stages),
+            options={"num_warps": num_warps, "num_stages": num_stages},
         )
-    except Exception as e:  # report, don't stop the sweep
+    except Exception as e:  # noqa: BLE001  (any compiler error is a finding to report, not a crash)
         record.update(ok=False, error=f"{type(e).__name__}: {str(e)[-2000:]}", seconds=time.perf_counter() - start)
         return record
     ptx = compiled.asm["ptx"]

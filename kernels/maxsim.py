@@ -83,7 +83,7 @@ def _maxsim_all_pairs_kernel(
     d_base = D + n * stride_dn
     acc = tl.zeros([BLOCK_M], dtype=tl.float32)  # acc[g]: score of query b0 + g
 
-    for c in range(0, tl.cdiv(G * Lq, BLOCK_M)):
+    for c in range(tl.cdiv(G * Lq, BLOCK_M)):
         f = c * BLOCK_M + offs_r  # flat (query in group, token) row
         g = f // Lq
         t = f % Lq
@@ -168,7 +168,7 @@ def _maxsim_segmented_kernel(
     d_ok = offs_d < dim
     score = tl.zeros([DOCS], dtype=tl.float32)
 
-    for c in range(0, tl.cdiv(Lq, BLOCK_M)):
+    for c in range(tl.cdiv(Lq, BLOCK_M)):
         t = c * BLOCK_M + offs_m
         t_ok = t < Lq
         q_ptrs = Q + b * stride_qb + t.to(tl.int64)[:, None] * stride_qt + offs_d[None, :]
@@ -224,7 +224,7 @@ def _maxsim_segmented_kernel(
 # ---- launchers ----------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tuned(kernel: str, arch, block_m: int, dim_pad: int, elsize: int, save_argmax: bool):
     """The autotuned kernel for one (arch, query block, dim block, element size, argmax saving).
 
@@ -255,7 +255,7 @@ def _mask_lengths(mask: torch.Tensor) -> torch.Tensor:
 def _check_inputs(Q: torch.Tensor, D: torch.Tensor) -> None:
     if Q.dtype != D.dtype:
         raise TypeError(f"Q ({Q.dtype}) must have D's dtype ({D.dtype})")
-    if Q.stride(-1) != 1 or D.stride(-1) != 1:
+    if (Q.stride(-1) != 1 or D.stride(-1) != 1) and Q.shape[-1] > 1:
         raise ValueError(f"Q and D need a contiguous last dim, got strides {Q.stride()} and {D.stride()}")
     if Q.device != D.device:
         raise ValueError(f"Q is on {Q.device} but D is on {D.device}")
@@ -298,7 +298,7 @@ def maxsim_fwd(
     am = argmax if argmax is not None else _placeholder(Q, torch.int32)
     arch = settings.device_arch(Q.device)
     dp = settings.dim_pad(dim)
-    common = dict(SAVE_ARGMAX=save_argmax, UPCAST=settings.upcast_dot(D.dtype), DIM_PAD=dp)
+    common = {"SAVE_ARGMAX": save_argmax, "UPCAST": settings.upcast_dot(D.dtype), "DIM_PAD": dp}
     flags = (int(q_mask is not None), int(d_mask is not None), int(d_lengths is not None))
     qm_strides = q_mask.stride() if q_mask is not None else (0, 0)
 

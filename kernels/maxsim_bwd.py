@@ -48,7 +48,7 @@ def _maxsim_bwd_dq_kernel(
     g_ptr = GRAD + b * stride_gb
     a_ptr = ARGMAX + b * N * Lq + t
     d_ptr = D + b * stride_db
-    for _ in range(0, N):
+    for _ in range(N):
         g = tl.load(g_ptr)
         a = tl.load(a_ptr, mask=t_ok, other=-1)
         x = tl.load(d_ptr + a.to(tl.int64)[:, None] * stride_dt + offs_d[None, :],

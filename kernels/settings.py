@@ -92,7 +92,9 @@ def _cfg(num_warps: int, num_stages: int, **kwargs) -> Config:
     return Config(tuple(sorted(kwargs.items())), num_warps, num_stages)
 
 
-def autotune_configs(kernel: str, arch: int | None, block_m: int, dim_pad_: int, elsize: int, save_argmax: bool) -> list[Config]:
+def autotune_configs(
+    kernel: str, arch: int | None, block_m: int, dim_pad_: int, elsize: int, save_argmax: bool
+) -> list[Config]:
     """Autotune configs for `kernel` ("all_pairs" or "segmented") on sm_<arch>.
 
     arch None means the interpreter: exactly one config (multi-config tuning needs a driver).
@@ -132,7 +134,7 @@ def device_arch(device: torch.device) -> int | None:
     return _arch(device.index if device.index is not None else torch.cuda.current_device())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _arch(index: int) -> int:
     major, minor = torch.cuda.get_device_capability(index)
     return major * 10 + minor
@@ -153,14 +155,16 @@ def variants(arch: int):
             for bm in ALL_PAIRS_BLOCK_MS:
                 for save in (False, True):
                     for cfg in autotune_configs("all_pairs", arch, bm, dp, elsize, save):
-                        yield ("all_pairs", dict(BLOCK_M=bm, DIM_PAD=dp, SAVE_ARGMAX=save, UPCAST=False,
-                                                 **cfg.as_dict()), cfg.num_warps, cfg.num_stages, dtype)
+                        constexprs = {"BLOCK_M": bm, "DIM_PAD": dp, "SAVE_ARGMAX": save, "UPCAST": False, **cfg.as_dict()}
+                        yield ("all_pairs", constexprs, cfg.num_warps, cfg.num_stages, dtype)
             for bm in PER_QUERY_BLOCK_MS:
                 for save in (False, True):
                     for cfg in autotune_configs("segmented", arch, bm, dp, elsize, save):
-                        yield ("segmented", dict(BLOCK_M=bm, DIM_PAD=dp, SAVE_ARGMAX=save, UPCAST=False,
-                                                 **cfg.as_dict()), cfg.num_warps, cfg.num_stages, dtype)
-            yield ("bwd_dq", dict(BLOCK_T=BWD_BLOCK_T, DIM_PAD=dp), bwd_num_warps(), 2, dtype)
-            yield ("bwd_dd_atomic", dict(BLOCK_T=BWD_BLOCK_T, DIM_PAD=dp), bwd_num_warps(), 2, dtype)
-            yield ("bwd_dd_onehot", dict(BLOCK_J=BWD_BLOCK_J, BLOCK_R=BWD_BLOCK_R, DIM_PAD=dp), bwd_num_warps(), 2, dtype)
-        yield ("gather", dict(BLOCK_T=GATHER_BLOCK_T, BLOCK_D=GATHER_BLOCK_D), 4, 2, dtype)
+                        constexprs = {"BLOCK_M": bm, "DIM_PAD": dp, "SAVE_ARGMAX": save, "UPCAST": False, **cfg.as_dict()}
+                        yield ("segmented", constexprs, cfg.num_warps, cfg.num_stages, dtype)
+            per_token = {"BLOCK_T": BWD_BLOCK_T, "DIM_PAD": dp}
+            yield ("bwd_dq", per_token, bwd_num_warps(), 2, dtype)
+            yield ("bwd_dd_atomic", per_token, bwd_num_warps(), 2, dtype)
+            onehot = {"BLOCK_J": BWD_BLOCK_J, "BLOCK_R": BWD_BLOCK_R, "DIM_PAD": dp}
+            yield ("bwd_dd_onehot", onehot, bwd_num_warps(), 2, dtype)
+        yield ("gather", {"BLOCK_T": GATHER_BLOCK_T, "BLOCK_D": GATHER_BLOCK_D}, 4, 2, dtype)

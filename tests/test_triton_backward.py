@@ -10,10 +10,10 @@ import contextlib
 
 import pytest
 import torch
+from helpers import backend_or_skip, normalized, random_lengths, random_mask
 
 import colbert_fast as cf
 from colbert_fast import reference
-from helpers import backend_or_skip, normalized, random_lengths, random_mask
 
 # Gradients land in the input dtype: compare within a few ulps of it (magnitudes are O(1)).
 GRAD_TOL = {torch.float32: 1e-4, torch.float16: 4e-3, torch.bfloat16: 3e-2}

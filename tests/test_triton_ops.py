@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import assert_matches_reference, backend_or_skip, normalized, random_lengths, random_mask
 
 import colbert_fast as cf
 from colbert_fast import reference
-from helpers import assert_matches_reference, backend_or_skip, normalized, random_lengths, random_mask
 
 
 @pytest.fixture
@@ -169,3 +169,37 @@ def test_new_shapes_do_not_recompile(triton_backend, device):
     for B, N, ld in ((5, 7, 17), (8, 1000, 300), (7, 3, 1), (6, 999, 129)):
         run(B, N, ld)
     assert compiled_count() == before, "a new batch/corpus/doc-length shape triggered a recompile"
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_shapes_strides_and_masks(triton_backend, device, seed):
+    # Random B, N, Lq, Ld, dim (odd ones included), strided views of Q and D, every masking kind,
+    # both modes and the packed path, each against the reference.
+    g = torch.Generator().manual_seed(100 + seed)
+
+    def r(lo, hi):
+        return int(torch.randint(lo, hi + 1, (1,), generator=g))
+
+    dtype = (torch.float32, torch.float16, torch.bfloat16)[seed % 3]
+    B, N, lq, ld, dim = r(1, 5), r(1, 6), r(1, 40), r(0, 70), (2, 17, 64, 96, 100, 128)[r(0, 5)]
+    Q = normalized((B + 1, lq + 2, dim), dtype, device, g, negative_bias=1.0)[1:, 2:]  # strided view
+    per_query = seed % 2 == 1
+    d_full = (B, N, ld + 3, dim) if per_query else (N + 2, ld + 3, dim)
+    D = normalized(d_full, dtype, device, g, negative_bias=-1.5)
+    D = D[..., 3:, :] if per_query else D[::2, 3:]  # strided docs and tokens
+    q_mask = random_mask(Q.shape[:2], g, device) if seed % 4 < 2 else None
+    kind = seed % 3
+    d_mask = random_mask(D.shape[:-1], g, device) if kind == 1 else None
+    d_lengths = random_lengths(D.shape[:-2], D.shape[-2], g, device) if kind == 2 else None
+    out = cf.maxsim(Q, D, q_mask, d_mask, d_lengths=d_lengths, backend="triton")
+    exact = reference.maxsim(Q, D, q_mask, d_mask, d_lengths=d_lengths)
+    low = reference.maxsim(Q, D, q_mask, d_mask, d_lengths=d_lengths, upcast=False)
+    assert_matches_reference(out, exact, low, dtype, Q.shape[1])
+
+    lengths = torch.randint(0, 30, (r(1, 20),), generator=g)
+    docs = cf.PackedDocs(normalized((int(lengths.sum()), dim), dtype, device, g), lengths.to(device))
+    pids = torch.randint(-1, docs.num_docs, (Q.shape[0], r(1, 11)), generator=g).to(device)
+    out = cf.maxsim_packed(Q, docs, pids, q_mask, backend="triton")
+    args = (Q, docs.embeddings, docs.offsets, docs.lengths, pids, q_mask)
+    exact = reference.maxsim_packed(*args)
+    assert_matches_reference(out, exact, reference.maxsim_packed(*args, upcast=False), dtype, Q.shape[1])

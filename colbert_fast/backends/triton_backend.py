@@ -17,6 +17,9 @@ kernels.settings.MAX_DIM (128) are scored by the plain-PyTorch backend (the kern
 query tile in registers); gather takes any dim.
 """
 
+# Optional[...] rather than "X | None", and no `from __future__ import annotations`: the op
+# schemas are inferred from these annotations at run time, on every torch version we support.
+# ruff: noqa: UP045
 import os
 from typing import Optional
 
@@ -39,12 +42,12 @@ def _import_kernels():
 
 def unavailable_reason(device: torch.device) -> Optional[str]:
     try:
-        import triton  # noqa: F401
+        import triton  # noqa: F401  (only: is it installed?)
     except ImportError as e:
         return f"triton is not installed ({e}); pip install triton"
     try:
         _, _, _, settings = _import_kernels()
-    except Exception as e:  # a broken triton install, or a kernel that fails to parse
+    except Exception as e:  # noqa: BLE001  (a broken triton install or kernel: report it as the reason)
         return f"colbert_fast.kernels failed to import: {type(e).__name__}: {e}"
     interpret_env = os.environ.get("TRITON_INTERPRET") == "1"
     if device.type == "cuda":
