@@ -194,18 +194,23 @@ def _maxsim_segmented_kernel(
             mrow = tl.sum(tl.where(onehot, mbase[None, :], 0), axis=1)
             keep = tl.load(DMASK + mrow + tok * stride_dmt, mask=v_ok & (has_dmask != 0), other=1)
             s = tl.where((v_ok & (keep != 0))[None, :], s, NEG_INF)
+            # Slots whose rows this tile holds: [first, last]. The others are skipped (a uniform
+            # branch), so the per-slot max costs about (rows per tile / doc length + 1) passes.
+            first = tl.sum((v0 >= ends).to(tl.int32), axis=0)
+            last = tl.sum((tl.minimum(v0 + BLOCK_N, total) - 1 >= ends).to(tl.int32), axis=0)
             for sl in tl.static_range(DOCS):
-                in_slot = slots[None, :] == sl
-                ss = tl.where((slot == sl)[None, :], s, NEG_INF)
-                if SAVE_ARGMAX:
-                    mx, ix = tl.max(ss, axis=1, return_indices=True)
-                    cur = tl.max(tl.where(in_slot, M, NEG_INF), axis=1)
-                    start = tl.sum(tl.where(slots == sl, starts, 0), axis=0)
-                    idx = (v0 + ix - start).to(tl.int32)
-                    AM = tl.where(in_slot & (mx > cur)[:, None], idx[:, None], AM)
-                else:
-                    mx = tl.max(ss, axis=1)
-                M = tl.where(in_slot, tl.maximum(M, mx[:, None]), M)
+                if (sl >= first) & (sl <= last):
+                    in_slot = slots[None, :] == sl
+                    ss = tl.where((slot == sl)[None, :], s, NEG_INF)
+                    if SAVE_ARGMAX:
+                        mx, ix = tl.max(ss, axis=1, return_indices=True)
+                        cur = tl.max(tl.where(in_slot, M, NEG_INF), axis=1)
+                        start = tl.sum(tl.where(slots == sl, starts, 0), axis=0)
+                        idx = (v0 + ix - start).to(tl.int32)
+                        AM = tl.where(in_slot & (mx > cur)[:, None], idx[:, None], AM)
+                    else:
+                        mx = tl.max(ss, axis=1)
+                    M = tl.where(in_slot, tl.maximum(M, mx[:, None]), M)
 
         q_ok = t_ok
         if has_qmask:
