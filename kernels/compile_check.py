@@ -42,8 +42,10 @@ def _kernel(name: str):
 
 def _pointer_type(kernel: str, arg: str, data: str) -> str | None:
     """Triton type of a pointer argument, None if `arg` is not a pointer."""
-    if arg in ("Q", "D", "EMB", "DQ"):
+    if arg in ("Q", "D", "EMB"):
         return f"*{data}"
+    if arg == "DQ_PART":
+        return "*fp32"
     if arg in ("QMASK", "DMASK", "MASK"):
         return "*u8"
     if arg in ("DLEN", "PIDS", "OFFSETS", "LENGTHS"):

@@ -9,8 +9,10 @@ token won: empty doc, masked query token), and g = dL/dscore [B, N]:
 (per-query mode: D[b, n] in place of D[n], and only query b touches doc (b, n)). Memory is the
 saved argmax, O(B*N*Lq).
 
-* dQ (`_maxsim_bwd_dq_kernel`): one program owns BLOCK_T rows of dQ and walks the docs in order,
-  gathering the winning rows: deterministic, no atomics.
+* dQ (`_maxsim_bwd_dq_kernel`): one program owns BLOCK_T rows of dQ and walks a range of docs in
+  order, gathering the winning rows. With few queries (T1: 128 programs for 132 SMs) the docs are
+  split over several programs writing separate fp32 slices that are then summed in a fixed order:
+  deterministic, no atomics.
 * dD, fast (`_maxsim_bwd_dd_atomic_kernel`): one program per (query, doc, token block) scatters
   g * Q rows into an fp32 buffer with atomic adds. The order of the adds varies run to run.
 * dD, deterministic (`_maxsim_bwd_dd_onehot_kernel`): one program owns a BLOCK_J block of doc rows
@@ -29,26 +31,32 @@ from . import settings
 from ._launch import wrap
 
 
-@triton.jit(do_not_specialize=["N", "Lq"])
+@triton.jit(do_not_specialize=["B", "N", "Lq", "docs_per_split"])
 def _maxsim_bwd_dq_kernel(
-    GRAD, D, ARGMAX, DQ,
-    N, Lq, dim,
-    stride_gb, stride_gn, stride_db, stride_dn, stride_dt, stride_qb, stride_qt,
+    GRAD, D, ARGMAX, DQ_PART,
+    B, N, Lq, dim, docs_per_split,
+    stride_gb, stride_gn, stride_db, stride_dn, stride_dt,
     BLOCK_T: tl.constexpr, DIM_PAD: tl.constexpr,
 ):  # fmt: skip
+    # Program = (doc split, query, token block). Each split sums its own doc range into its own
+    # fp32 slice DQ_PART[split]; the launcher adds the slices (a fixed order: deterministic).
     pid = tl.program_id(0).to(tl.int64)
     n_tb = tl.cdiv(Lq, BLOCK_T)
-    b = pid // n_tb
-    t = (pid % n_tb) * BLOCK_T + tl.arange(0, BLOCK_T)
+    split = pid // (B * n_tb)
+    rest = pid % (B * n_tb)
+    b = rest // n_tb
+    t = (rest % n_tb) * BLOCK_T + tl.arange(0, BLOCK_T)
     t_ok = t < Lq
     offs_d = tl.arange(0, DIM_PAD)
     d_ok = offs_d < dim
+    n0 = split * docs_per_split
+    n_docs = tl.minimum(N - n0, docs_per_split)
     acc = tl.zeros([BLOCK_T, DIM_PAD], dtype=tl.float32)
     # Walk the docs by advancing 64-bit pointers (no n * stride products to overflow).
-    g_ptr = GRAD + b * stride_gb
-    a_ptr = ARGMAX + b * N * Lq + t
-    d_ptr = D + b * stride_db
-    for _ in range(N):
+    g_ptr = GRAD + b * stride_gb + n0 * stride_gn
+    a_ptr = ARGMAX + (b * N + n0) * Lq + t
+    d_ptr = D + b * stride_db + n0 * stride_dn
+    for _ in range(n_docs):
         g = tl.load(g_ptr)
         a = tl.load(a_ptr, mask=t_ok, other=-1)
         x = tl.load(d_ptr + a.to(tl.int64)[:, None] * stride_dt + offs_d[None, :],
@@ -57,8 +65,8 @@ def _maxsim_bwd_dq_kernel(
         g_ptr += stride_gn
         a_ptr += Lq
         d_ptr += stride_dn
-    out = DQ + b * stride_qb + t.to(tl.int64)[:, None] * stride_qt + offs_d[None, :]
-    tl.store(out, acc.to(DQ.dtype.element_ty), mask=t_ok[:, None] & d_ok[None, :])
+    out = DQ_PART + ((split * B + b) * Lq + t.to(tl.int64))[:, None] * dim + offs_d[None, :]
+    tl.store(out, acc, mask=t_ok[:, None] & d_ok[None, :])
 
 
 @triton.jit(do_not_specialize=["N", "Lq", "Ld"])
@@ -132,11 +140,12 @@ def maxsim_bwd(
     need_dq: bool = True,
     need_dd: bool = True,
     deterministic: bool = False,
+    dq_splits: int | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Gradients of maxsim_fwd's scores. grad fp32 [B, N] (any strides); Q [B, Lq, dim]; D as in the
     forward ([N, Ld, dim] all-pairs or [B, N, Ld, dim] per-query); argmax int32 [B, N, Lq] from
     maxsim_fwd(save_argmax=True). Returns (dQ like Q, dD like D), both contiguous, None where not
-    needed."""
+    needed. dq_splits overrides how many ways dQ splits the docs (default: settings.dq_doc_splits)."""
     B, Lq, dim = Q.shape
     N, Ld = D.shape[-3], D.shape[-2]
     all_pairs = D.dim() == 3
@@ -146,16 +155,21 @@ def maxsim_bwd(
     dp = settings.dim_pad(dim)
     empty = B == 0 or N == 0 or Ld == 0 or Lq == 0
     if need_dq:
-        dQ = torch.empty((B, Lq, dim), dtype=Q.dtype, device=Q.device)
         if empty:
-            dQ.zero_()
+            dQ = torch.zeros((B, Lq, dim), dtype=Q.dtype, device=Q.device)
         else:
+            n_tb = triton.cdiv(Lq, settings.BWD_BLOCK_T)
+            splits = dq_splits or settings.dq_doc_splits(B * n_tb, N, Q.device)
+            per_split = triton.cdiv(N, splits)
+            splits = triton.cdiv(N, per_split)
+            part = torch.empty((splits, B, Lq, dim), dtype=torch.float32, device=Q.device)
             d_strides = (0, D.stride(0), D.stride(1)) if all_pairs else (D.stride(0), D.stride(1), D.stride(2))
-            wrap(_maxsim_bwd_dq_kernel)[(B * triton.cdiv(Lq, settings.BWD_BLOCK_T),)](
-                grad, D, argmax, dQ, N, Lq, dim,
-                grad.stride(0), grad.stride(1), *d_strides, dQ.stride(0), dQ.stride(1),
+            wrap(_maxsim_bwd_dq_kernel)[(splits * B * n_tb,)](
+                grad, D, argmax, part, B, N, Lq, dim, per_split,
+                grad.stride(0), grad.stride(1), *d_strides,
                 BLOCK_T=settings.BWD_BLOCK_T, DIM_PAD=dp, num_warps=settings.bwd_num_warps(),
             )  # fmt: skip
+            dQ = part.sum(dim=0).to(Q.dtype)
     if need_dd:
         docs = N if all_pairs else B * N
         if empty:

@@ -144,6 +144,20 @@ def bwd_num_warps() -> int:
     return 4
 
 
+def dq_doc_splits(programs: int, docs: int, device: torch.device) -> int:
+    """How many ways the dQ kernel splits the docs: enough programs for ~4 per SM (1 when
+    interpreting: programs are what the interpreter pays for)."""
+    if device.type != "cuda" or interpreting():
+        return 1
+    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return max(1, min(docs, -(-4 * sms // max(programs, 1)), 64))
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 def variants(arch: int):
     """Every (kernel name, constexprs, num_warps, num_stages, dtype) the launchers can produce on sm_<arch>.
 

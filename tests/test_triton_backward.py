@@ -145,3 +145,19 @@ def test_saved_memory_is_o_b_n_lq(triton_backend, device):
         cf.maxsim(Q, D, backend="triton")
     extra = [s for s in saved if s[0] not in ((B, lq, dim), (N, ld, dim))]
     assert extra == [((B, N, lq), torch.int32)], f"unexpected saved tensors: {saved}"
+
+
+@pytest.mark.parametrize("mode", ["all_pairs", "per_query"])
+def test_dq_split_over_docs_matches_one_pass(triton_backend, device, mode):
+    # On a GPU with few queries dQ splits the docs over several programs; the interpreter never
+    # chooses to, so force it here: 7 docs in 3 splits (a short last split) and in 7.
+    from colbert_fast.kernels.maxsim import maxsim_fwd
+    from colbert_fast.kernels.maxsim_bwd import maxsim_bwd
+
+    Q, D, _, _, d_lengths, grad = _inputs(mode, torch.float32, "lengths", device, seed=9, N=7)
+    _, argmax = maxsim_fwd(Q, D, None, None, d_lengths, save_argmax=True)
+    one, _ = maxsim_bwd(grad, Q, D, argmax, need_dd=False, dq_splits=1)
+    for splits in (3, 7):
+        split, _ = maxsim_bwd(grad, Q, D, argmax, need_dd=False, dq_splits=splits)
+        torch.testing.assert_close(split, one, atol=1e-6, rtol=1e-6)
+    assert (one != 0).any()
