@@ -1,0 +1,184 @@
+"""Block sizes and autotune configs for every kernel in colbert_fast.kernels, in one place.
+
+What specialises a kernel (a tl.constexpr) is only: the query block BLOCK_M, the padded
+dimension DIM_PAD, the dtype (through the pointer types), and the choices an autotune config
+makes (doc block, docs per program, warps, stages). Everything that changes per call (B, N, K,
+Lq, Ld, lengths, max_len, strides) is a runtime argument, so a new batch or corpus size reuses
+the compiled kernel.
+
+The launchers call only the functions below, and tests/test_triton_compile.py enumerates
+`variants()` to AOT-compile every combination they can produce for sm_80 and sm_90.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+
+import torch
+
+# Largest embedding dim the Triton kernels take: the whole query tile [BLOCK_M, DIM_PAD] stays in
+# registers. Wider embeddings go to the plain-PyTorch backend (see backends/triton_backend.py).
+MAX_DIM = 128
+DIM_PADS = (64, 128)
+# Query tiles: 32 rows covers a ColBERT query (memory-bound: an emptier tile costs nothing); 128
+# fills an MMA with stacked queries or holds a chunk of a long (ColPali) query, which the kernels
+# loop over. Two sizes keep the number of compiled variants (and the compile check) small.
+ALL_PAIRS_BLOCK_MS = (32, 128)
+PER_QUERY_BLOCK_MS = (32, 128)
+SHARED_MEMORY_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+# Backward and gather: fixed blocks (no autotune: the atomic dD kernel accumulates, so it cannot
+# be re-run by a tuner, and the others are short gathers).
+BWD_BLOCK_T = 32  # query tokens per dQ / atomic-dD program
+BWD_BLOCK_J = 64  # doc tokens per deterministic-dD program
+BWD_BLOCK_R = 32  # query-token rows per step of the deterministic-dD one-hot product
+GATHER_BLOCK_T = 32  # doc rows per gather program
+GATHER_BLOCK_D = 128  # dim chunk per gather step
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels on the CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+# Whether the kernel modules were created for the interpreter: triton.jit decides that when a
+# kernel is defined, so TRITON_INTERPRET must be set before colbert_fast.kernels is imported.
+INTERPRETED_AT_IMPORT = interpreting()
+
+
+def dim_pad(dim: int) -> int:
+    if dim > MAX_DIM:
+        raise ValueError(f"the Triton kernels take dim <= {MAX_DIM}, got dim {dim}")
+    return 64 if dim <= 64 else 128
+
+
+def all_pairs_block_m(rows: int) -> int:
+    """Query tile for all-pairs mode, where `rows` = B * Lq query tokens share every doc tile."""
+    for bm in ALL_PAIRS_BLOCK_MS:
+        if rows <= bm:
+            return bm
+    return ALL_PAIRS_BLOCK_MS[-1]
+
+
+def per_query_block_m(lq: int) -> int:
+    """Query tile for per-query and packed mode: one query's tokens (chunks of 128 beyond that)."""
+    for bm in PER_QUERY_BLOCK_MS:
+        if lq <= bm:
+            return bm
+    return PER_QUERY_BLOCK_MS[-1]
+
+
+def upcast_dot(dtype: torch.dtype) -> bool:
+    """The interpreter computes bf16 tl.dot wrongly (upstream bug): upcast there, and only there."""
+    return interpreting() and dtype == torch.bfloat16
+
+
+@dataclass(frozen=True)
+class Config:
+    """One autotune choice: constexpr block sizes plus warps and pipeline stages."""
+
+    kwargs: tuple  # ((name, value), ...)
+    num_warps: int
+    num_stages: int
+
+    def as_dict(self) -> dict:
+        return dict(self.kwargs)
+
+
+def _cfg(num_warps: int, num_stages: int, **kwargs) -> Config:
+    return Config(tuple(sorted(kwargs.items())), num_warps, num_stages)
+
+
+def autotune_configs(
+    kernel: str, arch: int | None, block_m: int, dim_pad_: int, elsize: int, save_argmax: bool
+) -> list[Config]:
+    """Autotune configs for `kernel` ("all_pairs" or "segmented") on sm_<arch>.
+
+    arch None means the interpreter: exactly one config (multi-config tuning needs a driver).
+    Two candidates for the fp16/bf16 inference paths; one for fp32 inputs (tf32x3 splits each
+    operand, so its tiles take three times the shared memory: small tiles, two stages) and one
+    for the training forward (SAVE_ARGMAX). tests/test_triton_compile.py checks every one fits.
+    """
+    if arch is None:
+        return [_cfg(4, 1, BLOCK_N=32, DOCS=4)] if kernel == "segmented" else [_cfg(4, 1, BLOCK_N=32)]
+    big = arch in (90, 100, 103)  # 227 KB of shared memory per block; consumer parts have ~99 KB
+    if elsize == 4:
+        cands = [_cfg(4, 2, BLOCK_N=32, DOCS=2)] if kernel == "segmented" else [_cfg(4, 2, BLOCK_N=32)]
+    elif kernel == "all_pairs":
+        # Compute-bound when queries are stacked (X1/X2/P1): wide doc tiles, 8 warps for the
+        # 128-row tile (Hopper wgmma wants a warpgroup multiple), deeper pipelines on Hopper.
+        if block_m == 128:
+            cands = [_cfg(8, 3 if big else 2, BLOCK_N=128), _cfg(4, 4 if big else 3, BLOCK_N=64)]
+        else:
+            cands = [_cfg(4, 4 if big else 3, BLOCK_N=64), _cfg(4, 3, BLOCK_N=128)]
+    elif kernel == "segmented":
+        # Memory-bound for ColBERT queries (R1-R3): several docs' rows concatenated per tile so
+        # short docs still stream full tiles; the per-doc max costs DOCS selects per score, so
+        # fewer docs per program for the compute-bound long-query tile.
+        if block_m == 128:
+            cands = [_cfg(8, 3 if big else 2, BLOCK_N=64, DOCS=2), _cfg(4, 3, BLOCK_N=64, DOCS=1)]
+        else:
+            cands = [_cfg(4, 4 if big else 3, BLOCK_N=64, DOCS=4), _cfg(4, 3, BLOCK_N=128, DOCS=8)]
+    else:
+        raise ValueError(f"no autotune configs for kernel {kernel!r}")
+    return cands[:1] if save_argmax else cands
+
+
+def device_arch(device: torch.device) -> int | None:
+    """sm number (80, 90, ...) of a CUDA device; None under the interpreter or on CPU."""
+    if interpreting() or device.type != "cuda":
+        return None
+    return _arch(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.cache
+def _arch(index: int) -> int:
+    major, minor = torch.cuda.get_device_capability(index)
+    return major * 10 + minor
+
+
+def bwd_num_warps() -> int:
+    return 4
+
+
+def dq_doc_splits(programs: int, docs: int, device: torch.device) -> int:
+    """How many ways the dQ kernel splits the docs: enough programs for ~4 per SM (1 when
+    interpreting: programs are what the interpreter pays for)."""
+    if device.type != "cuda" or interpreting():
+        return 1
+    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return max(1, min(docs, -(-4 * sms // max(programs, 1)), 64))
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def variants(arch: int):
+    """Every (kernel name, constexprs, num_warps, num_stages, dtype) the launchers can produce on sm_<arch>.
+
+    Used by the compile test; kept next to the choices it mirrors so the two cannot drift apart.
+    """
+    for dtype in DTYPES:
+        elsize = torch.empty((), dtype=dtype).element_size()
+        for dp in DIM_PADS:
+            for bm in ALL_PAIRS_BLOCK_MS:
+                for save in (False, True):
+                    for cfg in autotune_configs("all_pairs", arch, bm, dp, elsize, save):
+                        constexprs = {"BLOCK_M": bm, "DIM_PAD": dp, "SAVE_ARGMAX": save, "UPCAST": False, **cfg.as_dict()}
+                        yield ("all_pairs", constexprs, cfg.num_warps, cfg.num_stages, dtype)
+            for bm in PER_QUERY_BLOCK_MS:
+                for save in (False, True):
+                    for cfg in autotune_configs("segmented", arch, bm, dp, elsize, save):
+                        constexprs = {"BLOCK_M": bm, "DIM_PAD": dp, "SAVE_ARGMAX": save, "UPCAST": False, **cfg.as_dict()}
+                        yield ("segmented", constexprs, cfg.num_warps, cfg.num_stages, dtype)
+            per_token = {"BLOCK_T": BWD_BLOCK_T, "DIM_PAD": dp}
+            yield ("bwd_dq", per_token, bwd_num_warps(), 2, dtype)
+            yield ("bwd_dd_atomic", per_token, bwd_num_warps(), 2, dtype)
+            onehot = {"BLOCK_J": BWD_BLOCK_J, "BLOCK_R": BWD_BLOCK_R, "DIM_PAD": dp}
+            yield ("bwd_dd_onehot", onehot, bwd_num_warps(), 2, dtype)
+        yield ("gather", {"BLOCK_T": GATHER_BLOCK_T, "BLOCK_D": GATHER_BLOCK_D}, 4, 2, dtype)
