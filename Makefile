@@ -46,7 +46,8 @@ bench: setup
 	$(VENV)/bin/colbert-fast bench
 
 compile-check: setup
-	$(PY) -m pytest tests -q -k compile
+	$(PY) -m colbert_fast.kernels.compile_check -j 2
+	$(PY) -m pytest tests/test_cuda_build.py -q
 
 env: setup
 	$(VENV)/bin/colbert-fast env

@@ -4,8 +4,8 @@ Each entry of COMMANDS names a module that defines
     HELP: str                               one line for `colbert-fast --help`
     add_arguments(parser) -> None
     run(args) -> int | None
-Modules are imported only when their subcommand runs, so a missing optional dependency of one
-command (faiss, transformers) never breaks another.
+Every module is imported to build the parser, so each imports its optional heavy dependencies
+(faiss, transformers, matplotlib) inside run(): a missing one never breaks another command.
 """
 
 from __future__ import annotations
