@@ -61,7 +61,7 @@ setup(
     description="Fused late-interaction (ColBERT MaxSim) scoring kernels for CPU and GPU",
     long_description=(ROOT / "README.md").read_text() if (ROOT / "README.md").exists() else "",
     long_description_content_type="text/markdown",
-    packages=["colbert_fast", "colbert_fast.backends", "colbert_fast.kernels"],
+    packages=["colbert_fast", "colbert_fast.backends", "colbert_fast.compat", "colbert_fast.kernels"],
     package_dir={"colbert_fast.kernels": "kernels"},
     python_requires=">=3.9",
     install_requires=["torch>=2.4", "safetensors", "numpy"],

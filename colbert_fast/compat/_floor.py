@@ -1,0 +1,210 @@
+"""MaxSim with a per-doc floor: the one rule behind every library quirk the compat layer mimics.
+
+    score(q, d) = sum over counting query tokens i of max( floor_d, max over valid doc tokens j of <q_i, d_j> )
+
+floor_d = -inf is the SPEC.md rule (a doc with no valid token then scores 0). The libraries differ
+only in floor_d:
+    ColBERT's -9999 padding sentinel   floor_d = -9999 (in D's dtype) when d has a masked token
+    colbert_score_packed on CPU        floor_d = 0 for every doc (its maxima start at 0)
+    PyLate (sims * mask)               floor_d = 0 when d has a masked token (a masked token's
+                                       similarity is 0, and 0 takes part in the max)
+
+The public kernels compute the SPEC rule only, and per-token maxima never leave them. So:
+  1. score every pair with the fast public op (floor ignored);
+  2. a doc with no valid token scores (counting query tokens) * floor_d;
+  3. for the other pairs with a finite floor, certify that the floor cannot win: every counting
+     query token has a similarity >= floor_d with one of a few sampled valid doc tokens (a lower
+     bound on its max). Real ColBERT embeddings pass almost always;
+  4. recompute the pairs that fail the certificate exactly, in fp32 PyTorch.
+The result equals the library's rule on every input; only step 4's share of the work varies
+with the data (all of it for adversarial inputs whose best similarities are below the floor).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import ops
+from ..packed import PackedDocs
+
+# Sampled doc tokens per doc for the certificate. A floor near 0 can win for a real query token
+# (short docs of an unrelated topic), so sample several tokens; a floor of -9999 only wins for
+# vectors of norm ~100, and one token certifies it.
+SAMPLES_NEAR_ZERO = 8
+SAMPLES_FAR_BELOW = 1
+CHUNK_ELEMENTS = 1 << 22  # similarities per chunk in the exact fallback (16 MB fp32)
+
+
+def _first_valid_positions(valid: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices [..., k] of the first k valid positions (then invalid ones if fewer are valid)."""
+    k = min(k, valid.shape[-1])
+    order = torch.argsort((~valid).to(torch.uint8), dim=-1, stable=True)
+    return order[..., :k]
+
+
+def _lower_bounds(Qf: torch.Tensor, S: torch.Tensor, S_valid: torch.Tensor) -> torch.Tensor:
+    """Qf [Bq, Lq, dim] fp32 against sampled rows S [Bq, P, k, dim] (or [1, P, k, dim] shared):
+    [Bq', P, Lq] per-token maxima over the valid samples (-inf where none)."""
+    Bs, P, k, dim = S.shape
+    sims = torch.matmul(Qf.unsqueeze(1), S.float().transpose(-1, -2))  # [B, P, Lq, k]
+    sims = sims.masked_fill(~S_valid.unsqueeze(-2), float("-inf"))
+    if k == 0:
+        return sims.new_full(sims.shape[:-1], float("-inf"))
+    return sims.amax(dim=-1)
+
+
+def exact_pairs(
+    Qp: torch.Tensor, qm: torch.Tensor | None, Dp: torch.Tensor, valid: torch.Tensor, floor: torch.Tensor
+) -> torch.Tensor:
+    """The floored rule in fp32 for P explicit pairs, chunked.
+
+    Qp [P, Lq, dim], qm bool [P, Lq] or None, Dp [P, Ld, dim], valid bool [P, Ld], floor fp32 [P].
+    """
+    P, Lq, _ = Qp.shape
+    Ld = Dp.shape[1]
+    out = torch.empty(P, dtype=torch.float32, device=Qp.device)
+    chunk = max(1, CHUNK_ELEMENTS // max(1, Lq * Ld))
+    for s in range(0, P, chunk):
+        e = min(P, s + chunk)
+        sims = torch.bmm(Qp[s:e].float(), Dp[s:e].float().transpose(1, 2))
+        sims = sims.masked_fill(~valid[s:e].unsqueeze(1), float("-inf"))
+        best = sims.amax(dim=-1) if Ld else sims.new_full((e - s, Lq), float("-inf"))
+        best = torch.maximum(best, floor[s:e].unsqueeze(1))
+        best = torch.where(torch.isneginf(best), torch.zeros_like(best), best)  # empty, no floor
+        if qm is not None:
+            best = best * qm[s:e].to(best.dtype)
+        out[s:e] = best.sum(dim=-1)
+    return out
+
+
+def _n_counting(Q: torch.Tensor, q_mask: torch.Tensor | None) -> torch.Tensor:
+    if q_mask is None:
+        return torch.full((Q.shape[0],), float(Q.shape[1]), device=Q.device)
+    return q_mask.sum(dim=-1).float()
+
+
+def _samples_for(floor: torch.Tensor) -> int:
+    finite = floor[torch.isfinite(floor)]
+    return SAMPLES_FAR_BELOW if finite.numel() and float(finite.max()) < -1.0 else SAMPLES_NEAR_ZERO
+
+
+def floored_maxsim(
+    Q: torch.Tensor,
+    D: torch.Tensor,
+    q_mask: torch.Tensor | None,
+    d_mask: torch.Tensor | None,
+    floor: torch.Tensor | None,
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """The floored rule for padded docs; fp32 [B, N] (D [N, Ld, dim]) or [B, K] (D [B, K, Ld, dim]).
+
+    Q [B, Lq, dim]; q_mask bool [B, Lq] or None (all count); d_mask bool D.shape[:-1] or None (all
+    valid); floor fp32 D.shape[:-2] (-inf = none) or None (the plain SPEC rule).
+    """
+    scores = ops.maxsim(Q, D, q_mask, d_mask, backend=backend)
+    if floor is None:
+        return scores
+    floor = floor.to(device=scores.device, dtype=torch.float32)
+    has_floor = torch.isfinite(floor)
+    if not bool(has_floor.any()):
+        return scores
+    all_pairs = D.dim() == 3
+    valid = d_mask if d_mask is not None else torch.ones(D.shape[:-1], dtype=torch.bool, device=D.device)
+    nonempty = valid.any(dim=-1)
+    n_q = _n_counting(Q, q_mask)
+    # Step 2: a doc with no valid token scores n_q * floor.
+    if all_pairs:
+        empty_score = n_q[:, None] * floor[None, :]
+        scores = torch.where((has_floor & ~nonempty)[None, :], empty_score, scores)
+    else:
+        scores = torch.where(has_floor & ~nonempty, n_q[:, None] * floor, scores)
+
+    # Step 3: certificate for non-empty docs with a floor.
+    cand = torch.nonzero((has_floor & nonempty).reshape(-1)).squeeze(1)
+    if cand.numel() == 0:
+        return scores
+    k = _samples_for(floor)
+    Qf = Q.to(D.dtype).float()
+    Ld = D.shape[-2]
+    if all_pairs:
+        pos = _first_valid_positions(valid[cand], k)  # [P, k]
+        S = D[cand.unsqueeze(1), pos]  # [P, k, dim]
+        S_valid = valid[cand.unsqueeze(1), pos]
+        # All queries at once: fold B into the query-token axis.
+        B, Lq = Q.shape[:2]
+        lower = _lower_bounds(Qf.reshape(1, B * Lq, -1), S.unsqueeze(0), S_valid.unsqueeze(0))
+        lower = lower.reshape(len(cand), B, Lq).permute(1, 0, 2)  # [B, P, Lq]
+        pair_floor = floor[cand][None, :, None]
+    else:
+        K = D.shape[1]
+        b_idx, k_idx = cand // K, cand % K
+        pos = _first_valid_positions(valid[b_idx, k_idx], k)  # [P, k]
+        S = D[b_idx.unsqueeze(1), k_idx.unsqueeze(1), pos]  # [P, k, dim]
+        S_valid = valid[b_idx.unsqueeze(1), k_idx.unsqueeze(1), pos]
+        lower = torch.einsum("pqd,pkd->pqk", Qf[b_idx], S.float())
+        lower = lower.masked_fill(~S_valid.unsqueeze(1), float("-inf")).amax(dim=-1).unsqueeze(0)  # [1, P, Lq]
+        pair_floor = floor.reshape(-1)[cand][None, :, None]
+    ok = lower >= pair_floor
+    if q_mask is not None:
+        qm = q_mask[:, None, :] if all_pairs else q_mask[b_idx].unsqueeze(0)
+        ok = ok | ~qm
+    ok = ok.all(dim=-1)  # [B, P] or [1, P]
+    if bool(ok.all()):
+        return scores
+
+    # Step 4: exact fp32 recompute of the pairs that failed.
+    bad = torch.nonzero(~ok)
+    if all_pairs:
+        pb, pd = bad[:, 0], cand[bad[:, 1]]
+        Dp, vp, fp = D[pd], valid[pd], floor[pd]
+    else:
+        sel = cand[bad[:, 1]]
+        pb, pk = sel // K, sel % K
+        Dp, vp, fp = D[pb, pk], valid[pb, pk], floor[pb, pk]
+        pd = pk
+    qm_p = None if q_mask is None else q_mask[pb]
+    fixed = exact_pairs(Qf[pb], qm_p, Dp.reshape(-1, Ld, D.shape[-1]), vp, fp)
+    scores = scores.clone()
+    scores[pb, pd] = fixed
+    return scores
+
+
+def floored_maxsim_packed(
+    Q: torch.Tensor, docs: PackedDocs, pids: torch.Tensor, floor: torch.Tensor | None, *, backend: str = "auto"
+) -> torch.Tensor:
+    """The floored rule for one query [1, Lq, dim] against packed docs pids [1, K]; fp32 [1, K].
+
+    floor fp32 [K] per candidate (-inf = none) or None. Every query token counts.
+    """
+    scores = ops.maxsim_packed(Q, docs, pids, backend=backend)
+    if floor is None:
+        return scores
+    floor = floor.to(device=scores.device, dtype=torch.float32)
+    has_floor = torch.isfinite(floor) & (pids[0] >= 0)
+    if not bool(has_floor.any()):
+        return scores
+    Lq = Q.shape[1]
+    lengths = docs.lengths[pids[0].clamp(min=0)]
+    nonempty = lengths > 0
+    scores = torch.where((has_floor & ~nonempty)[None, :], Lq * floor[None, :], scores)
+    cand = torch.nonzero(has_floor & nonempty).squeeze(1)
+    if cand.numel() == 0:
+        return scores
+    k = _samples_for(floor)
+    cand_pids = pids[0, cand]
+    j = torch.arange(k, device=lengths.device)
+    S_valid = j[None, :] < lengths[cand][:, None]  # [P, k]
+    rows = (docs.offsets[cand_pids][:, None] + j[None, :]).masked_fill(~S_valid, 0)
+    S = docs.embeddings[rows]  # [P, k, dim]
+    Qf = Q.to(docs.dtype).float()
+    lower = _lower_bounds(Qf, S.unsqueeze(0), S_valid.unsqueeze(0))  # [1, P, Lq]
+    ok = (lower >= floor[cand][None, :, None]).all(dim=-1)[0]
+    if bool(ok.all()):
+        return scores
+    bad = cand[~ok]
+    Dp, vp = ops.gather(docs, pids[0, bad], backend=backend)
+    fixed = exact_pairs(Qf.expand(len(bad), -1, -1), None, Dp, vp, floor[bad])
+    scores = scores.clone()
+    scores[0, bad] = fixed
+    return scores
