@@ -24,7 +24,7 @@ def _peer(module: str):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return importlib.import_module(module)
-    except Exception as e:  # ImportError, or a broken install raising something else at import
+    except Exception as e:  # noqa: BLE001 - ImportError, or a broken install raising anything at import
         if os.environ.get("COLBERT_FAST_REQUIRE_PEERS") == "1":
             pytest.fail(f"{module} is required (COLBERT_FAST_REQUIRE_PEERS=1) but failed to import: {e!r}")
         pytest.skip(f"{module} not importable ({type(e).__name__}: {e}); pip install colbert-ai to run parity tests")
@@ -97,8 +97,13 @@ def test_colbert_score_parity(cm, cpu_config, dtype, n_queries, bias):
 def test_colbert_score_float_mask_and_default_config(cm):
     Q, D, mask = _padded_case(torch.float32, 1, 0.0, seed=1)
     fmask = mask.float().squeeze(-1)  # [N, Ld] float: colbert-ai only views and .bool()s it
-    _check(compat.colbert_score(Q, D, fmask), cm.colbert_score(Q, D, fmask), cm.colbert_score(Q, D, fmask),
-           torch.float32, 32)
+    _check(
+        compat.colbert_score(Q, D, fmask),
+        cm.colbert_score(Q, D, fmask),
+        cm.colbert_score(Q, D, fmask),
+        torch.float32,
+        32,
+    )
 
 
 @pytest.mark.parametrize("bias", [0.0, 8.0], ids=["mixed", "negative"])
@@ -148,9 +153,20 @@ def test_index_scorer_ranks_the_same_when_patched(cm, cpu_config, segmented_maxs
     Q = normalized((1, 32, 128), torch.float32, "cpu", g)
     # set by its JIT-compiled extension, absent until then: the stub needs raising=False
     monkeypatch.setattr(IndexScorer, "decompress_residuals", staticmethod(lambda *args: D), raising=False)
-    scorer = types.SimpleNamespace(use_gpu=False, doclens=lengths, offsets=None, codec=types.SimpleNamespace(
-        bucket_weights=None, reversed_bit_map=None, decompression_lookup_table=None, centroids=None, dim=128,
-        nbits=2), embeddings=types.SimpleNamespace(residuals=None, codes=None))
+    scorer = types.SimpleNamespace(
+        use_gpu=False,
+        doclens=lengths,
+        offsets=None,
+        codec=types.SimpleNamespace(
+            bucket_weights=None,
+            reversed_bit_map=None,
+            decompression_lookup_table=None,
+            centroids=None,
+            dim=128,
+            nbits=2,
+        ),
+        embeddings=types.SimpleNamespace(residuals=None, codes=None),
+    )
     pids = torch.arange(300)
     before, _ = IndexScorer.score_pids(scorer, cpu_config, Q, pids, None)
     with compat.patched(colbert=True, pylate=False):
@@ -217,9 +233,19 @@ def test_colbert_gpu_paths_parity(cm, dtype):
     cfg = ColBERTConfig()
     assert cfg.total_visible_gpus > 0
     Q, D, mask = _padded_case(dtype, 1, 2.0, seed=5)
-    _check(compat.colbert_score(Q, D, mask, cfg), cm.colbert_score(Q, D.clone(), mask, cfg),
-           cm.colbert_score(Q.float(), D.float(), mask, cfg), dtype, 32)
+    _check(
+        compat.colbert_score(Q, D, mask, cfg),
+        cm.colbert_score(Q, D.clone(), mask, cfg),
+        cm.colbert_score(Q.float(), D.float(), mask, cfg),
+        dtype,
+        32,
+    )
     lengths = mask.squeeze(-1).sum(1)
     packed = torch.cat([D[i, : lengths[i]] for i in range(len(lengths))])
-    _check(compat.colbert_score_packed(Q, packed, lengths, cfg), cm.colbert_score_packed(Q, packed, lengths, cfg),
-           cm.colbert_score_packed(Q.float(), packed.float(), lengths, cfg), dtype, 32)
+    _check(
+        compat.colbert_score_packed(Q, packed, lengths, cfg),
+        cm.colbert_score_packed(Q, packed, lengths, cfg),
+        cm.colbert_score_packed(Q.float(), packed.float(), lengths, cfg),
+        dtype,
+        32,
+    )

@@ -17,15 +17,15 @@ from ._patch import is_patched, patch_colbert, patch_pylate, patched, unpatch_co
 from ._pylate import colbert_kd_scores, colbert_scores, colbert_scores_pairwise
 
 __all__ = [
+    "colbert_kd_scores",
     "colbert_score",
     "colbert_score_packed",
     "colbert_scores",
     "colbert_scores_pairwise",
-    "colbert_kd_scores",
-    "patch_colbert",
-    "unpatch_colbert",
-    "patch_pylate",
-    "unpatch_pylate",
-    "patched",
     "is_patched",
+    "patch_colbert",
+    "patch_pylate",
+    "patched",
+    "unpatch_colbert",
+    "unpatch_pylate",
 ]

@@ -47,7 +47,12 @@ def _per_token_sentinel(Q: torch.Tensor, D: torch.Tensor, valid: torch.Tensor) -
 
 
 def colbert_score(
-    Q: torch.Tensor, D_padded: torch.Tensor, D_mask: torch.Tensor, config=None, *, strict: bool = False,
+    Q: torch.Tensor,
+    D_padded: torch.Tensor,
+    D_mask: torch.Tensor,
+    config=None,
+    *,
+    strict: bool = False,
     backend: str = "auto",
 ) -> torch.Tensor:
     """colbert-ai's colbert_score on colbert_fast kernels.
@@ -75,14 +80,18 @@ def colbert_score(
     if use_gpu:
         Q, D_padded, D_mask = Q.cuda(), D_padded.cuda(), D_mask.cuda()
     if Q.dim() != 3 or D_padded.dim() != 3:
-        raise ValueError(f"colbert_score needs Q [1 | N, Lq, dim] and D_padded [N, Ld, dim], got {tuple(Q.shape)} "
-                         f"and {tuple(D_padded.shape)}")
+        raise ValueError(
+            f"colbert_score needs Q [1 | N, Lq, dim] and D_padded [N, Ld, dim], got {tuple(Q.shape)} "
+            f"and {tuple(D_padded.shape)}"
+        )
     N, Ld = D_padded.shape[:2]
     if Q.size(0) not in (1, N):
         raise ValueError(f"Q.size(0) must be 1 or D_padded.size(0) = {N}, got Q shape {tuple(Q.shape)}")
     if D_mask.numel() != N * Ld:
-        raise ValueError(f"D_mask must have N * Ld = {N * Ld} elements for D_padded {tuple(D_padded.shape)}, "
-                         f"got shape {tuple(D_mask.shape)}")
+        raise ValueError(
+            f"D_mask must have N * Ld = {N * Ld} elements for D_padded {tuple(D_padded.shape)}, "
+            f"got shape {tuple(D_mask.shape)}"
+        )
     valid = D_mask.reshape(N, Ld).bool()
     if interaction == "flipr":
         return _flipr(_per_token_sentinel(Q, D_padded, valid), config)
@@ -100,7 +109,12 @@ def colbert_score(
 
 
 def colbert_score_packed(
-    Q: torch.Tensor, D_packed: torch.Tensor, D_lengths: torch.Tensor, config=None, *, strict: bool = False,
+    Q: torch.Tensor,
+    D_packed: torch.Tensor,
+    D_lengths: torch.Tensor,
+    config=None,
+    *,
+    strict: bool = False,
     backend: str = "auto",
 ) -> torch.Tensor:
     """colbert-ai's colbert_score_packed on colbert_fast kernels: one query against packed docs.
@@ -125,8 +139,10 @@ def colbert_score_packed(
         Q, D_packed, D_lengths = Q.cuda(), D_packed.cuda(), D_lengths.cuda()
     Q = Q.squeeze(0)
     if Q.dim() != 2 or D_packed.dim() != 2:
-        raise ValueError(f"colbert_score_packed needs one query [1, Lq, dim] and D_packed [T, dim], got "
-                         f"{tuple(Q.shape)} and {tuple(D_packed.shape)}")
+        raise ValueError(
+            f"colbert_score_packed needs one query [1, Lq, dim] and D_packed [T, dim], got "
+            f"{tuple(Q.shape)} and {tuple(D_packed.shape)}"
+        )
     docs = PackedDocs(D_packed, D_lengths)
     lengths = docs.lengths
     if interaction == "flipr":

@@ -45,7 +45,7 @@ def _first_valid_positions(valid: torch.Tensor, k: int) -> torch.Tensor:
 def _lower_bounds(Qf: torch.Tensor, S: torch.Tensor, S_valid: torch.Tensor) -> torch.Tensor:
     """Qf [Bq, Lq, dim] fp32 against sampled rows S [Bq, P, k, dim] (or [1, P, k, dim] shared):
     [Bq', P, Lq] per-token maxima over the valid samples (-inf where none)."""
-    Bs, P, k, dim = S.shape
+    k = S.shape[2]
     sims = torch.matmul(Qf.unsqueeze(1), S.float().transpose(-1, -2))  # [B, P, Lq, k]
     sims = sims.masked_fill(~S_valid.unsqueeze(-2), float("-inf"))
     if k == 0:

@@ -82,8 +82,10 @@ def _swap(lib: str, old, new) -> None:
             for f in funcs:
                 if isinstance(f, types.FunctionType) and f.__defaults__ and any(d is old for d in f.__defaults__):
                     f.__defaults__ = tuple(new if d is old else d for d in f.__defaults__)
-                if isinstance(f, types.FunctionType) and f.__kwdefaults__ and any(
-                    d is old for d in f.__kwdefaults__.values()
+                if (
+                    isinstance(f, types.FunctionType)
+                    and f.__kwdefaults__
+                    and any(d is old for d in f.__kwdefaults__.values())
                 ):
                     f.__kwdefaults__ = {k: (new if d is old else d) for k, d in f.__kwdefaults__.items()}
 

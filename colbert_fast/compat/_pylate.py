@@ -112,12 +112,17 @@ def colbert_scores(
     Q = to_tensor(queries_embeddings)
     D = to_tensor(documents_embeddings)
     if Q.dim() != 3 or D.dim() != 3:
-        raise ValueError(f"colbert_scores needs queries [A, S, H] and documents [B, T, H], got "
-                         f"{tuple(Q.shape)} and {tuple(D.shape)}")
+        raise ValueError(
+            f"colbert_scores needs queries [A, S, H] and documents [B, T, H], got {tuple(Q.shape)} and {tuple(D.shape)}"
+        )
     q_mask = _mask("queries_mask", queries_mask, tuple(Q.shape[:2]))
     d_mask = _mask("documents_mask", documents_mask, tuple(D.shape[:2]))
-    out_dtype = _out_dtype(Q, D, None if queries_mask is None else to_tensor(queries_mask),
-                           None if documents_mask is None else to_tensor(documents_mask))
+    out_dtype = _out_dtype(
+        Q,
+        D,
+        None if queries_mask is None else to_tensor(queries_mask),
+        None if documents_mask is None else to_tensor(documents_mask),
+    )
     if Q.shape[1] == 0:  # no query tokens: every score is 0
         return torch.zeros(Q.shape[0], D.shape[0], dtype=torch.float32 if strict else out_dtype, device=D.device)
     scores = floored_maxsim(Q, D, q_mask, d_mask, _padding_floor(d_mask, strict), backend=_backend(backend))
@@ -147,12 +152,18 @@ def colbert_kd_scores(
     Q = to_tensor(queries_embeddings)
     D = to_tensor(documents_embeddings)
     if Q.dim() != 3 or D.dim() != 4:
-        raise ValueError(f"colbert_kd_scores needs queries [A, S, H] and documents [A, N, T, H], got "
-                         f"{tuple(Q.shape)} and {tuple(D.shape)}")
+        raise ValueError(
+            f"colbert_kd_scores needs queries [A, S, H] and documents [A, N, T, H], got "
+            f"{tuple(Q.shape)} and {tuple(D.shape)}"
+        )
     q_mask = _mask("queries_mask", queries_mask, tuple(Q.shape[:2]))
     d_mask = _mask("documents_mask", documents_mask, tuple(D.shape[:3]))
-    out_dtype = _out_dtype(Q, D, None if queries_mask is None else to_tensor(queries_mask),
-                           None if documents_mask is None else to_tensor(documents_mask))
+    out_dtype = _out_dtype(
+        Q,
+        D,
+        None if queries_mask is None else to_tensor(queries_mask),
+        None if documents_mask is None else to_tensor(documents_mask),
+    )
     if Q.shape[1] == 0:
         return torch.zeros(D.shape[:2], dtype=torch.float32 if strict else out_dtype, device=D.device)
     scores = floored_maxsim(Q, D, q_mask, d_mask, _padding_floor(d_mask, strict), backend=_backend(backend))
