@@ -28,29 +28,32 @@ from .. import ops
 from ..packed import PackedDocs
 
 # Sampled doc tokens per doc for the certificate. A floor near 0 can win for a real query token
-# (short docs of an unrelated topic), so sample several tokens; a floor of -9999 only wins for
-# vectors of norm ~100, and one token certifies it.
-SAMPLES_NEAR_ZERO = 8
+# (short docs of an unrelated topic), so sample several: with 16, even random unit vectors (each
+# similarity positive with probability 1/2) send only ~32 * 2^-16 of the docs to the fallback.
+# A floor of -9999 only wins for vectors of norm ~100, and one token certifies it.
+SAMPLES_NEAR_ZERO = 16
 SAMPLES_FAR_BELOW = 1
 CHUNK_ELEMENTS = 1 << 22  # similarities per chunk in the exact fallback (16 MB fp32)
 
 
 def _first_valid_positions(valid: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices [..., k] of the first k valid positions (then invalid ones if fewer are valid)."""
-    k = min(k, valid.shape[-1])
-    order = torch.argsort((~valid).to(torch.uint8), dim=-1, stable=True)
-    return order[..., :k]
+    """Indices [..., k] of the first k valid positions of docs with at least one; a doc with fewer
+    repeats its first one (a repeated sample leaves a maximum unchanged, and no mask is needed)."""
+    Ld = valid.shape[-1]
+    k = min(k, Ld)
+    # Earlier valid positions get larger keys; topk with a small k is one pass, unlike a sort.
+    key = valid.to(torch.int32) * (Ld - torch.arange(Ld, device=valid.device, dtype=torch.int32))
+    vals, pos = key.topk(k, dim=-1)  # sorted: position 0 is the first valid one
+    return torch.where(vals > 0, pos, pos[..., :1])
 
 
-def _lower_bounds(Qf: torch.Tensor, S: torch.Tensor, S_valid: torch.Tensor) -> torch.Tensor:
-    """Qf [Bq, Lq, dim] fp32 against sampled rows S [Bq, P, k, dim] (or [1, P, k, dim] shared):
-    [Bq', P, Lq] per-token maxima over the valid samples (-inf where none)."""
-    k = S.shape[2]
-    sims = torch.matmul(Qf.unsqueeze(1), S.float().transpose(-1, -2))  # [B, P, Lq, k]
-    sims = sims.masked_fill(~S_valid.unsqueeze(-2), float("-inf"))
-    if k == 0:
-        return sims.new_full(sims.shape[:-1], float("-inf"))
-    return sims.amax(dim=-1)
+def _lower_bounds(Qf: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
+    """Per-token maxima [B, P, Lq] of queries Qf [B, Lq, dim] (fp32) over sampled valid rows
+    S [P, k, dim] shared by every query: one GEMM."""
+    B, Lq, dim = Qf.shape
+    P, k = S.shape[:2]
+    sims = (Qf.reshape(B * Lq, dim) @ S.reshape(P * k, dim).float().T).view(B, Lq, P, k)
+    return sims.amax(dim=-1).permute(0, 2, 1)
 
 
 def exact_pairs(
@@ -129,21 +132,14 @@ def floored_maxsim(
     Ld = D.shape[-2]
     if all_pairs:
         pos = _first_valid_positions(valid[cand], k)  # [P, k]
-        S = D[cand.unsqueeze(1), pos]  # [P, k, dim]
-        S_valid = valid[cand.unsqueeze(1), pos]
-        # All queries at once: fold B into the query-token axis.
-        B, Lq = Q.shape[:2]
-        lower = _lower_bounds(Qf.reshape(1, B * Lq, -1), S.unsqueeze(0), S_valid.unsqueeze(0))
-        lower = lower.reshape(len(cand), B, Lq).permute(1, 0, 2)  # [B, P, Lq]
+        lower = _lower_bounds(Qf, D[cand.unsqueeze(1), pos])  # [B, P, Lq]
         pair_floor = floor[cand][None, :, None]
     else:
         K = D.shape[1]
         b_idx, k_idx = cand // K, cand % K
         pos = _first_valid_positions(valid[b_idx, k_idx], k)  # [P, k]
         S = D[b_idx.unsqueeze(1), k_idx.unsqueeze(1), pos]  # [P, k, dim]
-        S_valid = valid[b_idx.unsqueeze(1), k_idx.unsqueeze(1), pos]
-        lower = torch.einsum("pqd,pkd->pqk", Qf[b_idx], S.float())
-        lower = lower.masked_fill(~S_valid.unsqueeze(1), float("-inf")).amax(dim=-1).unsqueeze(0)  # [1, P, Lq]
+        lower = torch.einsum("pqd,pkd->pqk", Qf[b_idx], S.float()).amax(dim=-1).unsqueeze(0)  # [1, P, Lq]
         pair_floor = floor.reshape(-1)[cand][None, :, None]
     ok = lower >= pair_floor
     if q_mask is not None:
@@ -193,12 +189,11 @@ def floored_maxsim_packed(
         return scores
     k = _samples_for(floor)
     cand_pids = pids[0, cand]
+    # The first k rows of each doc (its last row repeated when it is shorter).
     j = torch.arange(k, device=lengths.device)
-    S_valid = j[None, :] < lengths[cand][:, None]  # [P, k]
-    rows = (docs.offsets[cand_pids][:, None] + j[None, :]).masked_fill(~S_valid, 0)
-    S = docs.embeddings[rows]  # [P, k, dim]
+    rows = docs.offsets[cand_pids][:, None] + torch.minimum(j[None, :], lengths[cand][:, None] - 1)
     Qf = Q.to(docs.dtype).float()
-    lower = _lower_bounds(Qf, S.unsqueeze(0), S_valid.unsqueeze(0))  # [1, P, Lq]
+    lower = _lower_bounds(Qf, docs.embeddings[rows])  # [1, P, Lq]
     ok = (lower >= floor[cand][None, :, None]).all(dim=-1)[0]
     if bool(ok.all()):
         return scores
