@@ -37,13 +37,25 @@ def _floors(shape, g):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("layout", ["all_pairs", "per_query"])
 @pytest.mark.parametrize("bias", [0.0, -3.0], ids=["mixed", "negative"])
-def test_floored_matches_oracle(dtype, layout, bias):
+@pytest.mark.parametrize("mask_kind", ["holes", "prefix"])
+@pytest.mark.parametrize("strided", [False, True], ids=["contiguous", "strided"])
+def test_floored_matches_oracle(dtype, layout, bias, mask_kind, strided):
     g = torch.Generator().manual_seed(11)
     B, Lq, N, Ld, dim = 3, 7, 9, 17, 32
     Q = normalized((B, Lq, dim), dtype, "cpu", g, negative_bias=-bias)
     dshape = (N, Ld) if layout == "all_pairs" else (B, N, Ld)
     D = normalized((*dshape, dim), dtype, "cpu", g, negative_bias=bias)
-    d_mask = random_mask(dshape, g, "cpu", p=0.6)
+    if strided:  # a view with a gap between docs: samples cannot be read through a flat view
+        D = (
+            torch.cat([D, D], dim=-3)[..., ::2, :, :]
+            if layout == "all_pairs"
+            else D.transpose(0, 1).contiguous().transpose(0, 1)
+        )
+        assert not D.is_contiguous()
+    if mask_kind == "holes":
+        d_mask = random_mask(dshape, g, "cpu", p=0.6)
+    else:
+        d_mask = torch.arange(Ld) < torch.randint(0, Ld + 1, dshape[:-1], generator=g).unsqueeze(-1)
     d_mask[..., 0, :] = False  # an empty doc
     d_mask[..., 1, :] = True  # a full doc
     q_mask = random_mask((B, Lq), g, "cpu", p=0.8)

@@ -121,7 +121,18 @@ def floored_maxsim(
     Q [B, Lq, dim]; q_mask bool [B, Lq] or None (all count); d_mask bool D.shape[:-1] or None (all
     valid); floor fp32 D.shape[:-2] (-inf = none) or None (the plain SPEC rule).
     """
-    scores = ops.maxsim(Q, D, q_mask, d_mask, backend=backend)
+    Ld = D.shape[-2]
+    lengths = None  # valid-prefix lengths, when d_mask is a prefix mask (or absent)
+    if d_mask is None:
+        lengths = torch.full(D.shape[:-2], Ld, dtype=torch.int64, device=D.device)
+    else:
+        n_valid = d_mask.sum(dim=-1)
+        if torch.equal(d_mask, torch.arange(Ld, device=D.device) < n_valid.unsqueeze(-1)):
+            lengths = n_valid  # the kernels' fast path, and samples without a search
+    if lengths is not None and d_mask is not None:
+        scores = ops.maxsim(Q, D, q_mask, d_lengths=lengths, backend=backend)
+    else:
+        scores = ops.maxsim(Q, D, q_mask, d_mask, backend=backend)
     if floor is None:
         return scores
     floor = floor.to(device=scores.device, dtype=torch.float32)
@@ -129,8 +140,7 @@ def floored_maxsim(
     if not bool(has_floor.any()):
         return scores
     all_pairs = D.dim() == 3
-    valid = d_mask if d_mask is not None else torch.ones(D.shape[:-1], dtype=torch.bool, device=D.device)
-    nonempty = valid.any(dim=-1)
+    nonempty = lengths > 0 if lengths is not None else d_mask.any(dim=-1)
     n_q = _n_counting(Q, q_mask)
     # Step 2: a doc with no valid token scores n_q * floor.
     if all_pairs:
@@ -144,22 +154,35 @@ def floored_maxsim(
     if cand.numel() == 0:
         return scores
     Qf = Q.to(D.dtype).float()
-    Ld = D.shape[-2]
+    dim = D.shape[-1]
+    docs_flat = D.reshape(-1, Ld, dim) if D.is_contiguous() else None  # a view: row gathers by index_select
+    len_flat = None if lengths is None else lengths.reshape(-1)
+
+    def sample(idx, k):
+        """[P, k, dim]: the first k valid rows of flat docs idx (repeats when shorter)."""
+        if len_flat is not None:
+            pos = torch.minimum(torch.arange(min(k, Ld), device=D.device), (len_flat[idx] - 1).unsqueeze(1))
+        else:
+            pos = _first_valid_positions(d_mask.reshape(-1, Ld)[idx], k)
+        if docs_flat is not None:
+            rows = (idx * Ld).unsqueeze(1) + pos
+            return docs_flat.view(-1, dim).index_select(0, rows.reshape(-1)).view(len(idx), -1, dim)
+        if all_pairs:
+            return D[idx.unsqueeze(1), pos]
+        return D[(idx // D.shape[1]).unsqueeze(1), (idx % D.shape[1]).unsqueeze(1), pos]
+
     if all_pairs:
 
         def check(idx, k):
-            pos = _first_valid_positions(valid[idx], k)  # [P, k]
-            ok = _lower_bounds(Qf, D[idx.unsqueeze(1), pos]) >= floor[idx][None, :, None]  # [B, P, Lq]
+            ok = _lower_bounds(Qf, sample(idx, k)) >= floor[idx][None, :, None]  # [B, P, Lq]
             return (ok if q_mask is None else ok | ~q_mask[:, None, :]).all(dim=-1)
 
     else:
         K = D.shape[1]
 
         def check(idx, k):
-            b, kk = idx // K, idx % K
-            pos = _first_valid_positions(valid[b, kk], k)  # [P, k]
-            S = D[b.unsqueeze(1), kk.unsqueeze(1), pos]  # [P, k, dim]
-            lower = torch.einsum("pqd,pkd->pqk", Qf[b], S.float()).amax(dim=-1)  # [P, Lq]
+            b = idx // K
+            lower = torch.einsum("pqd,pkd->pqk", Qf[b], sample(idx, k).float()).amax(dim=-1)  # [P, Lq]
             ok = lower >= floor.reshape(-1)[idx][:, None]
             return (ok if q_mask is None else ok | ~q_mask[b]).all(dim=-1).unsqueeze(0)
 
@@ -168,6 +191,7 @@ def floored_maxsim(
         return scores
 
     # Step 4: exact fp32 recompute of the pairs that failed.
+    valid = d_mask if d_mask is not None else torch.ones(D.shape[:-1], dtype=torch.bool, device=D.device)
     bad = torch.nonzero(~ok)
     if all_pairs:
         pb, pd = bad[:, 0], cand[bad[:, 1]]
