@@ -169,7 +169,7 @@ def test_index_scorer_ranks_the_same_when_patched(cm, cpu_config, segmented_maxs
     )
     pids = torch.arange(300)
     before, _ = IndexScorer.score_pids(scorer, cpu_config, Q, pids, None)
-    with compat.patched(colbert=True, pylate=False):
+    with compat.patched(colbert=True, pylate=False, require_kernels=False):
         after, _ = IndexScorer.score_pids(scorer, cpu_config, Q, pids, None)
     assert not compat.is_patched("colbert")
     _ranking_agrees(before, after, after.argsort(descending=True), 1e-4 * 32)
@@ -180,7 +180,7 @@ def test_model_score_ranks_the_same_when_patched(cm, cpu_config):
     Q, D, mask = _padded_case(torch.float32, 13, 0.0, seed=3)
     model = types.SimpleNamespace(colbert_config=cpu_config)
     before = cm.ColBERT.score(model, Q, D.clone(), mask)
-    compat.patch_colbert()
+    compat.patch_colbert(require_kernels=False)
     try:
         after = cm.ColBERT.score(model, Q, D.clone(), mask)
     finally:
@@ -193,7 +193,7 @@ def test_patch_and_unpatch_restore_the_originals(cm):
 
     originals = (cm.colbert_score, cm.colbert_score_packed)
     assert storage.colbert_score is originals[0]
-    compat.patch_colbert()
+    compat.patch_colbert(require_kernels=False)
     compat.patch_colbert()  # idempotent
     try:
         assert compat.is_patched("colbert")
@@ -219,7 +219,7 @@ def test_patch_and_unpatch_restore_the_originals(cm):
 def test_patched_keeps_keyword_calls_and_default_config(cm, cpu_config):
     Q, D, mask = _padded_case(torch.float32, 1, 0.0, seed=4)
     want = cm.colbert_score(Q, D.clone(), mask)
-    with compat.patched(colbert=True, pylate=False):
+    with compat.patched(colbert=True, pylate=False, require_kernels=False):
         got = cm.colbert_score(Q=Q, D_padded=D, D_mask=mask)
     _check(got, want, want, torch.float32, 32)
 
@@ -247,5 +247,27 @@ def test_colbert_gpu_paths_parity(cm, dtype):
         cm.colbert_score_packed(Q, packed, lengths, cfg),
         cm.colbert_score_packed(Q.float(), packed.float(), lengths, cfg),
         dtype,
+        32,
+    )
+
+
+@pytest.mark.parametrize("has_kernels", [False, True])
+def test_default_patch_uses_the_library_without_kernels(cm, cpu_config, monkeypatch, has_kernels):
+    """require_kernels (default): where only the plain-PyTorch backend runs, colbert-ai runs its own code."""
+    from colbert_fast.compat import _colbert_ai, _patch
+
+    calls = []
+    real = _colbert_ai.floored_maxsim
+    monkeypatch.setattr(_colbert_ai, "floored_maxsim", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(_patch, "_has_kernels", lambda device: has_kernels)
+    Q, D, mask = _padded_case(torch.float32, 1, 0.0, seed=6)
+    with compat.patched(colbert=True, pylate=False):
+        out = cm.colbert_score(Q, D.clone(), mask, cpu_config)
+    assert len(calls) == int(has_kernels)
+    _check(
+        out,
+        compat.colbert_score(Q, D, mask, cpu_config),
+        compat.colbert_score(Q, D, mask, cpu_config),
+        torch.float32,
         32,
     )

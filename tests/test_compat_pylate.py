@@ -131,7 +131,7 @@ def test_rerank_ranks_the_same_when_patched(ps, monkeypatch):
     queries = normalized((2, 32, 128), torch.float32, "cpu", g)
     ids = [[f"d{i}" for i in range(200)] for _ in range(2)]
     before = rank.rerank(ids, queries, docs)
-    with compat.patched(colbert=False, pylate=True):
+    with compat.patched(colbert=False, pylate=True, require_kernels=False):
         after = rank.rerank(ids, queries, docs)
     assert len(calls) == 2  # one colbert_scores call per query, on colbert_fast
     assert not compat.is_patched("pylate")
@@ -159,7 +159,7 @@ def test_patch_and_unpatch_restore_the_originals(ps, monkeypatch):
     Loss.__module__ = holder.__name__
     holder.Loss = Loss
     monkeypatch.setitem(sys.modules, holder.__name__, holder)
-    compat.patch_pylate()
+    compat.patch_pylate(require_kernels=False)
     compat.patch_pylate()  # idempotent
     try:
         assert compat.is_patched("pylate")
@@ -186,13 +186,29 @@ def test_patch_and_unpatch_restore_the_originals(ps, monkeypatch):
 
 
 def test_patched_context_nests(ps):
-    compat.patch_pylate()
+    compat.patch_pylate(require_kernels=False)
     try:
-        with compat.patched(colbert=False, pylate=True):
+        with compat.patched(colbert=False, pylate=True, require_kernels=False):
             assert compat.is_patched("pylate")
         assert compat.is_patched("pylate")  # patched before the block: stays patched
     finally:
         compat.unpatch_pylate()
-    with compat.patched(colbert=False):
+    with compat.patched(colbert=False, require_kernels=False):
         assert compat.is_patched("pylate")
     assert not compat.is_patched("pylate")
+
+
+@pytest.mark.parametrize("has_kernels", [False, True])
+def test_default_patch_uses_the_library_without_kernels(ps, monkeypatch, has_kernels):
+    """require_kernels (default): where only the plain-PyTorch backend runs, PyLate runs its own code."""
+    from colbert_fast.compat import _patch, _pylate
+
+    calls = []
+    real = _pylate.floored_maxsim
+    monkeypatch.setattr(_pylate, "floored_maxsim", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(_patch, "_has_kernels", lambda device: has_kernels)
+    Q, D = torch.randn(1, 3, 8), torch.randn(2, 4, 8)
+    with compat.patched(colbert=False, pylate=True):
+        out = ps.colbert_scores(Q, D)
+    assert len(calls) == int(has_kernels)
+    torch.testing.assert_close(out, compat.colbert_scores(Q, D))

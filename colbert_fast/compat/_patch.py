@@ -19,6 +19,9 @@ import os
 import sys
 import types
 
+import torch
+
+from .. import available_backends
 from . import _colbert_ai, _pylate
 
 _TARGETS = {
@@ -37,7 +40,21 @@ def _import(lib: str) -> types.ModuleType:
         raise ImportError(f"patch_{lib}() needs {module_name}, which failed to import ({e}); pip install {pip}") from e
 
 
-def _colbert_wrapper(name: str, original):
+def _has_kernels(device: torch.device) -> bool:
+    """Whether a colbert_fast kernel backend (not only the plain-PyTorch one) runs on `device`.
+    Without one, the patched functions call the library's own code: a patch never slows it down."""
+    return any(reason is None for name, reason in available_backends(device).items() if name != "torch")
+
+
+def _device_of(x) -> torch.device:
+    if isinstance(x, torch.Tensor):
+        return x.device
+    if isinstance(x, (list, tuple)) and x and isinstance(x[0], torch.Tensor):
+        return x[0].device
+    return torch.device("cpu")  # numpy arrays and nested lists become CPU tensors
+
+
+def _colbert_wrapper(name: str, original, require_kernels: bool):
     ours = getattr(_colbert_ai, name)
     signature = inspect.signature(original)  # keeps colbert-ai's names and its default config
 
@@ -45,12 +62,16 @@ def _colbert_wrapper(name: str, original):
     def wrapper(*args, **kwargs):
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
+        config = bound.args[3]
+        use_gpu, _ = _colbert_ai._settings(config)
+        if require_kernels and not _has_kernels(torch.device("cuda") if use_gpu else _device_of(bound.args[1])):
+            return original(*args, **kwargs)
         return ours(*bound.args)
 
     return wrapper
 
 
-def _pylate_wrapper(name: str, original):
+def _pylate_wrapper(name: str, original, require_kernels: bool):
     ours = getattr(_pylate, name)
     signature = inspect.signature(original)
 
@@ -60,6 +81,8 @@ def _pylate_wrapper(name: str, original):
         backend = bound.arguments.pop("backend", None)
         resolved = (backend or os.environ.get("PYLATE_SCORES_BACKEND", "auto")).lower()
         if resolved != "auto":  # the caller chose one of PyLate's own backends: honour it
+            return original(*args, **kwargs)
+        if require_kernels and not _has_kernels(_device_of(bound.arguments["documents_embeddings"])):
             return original(*args, **kwargs)
         return ours(*bound.args, **bound.kwargs)
 
@@ -90,14 +113,14 @@ def _swap(lib: str, old, new) -> None:
                     f.__kwdefaults__ = {k: (new if d is old else d) for k, d in f.__kwdefaults__.items()}
 
 
-def _patch(lib: str) -> None:
+def _patch(lib: str, require_kernels: bool = True) -> None:
     module = _import(lib)
     make = _colbert_wrapper if lib == "colbert" else _pylate_wrapper
     for name in _TARGETS[lib][1]:
         current = getattr(module, name)
         if hasattr(current, _MARK):
             continue  # already patched
-        wrapper = make(name, current)
+        wrapper = make(name, current, require_kernels)
         setattr(wrapper, _MARK, current)
         _swap(lib, current, wrapper)
 
@@ -119,13 +142,15 @@ def is_patched(lib: str) -> bool:
     return module is not None and all(hasattr(getattr(module, n), _MARK) for n in _TARGETS[lib][1])
 
 
-def patch_colbert() -> None:
+def patch_colbert(*, require_kernels: bool = True) -> None:
     """Route colbert-ai's colbert_score and colbert_score_packed through colbert_fast.
 
-    Same scores and rankings (quirks kept, see colbert_fast.compat.colbert_score). Idempotent.
-    Raises ImportError if colbert-ai is not installed.
+    Same scores and rankings (quirks kept, see colbert_fast.compat.colbert_score). With
+    require_kernels (default), a call whose device has no colbert_fast kernel backend (only the
+    plain-PyTorch one, which is no faster than colbert-ai) runs colbert-ai's own code. Idempotent
+    (a second call changes nothing). Raises ImportError if colbert-ai is not installed.
     """
-    _patch("colbert")
+    _patch("colbert", require_kernels)
 
 
 def unpatch_colbert() -> None:
@@ -133,14 +158,14 @@ def unpatch_colbert() -> None:
     _unpatch("colbert")
 
 
-def patch_pylate() -> None:
+def patch_pylate(*, require_kernels: bool = True) -> None:
     """Route PyLate's colbert_scores, colbert_scores_pairwise and colbert_kd_scores through colbert_fast.
 
     Calls with backend=None/"auto" (and PYLATE_SCORES_BACKEND unset or "auto") use colbert_fast;
-    an explicit PyLate backend ("torch", "flash", "lik") still runs PyLate's. Idempotent.
-    Raises ImportError if PyLate is not installed.
+    an explicit PyLate backend ("torch", "flash", "lik") still runs PyLate's. require_kernels: as
+    for patch_colbert. Idempotent. Raises ImportError if PyLate is not installed.
     """
-    _patch("pylate")
+    _patch("pylate", require_kernels)
 
 
 def unpatch_pylate() -> None:
@@ -149,11 +174,11 @@ def unpatch_pylate() -> None:
 
 
 @contextlib.contextmanager
-def patched(colbert: bool | None = None, pylate: bool | None = None):
+def patched(colbert: bool | None = None, pylate: bool | None = None, *, require_kernels: bool = True):
     """Patch inside a `with` block and restore on exit (what was patched before stays patched).
 
     None (default) patches the library if it is installed; True requires it (ImportError if
-    missing); False leaves it alone.
+    missing); False leaves it alone. require_kernels: as for patch_colbert.
     """
     done = []
     try:
@@ -161,7 +186,7 @@ def patched(colbert: bool | None = None, pylate: bool | None = None):
             if want is False or is_patched(lib):
                 continue
             try:
-                _patch(lib)
+                _patch(lib, require_kernels)
             except ImportError:
                 if want:
                     raise
