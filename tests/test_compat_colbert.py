@@ -271,3 +271,17 @@ def test_default_patch_uses_the_library_without_kernels(cm, cpu_config, monkeypa
         torch.float32,
         32,
     )
+
+
+@pytest.mark.parametrize("n_queries", [1, 13], ids=["one_query", "aligned"])
+def test_gradients_match_colbert(cm, cpu_config, n_queries):
+    """ColBERT.forward trains through colbert_score: same gradients."""
+    Q, D, mask = _padded_case(torch.float32, n_queries, 8.0, seed=10, Lq=8, dim=16)
+    weights = torch.rand(D.shape[0], generator=torch.Generator().manual_seed(0))
+    grads = []
+    for f in (cm.colbert_score, compat.colbert_score):
+        q, d = Q.clone().requires_grad_(), D.clone().requires_grad_()
+        (f(q, d, mask, cpu_config) * weights).sum().backward()
+        grads.append((q.grad, d.grad))
+    for ours, lib in zip(grads[1], grads[0]):
+        torch.testing.assert_close(ours, lib, rtol=0, atol=1e-5)

@@ -212,3 +212,25 @@ def test_default_patch_uses_the_library_without_kernels(ps, monkeypatch, has_ker
         out = ps.colbert_scores(Q, D)
     assert len(calls) == int(has_kernels)
     torch.testing.assert_close(out, compat.colbert_scores(Q, D))
+
+
+@pytest.mark.parametrize("fn", ["colbert_scores", "colbert_kd_scores"])
+@pytest.mark.parametrize("bias", [0.0, 8.0], ids=["mixed", "negative"])
+def test_gradients_match_pylate(ps, fn, bias):
+    """PyLate's losses backpropagate through these scores: same gradients, floor included (a
+    masked token's 0 that wins the max passes no gradient)."""
+    g = torch.Generator().manual_seed(4)
+    A, N, Lq, Ld, dim = 3, 4, 8, 12, 16
+    Q = normalized((A, Lq, dim), torch.float32, "cpu", g, negative_bias=-bias)
+    dshape = (N, Ld) if fn == "colbert_scores" else (A, N, Ld)
+    D = normalized((*dshape, dim), torch.float32, "cpu", g, negative_bias=bias)
+    d_mask = (torch.arange(Ld) < random_lengths(dshape[:-1], Ld, g, "cpu").unsqueeze(-1)).float()
+    q_mask = (torch.rand(A, Lq, generator=g) < 0.8).float()
+    weights = torch.rand(A, N, generator=g)
+    grads = []
+    for f in (getattr(ps, fn), getattr(compat, fn)):
+        q, d = Q.clone().requires_grad_(), D.clone().requires_grad_()
+        (f(q, d, q_mask, d_mask) * weights).sum().backward()
+        grads.append((q.grad, d.grad))
+    for ours, lib in zip(grads[1], grads[0]):
+        torch.testing.assert_close(ours, lib, rtol=0, atol=1e-5)
