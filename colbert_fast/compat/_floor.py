@@ -54,9 +54,15 @@ def _lower_bounds(Qf: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
     S [P, k, dim] shared by every query: one GEMM."""
     B, Lq, dim = Qf.shape
     P, k = S.shape[:2]
-    # The tall operand first: MKL runs [P*k, dim] @ [dim, B*Lq] about twice as fast as the transpose.
-    sims = (S.reshape(P * k, dim).float() @ Qf.reshape(B * Lq, dim).T).view(P, k, B, Lq)
-    return sims.amax(dim=1).permute(1, 0, 2)
+    Qt = Qf.reshape(B * Lq, dim).T
+    out = Qf.new_empty((P, B, Lq))
+    step = max(1, CHUNK_ELEMENTS // max(1, k * B * Lq))  # bounds the similarity block's memory
+    for s in range(0, P, step):
+        e = min(P, s + step)
+        # The tall operand first: MKL runs [P*k, dim] @ [dim, B*Lq] about twice as fast as the transpose.
+        sims = (S[s:e].reshape((e - s) * k, dim).float() @ Qt).view(e - s, k, B, Lq)
+        out[s:e] = sims.amax(dim=1)
+    return out.permute(1, 0, 2)
 
 
 def exact_pairs(
@@ -94,6 +100,7 @@ def _rounds_for(floor: torch.Tensor) -> tuple[int, ...]:
     return ROUNDS_FAR_BELOW if finite.numel() and float(finite.max()) < -1.0 else ROUNDS_NEAR_ZERO
 
 
+@torch.no_grad()  # the certificate only decides which pairs to recompute; nothing to differentiate
 def _uncertified(cand: torch.Tensor, rounds: tuple[int, ...], check) -> tuple[torch.Tensor, torch.Tensor]:
     """Run check(docs, k) -> ok [Bq, P] round by round on the docs still failing. Returns the docs
     that failed the last round and its ok (False = the pair needs the exact path). A later round's
