@@ -90,8 +90,8 @@ def test_floored_packed_matches_oracle(bias):
 def test_certificate_spares_the_fallback_on_positive_data(monkeypatch):
     """The exact fp32 recompute runs only for pairs whose floor could win."""
     calls = []
-    real = _floor.exact_pairs
-    monkeypatch.setattr(_floor, "exact_pairs", lambda *a: calls.append(a[0].shape[0]) or real(*a))
+    real = _floor.exact_all_pairs
+    monkeypatch.setattr(_floor, "exact_all_pairs", lambda *a: calls.append(a[2].shape[0]) or real(*a))
     g = torch.Generator().manual_seed(2)
     Q = normalized((1, 8, 32), torch.float32, "cpu", g, negative_bias=3.0)
     D = normalized((20, 12, 32), torch.float32, "cpu", g, negative_bias=3.0)  # all similarities > 0
@@ -192,3 +192,27 @@ def test_bad_inputs_get_clear_errors():
         compat.colbert_score_packed(Q, torch.randn(7, 4), torch.tensor([3, 3]), None)
     with pytest.raises(ValueError, match="dim mismatch"):
         compat.colbert_scores(Q, torch.randn(2, 5, 8))
+
+
+@pytest.mark.parametrize("layout", ["all_pairs", "per_query", "packed"])
+def test_exact_path_in_many_small_chunks(monkeypatch, layout):
+    """Adversarial data sends every pair to the exact path; with tiny chunks it still matches."""
+    monkeypatch.setattr(_floor, "CHUNK_ELEMENTS", 50)
+    g = torch.Generator().manual_seed(12)
+    B, Lq, N, Ld, dim = 2, 5, 7, 9, 16
+    Q = normalized((B, Lq, dim), torch.float32, "cpu", g, negative_bias=-8.0)
+    if layout == "packed":
+        lengths = torch.tensor([0, 9, 3, 1, 5, 9, 2])
+        docs = cf.PackedDocs(normalized((int(lengths.sum()), dim), torch.float32, "cpu", g, negative_bias=8.0), lengths)
+        pids = torch.arange(N)[None]
+        out = _floor.floored_maxsim_packed(Q[:1], docs, pids, torch.zeros(N))
+        D, d_mask = cf.gather(docs, pids[0])
+        exact = floored_oracle(Q[:1], D[None], None, d_mask[None], torch.zeros(1, N))
+    else:
+        dshape = (N, Ld) if layout == "all_pairs" else (B, N, Ld)
+        D = normalized((*dshape, dim), torch.float32, "cpu", g, negative_bias=8.0)
+        d_mask = random_mask(dshape, g, "cpu", p=0.6)
+        out = _floor.floored_maxsim(Q, D, None, d_mask, torch.zeros(dshape[:-1]))
+        exact = floored_oracle(Q, D, None, d_mask, torch.zeros(dshape[:-1]))
+    assert (exact == 0).float().mean() > 0.5  # the floor wins for most pairs
+    assert (out - exact).abs().max().item() <= 1e-4 * Lq

@@ -89,6 +89,27 @@ def exact_pairs(
     return out
 
 
+def exact_all_pairs(
+    Qf: torch.Tensor, q_mask: torch.Tensor | None, Dc: torch.Tensor, valid: torch.Tensor, floor: torch.Tensor
+) -> torch.Tensor:
+    """The floored rule in fp32 for every query Qf [B, Lq, dim] against docs Dc [c, Ld, dim]
+    (valid bool [c, Ld], floor fp32 [c]): [B, c]. The caller sizes c."""
+    B, Lq, _ = Qf.shape
+    c, Ld, _ = Dc.shape
+    sims = torch.einsum("bqd,ntd->bnqt", Qf, Dc.float())
+    sims = sims.masked_fill(~valid[None, :, None, :], float("-inf"))
+    best = sims.amax(dim=-1) if Ld else sims.new_full((B, c, Lq), float("-inf"))
+    best = torch.maximum(best, floor[None, :, None])
+    best = torch.where(torch.isneginf(best), torch.zeros_like(best), best)
+    if q_mask is not None:
+        best = best * q_mask[:, None, :].to(best.dtype)
+    return best.sum(dim=-1)
+
+
+def _chunk(elements_per_item: int) -> int:
+    return max(1, CHUNK_ELEMENTS // max(1, elements_per_item))
+
+
 def _n_counting(Q: torch.Tensor, q_mask: torch.Tensor | None) -> torch.Tensor:
     if q_mask is None:
         return torch.full((Q.shape[0],), float(Q.shape[1]), device=Q.device)
@@ -197,21 +218,23 @@ def floored_maxsim(
     if cand.numel() == 0:
         return scores
 
-    # Step 4: exact fp32 recompute of the pairs that failed.
+    # Step 4: exact fp32 recompute of what failed, in chunks so no large copy is ever made.
     valid = d_mask if d_mask is not None else torch.ones(D.shape[:-1], dtype=torch.bool, device=D.device)
-    bad = torch.nonzero(~ok)
-    if all_pairs:
-        pb, pd = bad[:, 0], cand[bad[:, 1]]
-        Dp, vp, fp = D[pd], valid[pd], floor[pd]
-    else:
-        sel = cand[bad[:, 1]]
-        pb, pk = sel // K, sel % K
-        Dp, vp, fp = D[pb, pk], valid[pb, pk], floor[pb, pk]
-        pd = pk
-    qm_p = None if q_mask is None else q_mask[pb]
-    fixed = exact_pairs(Qf[pb], qm_p, Dp.reshape(-1, Ld, D.shape[-1]), vp, fp)
     scores = scores.clone()
-    scores[pb, pd] = fixed
+    B, Lq = Q.shape[:2]
+    if all_pairs:  # every query against each failing doc (one read of the doc for all queries)
+        step = _chunk(B * Lq * Ld)
+        for s in range(0, len(cand), step):
+            d = cand[s : s + step]
+            scores[:, d] = exact_all_pairs(Qf, q_mask, D[d], valid[d], floor[d])
+    else:
+        sel = torch.nonzero(~ok)[:, 1]
+        sel = cand[sel]
+        step = _chunk(Lq * Ld)
+        for s in range(0, len(sel), step):
+            pb, pk = sel[s : s + step] // K, sel[s : s + step] % K
+            qm_p = None if q_mask is None else q_mask[pb]
+            scores[pb, pk] = exact_pairs(Qf[pb], qm_p, D[pb, pk], valid[pb, pk], floor[pb, pk])
     return scores
 
 
@@ -248,10 +271,11 @@ def floored_maxsim_packed(
     cand, ok = _uncertified(cand, _rounds_for(floor), check)
     if cand.numel() == 0:
         return scores
-    ok = ok[0]
-    bad = cand[~ok]
-    Dp, vp = ops.gather(docs, pids[0, bad], backend=backend)
-    fixed = exact_pairs(Qf.expand(len(bad), -1, -1), None, Dp, vp, floor[bad])
+    bad = cand[~ok[0]]
     scores = scores.clone()
-    scores[0, bad] = fixed
+    step = _chunk(Lq * docs.max_length)
+    for s in range(0, len(bad), step):
+        b = bad[s : s + step]
+        Dp, vp = ops.gather(docs, pids[0, b], backend=backend)
+        scores[0, b] = exact_pairs(Qf.expand(len(b), -1, -1), None, Dp, vp, floor[b])
     return scores
