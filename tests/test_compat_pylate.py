@@ -234,3 +234,16 @@ def test_gradients_match_pylate(ps, fn, bias):
         grads.append((q.grad, d.grad))
     for ours, lib in zip(grads[1], grads[0]):
         torch.testing.assert_close(ours, lib, rtol=0, atol=1e-5)
+
+
+def test_patched_hands_weighted_masks_back_to_pylate(ps):
+    """A non-0/1 mask scales PyLate's similarities; the drop-in refuses it, the patch defers to PyLate."""
+    g = torch.Generator().manual_seed(5)
+    Q, D = normalized((2, 4, 8), torch.float32, "cpu", g), normalized((3, 6, 8), torch.float32, "cpu", g)
+    weights = torch.rand(3, 6, generator=g)
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        compat.colbert_scores(Q, D, None, weights)
+    want = ps.colbert_scores(Q, D, None, weights)
+    with compat.patched(colbert=False, pylate=True, require_kernels=False):
+        got = ps.colbert_scores(Q, D, None, weights)
+    assert torch.equal(got, want)

@@ -84,7 +84,10 @@ def _pylate_wrapper(name: str, original, require_kernels: bool):
             return original(*args, **kwargs)
         if require_kernels and not _has_kernels(_device_of(bound.arguments["documents_embeddings"])):
             return original(*args, **kwargs)
-        return ours(*bound.args, **bound.kwargs)
+        try:
+            return ours(*bound.args, **bound.kwargs)
+        except _pylate.NonBinaryMaskError:  # weights, not a mask: only PyLate's own code means that
+            return original(*args, **kwargs)
 
     return wrapper
 

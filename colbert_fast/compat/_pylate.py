@@ -49,6 +49,11 @@ def to_tensor(x) -> torch.Tensor:
     raise TypeError(f"expected a tensor, numpy array or list, got {type(x).__name__}")
 
 
+class NonBinaryMaskError(ValueError):
+    """A mask with values other than 0 and 1: PyLate scales similarities by them, which is not a
+    mask; the drop-ins refuse it (a patched PyLate hands such calls back to PyLate)."""
+
+
 def _mask(name: str, m, shape: tuple) -> torch.Tensor | None:
     """PyLate multiplies similarities by the mask; only 0/1 masks are a mask (weights would scale)."""
     if m is None:
@@ -58,7 +63,7 @@ def _mask(name: str, m, shape: tuple) -> torch.Tensor | None:
         raise ValueError(f"{name} must have shape {shape}, got {tuple(m.shape)}")
     if m.dtype != torch.bool:
         if bool(((m != 0) & (m != 1)).any()):
-            raise ValueError(f"{name} must hold only 0 and 1 (PyLate would scale similarities by other values)")
+            raise NonBinaryMaskError(f"{name} must hold only 0 and 1 (PyLate would scale similarities by other values)")
         m = m != 0
     return m
 
