@@ -103,7 +103,8 @@ def _swap(lib: str, old, new) -> None:
             if value is old:
                 setattr(module, attr, new)
             funcs = [value]
-            if isinstance(value, type) and getattr(value, "__module__", "").startswith(lib):
+            owner = getattr(value, "__module__", None) or ""
+            if isinstance(value, type) and (owner == lib or owner.startswith(lib + ".")):
                 funcs = [v for v in vars(value).values() if isinstance(v, types.FunctionType)]
             for f in funcs:
                 if isinstance(f, types.FunctionType) and f.__defaults__ and any(d is old for d in f.__defaults__):
