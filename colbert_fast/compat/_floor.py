@@ -27,13 +27,14 @@ import torch
 from .. import ops
 from ..packed import PackedDocs
 
-# Sampled doc tokens per doc for the certificate, in rounds: each round re-checks only the docs
-# the previous one failed, with more samples. A floor near 0 can win for a real query token (short
-# docs of an unrelated topic). Real embeddings are anisotropic (most similarities positive): 4
-# samples certify nearly every doc. Random unit vectors (a similarity is positive with
-# probability 1/2) need the second round; after it only ~32 * 2^-16 of the docs go to the exact
-# path. A floor of -9999 only wins for vectors of norm ~100, and one token certifies it.
-ROUNDS_NEAR_ZERO = (4, 16)
+# Sampled doc tokens per doc for the certificate, in rounds: each round reads the next tokens of
+# only the docs still failing (cumulative counts). A floor near 0 can win for a real query token
+# (short docs of an unrelated topic). Where most similarities are positive (anisotropic
+# embeddings), the first 4 tokens certify nearly every doc. Random unit vectors (a similarity is
+# positive with probability 1/2) fail round 1 for most docs, round 2 for ~12%; after round 3
+# only ~32 * 2^-16 of the docs go to the exact path. A floor of -9999 only wins for vectors of
+# norm ~100, and one token certifies it.
+ROUNDS_NEAR_ZERO = (4, 8, 16)
 ROUNDS_FAR_BELOW = (1,)
 CHUNK_ELEMENTS = 1 << 22  # similarities per chunk in the exact fallback (16 MB fp32)
 
@@ -42,11 +43,13 @@ def _first_valid_positions(valid: torch.Tensor, k: int) -> torch.Tensor:
     """Indices [..., k] of the first k valid positions of docs with at least one; a doc with fewer
     repeats its first one (a repeated sample leaves a maximum unchanged, and no mask is needed)."""
     Ld = valid.shape[-1]
-    k = min(k, Ld)
     # Earlier valid positions get larger keys; topk with a small k is one pass, unlike a sort.
     key = valid.to(torch.int32) * (Ld - torch.arange(Ld, device=valid.device, dtype=torch.int32))
-    vals, pos = key.topk(k, dim=-1)  # sorted: position 0 is the first valid one
-    return torch.where(vals > 0, pos, pos[..., :1])
+    vals, pos = key.topk(min(k, Ld), dim=-1)  # sorted: position 0 is the first valid one
+    pos = torch.where(vals > 0, pos, pos[..., :1])
+    if pos.shape[-1] < k:  # shorter than k: pad with the first valid position
+        pos = torch.cat([pos, pos[..., :1].expand(*pos.shape[:-1], k - pos.shape[-1])], dim=-1)
+    return pos
 
 
 def _lower_bounds(Qf: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
@@ -123,13 +126,15 @@ def _rounds_for(floor: torch.Tensor) -> tuple[int, ...]:
 
 @torch.no_grad()  # the certificate only decides which pairs to recompute; nothing to differentiate
 def _uncertified(cand: torch.Tensor, rounds: tuple[int, ...], check) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run check(docs, k) -> ok [Bq, P] round by round on the docs still failing. Returns the docs
-    that failed the last round and its ok (False = the pair needs the exact path). A later round's
-    samples include the earlier ones, so its lower bounds are never worse."""
-    for k in rounds:
-        ok = check(cand, k)
+    """Run check(docs, lo, hi) -> ok [Bq, P] (certified by sampled tokens lo..hi-1) round by round on
+    the docs still failing. Returns the docs that failed the last round and their ok, accumulated
+    over the rounds (False = the pair needs the exact path)."""
+    ok, lo = None, 0
+    for hi in rounds:
+        new = check(cand, lo, hi)
+        ok = new if ok is None else ok | new
         failing = ~ok.all(dim=0)
-        cand, ok = cand[failing], ok[:, failing]
+        cand, ok, lo = cand[failing], ok[:, failing], hi
         if cand.numel() == 0:
             break
     return cand, ok
@@ -186,12 +191,14 @@ def floored_maxsim(
     docs_flat = D.reshape(-1, Ld, dim) if D.is_contiguous() else None  # a view: row gathers by index_select
     len_flat = None if lengths is None else lengths.reshape(-1)
 
-    def sample(idx, k):
-        """[P, k, dim]: the first k valid rows of flat docs idx (repeats when shorter)."""
+    def sample(idx, lo, hi):
+        """[P, k, dim]: valid rows lo..hi-1 (in order) of flat docs idx (a doc's first one repeats
+        past its end)."""
         if len_flat is not None:
-            pos = torch.minimum(torch.arange(min(k, Ld), device=D.device), (len_flat[idx] - 1).unsqueeze(1))
+            pos = torch.arange(lo, hi, device=D.device).expand(len(idx), -1)
+            pos = torch.where(pos < len_flat[idx].unsqueeze(1), pos, 0)
         else:
-            pos = _first_valid_positions(d_mask.reshape(-1, Ld)[idx], k)
+            pos = _first_valid_positions(d_mask.reshape(-1, Ld)[idx], hi)[:, lo:]
         if docs_flat is not None:
             rows = (idx * Ld).unsqueeze(1) + pos
             return docs_flat.view(-1, dim).index_select(0, rows.reshape(-1)).view(len(idx), -1, dim)
@@ -201,16 +208,16 @@ def floored_maxsim(
 
     if all_pairs:
 
-        def check(idx, k):
-            ok = _lower_bounds(Qf, sample(idx, k)) >= floor[idx][None, :, None]  # [B, P, Lq]
+        def check(idx, lo, hi):
+            ok = _lower_bounds(Qf, sample(idx, lo, hi)) >= floor[idx][None, :, None]  # [B, P, Lq]
             return (ok if q_mask is None else ok | ~q_mask[:, None, :]).all(dim=-1)
 
     else:
         K = D.shape[1]
 
-        def check(idx, k):
+        def check(idx, lo, hi):
             b = idx // K
-            lower = torch.einsum("pqd,pkd->pqk", Qf[b], sample(idx, k).float()).amax(dim=-1)  # [P, Lq]
+            lower = torch.einsum("pqd,pkd->pqk", Qf[b], sample(idx, lo, hi).float()).amax(dim=-1)  # [P, Lq]
             ok = lower >= floor.reshape(-1)[idx][:, None]
             return (ok if q_mask is None else ok | ~q_mask[b]).all(dim=-1).unsqueeze(0)
 
@@ -261,11 +268,11 @@ def floored_maxsim_packed(
         return scores
     Qf = Q.to(docs.dtype).float()
 
-    def check(idx, k):
-        # The first k rows of each doc (its last row repeated when it is shorter).
-        j = torch.arange(k, device=lengths.device)
-        rows = docs.offsets[pids[0, idx]][:, None] + torch.minimum(j[None, :], lengths[idx][:, None] - 1)
-        S = docs.embeddings.index_select(0, rows.reshape(-1)).view(len(idx), k, -1)
+    def check(idx, lo, hi):
+        # Rows lo..hi-1 of each doc (its first row repeated past its end).
+        j = torch.arange(lo, hi, device=lengths.device)[None, :]
+        rows = docs.offsets[pids[0, idx]][:, None] + torch.where(j < lengths[idx][:, None], j, 0)
+        S = docs.embeddings.index_select(0, rows.reshape(-1)).view(len(idx), hi - lo, -1)
         return (_lower_bounds(Qf, S) >= floor[idx][None, :, None]).all(dim=-1)  # [1, P]
 
     cand, ok = _uncertified(cand, _rounds_for(floor), check)
