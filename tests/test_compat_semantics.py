@@ -216,3 +216,22 @@ def test_exact_path_in_many_small_chunks(monkeypatch, layout):
         exact = floored_oracle(Q, D, None, d_mask, torch.zeros(dshape[:-1]))
     assert (exact == 0).float().mean() > 0.5  # the floor wins for most pairs
     assert (out - exact).abs().max().item() <= 1e-4 * Lq
+
+
+@pytest.mark.parametrize("layout", ["all_pairs", "packed"])
+def test_certificate_keeps_tokens_certified_in_earlier_rounds(monkeypatch, layout):
+    """Query token 0 is certified by doc tokens 0-3 (round 1), token 1 only by doc tokens 4-7
+    (round 2): together the pair is certified and the exact path never runs."""
+    calls = []
+    for name in ("exact_pairs", "exact_all_pairs"):
+        real = getattr(_floor, name)
+        monkeypatch.setattr(_floor, name, lambda *a, real=real: calls.append(1) or real(*a))
+    Q = torch.eye(2).unsqueeze(0)  # [1, 2, 2]: tokens e0, e1
+    doc = torch.tensor([[1.0, -1.0]] * 4 + [[-1.0, 1.0]] * 4) / 2**0.5  # [8, 2]
+    if layout == "all_pairs":
+        out = _floor.floored_maxsim(Q, doc.unsqueeze(0), None, torch.ones(1, 8, dtype=torch.bool), torch.zeros(1))
+    else:
+        docs = cf.PackedDocs(doc, torch.tensor([8]))
+        out = _floor.floored_maxsim_packed(Q, docs, torch.zeros(1, 1, dtype=torch.long), torch.zeros(1))
+    assert calls == []
+    assert out.item() == pytest.approx(2 * 0.5**0.5, abs=1e-6)

@@ -126,18 +126,19 @@ def _rounds_for(floor: torch.Tensor) -> tuple[int, ...]:
 
 @torch.no_grad()  # the certificate only decides which pairs to recompute; nothing to differentiate
 def _uncertified(cand: torch.Tensor, rounds: tuple[int, ...], check) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run check(docs, lo, hi) -> ok [Bq, P] (certified by sampled tokens lo..hi-1) round by round on
-    the docs still failing. Returns the docs that failed the last round and their ok, accumulated
-    over the rounds (False = the pair needs the exact path)."""
+    """Run check(docs, lo, hi) -> ok [Bq, P, Lq] (query token certified by sampled doc tokens
+    lo..hi-1) round by round on the docs still failing. A token certified in any round stays
+    certified. Returns the docs that failed the last round and their pair-level ok [Bq, P]
+    (False = the pair needs the exact path)."""
     ok, lo = None, 0
     for hi in rounds:
         new = check(cand, lo, hi)
         ok = new if ok is None else ok | new
-        failing = ~ok.all(dim=0)
+        failing = ~ok.all(dim=-1).all(dim=0)
         cand, ok, lo = cand[failing], ok[:, failing], hi
         if cand.numel() == 0:
             break
-    return cand, ok
+    return cand, ok.all(dim=-1)
 
 
 def floored_maxsim(
@@ -210,7 +211,7 @@ def floored_maxsim(
 
         def check(idx, lo, hi):
             ok = _lower_bounds(Qf, sample(idx, lo, hi)) >= floor[idx][None, :, None]  # [B, P, Lq]
-            return (ok if q_mask is None else ok | ~q_mask[:, None, :]).all(dim=-1)
+            return ok if q_mask is None else ok | ~q_mask[:, None, :]
 
     else:
         K = D.shape[1]
@@ -219,7 +220,7 @@ def floored_maxsim(
             b = idx // K
             lower = torch.einsum("pqd,pkd->pqk", Qf[b], sample(idx, lo, hi).float()).amax(dim=-1)  # [P, Lq]
             ok = lower >= floor.reshape(-1)[idx][:, None]
-            return (ok if q_mask is None else ok | ~q_mask[b]).all(dim=-1).unsqueeze(0)
+            return (ok if q_mask is None else ok | ~q_mask[b]).unsqueeze(0)
 
     cand, ok = _uncertified(cand, _rounds_for(floor), check)
     if cand.numel() == 0:
@@ -273,7 +274,7 @@ def floored_maxsim_packed(
         j = torch.arange(lo, hi, device=lengths.device)[None, :]
         rows = docs.offsets[pids[0, idx]][:, None] + torch.where(j < lengths[idx][:, None], j, 0)
         S = docs.embeddings.index_select(0, rows.reshape(-1)).view(len(idx), hi - lo, -1)
-        return (_lower_bounds(Qf, S) >= floor[idx][None, :, None]).all(dim=-1)  # [1, P]
+        return _lower_bounds(Qf, S) >= floor[idx][None, :, None]  # [1, P, Lq]
 
     cand, ok = _uncertified(cand, _rounds_for(floor), check)
     if cand.numel() == 0:
