@@ -65,6 +65,7 @@ setup(
         "colbert_fast",
         "colbert_fast.backends",
         "colbert_fast.benchmark",
+        "colbert_fast.compat",
         "colbert_fast.kernels",
         "colbert_fast.pipeline_cli",
     ],

@@ -1,0 +1,202 @@
+"""Swap colbert_fast's drop-ins into an installed colbert-ai / PyLate at run time, and back.
+
+Libraries import these functions by name (`from colbert.modeling.colbert import colbert_score`
+in colbert.search.index_storage; `from ..scores import colbert_scores` in pylate.rank), so
+replacing the defining module's attribute is not enough: every loaded module of the library that
+holds the original function object gets the wrapper, and so do default arguments that captured
+it (pylate.losses.Distillation's score_metric=colbert_kd_scores). Modules imported after the
+patch pick the wrapper up from the defining module. Undo restores every place that holds a
+wrapper, so it also covers modules imported while patched. Not thread-safe: patch at start-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import inspect
+import os
+import sys
+import types
+
+import torch
+
+from .. import available_backends
+from . import _colbert_ai, _pylate
+
+_TARGETS = {
+    "colbert": ("colbert.modeling.colbert", ("colbert_score", "colbert_score_packed")),
+    "pylate": ("pylate.scores.colbert", ("colbert_scores", "colbert_scores_pairwise", "colbert_kd_scores")),
+}
+_MARK = "__colbert_fast_original__"
+
+
+def _import(lib: str) -> types.ModuleType:
+    module_name = _TARGETS[lib][0]
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as e:
+        pip = "colbert-ai" if lib == "colbert" else "pylate"
+        raise ImportError(f"patch_{lib}() needs {module_name}, which failed to import ({e}); pip install {pip}") from e
+
+
+def _has_kernels(device: torch.device) -> bool:
+    """Whether a colbert_fast kernel backend (not only the plain-PyTorch one) runs on `device`.
+    Without one, the patched functions call the library's own code: a patch never slows it down."""
+    return any(reason is None for name, reason in available_backends(device).items() if name != "torch")
+
+
+def _device_of(x) -> torch.device:
+    if isinstance(x, torch.Tensor):
+        return x.device
+    if isinstance(x, (list, tuple)) and x and isinstance(x[0], torch.Tensor):
+        return x[0].device
+    return torch.device("cpu")  # numpy arrays and nested lists become CPU tensors
+
+
+def _colbert_wrapper(name: str, original, require_kernels: bool):
+    ours = getattr(_colbert_ai, name)
+    signature = inspect.signature(original)  # keeps colbert-ai's names and its default config
+
+    @functools.wraps(original)
+    def wrapper(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        config = bound.args[3]
+        use_gpu, _ = _colbert_ai._settings(config)
+        if require_kernels and not _has_kernels(torch.device("cuda") if use_gpu else _device_of(bound.args[1])):
+            return original(*args, **kwargs)
+        return ours(*bound.args)
+
+    return wrapper
+
+
+def _pylate_wrapper(name: str, original, require_kernels: bool):
+    ours = getattr(_pylate, name)
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def wrapper(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        backend = bound.arguments.pop("backend", None)
+        resolved = (backend or os.environ.get("PYLATE_SCORES_BACKEND", "auto")).lower()
+        if resolved != "auto":  # the caller chose one of PyLate's own backends: honour it
+            return original(*args, **kwargs)
+        if require_kernels and not _has_kernels(_device_of(bound.arguments["documents_embeddings"])):
+            return original(*args, **kwargs)
+        try:
+            return ours(*bound.args, **bound.kwargs)
+        except _pylate.NonBinaryMaskError:  # weights, not a mask: only PyLate's own code means that
+            return original(*args, **kwargs)
+
+    return wrapper
+
+
+def _library_modules(lib: str):
+    return [m for n, m in list(sys.modules.items()) if m is not None and (n == lib or n.startswith(lib + "."))]
+
+
+def _swap(lib: str, old, new) -> None:
+    """Replace `old` by `new` in module globals and function/class-init defaults across the library."""
+    for module in _library_modules(lib):
+        for attr, value in list(vars(module).items()):
+            if value is old:
+                setattr(module, attr, new)
+            funcs = [value]
+            owner = getattr(value, "__module__", None) or ""
+            if isinstance(value, type) and (owner == lib or owner.startswith(lib + ".")):
+                funcs = [v for v in vars(value).values() if isinstance(v, types.FunctionType)]
+            for f in funcs:
+                if isinstance(f, types.FunctionType) and f.__defaults__ and any(d is old for d in f.__defaults__):
+                    f.__defaults__ = tuple(new if d is old else d for d in f.__defaults__)
+                if (
+                    isinstance(f, types.FunctionType)
+                    and f.__kwdefaults__
+                    and any(d is old for d in f.__kwdefaults__.values())
+                ):
+                    f.__kwdefaults__ = {k: (new if d is old else d) for k, d in f.__kwdefaults__.items()}
+
+
+def _patch(lib: str, require_kernels: bool = True) -> None:
+    module = _import(lib)
+    make = _colbert_wrapper if lib == "colbert" else _pylate_wrapper
+    for name in _TARGETS[lib][1]:
+        current = getattr(module, name)
+        if hasattr(current, _MARK):
+            continue  # already patched
+        wrapper = make(name, current, require_kernels)
+        setattr(wrapper, _MARK, current)
+        _swap(lib, current, wrapper)
+
+
+def _unpatch(lib: str) -> None:
+    module = sys.modules.get(_TARGETS[lib][0])
+    if module is None:
+        return
+    for name in _TARGETS[lib][1]:
+        current = getattr(module, name)
+        original = getattr(current, _MARK, None)
+        if original is not None:
+            _swap(lib, current, original)
+
+
+def is_patched(lib: str) -> bool:
+    """Whether patch_colbert() ("colbert") / patch_pylate() ("pylate") is in effect."""
+    module = sys.modules.get(_TARGETS[lib][0])
+    return module is not None and all(hasattr(getattr(module, n), _MARK) for n in _TARGETS[lib][1])
+
+
+def patch_colbert(*, require_kernels: bool = True) -> None:
+    """Route colbert-ai's colbert_score and colbert_score_packed through colbert_fast.
+
+    Same scores and rankings (quirks kept, see colbert_fast.compat.colbert_score). With
+    require_kernels (default), a call whose device has no colbert_fast kernel backend (only the
+    plain-PyTorch one, which is no faster than colbert-ai) runs colbert-ai's own code. Idempotent
+    (a second call changes nothing). Raises ImportError if colbert-ai is not installed.
+    """
+    _patch("colbert", require_kernels)
+
+
+def unpatch_colbert() -> None:
+    """Undo patch_colbert(); a no-op when it is not in effect."""
+    _unpatch("colbert")
+
+
+def patch_pylate(*, require_kernels: bool = True) -> None:
+    """Route PyLate's colbert_scores, colbert_scores_pairwise and colbert_kd_scores through colbert_fast.
+
+    Calls with backend=None/"auto" (and PYLATE_SCORES_BACKEND unset or "auto") use colbert_fast;
+    an explicit PyLate backend ("torch", "flash", "lik") still runs PyLate's. require_kernels: as
+    for patch_colbert. Idempotent. Raises ImportError if PyLate is not installed.
+    """
+    _patch("pylate", require_kernels)
+
+
+def unpatch_pylate() -> None:
+    """Undo patch_pylate(); a no-op when it is not in effect."""
+    _unpatch("pylate")
+
+
+@contextlib.contextmanager
+def patched(colbert: bool | None = None, pylate: bool | None = None, *, require_kernels: bool = True):
+    """Patch inside a `with` block and restore on exit (what was patched before stays patched).
+
+    None (default) patches the library if it is installed; True requires it (ImportError if
+    missing); False leaves it alone. require_kernels: as for patch_colbert.
+    """
+    done = []
+    try:
+        for lib, want in (("colbert", colbert), ("pylate", pylate)):
+            if want is False or is_patched(lib):
+                continue
+            try:
+                _patch(lib, require_kernels)
+            except ImportError:
+                if want:
+                    raise
+                continue
+            done.append(lib)
+        yield
+    finally:
+        for lib in reversed(done):
+            _unpatch(lib)
