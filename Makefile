@@ -6,6 +6,7 @@
 #   make compile-check  compile every GPU kernel for sm_80/sm_90 without a GPU
 #   make build          rebuild the extension after editing csrc/
 #   make env            versions, GPU, build and backends
+#   make peers          install colbert-ai and PyLate for the parity tests (torch held as installed)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -22,7 +23,7 @@ export MAX_JOBS ?= 2
 STAMP := $(VENV)/.colbert_fast-installed
 BUILD_INPUTS := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: setup build test test-gpu bench compile-check env clean
+.PHONY: setup build test test-gpu bench compile-check env peers clean
 
 setup: $(STAMP)
 
@@ -51,6 +52,16 @@ compile-check: setup
 
 env: setup
 	$(VENV)/bin/colbert-fast env
+
+# colbert-ai and PyLate, only for tests/test_compat_*.py and tests/test_pipeline_interop.py. Their
+# full dependency lists would replace torch, so they go in without dependencies and the few
+# modules their scoring and encoding paths import are named here.
+PEERS := colbert-ai==0.2.22 pylate==1.6.0
+PEER_DEPS := tqdm ujson==5.12.0 huggingface_hub GitPython scipy datasets "transformers>=4.41,<=5.3.0" ninja
+peers: setup
+	$(PY) -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(VENV)/peer-constraints.txt
+	$(PY) -m pip install -q -c $(VENV)/peer-constraints.txt --no-deps $(PEERS)
+	$(PY) -m pip install -q -c $(VENV)/peer-constraints.txt $(PEER_DEPS)
 
 clean:
 	rm -rf build *.egg-info colbert_fast/_C*.so $(STAMP)
