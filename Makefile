@@ -57,7 +57,7 @@ env: setup
 # full dependency lists would replace torch, so they go in without dependencies and the few
 # modules their scoring and encoding paths import are named here.
 PEERS := colbert-ai==0.2.22 pylate==1.6.0
-PEER_DEPS := tqdm ujson==5.12.0 huggingface_hub GitPython scipy datasets "transformers>=4.41,<=5.3.0" ninja
+PEER_DEPS := tqdm ujson==5.12.0 huggingface_hub GitPython scipy datasets "transformers>=4.41,<=5.3.0" ninja sentence-transformers==5.3.0
 peers: setup
 	$(PY) -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(VENV)/peer-constraints.txt
 	$(PY) -m pip install -q -c $(VENV)/peer-constraints.txt --no-deps $(PEERS)
