@@ -1,13 +1,42 @@
 """The README's code runs as written (it is the first thing a new user copies)."""
 
+import importlib.util
+import os
 import re
 from pathlib import Path
 
+import pytest
 
-def test_readme_python_blocks_run(tmp_path, monkeypatch):
+
+def _blocks():
     text = (Path(__file__).parents[1] / "README.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert blocks, "README has no python example"
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+def test_readme_has_examples():
+    assert len(_blocks()) >= 2
+
+
+def test_readme_api_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    for block in blocks:
-        exec(compile(block, "README.md", "exec"), {})
+    for block in _blocks():
+        if "compat." not in block:
+            exec(compile(block, "README.md", "exec"), {})
+
+
+def test_readme_compat_example_runs():
+    peers = [m for m in ("colbert", "pylate") if importlib.util.find_spec(m) is None]
+    if peers:
+        if os.environ.get("COLBERT_FAST_REQUIRE_PEERS") == "1":
+            pytest.fail(f"COLBERT_FAST_REQUIRE_PEERS=1 but not installed: {peers}")
+        pytest.skip(f"not installed: {peers} (make peers)")
+    from colbert_fast import compat
+
+    try:
+        for block in _blocks():
+            if "compat." in block:
+                exec(compile(block, "README.md", "exec"), {})
+        assert compat.is_patched("colbert") and compat.is_patched("pylate")
+    finally:
+        compat.unpatch_colbert()
+        compat.unpatch_pylate()
