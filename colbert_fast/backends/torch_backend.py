@@ -73,21 +73,25 @@ def maxsim(Q, D, q_mask, d_mask, d_lengths):
     return torch.cat(out, dim=1) if out else Q.new_zeros((B, 0), dtype=torch.float32)
 
 
-def gather(embeddings, offsets, lengths, pids, max_len):
-    """Packed rows -> padded [*pids.shape, max_len, dim] + mask, in one indexed read."""
-    flat = pids.reshape(-1)
-    valid = flat >= 0
-    safe = flat.clamp(min=0)
-    sel_len = torch.where(valid, lengths[safe], torch.zeros_like(flat))
+def _gather_rows(embeddings, offsets, lengths, pids, max_len):
+    """Packed rows -> [*pids.shape, max_len, dim] in one indexed read, and the valid mask.
+
+    Padding rows hold whatever row 0 holds: callers mask them (MaxSim) or zero them (gather).
+    """
+    safe = pids.clamp(min=0)
+    sel_len = torch.where(pids >= 0, lengths[safe], torch.zeros_like(safe))
     pos = torch.arange(max_len, device=embeddings.device)
     mask = pos < sel_len.unsqueeze(-1)
-    rows = (offsets[safe].unsqueeze(-1) + pos).masked_fill(~mask, 0)
     if embeddings.shape[0] == 0:
-        out = embeddings.new_zeros((flat.numel(), max_len, embeddings.shape[1]))
-    else:
-        out = embeddings[rows].masked_fill_(~mask.unsqueeze(-1), 0)
-    shape = tuple(pids.shape)
-    return out.reshape(*shape, max_len, embeddings.shape[1]), mask.reshape(*shape, max_len)
+        return embeddings.new_zeros((*pids.shape, max_len, embeddings.shape[1])), mask
+    rows = torch.where(mask, offsets[safe].unsqueeze(-1) + pos, torch.zeros_like(pos))
+    return embeddings[rows], mask
+
+
+def gather(embeddings, offsets, lengths, pids, max_len):
+    """Packed rows -> padded [*pids.shape, max_len, dim] (padding zeroed) + mask."""
+    out, mask = _gather_rows(embeddings, offsets, lengths, pids, max_len)
+    return out.masked_fill_(~mask.unsqueeze(-1), 0), mask
 
 
 def maxsim_packed(Q, embeddings, offsets, lengths, pids, q_mask, max_len):
@@ -98,7 +102,7 @@ def maxsim_packed(Q, embeddings, offsets, lengths, pids, q_mask, max_len):
     chunk = max(1, CHUNK_ELEMENTS // per_column)
     out = []
     for start in range(0, K, chunk):
-        D, d_mask = gather(embeddings, offsets, lengths, pids[:, start : start + chunk], max_len)
+        D, d_mask = _gather_rows(embeddings, offsets, lengths, pids[:, start : start + chunk], max_len)
         out.append(maxsim(Q, D, q_mask, d_mask, None))
     scores = torch.cat(out, dim=1) if out else Q.new_zeros((B, 0), dtype=torch.float32)
     return scores.masked_fill(pids < 0, float("-inf"))
