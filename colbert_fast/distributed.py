@@ -360,7 +360,9 @@ class ShardedIndex:
         return out
 
 
-def _write_top_manifest(index_dir: Path, collection: Path, collection_sha: str, num_docs: int, ranges, config, checkpoint):
+def _write_top_manifest(
+    index_dir: Path, collection: Path, collection_sha: str, num_docs: int, ranges, config, checkpoint
+):
     shards, fingerprint = [], None
     for s, (start, end) in enumerate(ranges):
         mpath = index_dir / shard_dir_name(s) / "manifest.json"
@@ -750,8 +752,7 @@ class ShardedSearcher:
         top_s, top_i = merge_topk(scores, ids, k)
         names = self.index.doc_ids()
         out = [
-            [(names[i], s) for i, s in zip(irow, srow) if i >= 0]
-            for irow, srow in zip(top_i.tolist(), top_s.tolist())
+            [(names[i], s) for i, s in zip(irow, srow) if i >= 0] for irow, srow in zip(top_i.tolist(), top_s.tolist())
         ]
         self._tick("merge", t0)
         return out

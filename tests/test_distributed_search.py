@@ -1,7 +1,7 @@
 """Sharded index and search (colbert_fast.distributed): 1 and 2 gloo ranks over 127.0.0.1 against the
 single-process Searcher and exhaustive MaxSim, faults (a rank that raises, hangs or dies), rebuild alone.
 
-Multi-rank tests spawn this file as a worker script (`python test_distributed_search.py MODE SPEC`),
+Multi-rank tests spawn this file as a worker script (`python test_distributed_search.py SPEC`),
 one process per rank, joined through a TCPStore this test process hosts on a port the OS picked (no
 free-port race), exactly as torchrun's agent does. Every spawn has a bounded timeout.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -38,50 +39,52 @@ from colbert_fast.distributed import (  # noqa: E402
 from colbert_fast.index import CorruptIndexError, IndexConfig, build_index  # noqa: E402
 from colbert_fast.search import Searcher  # noqa: E402
 
-N_DOCS = 90
+N_DOCS = 60
 # batch_size=1: every doc is encoded alone, so the global index and the shards hold the very same
 # vectors (length-sorted batches would pad differently and change low bits): exact comparison is fair.
 CONFIG = IndexConfig(codec="flat", batch_size=1, chunk_size=40)
 EXHAUSTIVE = {"nprobe": 1 << 20, "ncandidates": 1 << 20}  # every partition, every token vector (capped)
+CANDIDATES = [["3", "30", "59", "3"], ["29", "30"], ["0", "1", "2", "58"], ["31"], ["10", "50"]]
 SPAWN_TIMEOUT = 150  # seconds for one multi-process run, start-up included (loaded 2-core machine)
 
 
 # ---- the worker (runs in the spawned processes) ------------------------------------------------------
 
 
-def _worker(mode: str, spec: dict) -> None:
+def _worker(spec: dict) -> None:
+    """One rank: optionally build the sharded index, then search and re-rank, then optionally faults."""
     from colbert_fast.model import ColBERT
 
-    cluster = Cluster.init("gloo", timeout=spec.get("timeout", 60.0))
+    cluster = Cluster.init("gloo", timeout=spec["timeout"])
     out: dict = {"rank": cluster.rank, "world": cluster.world_size}
-    if mode == "build":
+    if spec.get("build"):
         encoder = ColBERT.load(spec["model"])
         build_sharded_index(
             spec["collection"], spec["index"], encoder, CONFIG, cluster=cluster, checkpoint=spec["model"]
         )
         out["shards"] = sorted(p.name for p in Path(spec["index"]).glob("shard-*"))
-    elif mode == "search":
-        searcher = ShardedSearcher(spec["index"], cluster, **EXHAUSTIVE)
-        queries = spec["queries"] if cluster.rank == 0 else None  # rank 0's queries are the ones used
-        out["exhaustive_k10"] = searcher.search(queries, k=10, batch_size=4)
-        out["exhaustive_all"] = searcher.search(queries, k=N_DOCS)
-        default = ShardedSearcher(spec["index"], cluster)
-        out["default_k20"] = default.search(queries, k=20)
-        out["rerank"] = searcher.rerank(queries, spec["candidates"] if cluster.rank == 0 else None)
-        out["rerank_k2"] = searcher.rerank(queries, spec["candidates"] if cluster.rank == 0 else None, k=2)
-        try:
-            searcher.rerank(["x"], [["no-such-pid"]])
-        except (KeyError, ShardError) as e:
-            out["unknown_pid"] = f"{type(e).__name__}: {e}"
-    elif mode == "faults":
-        _faults(cluster, spec, out)
-    Path(spec["out"], f"rank{cluster.rank}.json").write_text(json.dumps(out))
-    if mode == "faults":
-        os._exit(0)  # its peer is dead: skip the process group teardown
+    searcher = ShardedSearcher(spec["index"], cluster, **EXHAUSTIVE)
+    queries = spec["queries"] if cluster.rank == 0 else None  # rank 0's queries are the ones used
+    cands = CANDIDATES if cluster.rank == 0 else None
+    out["exhaustive_k10"] = searcher.search(queries, k=10, batch_size=2)
+    out["exhaustive_all"] = searcher.search(queries, k=N_DOCS)
+    out["default_k20"] = ShardedSearcher(spec["index"], cluster).search(queries, k=20)
+    out["rerank"] = searcher.rerank(queries, cands)
+    out["rerank_k2"] = searcher.rerank(queries, cands, k=2)
+    try:
+        searcher.rerank(["x"], [["no-such-pid"]])
+    except (KeyError, ShardError) as e:
+        out["unknown_pid"] = f"{type(e).__name__}: {e}"
+    path = Path(spec["out"], f"rank{cluster.rank}.json")
+    path.write_text(json.dumps(out))
+    if spec.get("faults"):
+        out["faults"] = {}
+        _faults(cluster, spec, out["faults"], lambda: path.write_text(json.dumps(out)))
+        os._exit(0)  # rank 1 died in the last fault: skip the process group teardown
     cluster.close()
 
 
-def _faults(cluster: Cluster, spec: dict, out: dict) -> None:
+def _faults(cluster: Cluster, spec: dict, out: dict, save) -> None:
     searcher = ShardedSearcher(spec["index"], cluster)
     queries = spec["queries"]
     real = searcher._local_search
@@ -106,7 +109,7 @@ def _faults(cluster: Cluster, spec: dict, out: dict) -> None:
         except ShardError as e:
             out[name] = {"error": str(e), "failures": {str(r): v for r, v in e.failures.items()}}
         out[name]["seconds"] = time.monotonic() - t0
-        Path(spec["out"], f"rank{cluster.rank}.json").write_text(json.dumps(out))  # rank 1 dies at the end
+        save()  # rank 1 dies in the last attempt
 
     attempt("healthy")
     fail_on_rank1("raise")
@@ -128,12 +131,12 @@ def _faults(cluster: Cluster, spec: dict, out: dict) -> None:
 # ---- spawning ------------------------------------------------------------------------------------------
 
 
-def spawn(mode: str, world: int, spec: dict, tmp: Path) -> tuple[dict[int, dict], list[int], str]:
+def spawn(world: int, spec: dict, tmp: Path) -> tuple[dict[int, dict], list[int], str]:
     """Run `world` worker processes; return (rank -> output JSON, exit codes, combined stderr)."""
     store = torch.distributed.TCPStore(
         "127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=datetime.timedelta(seconds=SPAWN_TIMEOUT)
     )
-    outdir = tmp / f"{mode}-{world}-{time.monotonic_ns()}"
+    outdir = tmp / f"ranks{world}-{time.monotonic_ns()}"
     outdir.mkdir()
     spec = {**spec, "out": str(outdir)}
     root = Path(__file__).resolve().parents[1]
@@ -151,7 +154,7 @@ def spawn(mode: str, world: int, spec: dict, tmp: Path) -> tuple[dict[int, dict]
     }
     procs = [
         subprocess.Popen(
-            [sys.executable, __file__, mode, json.dumps(spec)],
+            [sys.executable, __file__, json.dumps(spec)],
             env={**env_base, "RANK": str(r), "LOCAL_RANK": str(r)},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -187,7 +190,7 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("dist")
     enc = tiny_encoder(root / "tiny")
     enc.save(root / "model")
-    write_collection(root / "collection.tsv", N_DOCS, seed=21)
+    write_collection(root / "collection.tsv", N_DOCS, seed=21, hi=30)
     queries = write_queries(root / "queries.tsv", 5, seed=22)
     single = build_index(
         root / "collection.tsv", root / "single", enc, CONFIG, checkpoint=str(root / "model"), progress=False
@@ -196,17 +199,37 @@ def world(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def sharded2(world):
-    """A 2-shard index built by 2 gloo ranks, each encoding and writing its own shard."""
-    root, _, single, _ = world
-    spec = {"model": str(root / "model"), "collection": str(root / "collection.tsv"), "index": str(root / "sharded")}
-    outputs, codes, log = spawn("build", 2, spec, root)
-    assert codes == [0, 0], log
+def two_ranks(world):
+    """2 gloo ranks: build a 2-shard index (each rank its shard), search and re-rank, then the faults."""
+    root, _, single, queries = world
+    spec = {
+        "build": True,
+        "faults": True,
+        "model": str(root / "model"),
+        "collection": str(root / "collection.tsv"),
+        "index": str(root / "sharded"),
+        "queries": queries,
+        "timeout": 60.0,
+        "timeout_short": 4.0,
+        "hang": 9.0,
+    }
+    outputs, codes, log = spawn(2, spec, root)
+    assert codes == [0, 3], log  # rank 1 dies on purpose in the last fault
     assert outputs[0]["shards"] == outputs[1]["shards"] == ["shard-0000", "shard-0001"]
     sharded = ShardedIndex.load(root / "sharded")
     stores = [sharded.open_shard(s).docs.embeddings for s in range(2)]
     assert torch.equal(torch.cat(stores), single.docs.embeddings), "same vectors: a fair comparison"
-    return sharded
+    return sharded, outputs
+
+
+@pytest.fixture(scope="module")
+def one_rank(world, two_ranks):
+    """1 gloo rank serving both shards of the same index."""
+    root, _, _, queries = world
+    spec = {"index": str(two_ranks[0].path), "queries": queries, "timeout": 60.0}
+    outputs, codes, log = spawn(1, spec, root)
+    assert codes == [0], log
+    return outputs[0]
 
 
 def exact_topk(enc, index, queries, k):
@@ -266,24 +289,26 @@ def test_local_sharded_equals_single_process(world, tmp_path):
     """One process, three shards: exhaustive search and rerank equal the single-process Searcher exactly."""
     root, enc, single, queries = world
     sharded = build_sharded_index(root / "collection.tsv", tmp_path / "s3", enc, CONFIG, num_shards=3)
-    assert [(s.doc_start, s.doc_end) for s in sharded.shards] == [(0, 30), (30, 60), (60, 90)]
+    assert [(s.doc_start, s.doc_end) for s in sharded.shards] == [(0, 20), (20, 40), (40, 60)]
     stores = [sharded.open_shard(s).docs.embeddings for s in range(3)]
     assert torch.equal(torch.cat(stores), single.docs.embeddings), "same vectors: a fair comparison"
     ours = ShardedSearcher(sharded, encoder=enc, **EXHAUSTIVE)
     theirs = Searcher(single, enc, device="cpu", **EXHAUSTIVE)
     for k in (7, N_DOCS):
         assert as_tuples(ours.search(queries, k=k)) == canonical(theirs.search(queries, k=k), single)
-    cands = [["5", "31", "89", "5", "60"], ["0"], [], ["59", "30", "29"], ["88"]]
+    cands = [["5", "21", "59", "5", "40"], ["0"], [], ["39", "20", "19"], ["58"]]
     assert ours.rerank(queries, cands) == canonical(theirs.rerank(queries, cands), single)
     with pytest.raises(KeyError, match="no-such"):
         ours.rerank(queries[:1], [["no-such"]])
     assert ours.search([], k=3) == []
 
 
-def test_rebuild_one_shard_alone(world, tmp_path):
+def test_rebuild_one_shard_alone(world, two_ranks, tmp_path):
+    """The index the 2 ranks built: damage shard 1, rebuild it alone in this one process."""
     root, enc, _, queries = world
     path = tmp_path / "s2"
-    sharded = build_sharded_index(root / "collection.tsv", path, enc, CONFIG, num_shards=2)
+    shutil.copytree(two_ranks[0].path, path)
+    sharded = ShardedIndex.load(path)
     before = ShardedSearcher(sharded, encoder=enc).search(queries, k=10)
     # damage shard 1: the top-level manifest notices, by shard
     (path / "shard-0001" / "manifest.json").write_text("{}")
@@ -303,21 +328,20 @@ def test_rebuild_one_shard_alone(world, tmp_path):
 
 # ---- multi-process tests (gloo over 127.0.0.1) ------------------------------------------------------------
 
+# ---- multi-process tests (gloo over 127.0.0.1) ------------------------------------------------------------
 
-def test_one_and_two_ranks_equal_single_process(world, sharded2):
+RESULTS = ("exhaustive_k10", "exhaustive_all", "default_k20", "rerank", "rerank_k2")
+
+
+def test_one_and_two_ranks_equal_single_process(world, two_ranks, one_rank):
     root, enc, single, queries = world
-    cands = [["3", "50", "89", "3"], ["44", "45"], ["0", "1", "2", "88"], ["46"], ["10", "80"]]
-    spec = {"index": str(sharded2.path), "queries": queries, "candidates": cands}
-    runs = {}
-    for ranks in (1, 2):
-        outputs, codes, log = spawn("search", ranks, spec, root)
-        assert codes == [0] * ranks, log
-        same = [{k: v for k, v in o.items() if k not in ("rank", "world", "unknown_pid")} for o in outputs.values()]
-        assert all(o == same[0] for o in same), "every rank returns the same rankings"
-        assert "KeyError" in outputs[0]["unknown_pid"]
-        runs[ranks] = same[0]
-    assert runs[1] == runs[2], "1 rank serving both shards == 2 ranks"
-    got = runs[2]
+    sharded, outputs = two_ranks
+    got = outputs[0]
+    for key in RESULTS:
+        assert outputs[1][key] == got[key], f"{key}: every rank returns the same rankings"
+        assert one_rank[key] == got[key], f"{key}: 1 rank serving both shards == 2 ranks"
+    assert "KeyError" in got["unknown_pid"] and "no-such-pid" in got["unknown_pid"]
+    assert "ShardError" in outputs[1]["unknown_pid"] and "rank 0" in outputs[1]["unknown_pid"]
 
     # exhaustive regime: equal to the single-process searcher (same pids, order and scores) ...
     theirs = Searcher(single, enc, device="cpu", **EXHAUSTIVE)
@@ -329,9 +353,10 @@ def test_one_and_two_ranks_equal_single_process(world, sharded2):
         rows = single.internal_ids([p for p, _ in ranking])
         assert sorted(rows) == list(range(N_DOCS))
         torch.testing.assert_close(torch.tensor([s for _, s in ranking]), exact[b, rows], atol=tol, rtol=0)
+        assert all(x[1] >= y[1] for x, y in zip(ranking, ranking[1:])), "best first"
     # rerank routes every pid to its shard's rank: exactly the single-process rerank
-    assert as_tuples(got["rerank"]) == canonical(theirs.rerank(queries, cands), single)
-    assert as_tuples(got["rerank_k2"]) == [r[:2] for r in canonical(theirs.rerank(queries, cands), single)]
+    assert as_tuples(got["rerank"]) == canonical(theirs.rerank(queries, CANDIDATES), single)
+    assert as_tuples(got["rerank_k2"]) == [r[:2] for r in canonical(theirs.rerank(queries, CANDIDATES), single)]
     # default (approximate) regime: per-shard faiss candidates differ from one global faiss index,
     # but every score is the exact MaxSim of that doc
     for b, ranking in enumerate(got["default_k20"]):
@@ -340,28 +365,26 @@ def test_one_and_two_ranks_equal_single_process(world, sharded2):
         torch.testing.assert_close(torch.tensor([s for _, s in ranking]), exact[b, rows], atol=tol, rtol=0)
 
 
-def test_failing_hanging_and_dead_rank(world, sharded2):
-    root, _, _, queries = world
-    spec = {"index": str(sharded2.path), "queries": queries, "timeout": 60.0, "timeout_short": 4.0, "hang": 9.0}
-    outputs, codes, log = spawn("faults", 2, spec, root)
-    assert codes == [0, 3], log  # rank 1 dies on purpose in the last step
-    got = outputs[0]
+def test_failing_hanging_and_dead_rank(world, two_ranks):
+    _, _, _, queries = world
+    sharded, outputs = two_ranks
+    got = outputs[0]["faults"]
     assert "error" not in got["healthy"] and len(got["healthy"]["result"]) == len(queries)
     assert got["healthy"]["report"] == {"answered": [0, 1], "failed": {}}
 
     err = got["raise"]["error"]
     assert "rank 1 (shards [1])" in err and "MemoryError: injected failure" in err, err
     assert list(got["raise"]["failures"]) == ["1"]
-    assert outputs[1]["raise"]["error"] == got["raise"]["error"], "every rank raises the same error"
+    assert outputs[1]["faults"]["raise"]["error"] == err, "every rank raises the same error"
 
     partial = got["raise_partial"]
     assert "error" not in partial, partial
     assert partial["report"]["answered"] == [0]
     assert "MemoryError" in partial["report"]["failed"]["1"]
-    half = sharded2.shards[0].doc_end
-    ids0 = sharded2.doc_ids()[:half]
+    ids0 = set(sharded.doc_ids()[: sharded.shards[0].doc_end])
     assert all(p in ids0 for r in partial["result"] for p, _ in r), "only shard 0's docs"
     assert all(len(r) == 10 for r in partial["result"])
+    assert outputs[1]["faults"]["raise_partial"]["result"] == partial["result"]
 
     hang = got["hang"]
     assert "rank 1 (shards [1]): no answer" in hang["error"], hang
@@ -374,4 +397,4 @@ def test_failing_hanging_and_dead_rank(world, sharded2):
 
 
 if __name__ == "__main__":
-    _worker(sys.argv[1], json.loads(sys.argv[2]))
+    _worker(json.loads(sys.argv[1]))

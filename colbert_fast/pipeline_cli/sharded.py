@@ -180,7 +180,8 @@ def _query(args, cluster) -> int:
                 f"batch latency median {1000 * statistics.median(batch_walls):.1f} ms "
                 f"(min {1000 * min(batch_walls):.1f}, max {1000 * max(batch_walls):.1f})"
             )
-            print("rank 0 stage times per query (ms, last repeat): " + ", ".join(
-                f"{k} {1000 * v / len(qids):.2f}" for k, v in searcher.timings.items()
-            ))
+            print(
+                "rank 0 stage times per query (ms, last repeat): "
+                + ", ".join(f"{k} {1000 * v / len(qids):.2f}" for k, v in searcher.timings.items())
+            )
     return 0
