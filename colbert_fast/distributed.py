@@ -145,8 +145,23 @@ class Cluster:
         """A world of one process: no process group, an in-memory store."""
         return cls(0, 1, dist.HashStore(), None, torch.device(device or "cpu"))
 
-    def close(self) -> None:
-        if self.backend is not None and dist.is_initialized():
+    def close(self, timeout: float = 30.0) -> None:
+        """Leave the job: every rank together, so no rank tears down a connection a peer still uses.
+
+        When some rank does not arrive within `timeout` seconds (it died), the process group is left
+        as it is: destroying it could block on, or abort over, the dead peer.
+        """
+        if self.backend is None or not dist.is_initialized():
+            return
+        saved, self.timeout = self.timeout, timeout
+        try:
+            _, status = self.exchange("closing", wait_for_zero=timeout)
+        except ShardError:
+            return
+        finally:
+            self.timeout = saved
+        if all(v is not None for v in status.values()):
+            dist.barrier()
             dist.destroy_process_group()
 
     @property

@@ -398,3 +398,50 @@ def test_failing_hanging_and_dead_rank(world, two_ranks):
 
 if __name__ == "__main__":
     _worker(json.loads(sys.argv[1]))
+
+
+# ---- the command line ------------------------------------------------------------------------------------
+
+
+def test_cli_local_and_torchrun(world, two_ranks, tmp_path):
+    """`colbert-fast sharded index|search|rerank` in one process, and search under torchrun with 2 ranks."""
+    import socket
+
+    from colbert_fast import cli
+
+    root, _, _, queries = world
+    index = str(tmp_path / "cli-index")
+    common = ["--checkpoint", str(root / "model"), "--device", "cpu"]
+    coll = str(root / "collection.tsv")
+    assert cli.main(["sharded", "index", "--index", index, "--collection", coll, "--num-shards", "2", "--codec", "flat",
+                     "--batch-size", "1", "--quiet", *common]) == 0  # fmt: skip
+    assert cli.main(["sharded", "index", "--index", index, "--collection", coll, "--shards", "0", "--codec", "flat",
+                     "--batch-size", "1", "--quiet", *common]) == 0  # fmt: skip
+    qfile = str(root / "queries.tsv")
+    local_run = tmp_path / "local.tsv"
+    args = ["--queries", qfile, "--k", "15", "--nprobe", "100000", "--ncandidates", "100000"]
+    assert cli.main(["sharded", "search", "--index", index, "--output", str(local_run), *args]) == 0
+    ours = ShardedSearcher(index, **EXHAUSTIVE).search(queries, k=15)
+    lines = local_run.read_text().splitlines()
+    assert [ln.split("\t")[:2] for ln in lines] == [[f"q{b}", p] for b, r in enumerate(ours) for p, _ in r]
+    cand = tmp_path / "cands.tsv"
+    cand.write_text("".join(f"q{b}\t{p}\t{i + 1}\n" for b, c in enumerate(CANDIDATES) for i, p in enumerate(c)))
+    rr = tmp_path / "rerank.tsv"
+    assert cli.main(["sharded", "rerank", "--index", index, "--queries", qfile, "--run", str(cand), "--output",
+                     str(rr)]) == 0  # fmt: skip
+    want = ShardedSearcher(index, load_ivf=False).rerank(queries, CANDIDATES)
+    assert [ln.split("\t")[1] for ln in rr.read_text().splitlines()] == [p for r in want for p, _ in r]
+
+    # torchrun, 2 ranks on 127.0.0.1, over the index the 2-rank job built (same vectors as `index`)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist_run = tmp_path / "dist.tsv"
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(port), "-m", "colbert_fast", "sharded", "search", "--index", str(two_ranks[0].path),
+           "--output", str(dist_run), "--dist-backend", "gloo", "--timeout", "60", *args]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=SPAWN_TIMEOUT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert dist_run.read_text() == local_run.read_text()
