@@ -539,6 +539,9 @@ class ShardedSearcher:
             (nprobe is capped at each shard's partitions; k' token neighbours are fetched per shard).
         allow_partial: if a rank fails or times out, return the other shards' results instead of
             raising; `report` says which shards answered.
+        split_candidates: fetch ceil(k' / #shards) token neighbours per shard instead of k', so the
+            candidate work summed over shards stays that of one index (each shard's candidates
+            are then fewer: recall can drop; the default keeps k' per shard, a superset).
 
     After each call: `report` (SearchReport) and `timings` (seconds per stage, this rank).
     Every rank returns the same rankings.
@@ -556,24 +559,27 @@ class ShardedSearcher:
         backend: str = "auto",
         load_ivf: bool = True,
         allow_partial: bool = False,
+        split_candidates: bool = False,
     ):
         self.cluster = cluster or Cluster.local()
+        self.split_candidates = split_candidates
         self.index = index if isinstance(index, ShardedIndex) else ShardedIndex.load(index)
         self.allow_partial = allow_partial
         self.ncandidates = ncandidates
         self.my_shards = owned_shards(len(self.index.shards), self.cluster.rank, self.cluster.world_size)
-        if encoder is None:
-            encoder = self.index.manifest["model"].get("checkpoint")
-            if encoder is None:
-                raise ValueError("the sharded index names no checkpoint: pass encoder=")
-        if not hasattr(encoder, "encode_queries"):
-            from .model import ColBERT
-
-            encoder = ColBERT.load(Path(encoder))
-        # Opening shards can fail (a corrupt file): say which rank and shard before anyone searches.
+        # Loading the model or a shard can fail (a missing file, a corrupt shard): report which rank
+        # and shard to every rank before anyone searches, rather than leave the others waiting.
         self.searchers: list[tuple[Shard, Searcher]] = []
         status = "ok"
         try:
+            if encoder is None:
+                encoder = self.index.manifest["model"].get("checkpoint")
+                if encoder is None:
+                    raise ValueError("the sharded index names no checkpoint: pass encoder=")
+            if not hasattr(encoder, "encode_queries"):
+                from .model import ColBERT
+
+                encoder = ColBERT.load(Path(encoder))
             for s in self.my_shards:
                 shard_index = self.index.open_shard(s, verify=verify, load_ivf=load_ivf)
                 searcher = Searcher(
@@ -601,6 +607,16 @@ class ShardedSearcher:
 
     def reset_timings(self) -> None:
         self.timings = {s: 0.0 for s in STAGES}
+        for _, searcher in self.searchers:
+            searcher.reset_timings()
+
+    def shard_timings(self) -> dict[str, float]:
+        """Seconds per Searcher stage (candidates = faiss + union, score = MaxSim, ...), this rank's shards."""
+        out: dict[str, float] = {}
+        for _, searcher in self.searchers:
+            for stage, seconds in searcher.timings.items():
+                out[stage] = out.get(stage, 0.0) + seconds
+        return out
 
     def _tick(self, stage: str, t0: float) -> float:
         if self.cluster.device.type == "cuda":
@@ -620,10 +636,15 @@ class ShardedSearcher:
         """
         if self.cluster.rank != 0:
             return self._follow()
-        if isinstance(queries, str) or queries is None:
-            raise TypeError("queries must be a list of strings; wrap a single query in a list")
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a positive int, got {k!r}")
+        try:
+            if isinstance(queries, str) or queries is None:
+                raise TypeError("queries must be a list of strings; wrap a single query in a list")
+            if not isinstance(k, int) or k < 1:
+                raise ValueError(f"k must be a positive int, got {k!r}")
+            if not isinstance(batch_size, int) or batch_size < 1:
+                raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        except (TypeError, ValueError) as e:
+            self._refuse(e)
         kprime = ncandidates or self.ncandidates or max(k // 2, 1)
         batches = [(list(queries[s : s + batch_size]), None) for s in range(0, len(queries), batch_size)]
         return self._lead("search", batches, k, kprime)
@@ -639,13 +660,26 @@ class ShardedSearcher:
         if self.cluster.rank != 0:
             return self._follow()
         if queries is None or candidates is None or len(queries) != len(candidates):
-            raise ValueError("rerank needs as many candidate lists as queries")
+            self._refuse(ValueError("rerank needs as many candidate lists as queries"))
+        if k is not None and (not isinstance(k, int) or k < 1):
+            self._refuse(ValueError(f"k must be a positive int or None, got {k!r}"))
         return self._lead("rerank", [(list(queries), [list(c) for c in candidates])], k, 0)
 
     def serve(self) -> None:
         """Ranks other than 0: answer rank 0's calls until it calls stop()."""
-        while self._follow(until_stop=True) is not None:
-            pass
+        while True:
+            try:
+                if self._follow(until_stop=True) is None:
+                    return
+            except ShardError as e:
+                if e.failures.get(0) == "no answer":
+                    raise  # rank 0 is gone
+                # a failed call (bad input, a failing shard) was reported to rank 0's caller: go on
+
+    def _refuse(self, error: Exception):
+        """Rank 0: a call with bad arguments; tell the other ranks (waiting for a header), then raise."""
+        self.cluster.exchange(json.dumps({"op": "error", "last": True, "error": _error_text(error)}))
+        raise error
 
     def stop(self) -> None:
         """Rank 0: release the ranks looping in serve()."""
@@ -775,6 +809,8 @@ class ShardedSearcher:
     def _local_search(self, Q, q_mask, kprime: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's top k per query from its shards (global doc ids), as Searcher.search scores them."""
         scores, ids = [], []
+        if self.split_candidates:
+            kprime = -(-kprime // len(self.index.shards))
         for shard, searcher in self.searchers:
             pids = searcher.candidates(Q, q_mask, kprime)
             if pids.shape[1] == 0:

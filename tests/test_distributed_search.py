@@ -75,6 +75,11 @@ def _worker(spec: dict) -> None:
         searcher.rerank(["x"], [["no-such-pid"]])
     except (KeyError, ShardError) as e:
         out["unknown_pid"] = f"{type(e).__name__}: {e}"
+    try:
+        searcher.search(queries, k=0)  # bad input on rank 0: every rank hears of it at once
+    except (ValueError, ShardError) as e:
+        out["bad_k"] = f"{type(e).__name__}: {e}"
+    out["after_bad_k"] = searcher.search(queries, k=3)
     path = Path(spec["out"], f"rank{cluster.rank}.json")
     path.write_text(json.dumps(out))
     if spec.get("faults"):
@@ -183,6 +188,17 @@ def spawn(world: int, spec: dict, tmp: Path) -> tuple[dict[int, dict], list[int]
 
 
 # ---- fixtures --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread here and in every spawned rank: on a small, shared machine two threads per
+    process spin-wait for each other (tens of times slower), and equal thread counts keep the fp32
+    encoder outputs of this process and the ranks bit-identical."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
 
 
 @pytest.fixture(scope="module")
@@ -296,6 +312,8 @@ def test_local_sharded_equals_single_process(world, tmp_path):
     theirs = Searcher(single, enc, device="cpu", **EXHAUSTIVE)
     for k in (7, N_DOCS):
         assert as_tuples(ours.search(queries, k=k)) == canonical(theirs.search(queries, k=k), single)
+    split = ShardedSearcher(sharded, encoder=enc, split_candidates=True, **EXHAUSTIVE)
+    assert split.search(queries, k=7) == ours.search(queries, k=7), "k'/3 still covers every token"
     cands = [["5", "21", "59", "5", "40"], ["0"], [], ["39", "20", "19"], ["58"]]
     assert ours.rerank(queries, cands) == canonical(theirs.rerank(queries, cands), single)
     with pytest.raises(KeyError, match="no-such"):
@@ -342,6 +360,8 @@ def test_one_and_two_ranks_equal_single_process(world, two_ranks, one_rank):
         assert one_rank[key] == got[key], f"{key}: 1 rank serving both shards == 2 ranks"
     assert "KeyError" in got["unknown_pid"] and "no-such-pid" in got["unknown_pid"]
     assert "ShardError" in outputs[1]["unknown_pid"] and "rank 0" in outputs[1]["unknown_pid"]
+    assert got["bad_k"].startswith("ValueError: k must be") and outputs[1]["bad_k"].startswith("ShardError")
+    assert got["after_bad_k"] == outputs[1]["after_bad_k"] == [r[:3] for r in got["exhaustive_k10"]]
 
     # exhaustive regime: equal to the single-process searcher (same pids, order and scores) ...
     theirs = Searcher(single, enc, device="cpu", **EXHAUSTIVE)

@@ -61,6 +61,9 @@ def add_arguments(parser) -> None:
             p.add_argument("--k", type=int, default=1000, help="passages per query (default 1000)")
             p.add_argument("--nprobe", type=int, help="IVF partitions probed per shard (default: the index's)")
             p.add_argument("--ncandidates", type=int, help="k': token neighbours per query token per shard")
+            p.add_argument(
+                "--split-candidates", action="store_true", help="k'/#shards neighbours per shard (less work)"
+            )
         else:
             p.add_argument("--run", required=True, help="candidate run file to re-rank")
             p.add_argument("--k", type=int, help="keep the best k per query (default: all candidates)")
@@ -143,6 +146,7 @@ def _query(args, cluster) -> int:
         verify=not args.no_verify,
         load_ivf=args.sharded_command == "search",
         allow_partial=args.allow_partial,
+        split_candidates=getattr(args, "split_candidates", False),
     )
     if args.sharded_command == "rerank":
         candidates = load_run(args.run)
@@ -183,5 +187,7 @@ def _query(args, cluster) -> int:
             print(
                 "rank 0 stage times per query (ms, last repeat): "
                 + ", ".join(f"{k} {1000 * v / len(qids):.2f}" for k, v in searcher.timings.items())
+                + "; of local: "
+                + ", ".join(f"{k} {1000 * v / len(qids):.2f}" for k, v in searcher.shard_timings().items())
             )
     return 0
