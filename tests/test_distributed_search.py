@@ -80,6 +80,17 @@ def _worker(spec: dict) -> None:
     except (ValueError, ShardError) as e:
         out["bad_k"] = f"{type(e).__name__}: {e}"
     out["after_bad_k"] = searcher.search(queries, k=3)
+    if cluster.world_size > 1:  # serving: rank 1 loops in serve() while rank 0 makes calls, one of them bad
+        if cluster.rank == 0:
+            served = [searcher.search(queries, k=3)]
+            with pytest.raises(ValueError):
+                searcher.search(queries, k=-1)
+            served.append(searcher.rerank(queries, CANDIDATES, k=2))
+            searcher.stop()
+            out["served"] = served
+        else:
+            searcher.serve()
+            out["served"] = "returned"
     path = Path(spec["out"], f"rank{cluster.rank}.json")
     path.write_text(json.dumps(out))
     if spec.get("faults"):
@@ -348,7 +359,7 @@ def test_rebuild_one_shard_alone(world, two_ranks, tmp_path):
 
 # ---- multi-process tests (gloo over 127.0.0.1) ------------------------------------------------------------
 
-RESULTS = ("exhaustive_k10", "exhaustive_all", "default_k20", "rerank", "rerank_k2")
+RESULTS = ("exhaustive_k10", "exhaustive_all", "default_k20", "rerank", "rerank_k2", "after_bad_k")
 
 
 def test_one_and_two_ranks_equal_single_process(world, two_ranks, one_rank):
@@ -362,6 +373,7 @@ def test_one_and_two_ranks_equal_single_process(world, two_ranks, one_rank):
     assert "ShardError" in outputs[1]["unknown_pid"] and "rank 0" in outputs[1]["unknown_pid"]
     assert got["bad_k"].startswith("ValueError: k must be") and outputs[1]["bad_k"].startswith("ShardError")
     assert got["after_bad_k"] == outputs[1]["after_bad_k"] == [r[:3] for r in got["exhaustive_k10"]]
+    assert got["served"] == [got["after_bad_k"], got["rerank_k2"]] and outputs[1]["served"] == "returned"
 
     # exhaustive regime: equal to the single-process searcher (same pids, order and scores) ...
     theirs = Searcher(single, enc, device="cpu", **EXHAUSTIVE)
