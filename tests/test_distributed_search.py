@@ -168,23 +168,23 @@ def spawn(world: int, spec: dict, tmp: Path) -> tuple[dict[int, dict], list[int]
         "OMP_NUM_THREADS": str(torch.get_num_threads()),
         "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
     }
-    procs = [
-        subprocess.Popen(
-            [sys.executable, __file__, json.dumps(spec)],
-            env={**env_base, "RANK": str(r), "LOCAL_RANK": str(r)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for r in range(world)
-    ]
-    logs, codes = [], []
+    logs = [outdir / f"log{r}.txt" for r in range(world)]  # files, not pipes: a full pipe blocks a rank
+    procs = []
+    for r in range(world):
+        with open(logs[r], "w") as log:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, __file__, json.dumps(spec)],
+                    env={**env_base, "RANK": str(r), "LOCAL_RANK": str(r)},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+    codes = []
     deadline = time.monotonic() + SPAWN_TIMEOUT
     try:
         for p in procs:
-            text, _ = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            logs.append(text)
-            codes.append(p.returncode)
+            codes.append(p.wait(timeout=max(1.0, deadline - time.monotonic())))
     finally:
         for p in procs:
             if p.poll() is None:
@@ -195,7 +195,7 @@ def spawn(world: int, spec: dict, tmp: Path) -> tuple[dict[int, dict], list[int]
         path = outdir / f"rank{r}.json"
         if path.exists():
             outputs[r] = json.loads(path.read_text())
-    return outputs, codes, "\n".join(logs)
+    return outputs, codes, "\n".join(f"--- rank {r}:\n{path.read_text()}" for r, path in enumerate(logs))
 
 
 # ---- fixtures --------------------------------------------------------------------------------------------
@@ -343,6 +343,8 @@ def test_rebuild_one_shard_alone(world, two_ranks, tmp_path):
     (path / "shard-0001" / "manifest.json").write_text("{}")
     with pytest.raises(CorruptIndexError, match="shard 1"):
         ShardedIndex.load(path).open_shard(1)
+    with pytest.raises(ShardError, match=r"rank 0 \(shards \[0, 1\]\): CorruptIndexError: shard 1"):
+        ShardedSearcher(path, encoder=enc)
     manifest0 = (path / "shard-0000" / "manifest.json").read_bytes()
     rebuilt = build_sharded_index(root / "collection.tsv", path, enc, CONFIG, shards=[1])
     assert (path / "shard-0000" / "manifest.json").read_bytes() == manifest0, "shard 0 untouched"
