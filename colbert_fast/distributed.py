@@ -719,7 +719,7 @@ class ShardedSearcher:
             if error is not None:
                 raise error
             _raise_failures(
-                {r: ("ok" if r == 0 or v == "ready" else v) for r, v in ready.items()}, "search", self._shards_of()
+                {r: ("ok" if r == 0 or v == "ready" else v) for r, v in ready.items()}, op, self._shards_of()
             )
             results.extend(self._round(header, payload))
         return results
@@ -732,10 +732,14 @@ class ShardedSearcher:
             header = json.loads(ready[0]) if ready[0] is not None else {"error": "no answer"}
             if header.get("op") == "stop":
                 return None
+            what = header.get("op") if header.get("op") in ("search", "rerank") else "the call"
             if "error" in header:
-                raise ShardError(f"search failed on rank 0 (shards {self._shards_of()[0]}): {header['error']}")
+                raise ShardError(
+                    f"{what} failed on rank 0 (shards {self._shards_of()[0]}): {header['error']}",
+                    {0: header["error"]},
+                )
             _raise_failures(
-                {r: ("ok" if r == 0 or v == "ready" else v) for r, v in ready.items()}, "search", self._shards_of()
+                {r: ("ok" if r == 0 or v == "ready" else v) for r, v in ready.items()}, what, self._shards_of()
             )
             results.extend(self._round(header, None))
             if header["last"]:
@@ -780,8 +784,8 @@ class ShardedSearcher:
         tag, done = c.exchange(status)
         failures = {r: ("no answer (timed out or died)" if v is None else v) for r, v in done.items() if v != "ok"}
         shards_of = self._shards_of()
-        if failures and not self.allow_partial:
-            _raise_failures(done, "search", shards_of)
+        if failures and (not self.allow_partial or len(failures) == c.world_size):
+            _raise_failures(done, header["op"], shards_of)  # partial results need some rank to answer
         if not failures:
             parts = list(zip(c.all_gather(local[0]), c.all_gather(local[1])))
         else:
