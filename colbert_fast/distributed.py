@@ -425,6 +425,7 @@ def build_sharded_index(
     checkpoint: str | None = None,
     resume: bool = True,
     progress: bool = False,
+    build_timeout: float = 7 * 24 * 3600.0,
 ) -> ShardedIndex:
     """Build a sharded index: every rank of `cluster` encodes and writes the shards it owns.
 
@@ -438,6 +439,8 @@ def build_sharded_index(
         shards: build only these shards (rebuild one alone: shards=[s]); split among the ranks.
             The other shards must already exist with the same collection and layout.
         checkpoint, resume, progress: as colbert_fast.index.build_index, per shard.
+        build_timeout: seconds rank 0 waits for the other ranks to finish their shards (a shard of a
+            large collection takes hours; the cluster's own timeout is for search steps).
 
     Returns:
         the ShardedIndex, once sharded.json names every shard (written by rank 0 last).
@@ -491,7 +494,11 @@ def build_sharded_index(
                 part.unlink(missing_ok=True)
     except Exception as e:  # reported to every rank, then raised here too
         status, error = f"shards {mine}: {_error_text(e)}", e
-    _, built = cluster.exchange(status)
+    saved, cluster.timeout = cluster.timeout, build_timeout
+    try:
+        _, built = cluster.exchange(status)
+    finally:
+        cluster.timeout = saved
     owners = {r: [s for i, s in enumerate(todo) if i % cluster.world_size == r] for r in built}
     _raise_failures(built, "building", owners, error)
 

@@ -479,3 +479,13 @@ def test_cli_local_and_torchrun(world, two_ranks, tmp_path):
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=SPAWN_TIMEOUT)
     assert done.returncode == 0, done.stdout + done.stderr
     assert dist_run.read_text() == local_run.read_text()
+
+
+def test_failing_build_names_rank_and_shards(world, tmp_path):
+    """A shard that cannot be built (PQ needs 256 training vectors; a shard has ~1,000 here but
+    pq_bits=12 needs 4,096) fails the build with the rank, its shards and the reason; nothing is published."""
+    root, enc, _, _ = world
+    config = IndexConfig(codec="pq", pq_bits=12, batch_size=8)
+    with pytest.raises(ShardError, match=r"building failed .* rank 0 \(shards \[0, 1\]\).*ValueError: PQ with 12 bits"):
+        build_sharded_index(root / "collection.tsv", tmp_path / "bad", enc, config, num_shards=2)
+    assert not (tmp_path / "bad" / "sharded.json").exists()

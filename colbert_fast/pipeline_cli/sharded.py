@@ -44,6 +44,9 @@ def add_arguments(parser) -> None:
     p.add_argument("--partitions", type=int, help="IVF partitions per shard (default ~8*sqrt(#vectors))")
     p.add_argument("--nprobe", type=int, default=10, help="default partitions probed at search time (10)")
     p.add_argument("--codec", choices=("auto", "pq", "flat"), default="auto", help="as `colbert-fast index`")
+    p.add_argument(
+        "--build-timeout", type=float, default=7 * 24 * 3600.0, help="seconds to wait for the other ranks' shards"
+    )
     p.add_argument("--restart", action="store_true", help="ignore the chunks of an interrupted run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -117,6 +120,7 @@ def _index(args, cluster) -> int:
         checkpoint=str(Path(args.checkpoint).resolve()),
         resume=not args.restart,
         progress=not args.quiet and cluster.rank == 0,
+        build_timeout=args.build_timeout,
     )
     if cluster.rank == 0:
         for s in index.manifest["shards"]:
