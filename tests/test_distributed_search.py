@@ -80,6 +80,8 @@ def _worker(spec: dict) -> None:
     except (ValueError, ShardError) as e:
         out["bad_k"] = f"{type(e).__name__}: {e}"
     out["after_bad_k"] = searcher.search(queries, k=3)
+    if spec.get("index1"):  # more ranks than shards: rank 1 serves nothing and answers empty lists
+        out["one_shard"] = ShardedSearcher(spec["index1"], cluster, **EXHAUSTIVE).search(queries, k=10)
     if cluster.world_size > 1:  # serving: rank 1 loops in serve() while rank 0 makes calls, one of them bad
         if cluster.rank == 0:
             served = [searcher.search(queries, k=3)]
@@ -228,8 +230,11 @@ def world(tmp_path_factory):
 @pytest.fixture(scope="module")
 def two_ranks(world):
     """2 gloo ranks: build a 2-shard index (each rank its shard), search and re-rank, then the faults."""
-    root, _, single, queries = world
+    root, enc, single, queries = world
+    model = str(root / "model")
+    build_sharded_index(root / "collection.tsv", root / "sharded1", enc, CONFIG, num_shards=1, checkpoint=model)
     spec = {
+        "index1": str(root / "sharded1"),
         "build": True,
         "faults": True,
         "model": str(root / "model"),
@@ -375,6 +380,7 @@ def test_one_and_two_ranks_equal_single_process(world, two_ranks, one_rank):
     assert "ShardError" in outputs[1]["unknown_pid"] and "rank 0" in outputs[1]["unknown_pid"]
     assert got["bad_k"].startswith("ValueError: k must be") and outputs[1]["bad_k"].startswith("ShardError")
     assert got["after_bad_k"] == outputs[1]["after_bad_k"] == [r[:3] for r in got["exhaustive_k10"]]
+    assert got["one_shard"] == outputs[1]["one_shard"] == got["exhaustive_k10"], "2 ranks, 1 shard"
     assert got["served"] == [got["after_bad_k"], got["rerank_k2"]] and outputs[1]["served"] == "returned"
 
     # exhaustive regime: equal to the single-process searcher (same pids, order and scores) ...
