@@ -40,7 +40,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .index import CorruptIndexError, Index, IndexConfig, _sha256, _write_atomic, build_index, read_collection
+from ._atomic import write_bytes_atomic
+from .index import CorruptIndexError, Index, IndexConfig, _sha256, build_index, read_collection
 from .search import Ranking, Searcher
 
 __all__ = [
@@ -410,7 +411,7 @@ def _write_top_manifest(
         "num_shards": len(ranges),
         "shards": shards,
     }
-    _write_atomic(index_dir / TOP_MANIFEST, json.dumps(manifest, indent=2).encode())
+    write_bytes_atomic(index_dir / TOP_MANIFEST, json.dumps(manifest, indent=2).encode())
 
 
 def build_sharded_index(
@@ -479,7 +480,7 @@ def build_sharded_index(
             start, end = ranges[s]
             # The shard's own collection: the same passages, so build_index (and its resume) applies as is.
             part = index_dir / f"{shard_dir_name(s)}.collection.tsv"
-            _write_atomic(part, "".join(f"{pids[i]}\t{texts[i]}\n" for i in range(start, end)).encode())
+            write_bytes_atomic(part, "".join(f"{pids[i]}\t{texts[i]}\n" for i in range(start, end)).encode())
             try:
                 build_index(
                     part,
