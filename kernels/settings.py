@@ -169,12 +169,24 @@ def variants(arch: int):
             for bm in ALL_PAIRS_BLOCK_MS:
                 for save in (False, True):
                     for cfg in autotune_configs("all_pairs", arch, bm, dp, elsize, save):
-                        constexprs = {"BLOCK_M": bm, "DIM_PAD": dp, "SAVE_ARGMAX": save, "UPCAST": False, **cfg.as_dict()}
+                        constexprs = {
+                            "BLOCK_M": bm,
+                            "DIM_PAD": dp,
+                            "SAVE_ARGMAX": save,
+                            "UPCAST": False,
+                            **cfg.as_dict(),
+                        }
                         yield ("all_pairs", constexprs, cfg.num_warps, cfg.num_stages, dtype)
             for bm in PER_QUERY_BLOCK_MS:
                 for save in (False, True):
                     for cfg in autotune_configs("segmented", arch, bm, dp, elsize, save):
-                        constexprs = {"BLOCK_M": bm, "DIM_PAD": dp, "SAVE_ARGMAX": save, "UPCAST": False, **cfg.as_dict()}
+                        constexprs = {
+                            "BLOCK_M": bm,
+                            "DIM_PAD": dp,
+                            "SAVE_ARGMAX": save,
+                            "UPCAST": False,
+                            **cfg.as_dict(),
+                        }
                         yield ("segmented", constexprs, cfg.num_warps, cfg.num_stages, dtype)
             per_token = {"BLOCK_T": BWD_BLOCK_T, "DIM_PAD": dp}
             yield ("bwd_dq", per_token, bwd_num_warps(), 2, dtype)

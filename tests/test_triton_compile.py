@@ -20,7 +20,7 @@ import pytest
 
 triton = pytest.importorskip("triton")
 
-import colbert_fast
+import colbert_fast  # noqa: E402  (after importorskip)
 
 
 def _subprocess_env() -> dict:
