@@ -41,7 +41,7 @@ import torch
 import torch.distributed as dist
 
 from ._atomic import write_bytes_atomic
-from .index import CorruptIndexError, Index, IndexConfig, _sha256, build_index, read_collection
+from .index import CorruptIndexError, Index, IndexConfig, _sha256, build_index, read_collection, read_manifest
 from .search import Ranking, Searcher
 
 __all__ = [
@@ -302,12 +302,7 @@ class ShardedIndex:
         mpath = path / TOP_MANIFEST
         if not mpath.exists():
             raise FileNotFoundError(f"no sharded index at {path}: {TOP_MANIFEST} is missing")
-        try:
-            manifest = json.loads(mpath.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CorruptIndexError(f"{mpath} is corrupt: {e}") from None
-        if not isinstance(manifest, dict) or manifest.get("format") != SHARDED_FORMAT:
-            raise CorruptIndexError(f"{mpath} is not a {SHARDED_FORMAT} manifest")
+        manifest = read_manifest(mpath, SHARDED_FORMAT)
         try:
             index = cls(path, manifest)
         except (KeyError, TypeError, ValueError) as e:

@@ -447,12 +447,7 @@ class Index:
                 else ""
             )
             raise FileNotFoundError(f"no index at {path}: {MANIFEST} is missing{hint}")
-        try:
-            manifest = json.loads(mpath.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CorruptIndexError(f"{mpath} is corrupt: {e}") from None
-        if not isinstance(manifest, dict) or manifest.get("format") != INDEX_FORMAT:
-            raise CorruptIndexError(f"{mpath} is not a {INDEX_FORMAT} manifest")
+        manifest = read_manifest(mpath, INDEX_FORMAT)
         try:
             files = {k: manifest["files"][k] for k in ("docs", "ivf", "ids")}
             stats = manifest["stats"]
@@ -500,6 +495,17 @@ class Index:
                     f"index at {path} is inconsistent: faiss holds {ivf.ntotal} vectors of dim {ivf.d}"
                 )
         return cls(path, manifest, docs, [str(p) for p in doc_ids], ivf)
+
+
+def read_manifest(mpath: Path, expected_format: str) -> dict:
+    """A manifest's JSON, checked to be a dict of the expected format (CorruptIndexError if not)."""
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptIndexError(f"{mpath} is corrupt: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != expected_format:
+        raise CorruptIndexError(f"{mpath} is not a {expected_format} manifest")
+    return manifest
 
 
 def _check_sha(path: Path, expected: str) -> None:

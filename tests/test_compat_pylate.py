@@ -6,28 +6,18 @@ Skipped when PyLate is not installed, unless COLBERT_FAST_REQUIRE_PEERS=1 (CI): 
 
 from __future__ import annotations
 
-import importlib
-import os
 import sys
 import types
-import warnings
 
 import pytest
 import torch
-from helpers import DTYPES, normalized, random_lengths
+from helpers import DTYPES, import_peer, normalized, random_lengths
 
 from colbert_fast import compat, reference
 
 
 def _peer(module: str):
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return importlib.import_module(module)
-    except Exception as e:  # noqa: BLE001 - ImportError, or a broken install raising anything at import
-        if os.environ.get("COLBERT_FAST_REQUIRE_PEERS") == "1":
-            pytest.fail(f"{module} is required (COLBERT_FAST_REQUIRE_PEERS=1) but failed to import: {e!r}")
-        pytest.skip(f"{module} not importable ({type(e).__name__}: {e}); pip install pylate to run parity tests")
+    return import_peer(module, "pip install pylate")
 
 
 @pytest.fixture(scope="module")

@@ -42,3 +42,16 @@ def print_timings(searcher, num_queries: int) -> None:
     for stage, seconds in searcher.timings.items():
         print(f"  {stage:<11} {1000 * seconds / num_queries:9.3f}")
     print(f"  {'total':<11} {1000 * total / num_queries:9.3f}")
+
+
+def index_config(args):
+    """The IndexConfig that the index and sharded-index commands build from their arguments."""
+    from ..index import IndexConfig
+
+    return IndexConfig(
+        partitions=args.partitions,
+        nprobe=args.nprobe,
+        codec=args.codec,
+        batch_size=args.batch_size,
+        chunk_size=args.chunk_size,
+    )

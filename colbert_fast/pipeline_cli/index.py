@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ._common import index_config
+
 HELP = "encode a collection (MS MARCO TSV) with a ColBERT checkpoint into an index directory"
 
 EPILOG = """\
@@ -46,19 +48,13 @@ def run(args) -> int:
 
     import torch
 
-    from ..index import IndexConfig, build_index
+    from ..index import build_index
     from ..model import ColBERT
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     overrides = {"doc_maxlen": args.doc_maxlen} if args.doc_maxlen else {}
     encoder = ColBERT.load(args.checkpoint, device=device, dtype=torch.float16 if args.fp16 else None, **overrides)
-    config = IndexConfig(
-        partitions=args.partitions,
-        nprobe=args.nprobe,
-        codec=args.codec,
-        batch_size=args.batch_size,
-        chunk_size=args.chunk_size,
-    )
+    config = index_config(args)
     index = build_index(
         args.collection,
         args.index,

@@ -5,6 +5,8 @@ Run under torchrun for several ranks; without torchrun it is one process serving
 
 from __future__ import annotations
 
+from ._common import index_config
+
 HELP = "sharded index / search / rerank across processes and machines (run under torchrun)"
 
 EPILOG = """\
@@ -96,19 +98,12 @@ def _index(args, cluster) -> int:
     from pathlib import Path
 
     from ..distributed import build_sharded_index
-    from ..index import IndexConfig
     from ..model import ColBERT
 
     if not args.checkpoint:
         raise SystemExit("sharded index needs --checkpoint")
     encoder = ColBERT.load(args.checkpoint, device=str(cluster.device))
-    config = IndexConfig(
-        partitions=args.partitions,
-        nprobe=args.nprobe,
-        codec=args.codec,
-        batch_size=args.batch_size,
-        chunk_size=args.chunk_size,
-    )
+    config = index_config(args)
     index = build_sharded_index(
         args.collection,
         args.index,
