@@ -22,6 +22,7 @@ COMMANDS = {
     "search": "colbert_fast.pipeline_cli.search",
     "rerank": "colbert_fast.pipeline_cli.rerank",
     "eval": "colbert_fast.pipeline_cli.eval",
+    "experiment": "colbert_fast.pipeline_cli.experiment",
 }
 
 
