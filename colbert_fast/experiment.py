@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from . import backends, reference
 from . import evaluate as ev
-from . import reference
 from .datasets import Dataset
 
 __all__ = ["ExperimentConfig", "ablation", "format_table", "plot", "run_experiment", "exact_maxsim_scores"]
@@ -241,6 +241,7 @@ def run_experiment(
     results["systems"]["BM25"] = {"quality": _quality(run, qrels), "latency_ms": clock.per_query_ms(len(qids))}
 
     # 2b. Single vector, mean-pooled (docs encoded up front, like an index).
+    say(f"single-vector baseline: encoding {len(dataset.texts)} docs (mean-pooled, maxlen {config.single_maxlen})")
     t0 = time.perf_counter()
     doc_vecs = mean_pooled(encoder, dataset.texts, config.single_maxlen, config.batch_size).to(device)
     single_build_s = time.perf_counter() - t0
@@ -272,6 +273,7 @@ def run_experiment(
 
     # 2c/2d. ColBERT: re-rank BM25's top k, and end to end.
     searcher = Searcher(index, encoder, device=device, nprobe=config.nprobe, ncandidates=config.ncandidates)
+    results["scoring_backend"] = backends.select(searcher.backend, searcher.docs.device).__name__.rsplit(".", 1)[-1]
     results["systems"]["ColBERT rerank"], runs["ColBERT rerank"] = _colbert_system(
         searcher, qids, queries, qrels, pid_of, k, rerank_from=bm25_top, bm25_ms=results["systems"]["BM25"]
     )
