@@ -170,7 +170,7 @@ def test_exhaustive_search_is_exact_maxsim(experiment, embedded, cran_slice):
     index = Index.load(out / "index")
     ivf = index.manifest["ivf"]
     s = Searcher(index, embedded, device="cpu", nprobe=ivf["partitions"], ncandidates=ivf["ntotal"])
-    qids = cran_slice.judged_qids()[:20]
+    qids = cran_slice.judged_qids()[:10]
     queries = [dict(zip(cran_slice.qids, cran_slice.queries))[q] for q in qids]
     rankings = [s.search([t], k=NUM_DOCS, batch_size=1)[0] for t in queries]
 
@@ -178,7 +178,7 @@ def test_exhaustive_search_is_exact_maxsim(experiment, embedded, cran_slice):
     Q, q_mask = embedded.encode_queries(queries)
     docs = index.docs
     D, d_mask = reference.gather(docs.embeddings, docs.offsets, docs.lengths, torch.arange(docs.num_docs))
-    ref = reference.maxsim(Q, D, q_mask, d_mask)  # [20, NUM_DOCS]
+    ref = reference.maxsim(Q, D, q_mask, d_mask)  # [10, NUM_DOCS]
     same = reference.maxsim(Q, D, q_mask, d_mask, upcast=False)
     tol = reference.tolerance(ref, same, torch.float16, Q.shape[1])
     row = {p: i for i, p in enumerate(index.doc_ids)}
@@ -209,3 +209,26 @@ def test_searcher_finds_the_embedded_model_from_the_manifest(experiment, embedde
     assert s.index.manifest["model"]["checkpoint"] == EMBEDDED and s.encoder.config.dim == 384
     hits = s.search(["boundary layer flow over a flat plate"], k=5, ncandidates=20)[0]
     assert len(hits) == 5 and hits[0][1] >= hits[-1][1]
+
+
+def test_msmarco_tsv_files_work_the_same_way(embedded, tmp_path):
+    """The protocol on MS MARCO-format files (here: 20 Cranfield docs written as TSV, TREC qrels)."""
+    from colbert_fast.cli import main
+
+    d = load_cranfield(cranfield_dir()).subset(20)
+    d.write_collection(tmp_path / "collection.tsv")
+    (tmp_path / "queries.tsv").write_text("".join(f"q{q}\t{t}\n" for q, t in zip(d.qids, d.queries)))
+    (tmp_path / "qrels.tsv").write_text(
+        "".join(f"q{q} 0 {p} {g}\n" for q, rel in d.qrels.items() for p, g in rel.items())
+    )
+    out = tmp_path / "out"
+    argv = ["experiment", "--collection", str(tmp_path / "collection.tsv"), "--queries", str(tmp_path / "queries.tsv")]
+    argv += ["--qrels", str(tmp_path / "qrels.tsv"), "--out", str(out), "--quiet", "--device", "cpu"]
+    assert main(argv + ["--no-exhaustive"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["dataset"] == "collection" and results["index"]["num_docs"] == 20
+    assert results["systems"]["ColBERT e2e"]["quality"]["queries"] == len(d.judged_qids())
+    assert "exactness" not in results
+    # Options that contradict each other are refused before any work.
+    assert main(argv[:3] + ["--out", str(out)]) == 2  # --queries without --qrels
+    assert main(["experiment", "--checkpoint", str(tmp_path), "--ablation"]) == 2

