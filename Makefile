@@ -31,7 +31,7 @@ $(STAMP): $(BUILD_INPUTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel ninja numpy
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q --no-build-isolation -e ".[test,bench,pipeline]"
+	$(PY) -m pip install -q --no-build-isolation -e ".[test,bench,pipeline,cranfield]"
 	touch $@
 
 build: setup
