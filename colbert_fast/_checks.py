@@ -7,6 +7,8 @@ and the shapes seen, before any backend runs. Backends receive normalized argume
     d_mask       None or bool D.shape[:-1]
     d_lengths    None or int64 D.shape[:-2], 0 <= length <= Ld
     pids         int64 [B, K], -1 <= pid < num_docs
+    floor        None or contiguous fp32 of the doc shape (D.shape[:-2], or pids' [B, K]), each
+                 value -inf or finite
 """
 
 from __future__ import annotations
@@ -78,7 +80,42 @@ def _check_lengths(name: str, lengths: torch.Tensor, limit: int | None, limit_de
     return lengths
 
 
-def check_maxsim(Q, D, q_mask, d_mask, d_lengths):
+def check_floor(floor, shape: tuple, device: torch.device, shape_desc: str):
+    """floor: None, a float, or a tensor broadcastable to `shape` (one value per doc or slot).
+
+    Returns None (no floor: SPEC.md's rule) or a contiguous fp32 tensor of `shape` on `device`.
+    Each value must be -inf (no floor for that doc) or finite: a NaN or +inf floor has no
+    meaning every backend could agree on.
+    """
+    if floor is None:
+        return None
+    if isinstance(floor, (int, float)) and not isinstance(floor, bool):
+        value = float(floor)
+        if value != value or value == float("inf"):
+            raise ValueError(f"floor must be -inf or finite, got {value}")
+        if value == float("-inf"):
+            return None  # no floor anywhere: the plain rule, on the kernels' fast path
+        return torch.full(shape, value, dtype=torch.float32, device=device)
+    check_tensor("floor", floor)
+    if floor.dtype == torch.bool or floor.is_complex():
+        raise TypeError(f"floor must be a real number or a real tensor, got dtype {floor.dtype}")
+    if floor.device != device:
+        raise ValueError(f"floor is on {floor.device} but the docs are on {device}: move them to one device")
+    try:
+        expanded = torch.broadcast_shapes(_shape(floor), shape)
+    except RuntimeError:
+        expanded = None
+    if expanded != shape:
+        raise ValueError(
+            f"floor must broadcast to {shape_desc} {shape} (one value per doc), got shape {_shape(floor)}"
+        )
+    floor = floor.detach().to(torch.float32).expand(shape).contiguous()
+    if floor.numel() and bool((torch.isnan(floor) | torch.isposinf(floor)).any()):
+        raise ValueError("floor must be -inf or finite everywhere, got NaN or +inf")
+    return floor
+
+
+def check_maxsim(Q, D, q_mask, d_mask, d_lengths, floor=None):
     """Validate and normalize maxsim's arguments; returns them in the form backends expect."""
     check_tensor("D", D)
     if D.dim() not in (3, 4):
@@ -106,9 +143,10 @@ def check_maxsim(Q, D, q_mask, d_mask, d_lengths):
             )
         _check_same_device("d_lengths", d_lengths, "D", D)
         d_lengths = _check_lengths("d_lengths", d_lengths, D.shape[-2], "Ld")
+    floor = check_floor(floor, _shape(D)[:-2], D.device, "D's shape without (Ld, dim)")
     Q = last_dim_contiguous(Q.to(D.dtype))
     D = last_dim_contiguous(D)
-    return Q, D, q_mask, d_mask, d_lengths
+    return Q, D, q_mask, d_mask, d_lengths, floor
 
 
 def check_docs(docs) -> None:
@@ -139,10 +177,11 @@ def check_pids(pids, docs, batch: int | None) -> torch.Tensor:
     return pids
 
 
-def check_packed(Q, docs, pids, q_mask):
+def check_packed(Q, docs, pids, q_mask, floor=None):
     check_docs(docs)
     check_query(Q, docs.dim, "docs")
     _check_same_device("Q", Q, "docs", docs.embeddings)
     q_mask = check_q_mask(q_mask, Q)
     pids = check_pids(pids, docs, Q.shape[0])
-    return last_dim_contiguous(Q.to(docs.dtype)), pids, q_mask
+    floor = check_floor(floor, _shape(pids), docs.device, "pids' shape [B, K]")
+    return last_dim_contiguous(Q.to(docs.dtype)), pids, q_mask, floor

@@ -18,6 +18,7 @@ def maxsim(
     d_mask: torch.Tensor | None = None,
     *,
     d_lengths: torch.Tensor | None = None,
+    floor: float | torch.Tensor | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
     """Late-interaction (MaxSim) scores, fp32.
@@ -34,15 +35,22 @@ def maxsim(
             (a doc [0.2, -0.5] with mask [False, True] scores -0.5, not 0).
         d_lengths: int, D's shape without (Ld, dim): valid prefix lengths (the fast path).
             A doc of length 0 scores 0.
+        floor: None (default: the plain rule above), a float, or a tensor broadcastable to D's
+            shape without (Ld, dim), one value per doc: a lower bound on every query token's max,
+            applied inside the kernel. A token contributes max(floor_d, its best similarity); a
+            doc with no valid token contributes floor_d per counting query token; -inf means no
+            floor for that doc. Values must be -inf or finite; floor is a constant (no gradient).
+            This is how libraries' padding rules are reproduced (colbert-ai's clamp at 0 and its
+            -9999 sentinel, PyLate's masked-zero similarities: see colbert_fast.compat).
         backend: "auto", "cuda", "triton", "cpu" or "torch".
 
     Returns:
         fp32 [B, N] or [B, K].
     """
-    Q, D, q_mask, d_mask, d_lengths = check_maxsim(Q, D, q_mask, d_mask, d_lengths)
+    Q, D, q_mask, d_mask, d_lengths, floor = check_maxsim(Q, D, q_mask, d_mask, d_lengths, floor)
     needs_grad = torch.is_grad_enabled() and (Q.requires_grad or D.requires_grad)
     impl = backends.select(backend, D.device, needs_grad)
-    return impl.maxsim(Q, D, q_mask, d_mask, d_lengths)
+    return impl.maxsim(Q, D, q_mask, d_mask, d_lengths, floor)
 
 
 def maxsim_packed(
@@ -51,6 +59,7 @@ def maxsim_packed(
     pids: torch.Tensor,
     q_mask: torch.Tensor | None = None,
     *,
+    floor: float | torch.Tensor | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
     """Score each query against its own candidates, read straight from the packed store.
@@ -60,14 +69,15 @@ def maxsim_packed(
         docs: PackedDocs on Q's device.
         pids: int [B, K] (or [K] when B == 1) doc ids; -1 marks an empty slot.
         q_mask: bool [B, Lq], True = real token.
+        floor: as for maxsim, broadcastable to pids' [B, K] (one value per candidate slot).
         backend: as for maxsim.
 
     Returns:
-        fp32 [B, K]; empty slots score -inf so they sort last.
+        fp32 [B, K]; empty slots score -inf so they sort last (whatever their floor).
     """
-    Q, pids, q_mask = check_packed(Q, docs, pids, q_mask)
+    Q, pids, q_mask, floor = check_packed(Q, docs, pids, q_mask, floor)
     impl = backends.select(backend, docs.device)
-    return impl.maxsim_packed(Q, docs.embeddings, docs.offsets, docs.lengths, pids, q_mask, docs.max_length)
+    return impl.maxsim_packed(Q, docs.embeddings, docs.offsets, docs.lengths, pids, q_mask, docs.max_length, floor)
 
 
 def gather(docs: PackedDocs, pids: torch.Tensor, *, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:

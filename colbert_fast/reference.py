@@ -15,6 +15,10 @@ Two precisions:
 Semantics (../shared/SPEC.md): masked doc tokens are -inf before the max (never multiplied by 0);
 a doc with no valid token contributes 0 per query token; a masked query token contributes 0;
 an empty candidate slot (pid -1) scores -inf.
+
+Optional per-doc floor (colbert_fast's extension, used to reproduce other libraries' padding
+rules): each query token's max is max(floor_d, max over valid doc tokens), so a doc with no valid
+token contributes floor_d per counting query token; floor_d = -inf is the plain rule above.
 """
 
 from __future__ import annotations
@@ -40,14 +44,18 @@ def _doc_mask(D: torch.Tensor, d_mask, d_lengths) -> torch.Tensor:
     return torch.ones(D.shape[:-1], dtype=torch.bool, device=D.device)
 
 
-def _reduce(sims: torch.Tensor, q_mask_b: torch.Tensor, d_mask_b: torch.Tensor) -> torch.Tensor:
-    """sims [..., Lq, Ld] -> scores [...] in fp32, masking docs before the max."""
+def _reduce(
+    sims: torch.Tensor, q_mask_b: torch.Tensor, d_mask_b: torch.Tensor, floor_b: torch.Tensor | None
+) -> torch.Tensor:
+    """sims [..., Lq, Ld] -> scores [...] in fp32, masking docs before the max; floor_b [..., 1]."""
     sims = sims.masked_fill(~d_mask_b.unsqueeze(-2), float("-inf"))
     if sims.shape[-1] == 0:
-        best = torch.zeros(sims.shape[:-1], dtype=torch.float32, device=sims.device)
+        best = torch.full(sims.shape[:-1], float("-inf"), dtype=torch.float32, device=sims.device)
     else:
         best = sims.amax(dim=-1).float()
-    # A doc with no valid token: every max is -inf; it contributes 0 instead.
+    if floor_b is not None:
+        best = torch.maximum(best, floor_b.float())
+    # A doc with no valid token (and no floor): every max is -inf; it contributes 0 instead.
     best = torch.where(torch.isneginf(best), torch.zeros_like(best), best)
     best = best * q_mask_b.to(best.dtype)
     return best.sum(dim=-1)
@@ -60,25 +68,30 @@ def maxsim(
     d_mask: torch.Tensor | None = None,
     *,
     d_lengths: torch.Tensor | None = None,
+    floor: torch.Tensor | float | None = None,
     upcast: bool = True,
 ) -> torch.Tensor:
     """Reference MaxSim.
 
     Q [B, Lq, dim]; D [N, Ld, dim] -> [B, N] (all pairs) or D [B, K, Ld, dim] -> [B, K] (each
     query against its own K docs). q_mask bool [B, Lq]; d_mask bool D.shape[:-1]; d_lengths int
-    D.shape[:-2] (valid prefix lengths). Returns fp32 scores.
+    D.shape[:-2] (valid prefix lengths); floor: per-doc lower bound of each token's max,
+    broadcastable to D.shape[:-2] (None: no floor). Returns fp32 scores.
     """
     Q = Q.to(D.dtype)
     q_mask = torch.ones(Q.shape[:-1], dtype=torch.bool, device=Q.device) if q_mask is None else q_mask.bool()
     dm = _doc_mask(D, d_mask, d_lengths)
+    fl = None
+    if floor is not None:  # one value per doc, then a trailing axis for the query tokens
+        fl = torch.as_tensor(floor, dtype=torch.float32, device=D.device).expand(D.shape[:-2]).unsqueeze(-1)
     if upcast:
         Q, D = Q.float(), D.float()
     if D.dim() == 3:  # all pairs: sims [B, N, Lq, Ld]
         sims = torch.einsum("bqd,ntd->bnqt", Q, D)
-        return _reduce(sims, q_mask[:, None, :], dm[None, :, :])
+        return _reduce(sims, q_mask[:, None, :], dm[None, :, :], None if fl is None else fl[None])
     # per-query candidates: sims [B, K, Lq, Ld]
     sims = torch.einsum("bqd,bktd->bkqt", Q, D)
-    return _reduce(sims, q_mask[:, None, :], dm)
+    return _reduce(sims, q_mask[:, None, :], dm, fl)
 
 
 def gather(
@@ -111,16 +124,17 @@ def maxsim_packed(
     pids: torch.Tensor,
     q_mask: torch.Tensor | None = None,
     *,
+    floor: torch.Tensor | float | None = None,
     upcast: bool = True,
 ) -> torch.Tensor:
     """Reference packed scoring: Q [B, Lq, dim] against its own candidates pids [B, K] -> [B, K].
 
-    Empty slots (pid -1) score -inf.
+    Empty slots (pid -1) score -inf. floor: per slot, broadcastable to [B, K] (see maxsim).
     """
     if pids.dim() == 1:
         pids = pids.unsqueeze(0)
     D, d_mask = gather(embeddings, offsets, lengths, pids)
-    scores = maxsim(Q, D, q_mask, d_mask, upcast=upcast)
+    scores = maxsim(Q, D, q_mask, d_mask, floor=floor, upcast=upcast)
     return scores.masked_fill(pids < 0, float("-inf"))
 
 

@@ -52,6 +52,8 @@ def _pointer_type(kernel: str, arg: str, data: str) -> str | None:
         return "*i64"
     if arg == "ARGMAX":
         return "*i32"
+    if arg == "FLOOR":
+        return "*fp32"
     if arg == "GRAD":
         return "*fp32"
     if arg == "OUT":

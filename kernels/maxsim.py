@@ -3,7 +3,8 @@
     score[b, n] = sum_{i < Lq, q_mask[b, i]} max_{j valid in doc n} <Q[b, i], D[n, j]>
 
 with masked doc tokens excluded before the max (-inf), a doc with no valid token giving 0 per
-query token, and (packed) an empty slot pid = -1 scoring -inf. Products are tl.dot with fp16/bf16
+query token, and (packed) an empty slot pid = -1 scoring -inf. With a per-doc FLOOR each query
+token's max is max(floor_d, max_j ...) and only a max still at -inf counts 0. Products are tl.dot with fp16/bf16
 operands and fp32 accumulation (fp32 inputs use tf32x3, which keeps fp32 accuracy); the running
 row maximum lives in registers and the per-token maxima are summed in fp32. No similarity matrix
 ever reaches device memory.
@@ -59,11 +60,11 @@ def _dot(a, b, UPCAST: tl.constexpr):
 
 @triton.jit(do_not_specialize=["B", "N", "Lq", "Ld", "G"])
 def _maxsim_all_pairs_kernel(
-    Q, D, QMASK, DMASK, DLEN, OUT, ARGMAX,
+    Q, D, QMASK, DMASK, DLEN, FLOOR, OUT, ARGMAX,
     B, N, Lq, Ld, dim, G,
     stride_qb, stride_qt, stride_dn, stride_dt,
     stride_qmb, stride_qmt, stride_dmn, stride_dmt, stride_ln,
-    has_qmask, has_dmask, has_len,
+    has_qmask, has_dmask, has_len, has_floor,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DIM_PAD: tl.constexpr,
     SAVE_ARGMAX: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
@@ -75,6 +76,7 @@ def _maxsim_all_pairs_kernel(
     length = Ld
     if has_len:
         length = tl.load(DLEN + n * stride_ln).to(tl.int32)
+    floor = tl.load(FLOOR + n, mask=has_floor != 0, other=NEG_INF)  # FLOOR is contiguous [N]
 
     offs_r = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -110,12 +112,15 @@ def _maxsim_all_pairs_kernel(
                 m = tl.maximum(m, tile_max)
             else:
                 m = tl.maximum(m, tl.max(s, axis=1))
+        if SAVE_ARGMAX:
+            am = tl.where(floor > m, -1, am)  # the floor won: no doc token gets the gradient
+        m = tl.maximum(m, floor)
 
         q_ok = row_ok
         if has_qmask:
             qm = tl.load(QMASK + b.to(tl.int64) * stride_qmb + t.to(tl.int64) * stride_qmt, mask=row_ok, other=0)
             q_ok = q_ok & (qm != 0)
-        won = q_ok & (m != NEG_INF)  # an empty doc contributes 0, a masked query token 0
+        won = q_ok & (m != NEG_INF)  # an empty doc (no floor) contributes 0, a masked query token 0
         best = tl.where(won, m, 0.0)
         acc += tl.sum(tl.where(g[:, None] == offs_r[None, :], best[:, None], 0.0), axis=0)
         if SAVE_ARGMAX:
@@ -128,12 +133,12 @@ def _maxsim_all_pairs_kernel(
 
 @triton.jit(do_not_specialize=["B", "K", "Lq", "Ld"])
 def _maxsim_segmented_kernel(
-    Q, D, QMASK, DMASK, DLEN, PIDS, OFFSETS, OUT, ARGMAX,
+    Q, D, QMASK, DMASK, DLEN, PIDS, OFFSETS, FLOOR, OUT, ARGMAX,
     B, K, Lq, Ld, dim,
     stride_qb, stride_qt, stride_db, stride_dk, stride_dt,
     stride_qmb, stride_qmt, stride_dmb, stride_dmk, stride_dmt,
     stride_lb, stride_lk, stride_pb, stride_pk,
-    has_qmask, has_dmask, has_len, packed,
+    has_qmask, has_dmask, has_len, packed, has_floor,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOCS: tl.constexpr, DIM_PAD: tl.constexpr,
     SAVE_ARGMAX: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
@@ -161,6 +166,7 @@ def _maxsim_segmented_kernel(
     ends = tl.cumsum(lens, axis=0)
     starts = ends - lens
     total = tl.sum(lens, axis=0)
+    floors = tl.load(FLOOR + b * K + k, mask=k_ok & (has_floor != 0), other=NEG_INF)  # contiguous [B, K]
 
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -211,6 +217,9 @@ def _maxsim_segmented_kernel(
                     else:
                         mx = tl.max(ss, axis=1)
                     M = tl.where(in_slot, tl.maximum(M, mx[:, None]), M)
+        if SAVE_ARGMAX:
+            AM = tl.where(floors[None, :] > M, -1, AM)  # the floor won: no doc token gets the gradient
+        M = tl.maximum(M, floors[None, :])
 
         q_ok = t_ok
         if has_qmask:
@@ -257,6 +266,15 @@ def _mask_lengths(mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, pos, 0).amax(dim=-1)
 
 
+def _contiguous_floor(floor: torch.Tensor | None, shape, like: torch.Tensor) -> torch.Tensor:
+    """The kernels index FLOOR as a contiguous fp32 array of `shape` (one value per doc)."""
+    if floor is None:
+        return _placeholder(like, torch.float32)
+    if floor.dtype != torch.float32 or tuple(floor.shape) != tuple(shape):
+        raise ValueError(f"floor must be float32 of shape {tuple(shape)}, got {floor.dtype} {tuple(floor.shape)}")
+    return floor.contiguous()
+
+
 def _check_inputs(Q: torch.Tensor, D: torch.Tensor) -> None:
     if Q.dtype != D.dtype:
         raise TypeError(f"Q ({Q.dtype}) must have D's dtype ({D.dtype})")
@@ -274,13 +292,15 @@ def maxsim_fwd(
     d_mask: torch.Tensor | None = None,
     d_lengths: torch.Tensor | None = None,
     save_argmax: bool = False,
+    floor: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Padded MaxSim. Q [B, Lq, dim]; D [N, Ld, dim] -> fp32 [B, N], or D [B, K, Ld, dim] -> [B, K].
 
     q_mask bool [B, Lq]; d_mask bool D.shape[:-1]; d_lengths int64 D.shape[:-2] (at most one of
-    the two). Q must have D's dtype and both a contiguous last dim; other strides are free.
+    the two); floor fp32 D.shape[:-2] (each token's max starts there; -inf = none). Q must have
+    D's dtype and both a contiguous last dim; other strides are free.
     Returns (scores, argmax): argmax int32 [B, N or K, Lq] (winning doc-token index, -1 when no
-    token won) when save_argmax, else None.
+    token won, or the floor did) when save_argmax, else None.
     """
     _check_inputs(Q, D)
     B, Lq, dim = Q.shape
@@ -290,7 +310,7 @@ def maxsim_fwd(
     argmax = torch.empty((B, N, Lq), dtype=torch.int32, device=Q.device) if save_argmax else None
     if B == 0 or N == 0:
         return out, argmax
-    if Ld == 0:
+    if Ld == 0 and floor is None:
         out.zero_()
         if argmax is not None:
             argmax.fill_(-1)
@@ -300,11 +320,12 @@ def maxsim_fwd(
     qm = q_mask.view(torch.uint8) if q_mask is not None else _placeholder(Q, torch.uint8)
     dm = d_mask.view(torch.uint8) if d_mask is not None else _placeholder(Q, torch.uint8)
     dl = d_lengths if d_lengths is not None else _placeholder(Q, torch.int64)
+    fl = _contiguous_floor(floor, D.shape[:-2], Q)
     am = argmax if argmax is not None else _placeholder(Q, torch.int32)
     arch = settings.device_arch(Q.device)
     dp = settings.dim_pad(dim)
     common = {"SAVE_ARGMAX": save_argmax, "UPCAST": settings.upcast_dot(D.dtype), "DIM_PAD": dp}
-    flags = (int(q_mask is not None), int(d_mask is not None), int(d_lengths is not None))
+    flags = (int(q_mask is not None), int(d_mask is not None), int(d_lengths is not None), int(floor is not None))
     qm_strides = q_mask.stride() if q_mask is not None else (0, 0)
 
     if all_pairs:
@@ -313,7 +334,7 @@ def maxsim_fwd(
         kernel = wrap(_tuned("all_pairs", arch, bm, dp, D.element_size(), save_argmax))
         grid = (N * triton.cdiv(B, group),)
         kernel[grid](
-            Q, D, qm, dm, dl, out, am,
+            Q, D, qm, dm, dl, fl, out, am,
             B, N, Lq, Ld, dim, group,
             Q.stride(0), Q.stride(1), D.stride(0), D.stride(1),
             *qm_strides, *(d_mask.stride() if d_mask is not None else (0, 0)),
@@ -325,13 +346,14 @@ def maxsim_fwd(
     bm = settings.per_query_block_m(Lq)
     kernel = wrap(_tuned("segmented", arch, bm, dp, D.element_size(), save_argmax))
     K = N
+    has_qmask, has_dmask, has_len, has_floor = flags
     kernel[lambda meta: (B * triton.cdiv(K, meta["DOCS"]),)](
-        Q, D, qm, dm, dl, dl, dl, out, am,
+        Q, D, qm, dm, dl, dl, dl, fl, out, am,
         B, K, Lq, Ld, dim,
         Q.stride(0), Q.stride(1), D.stride(0), D.stride(1), D.stride(2),
         *qm_strides, *(d_mask.stride() if d_mask is not None else (0, 0, 0)),
         *(d_lengths.stride() if d_lengths is not None else (0, 0)), 0, 0,
-        *flags, 0, BLOCK_M=bm, **common,
+        has_qmask, has_dmask, has_len, 0, has_floor, BLOCK_M=bm, **common,
     )  # fmt: skip
     return out, argmax
 
@@ -343,11 +365,13 @@ def maxsim_packed_fwd(
     lengths: torch.Tensor,
     pids: torch.Tensor,
     q_mask: torch.Tensor | None = None,
+    floor: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Packed MaxSim: Q [B, Lq, dim] against its own candidates pids int64 [B, K] -> fp32 [B, K].
 
     embeddings [T, dim] (rows of doc p are offsets[p] : offsets[p] + lengths[p]); offsets,
-    lengths int64. pid -1 scores -inf. One launch, no host sync: the kernel resolves pids itself.
+    lengths int64; floor fp32 [B, K] or None (as for maxsim_fwd). pid -1 scores -inf. One launch,
+    no host sync: the kernel resolves pids itself.
     """
     _check_inputs(Q, embeddings)
     if pids.dtype != torch.int64 or offsets.dtype != torch.int64 or lengths.dtype != torch.int64:
@@ -362,13 +386,14 @@ def maxsim_packed_fwd(
     bm = settings.per_query_block_m(Lq)
     dp = settings.dim_pad(dim)
     kernel = wrap(_tuned("segmented", settings.device_arch(Q.device), bm, dp, embeddings.element_size(), False))
+    fl = _contiguous_floor(floor, (B, K), Q)
     kernel[lambda meta: (B * triton.cdiv(K, meta["DOCS"]),)](
-        Q, emb, qm, qm, lengths, pids, offsets, out, _placeholder(Q, torch.int32),
+        Q, emb, qm, qm, lengths, pids, offsets, fl, out, _placeholder(Q, torch.int32),
         B, K, Lq, 0, dim,
         Q.stride(0), Q.stride(1), 0, 0, embeddings.stride(0),
         *(q_mask.stride() if q_mask is not None else (0, 0)), 0, 0, 0,
         0, 0, pids.stride(0), pids.stride(1),
-        int(q_mask is not None), 0, 1, 1,
+        int(q_mask is not None), 0, 1, 1, int(floor is not None),
         BLOCK_M=bm, DIM_PAD=dp, SAVE_ARGMAX=False, UPCAST=settings.upcast_dot(embeddings.dtype),
     )  # fmt: skip
     return out

@@ -5,8 +5,8 @@ A backend is a module named <name>_backend in this package exposing:
     NAME: str
     SUPPORTS_BACKWARD: bool
     unavailable_reason(device: torch.device) -> str | None   None when usable on that device
-    maxsim(Q, D, q_mask, d_mask, d_lengths) -> fp32 [B, N] or [B, K]
-    maxsim_packed(Q, embeddings, offsets, lengths, pids, q_mask, max_len) -> fp32 [B, K]
+    maxsim(Q, D, q_mask, d_mask, d_lengths, floor) -> fp32 [B, N] or [B, K]
+    maxsim_packed(Q, embeddings, offsets, lengths, pids, q_mask, max_len, floor) -> fp32 [B, K]
     gather(embeddings, offsets, lengths, pids, max_len) -> (D [*pids.shape, max_len, dim], mask)
 
 Arguments arrive validated and normalized (see colbert_fast/_checks.py); max_len is a host int

@@ -9,12 +9,12 @@ from __future__ import annotations
 import torch
 
 
-def maxsim(Q, D, q_mask, d_mask, d_lengths):
-    return torch.ops.colbert_fast.maxsim(Q, D, q_mask, d_mask, d_lengths)
+def maxsim(Q, D, q_mask, d_mask, d_lengths, floor=None):
+    return torch.ops.colbert_fast.maxsim(Q, D, q_mask, d_mask, d_lengths, floor)
 
 
-def maxsim_packed(Q, embeddings, offsets, lengths, pids, q_mask, max_len):
-    return torch.ops.colbert_fast.maxsim_packed(Q, embeddings, offsets, lengths, pids, q_mask, max_len)
+def maxsim_packed(Q, embeddings, offsets, lengths, pids, q_mask, max_len, floor=None):
+    return torch.ops.colbert_fast.maxsim_packed(Q, embeddings, offsets, lengths, pids, q_mask, max_len, floor)
 
 
 def gather(embeddings, offsets, lengths, pids, max_len):

@@ -11,12 +11,12 @@ import torch
 _done: set = set()
 
 
-def _maxsim_fake(Q, D, q_mask=None, d_mask=None, d_lengths=None):
+def _maxsim_fake(Q, D, q_mask=None, d_mask=None, d_lengths=None, floor=None):
     # [N, Ld, dim] -> [B, N]; [B, K, Ld, dim] -> [B, K]
     return Q.new_empty((Q.shape[0], D.shape[-3]), dtype=torch.float32)
 
 
-def _maxsim_packed_fake(Q, embeddings, offsets, lengths, pids, q_mask, max_len):
+def _maxsim_packed_fake(Q, embeddings, offsets, lengths, pids, q_mask, max_len, floor=None):
     return Q.new_empty(tuple(pids.shape), dtype=torch.float32)
 
 

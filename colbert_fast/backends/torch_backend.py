@@ -23,14 +23,20 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float32 if t.device.type == "cpu" else t.dtype
 
 
-def _reduce(sims: torch.Tensor, d_valid: torch.Tensor | None, q_valid: torch.Tensor | None) -> torch.Tensor:
-    """sims [..., Lq, Ld] -> fp32 [...]: masked max over doc tokens, empty doc -> 0, masked query token -> 0."""
+def _reduce(
+    sims: torch.Tensor, d_valid: torch.Tensor | None, q_valid: torch.Tensor | None, floor: torch.Tensor | None
+) -> torch.Tensor:
+    """sims [..., Lq, Ld] -> fp32 [...]: masked max over doc tokens, raised to floor [..., 1] when
+    given; a max still -inf (empty doc, no floor) -> 0; masked query token -> 0."""
     if sims.shape[-1] == 0:
-        return sims.new_zeros(sims.shape[:-2], dtype=torch.float32)
-    if d_valid is not None:
-        sims = sims.masked_fill(~d_valid.unsqueeze(-2), float("-inf"))
-    best = sims.amax(dim=-1).float()
-    if d_valid is not None:
+        best = sims.new_full(sims.shape[:-1], float("-inf"), dtype=torch.float32)
+    else:
+        if d_valid is not None:
+            sims = sims.masked_fill(~d_valid.unsqueeze(-2), float("-inf"))
+        best = sims.amax(dim=-1).float()
+    if floor is not None:
+        best = torch.maximum(best, floor)
+    if d_valid is not None or floor is not None or sims.shape[-1] == 0:
         best = torch.where(torch.isneginf(best), torch.zeros_like(best), best)
     if q_valid is not None:
         best = best * q_valid.to(best.dtype)
@@ -43,7 +49,7 @@ def _doc_valid(D, d_mask, d_lengths):
     return d_mask
 
 
-def maxsim(Q, D, q_mask, d_mask, d_lengths):
+def maxsim(Q, D, q_mask, d_mask, d_lengths, floor=None):
     ct = _compute_dtype(D)
     d_valid = _doc_valid(D, d_mask, d_lengths)
     Qc = Q.to(ct)
@@ -58,7 +64,8 @@ def maxsim(Q, D, q_mask, d_mask, d_lengths):
             sims = torch.einsum("bqd,ntd->bnqt", Qc, Dc)
             dv = None if d_valid is None else d_valid[start : start + chunk].unsqueeze(0)
             qv = None if q_mask is None else q_mask.unsqueeze(1)
-            out.append(_reduce(sims, dv, qv))
+            fl = None if floor is None else floor[None, start : start + chunk, None]
+            out.append(_reduce(sims, dv, qv, fl))
         return torch.cat(out, dim=1) if out else Q.new_zeros((B, 0), dtype=torch.float32)
     # per-query candidates: chunk over K with every query at once (no per-query Python loop)
     K = D.shape[1]
@@ -69,7 +76,8 @@ def maxsim(Q, D, q_mask, d_mask, d_lengths):
         Dc = D[:, start : start + chunk].to(ct)
         sims = torch.einsum("bqd,bktd->bkqt", Qc, Dc)
         dv = None if d_valid is None else d_valid[:, start : start + chunk]
-        out.append(_reduce(sims, dv, qv))
+        fl = None if floor is None else floor[:, start : start + chunk, None]
+        out.append(_reduce(sims, dv, qv, fl))
     return torch.cat(out, dim=1) if out else Q.new_zeros((B, 0), dtype=torch.float32)
 
 
@@ -94,7 +102,7 @@ def gather(embeddings, offsets, lengths, pids, max_len):
     return out.masked_fill_(~mask.unsqueeze(-1), 0), mask
 
 
-def maxsim_packed(Q, embeddings, offsets, lengths, pids, q_mask, max_len):
+def maxsim_packed(Q, embeddings, offsets, lengths, pids, q_mask, max_len, floor=None):
     # Gather a chunk of candidate columns for every query at once, padded to the longest doc
     # that can occur (a host int: no device sync), and score it as a per-query batch.
     B, K = pids.shape
@@ -103,6 +111,7 @@ def maxsim_packed(Q, embeddings, offsets, lengths, pids, q_mask, max_len):
     out = []
     for start in range(0, K, chunk):
         D, d_mask = _gather_rows(embeddings, offsets, lengths, pids[:, start : start + chunk], max_len)
-        out.append(maxsim(Q, D, q_mask, d_mask, None))
+        fl = None if floor is None else floor[:, start : start + chunk]
+        out.append(maxsim(Q, D, q_mask, d_mask, None, fl))
     scores = torch.cat(out, dim=1) if out else Q.new_zeros((B, 0), dtype=torch.float32)
     return scores.masked_fill(pids < 0, float("-inf"))

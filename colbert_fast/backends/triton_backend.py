@@ -72,10 +72,11 @@ def _fwd_impl(
     q_mask: Optional[torch.Tensor],
     d_mask: Optional[torch.Tensor],
     d_lengths: Optional[torch.Tensor],
+    floor: Optional[torch.Tensor],
     save_argmax: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     _, maxsim_kernels, _, _ = _import_kernels()
-    scores, argmax = maxsim_kernels.maxsim_fwd(Q, D, q_mask, d_mask, d_lengths, save_argmax)
+    scores, argmax = maxsim_kernels.maxsim_fwd(Q, D, q_mask, d_mask, d_lengths, save_argmax, floor)
     # Ops cannot return None: an empty int32 vector stands for "not saved".
     return scores, argmax if argmax is not None else torch.empty(0, dtype=torch.int32, device=Q.device)
 
@@ -102,9 +103,10 @@ def _packed_impl(
     lengths: torch.Tensor,
     pids: torch.Tensor,
     q_mask: Optional[torch.Tensor],
+    floor: Optional[torch.Tensor],
 ) -> torch.Tensor:
     _, maxsim_kernels, _, _ = _import_kernels()
-    return maxsim_kernels.maxsim_packed_fwd(Q, embeddings, offsets, lengths, pids, q_mask)
+    return maxsim_kernels.maxsim_packed_fwd(Q, embeddings, offsets, lengths, pids, q_mask, floor)
 
 
 def _gather_impl(
@@ -154,8 +156,9 @@ class _MaxSimFunction(torch.autograd.Function):
     """Fused forward saving the argmax; backward from the argmax (O(B*N*Lq) memory)."""
 
     @staticmethod
-    def forward(ctx, Q, D, q_mask, d_mask, d_lengths):
-        scores, argmax = _maxsim_fwd_op(Q, D, q_mask, d_mask, d_lengths, True)
+    def forward(ctx, Q, D, q_mask, d_mask, d_lengths, floor):
+        # A token whose floor won has argmax -1: no doc token receives its gradient (floor is a constant).
+        scores, argmax = _maxsim_fwd_op(Q, D, q_mask, d_mask, d_lengths, floor, True)
         ctx.save_for_backward(Q, D, argmax)
         return scores
 
@@ -165,7 +168,7 @@ class _MaxSimFunction(torch.autograd.Function):
         need_dq, need_dd = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         deterministic = torch.are_deterministic_algorithms_enabled()
         dQ, dD = _maxsim_bwd_op(grad, Q, D, argmax, need_dq, need_dd, deterministic)
-        return (dQ if need_dq else None), (dD if need_dd else None), None, None, None
+        return (dQ if need_dq else None), (dD if need_dd else None), None, None, None, None
 
 
 def _too_wide(dim: int) -> bool:
@@ -176,19 +179,19 @@ def _too_wide(dim: int) -> bool:
 # ---- backend interface (arguments arrive normalized, see colbert_fast/_checks.py) --------------
 
 
-def maxsim(Q, D, q_mask, d_mask, d_lengths):
+def maxsim(Q, D, q_mask, d_mask, d_lengths, floor=None):
     if _too_wide(Q.shape[-1]):
-        return torch_backend.maxsim(Q, D, q_mask, d_mask, d_lengths)
+        return torch_backend.maxsim(Q, D, q_mask, d_mask, d_lengths, floor)
     if torch.is_grad_enabled() and (Q.requires_grad or D.requires_grad):
-        return _MaxSimFunction.apply(Q, D, q_mask, d_mask, d_lengths)
-    return _maxsim_fwd_op(Q, D, q_mask, d_mask, d_lengths, False)[0]
+        return _MaxSimFunction.apply(Q, D, q_mask, d_mask, d_lengths, floor)
+    return _maxsim_fwd_op(Q, D, q_mask, d_mask, d_lengths, floor, False)[0]
 
 
-def maxsim_packed(Q, embeddings, offsets, lengths, pids, q_mask, max_len):
+def maxsim_packed(Q, embeddings, offsets, lengths, pids, q_mask, max_len, floor=None):
     # max_len is not needed: each doc's own length bounds its loop inside the kernel.
     if _too_wide(Q.shape[-1]):
-        return torch_backend.maxsim_packed(Q, embeddings, offsets, lengths, pids, q_mask, max_len)
-    return _maxsim_packed_op(Q, embeddings, offsets, lengths, pids, q_mask)
+        return torch_backend.maxsim_packed(Q, embeddings, offsets, lengths, pids, q_mask, max_len, floor)
+    return _maxsim_packed_op(Q, embeddings, offsets, lengths, pids, q_mask, floor)
 
 
 def gather(embeddings, offsets, lengths, pids, max_len):

@@ -227,6 +227,7 @@ struct ItemShape {
 struct DocRef {
   const char* base;       // the doc's first (padded) row
   bool empty_slot;        // pid -1: scores -inf
+  float floor;            // where every running max starts (-inf: no floor)
   int64_t n_rows;         // rows to consider (valid prefix length, or Ld with a mask)
   const bool* mask;       // per-row validity, or null
   int64_t b0, nq;         // queries
@@ -237,8 +238,10 @@ DocRef resolve(const MaxSimParams& p, const ItemShape& s, int64_t item) {
   const char* D = static_cast<const char*>(p.D);
   const size_t esz = elem_size(p.dtype);
   DocRef r{};
+  r.floor = -std::numeric_limits<float>::infinity();
   if (p.layout == DocLayout::all_pairs) {
     const int64_t n = item / s.groups;
+    if (p.floor) r.floor = p.floor[n];
     r.b0 = (item % s.groups) * s.group;
     r.nq = std::min(s.group, p.B - r.b0);
     r.out_index = r.b0 * p.K + n;
@@ -251,6 +254,7 @@ DocRef resolve(const MaxSimParams& p, const ItemShape& s, int64_t item) {
   r.b0 = item / p.K;
   r.nq = 1;
   r.out_index = item;
+  if (p.floor) r.floor = p.floor[item];
   if (p.layout == DocLayout::packed) {
     const int64_t pid = p.pids[item];
     r.empty_slot = pid < 0;
@@ -314,6 +318,18 @@ void maxsim_cpu(const MaxSimParams& p) {
     std::vector<float*> mptrs(group);
     TileArgs a{p.dtype, p.dim, l.qb, l.nblk, l.block_elems, qptrs.data(), mptrs.data(), 0, scratch.as<float>()};
 
+    // Sum of the counting query tokens' maxima, a max still at -inf (no valid token, no floor)
+    // counting 0. Lane i of M is query token i; padding lanes (i >= Lq) are skipped.
+    auto write_sum = [&](const DocRef& d, int64_t q, const float* M, int64_t m_step) {
+      const bool* qm = p.q_mask ? p.q_mask + (d.b0 + q) * p.Lq : nullptr;
+      float s = 0.0f;
+      for (int64_t i = 0; i < p.Lq; ++i) {
+        const float m = M[i * m_step];
+        if ((qm == nullptr || qm[i]) && m != kNegInf) s += m;
+      }
+      p.out[d.out_index + q * d.out_stride] = s;
+    };
+
     auto score = [&](const DocRef& d) {
       if (d.empty_slot) {
         p.out[d.out_index] = kNegInf;
@@ -321,25 +337,18 @@ void maxsim_cpu(const MaxSimParams& p) {
       }
       DocRows doc;
       if (!valid_rows(d.base, d.n_rows, d.mask, p.d_stride_l, p.dim, esz, compact, doc)) {
-        for (int64_t q = 0; q < d.nq; ++q) p.out[d.out_index + q * d.out_stride] = 0.0f;  // no valid token
+        // No valid token: every query token's max is the floor itself (0 without one).
+        for (int64_t q = 0; q < d.nq; ++q) write_sum(d, q, &d.floor, 0);
         return;
       }
       for (int64_t q = 0; q < d.nq; ++q) {
         qptrs[q] = qbuf.as<char>() + (d.b0 + q) * l.query_elems * l.elem_bytes;
         mptrs[q] = mbuf.as<float>() + q * m_floats;
-        std::fill(mptrs[q], mptrs[q] + m_floats, kNegInf);
+        std::fill(mptrs[q], mptrs[q] + m_floats, d.floor);  // the floor is where every max starts
       }
       a.nq = d.nq;
       isa.doc_max(a, doc);
-      // Lane i of the maxima is query token i; padding lanes (i >= Lq) are skipped.
-      for (int64_t q = 0; q < d.nq; ++q) {
-        const float* M = mptrs[q];
-        const bool* qm = p.q_mask ? p.q_mask + (d.b0 + q) * p.Lq : nullptr;
-        float s = 0.0f;
-        for (int64_t i = 0; i < p.Lq; ++i)
-          if (qm == nullptr || qm[i]) s += M[i];
-        p.out[d.out_index + q * d.out_stride] = s;
-      }
+      for (int64_t q = 0; q < d.nq; ++q) write_sum(d, q, mptrs[q], 1);
     };
 
     for (int64_t begin; (begin = next.fetch_add(chunk, std::memory_order_relaxed)) < items;) {

@@ -2,9 +2,10 @@
 // Plain C++ (no torch headers): the torch glue (csrc/torch/maxsim_cpu_glue.cpp) fills these
 // structs from tensors; the kernels (maxsim_cpu.cpp driver + maxsim_<isa>.cpp tiles) read them.
 //
-//     score(q, d) = sum_{i : q_mask[i]} max_{j : d valid at j} <Q[i], D[j]>     (fp32)
+//     score(q, d) = sum_{i : q_mask[i]} max(floor_d, max_{j : d valid at j} <Q[i], D[j]>)     (fp32)
 //
-// A doc with no valid token scores 0; a pid of -1 scores -inf.
+// floor_d is -inf without a floor; a max that is still -inf (no valid token, no floor) counts 0,
+// so a doc with no valid token scores 0 (or n_counting * floor_d); a pid of -1 scores -inf.
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -43,6 +44,8 @@ struct MaxSimParams {
   const int64_t* lengths;  // packed: [N]
   const int64_t* pids;     // packed: [B, K] contiguous, -1 = empty
 
+  const float* floor;  // one per doc, contiguous (all_pairs: [N]; per_query, packed: [B, K]), or null
+
   float* out;  // [B, K] contiguous
 };
 
@@ -65,7 +68,7 @@ struct TileArgs {
   int64_t nblk;     // blocks per query
   int64_t qpack_stride;      // elements (float or uint16) between blocks of one query
   const void* const* qpack;  // [nq] packed queries
-  float* const* M;           // [nq] running maxima, nblk * qb floats each, start at -inf
+  float* const* M;           // [nq] running maxima, nblk * qb floats each, start at the doc's floor (or -inf)
   int64_t nq;
   float* scratch;  // per-thread, >= kTileScratchFloats(dim) floats, 64-byte aligned
 };

@@ -13,6 +13,8 @@
 //       a long query) and one ring, so the doc leaves L2 once per block instead of once per warp.
 //   everything else (fp32, odd dims, unaligned views): one doc row per lane, plain fp32 FMA.
 //
+// A per-doc floor (Params::floor) enters only at the end, in row_value: max(floor, the row's max).
+//
 // Pure CUDA over maxsim::Params; the torch glue is maxsim_glue.cpp.
 #include <cuda_runtime.h>
 
@@ -66,17 +68,6 @@ __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], 
 
 __device__ __forceinline__ bool doc_row_valid(const Params& p, const DocView& dv, int64_t row) {
   return row < dv.nrows && (dv.mask0 < 0 || p.d_mask[dv.mask0 + row]);
-}
-
-__device__ __forceinline__ bool query_row_valid(const Params& p, const Item& it, int64_t row) {
-  return p.q_mask == nullptr || p.q_mask[it.b * p.Lq + row];
-}
-
-// Sum over the pass's query rows of each row's max; a row whose max is still -inf saw no valid doc
-// token and contributes 0, like a masked query row.
-__device__ __forceinline__ float row_contribution(const Params& p, const Item& it, int row, int qrows, float best) {
-  if (row >= qrows || best == kNegInf) return 0.f;
-  return query_row_valid(p, it, pass_row0(p, it) + row) ? best : 0.f;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -199,7 +190,7 @@ __device__ __forceinline__ void write_score(const Params& p, const Item& it, int
       float v = best[mt][h];
       v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
       v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
-      if (tig == 0) sum += row_contribution(p, it, mt * 16 + g + 8 * h, qrows, v);
+      if (tig == 0) sum += row_value(p, it, mt * 16 + g + 8 * h, qrows, v);
     }
   }
 #pragma unroll
@@ -389,7 +380,7 @@ __global__ void __launch_bounds__(kWarps * 32) maxsim_fma_kernel(const Params p)
     float v = best[i];
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
-    sum += row_contribution(p, it, i, qrows, v);
+    sum += row_value(p, it, i, qrows, v);
   }
   if (lane == 0) p.out[oidx] = sum;
 }

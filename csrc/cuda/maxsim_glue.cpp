@@ -70,6 +70,17 @@ at::Tensor set_q_mask(const char* op, Params& p, const std::optional<at::Tensor>
   return c;
 }
 
+// Returns the contiguous floor kept alive by the caller (or an undefined tensor). `shape`: one per doc.
+at::Tensor set_floor(const char* op, Params& p, const std::optional<at::Tensor>& floor, at::IntArrayRef shape) {
+  if (!floor.has_value()) return {};
+  TORCH_CHECK(floor->scalar_type() == at::kFloat, op, ": floor must be float32, got ", floor->scalar_type());
+  TORCH_CHECK(floor->sizes() == shape, op, ": floor must have shape ", shape, " (one value per doc), got ",
+              floor->sizes());
+  at::Tensor c = floor->contiguous();
+  p.floor = c.data_ptr<float>();
+  return c;
+}
+
 const at::Tensor* opt(const std::optional<at::Tensor>& t) { return t.has_value() ? &*t : nullptr; }
 
 int64_t smem_limit(const at::Tensor& t) {
@@ -95,7 +106,8 @@ at::Tensor run(Params& p, const at::Tensor& like) {
 }
 
 at::Tensor maxsim_cuda_op(const at::Tensor& Q, const at::Tensor& D, const std::optional<at::Tensor>& q_mask,
-                          const std::optional<at::Tensor>& d_mask, const std::optional<at::Tensor>& d_lengths) {
+                          const std::optional<at::Tensor>& d_mask, const std::optional<at::Tensor>& d_lengths,
+                          const std::optional<at::Tensor>& floor) {
   const char* op = "maxsim";
   TORCH_CHECK(D.dim() == 3 || D.dim() == 4, op, ": D must be [N, Ld, dim] or [B, K, Ld, dim], got ", D.sizes());
   const int64_t dim = D.size(-1);
@@ -131,15 +143,17 @@ at::Tensor maxsim_cuda_op(const at::Tensor& Q, const at::Tensor& D, const std::o
     dl = d_lengths->contiguous();
     p.d_lengths = dl.data_ptr<int64_t>();
   }
+  const at::Tensor fl = set_floor(op, p, floor, D.sizes().slice(0, D.dim() - 2));
   check_devices(op, {{"Q", &Q}, {"D", &D}, {"q_mask", opt(q_mask)}, {"d_mask", opt(d_mask)},
-                     {"d_lengths", opt(d_lengths)}});
+                     {"d_lengths", opt(d_lengths)}, {"floor", opt(floor)}});
   const c10::cuda::CUDAGuard guard(D.device());
   return run(p, D);
 }
 
 at::Tensor maxsim_packed_cuda_op(const at::Tensor& Q, const at::Tensor& embeddings, const at::Tensor& offsets,
                                  const at::Tensor& lengths, const at::Tensor& pids,
-                                 const std::optional<at::Tensor>& q_mask, int64_t max_len) {
+                                 const std::optional<at::Tensor>& q_mask, int64_t max_len,
+                                 const std::optional<at::Tensor>& floor) {
   const char* op = "maxsim_packed";
   TORCH_CHECK(embeddings.dim() == 2, op, ": embeddings must be [T, dim], got ", embeddings.sizes());
   TORCH_CHECK(embeddings.is_contiguous(), op, ": embeddings must be contiguous");
@@ -163,8 +177,9 @@ at::Tensor maxsim_packed_cuda_op(const at::Tensor& Q, const at::Tensor& embeddin
   p.max_len = max_len;
   p.ncols = pids.size(1);
   const at::Tensor qm = set_q_mask(op, p, q_mask, Q);
+  const at::Tensor fl = set_floor(op, p, floor, pids.sizes());
   check_devices(op, {{"Q", &Q}, {"embeddings", &embeddings}, {"offsets", &offsets}, {"lengths", &lengths},
-                     {"pids", &pids}, {"q_mask", opt(q_mask)}});
+                     {"pids", &pids}, {"q_mask", opt(q_mask)}, {"floor", opt(floor)}});
   const c10::cuda::CUDAGuard guard(embeddings.device());
   return run(p, embeddings);
 }

@@ -5,6 +5,7 @@
 // the host. All offsets are int64: a packed store of more than 2^31 elements is normal.
 #pragma once
 #include <cstdint>
+#include <limits>
 
 #if defined(__CUDACC__)
 #define CF_HD __host__ __device__ __forceinline__
@@ -48,6 +49,10 @@ struct Params {
   const int64_t* lengths;
   const int64_t* pids;
   int64_t max_len;
+
+  // nullptr, or one fp32 per doc (contiguous D.shape[:-2]; packed: [B, K]): every query row's max
+  // over the doc starts there instead of at -inf (see row_value).
+  const float* floor;
 
   int64_t ncols;  // N (kAllPairs) or K
   // Output: npass == 1 -> out[b * ncols + col]; npass > 1 -> partial sums
@@ -110,6 +115,12 @@ struct DocView {
   bool empty_slot;   // pid -1: the score is -inf
 };
 
+// Flat index of the item's doc in D.shape[:-2] (padded) or in pids (packed): lengths, mask rows and
+// floors are per doc.
+CF_HD int64_t doc_index(const Params& p, const Item& it) {
+  return p.mode == kAllPairs ? it.col : it.b * p.ncols + it.col;
+}
+
 CF_HD DocView doc_view(const Params& p, const Item& it) {
   DocView v{0, 0, 0, -1, false};
   if (p.mode == kPacked) {
@@ -124,8 +135,7 @@ CF_HD DocView doc_view(const Params& p, const Item& it) {
     v.nrows = n < p.max_len ? n : p.max_len;
     return v;
   }
-  // Padded: doc index within D.shape[:-2] (flattened) names both the lengths and the mask row.
-  const int64_t doc = p.mode == kAllPairs ? it.col : it.b * p.ncols + it.col;
+  const int64_t doc = doc_index(p, it);
   v.row0 = p.mode == kAllPairs ? it.col * p.d_sk : it.b * p.d_sb + it.col * p.d_sk;
   v.row_stride = p.d_sl;
   // Lengths are validated in Python; clamping keeps a direct torch.ops call from reading past Ld.
@@ -133,6 +143,21 @@ CF_HD DocView doc_view(const Params& p, const Item& it) {
   v.nrows = n < 0 ? 0 : n > p.Ld ? p.Ld : n;
   if (p.d_mask != nullptr) v.mask0 = doc * p.Ld;
   return v;
+}
+
+// What query row `row` of the item (0-based within its pass) adds to the score, given its running
+// max `best` over the doc's valid rows (-inf when none was valid): max(best, the doc's floor), or 0
+// when that is still -inf (no valid doc token and no floor), the row lies past the pass, or q_mask
+// masks it.
+CF_HD float row_value(const Params& p, const Item& it, int64_t row, int64_t qrows, float best) {
+  constexpr float neg_inf = -std::numeric_limits<float>::infinity();
+  if (row >= qrows) return 0.f;
+  if (p.q_mask != nullptr && !p.q_mask[it.b * p.Lq + pass_row0(p, it) + row]) return 0.f;
+  if (p.floor != nullptr) {
+    const float f = p.floor[doc_index(p, it)];
+    best = f > best ? f : best;
+  }
+  return best == neg_inf ? 0.f : best;
 }
 
 // ---- tensor-core tile geometry (mma.sync m16n8k16, fp16/bf16) ----

@@ -45,6 +45,17 @@ const bool* optional_mask(const c10::optional<at::Tensor>& m, at::IntArrayRef sh
   return keep.data_ptr<bool>();
 }
 
+// One fp32 value per doc (or candidate slot), `shape`; kept contiguous in `keep`.
+const float* optional_floor(const c10::optional<at::Tensor>& f, at::IntArrayRef shape, const char* op,
+                            at::Tensor& keep) {
+  if (!f.has_value()) return nullptr;
+  check_cpu(*f, op, "floor");
+  TORCH_CHECK_TYPE(f->scalar_type() == at::kFloat, op, ": floor must be float32, got ", f->scalar_type());
+  TORCH_CHECK(f->sizes() == shape, op, ": floor must have shape ", shape, " (one value per doc), got ", f->sizes());
+  keep = f->contiguous();
+  return keep.data_ptr<float>();
+}
+
 void run(const MaxSimParams& p) {
   try {
     cpu::maxsim_cpu(p);
@@ -67,7 +78,8 @@ void fill_query(MaxSimParams& p, const at::Tensor& Q, const char* op) {
 }
 
 at::Tensor maxsim_cpu_op(const at::Tensor& Q, const at::Tensor& D, const c10::optional<at::Tensor>& q_mask,
-                         const c10::optional<at::Tensor>& d_mask, const c10::optional<at::Tensor>& d_lengths) {
+                         const c10::optional<at::Tensor>& d_mask, const c10::optional<at::Tensor>& d_lengths,
+                         const c10::optional<at::Tensor>& floor) {
   constexpr const char* op = "colbert_fast::maxsim";
   MaxSimParams p{};
   fill_query(p, Q, op);
@@ -104,6 +116,8 @@ at::Tensor maxsim_cpu_op(const at::Tensor& Q, const at::Tensor& D, const c10::op
       TORCH_CHECK(len[i] >= 0 && len[i] <= p.Ld, op, ": d_lengths must be in [0, Ld = ", p.Ld, "], got ", len[i]);
     p.d_lengths = len;
   }
+  at::Tensor fl;
+  p.floor = optional_floor(floor, D.sizes().slice(0, D.dim() - 2), op, fl);
   at::Tensor out = at::empty({p.B, p.K}, D.options().dtype(at::kFloat));
   p.out = out.data_ptr<float>();
   run(p);
@@ -112,7 +126,8 @@ at::Tensor maxsim_cpu_op(const at::Tensor& Q, const at::Tensor& D, const c10::op
 
 at::Tensor maxsim_packed_cpu_op(const at::Tensor& Q, const at::Tensor& embeddings, const at::Tensor& offsets,
                                 const at::Tensor& lengths, const at::Tensor& pids,
-                                const c10::optional<at::Tensor>& q_mask, int64_t max_len) {
+                                const c10::optional<at::Tensor>& q_mask, int64_t max_len,
+                                const c10::optional<at::Tensor>& floor) {
   constexpr const char* op = "colbert_fast::maxsim_packed";
   MaxSimParams p{};
   fill_query(p, Q, op);
@@ -157,6 +172,8 @@ at::Tensor maxsim_packed_cpu_op(const at::Tensor& Q, const at::Tensor& embedding
   p.pids = id;
   at::Tensor qm;
   p.q_mask = optional_mask(q_mask, Q.sizes().slice(0, 2), op, "q_mask", qm);
+  at::Tensor fl;
+  p.floor = optional_floor(floor, pids.sizes(), op, fl);
   at::Tensor out = at::empty({p.B, p.K}, Q.options().dtype(at::kFloat));
   p.out = out.data_ptr<float>();
   run(p);

@@ -62,10 +62,12 @@ std::tuple<at::Tensor, at::Tensor> gather_cpu_op(const at::Tensor& embeddings, c
 
 TORCH_LIBRARY(colbert_fast, m) {
   m.def("gather(Tensor embeddings, Tensor offsets, Tensor lengths, Tensor pids, int max_len) -> (Tensor, Tensor)");
-  m.def("maxsim(Tensor Q, Tensor D, Tensor? q_mask, Tensor? d_mask, Tensor? d_lengths) -> Tensor");
+  // floor: optional fp32, one value per doc (D.shape[:-2]; packed: pids' shape): every query token's
+  // max starts there instead of at -inf (colbert_fast/ops.py documents the rule).
+  m.def("maxsim(Tensor Q, Tensor D, Tensor? q_mask, Tensor? d_mask, Tensor? d_lengths, Tensor? floor=None) -> Tensor");
   m.def(
       "maxsim_packed(Tensor Q, Tensor embeddings, Tensor offsets, Tensor lengths, Tensor pids, Tensor? q_mask, "
-      "int max_len) -> Tensor");
+      "int max_len, Tensor? floor=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(colbert_fast, CPU, m) { m.impl("gather", &gather_cpu_op); }

@@ -117,6 +117,7 @@ struct World {
   std::vector<float> q, d, emb;
   std::vector<char> q_mask_store, d_mask_store;  // char so .data() is addressable as bool
   std::vector<int64_t> d_lengths, offsets, lengths, pids;
+  std::vector<float> floors;
 };
 
 static float qval(const World& w, int64_t b, int64_t i, int64_t k) { return w.q[b * w.p.q_sb + i * w.p.q_sl + k]; }
@@ -142,6 +143,7 @@ static float direct_score(const World& w, int64_t b, int64_t col) {
       for (int64_t k = 0; k < p.dim; ++k) s += double(qval(w, b, i, k)) * dval(w, v, j, k);
       best = std::max(best, s);
     }
+    if (!w.floors.empty()) best = std::max(best, double(w.floors[p.mode == kAllPairs ? col : b * p.ncols + col]));
     if (best != -kInf) total += best;
   }
   return float(total);
@@ -251,10 +253,7 @@ static float emulate_tc_item(const World& w, const Item& it, int MT, int chunk_r
       for (int h = 0; h < 2; ++h) {
         float v = -kInf;
         for (int t = 0; t < 4; ++t) v = std::fmax(v, best[((lane + t) * MT + mt) * 2 + h]);
-        const int row = mt * 16 + g + 8 * h;
-        if (row >= qrows || v == -kInf) continue;
-        if (p.q_mask && !p.q_mask[it.b * p.Lq + pass_row0(p, it) + row]) continue;
-        sum += v;
+        sum += row_value(p, it, mt * 16 + g + 8 * h, qrows, v);
       }
   }
   return float(sum);
@@ -282,18 +281,16 @@ static float emulate_fma_item(const World& w, int64_t idx) {
   for (int i = 0; i < qrows; ++i) {
     float v = -kInf;
     for (int lane = 0; lane < 32; ++lane) v = std::fmax(v, best[lane * kFmaPassRows + i]);
-    if (v == -kInf) continue;
-    if (p.q_mask && !p.q_mask[it.b * p.Lq + pass_row0(p, it) + i]) continue;
-    sum += v;
+    sum += row_value(p, it, i, qrows, v);
   }
   return float(sum);
 }
 
 // Builds a world: Q with a padded row stride, docs per mode (padded with padded strides, or packed
-// with random lengths and pids including -1), optional masks/lengths. Padding slots hold NaN so any
-// read of padding shows up in the scores.
+// with random lengths and pids including -1), optional masks/lengths and per-doc floors. Padding
+// slots hold NaN so any read of padding shows up in the scores.
 static World make_world(std::mt19937& rng, int mode, int64_t B, int64_t Lq, int64_t dim, int64_t ncols, int64_t Ld,
-                        int masking, bool use_q_mask) {
+                        int masking, bool use_q_mask, bool use_floor) {
   std::normal_distribution<float> normal;
   std::uniform_int_distribution<int> coin(0, 9);
   World w;
@@ -357,6 +354,12 @@ static World make_world(std::mt19937& rng, int mode, int64_t B, int64_t Lq, int6
         for (int64_t j = 0; j < Ld; ++j) w.d_mask_store[j] = 0;  // doc 0 has no valid token
       p.d_mask = reinterpret_cast<const bool*>(w.d_mask_store.data());
     }
+  }
+  if (use_floor) {  // one per doc: none, 0 (wins for many rows: similarities are ~N(0, dim)), -5, -9999
+    const float choices[] = {-kInf, 0.f, -5.f, -9999.f};
+    w.floors.resize(mode == kAllPairs ? ncols : B * ncols);
+    for (auto& f : w.floors) f = choices[coin(rng) % 4];
+    p.floor = w.floors.data();
   }
   return w;
 }
@@ -427,12 +430,12 @@ static void test_emulated_kernels() {
       for (int64_t ld : lds)
         for (int masking = 0; masking < 3; ++masking) {
           if (mode == kPacked && masking) continue;
-          const bool qm = (n % 2) == 1;
+          const bool qm = (n % 2) == 1, floor = (n % 3) != 0;
           const int64_t dim_tc = dims_tc[n % 7], dim_fma = dims_fma[n % 4];
           ++n;
-          World w = make_world(rng, mode, 2, lq, dim_tc, 3, ld, masking, qm);
+          World w = make_world(rng, mode, 2, lq, dim_tc, 3, ld, masking, qm, floor);
           check_world(w, true, "tc");
-          World w2 = make_world(rng, mode, 2, lq, dim_fma, 3, ld, masking, qm);
+          World w2 = make_world(rng, mode, 2, lq, dim_fma, 3, ld, masking, qm, floor);
           check_world(w2, false, "fma");
         }
   std::printf("emulated %d worlds x 2 kernels\n", n);
