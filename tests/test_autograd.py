@@ -44,3 +44,29 @@ def test_forced_backend_without_backward_refuses_grad(device):
                 cf.maxsim(Q, torch.randn(2, 4, 8, device=device), backend=name)
             return
     pytest.skip("every available backend supports backward")
+
+
+@pytest.mark.parametrize("name", backends.BACKENDS)
+def test_gradients_with_floor(name, device):
+    """Where the floor wins, no doc token gets that query token's gradient (the floor is a constant)."""
+    module = backend_or_skip(name, device)
+    if not module.SUPPORTS_BACKWARD:
+        pytest.skip(f"backend {name!r} has no backward")
+    g = torch.Generator().manual_seed(1)
+    Q = torch.randn(2, 5, 16, generator=g).to(device)
+    D = torch.randn(4, 9, 16, generator=g).to(device)
+    lengths = torch.tensor([9, 0, 3, 6], device=device)
+    floor = torch.tensor([0.5, -1.0, float("-inf"), 2.0], device=device)  # ties are improbable with these
+
+    def grads(fn):
+        q, d = Q.clone().requires_grad_(), D.clone().requires_grad_()
+        fn(q, d).sum().backward()
+        return q.grad, d.grad
+
+    got = grads(lambda q, d: cf.maxsim(q, d, d_lengths=lengths, floor=floor, backend=name))
+    want = grads(lambda q, d: reference.maxsim(q, d, d_lengths=lengths, floor=floor))
+    for a, b, what in zip(got, want, ("dQ", "dD")):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=lambda m, what=what: f"{what}: {m}")
+    plain = grads(lambda q, d: reference.maxsim(q, d, d_lengths=lengths))
+    assert not torch.allclose(plain[1], want[1]), "the floor must win for some tokens (else this tests nothing)"
+    assert want[1][0].abs().sum() > 0, "... and not for all of them"

@@ -193,3 +193,38 @@ def test_packed_bad_embeddings():
 def test_from_list_mismatched_docs():
     with pytest.raises(ValueError, match=r"docs\[1\] has shape \(2, 4\).*docs\[0\] has dim 8"):
         cf.PackedDocs.from_list([torch.randn(3, 8), torch.randn(2, 4)])
+
+
+def test_floor_shape(qd, docs):
+    Q, D = qd
+    with pytest.raises(ValueError, match=r"floor must broadcast to D's shape without \(Ld, dim\) \(3,\).*got shape \(4,\)"):
+        cf.maxsim(Q, D, floor=torch.zeros(4))
+    with pytest.raises(ValueError, match=r"floor must broadcast to pids' shape \[B, K\] \(1, 2\).*got shape \(3,\)"):
+        cf.maxsim_packed(torch.randn(1, 4, 8), docs, torch.tensor([0, 2]), floor=torch.zeros(3))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_floor_nan_or_plus_inf(qd, bad):
+    Q, D = qd
+    with pytest.raises(ValueError, match="floor must be -inf or finite"):
+        cf.maxsim(Q, D, floor=bad)
+    with pytest.raises(ValueError, match="floor must be -inf or finite everywhere"):
+        cf.maxsim(Q, D, floor=torch.tensor([0.0, bad, -1.0]))
+
+
+def test_floor_dtype(qd):
+    Q, D = qd
+    with pytest.raises(TypeError, match="floor must be a real number or a real tensor, got dtype torch.bool"):
+        cf.maxsim(Q, D, floor=torch.zeros(3, dtype=torch.bool))
+    with pytest.raises(TypeError, match="floor must be a torch.Tensor, got str"):
+        cf.maxsim(Q, D, floor="0")
+
+
+def test_floor_on_the_kernel_ops_directly(qd):
+    # torch.ops.colbert_fast.* may be called without the Python checks: the C++ glue checks too.
+    pytest.importorskip("colbert_fast._C")
+    Q, D = qd
+    with pytest.raises(RuntimeError, match=r"floor must have shape \[3\]"):
+        torch.ops.colbert_fast.maxsim(Q, D, None, None, None, torch.zeros(2))
+    with pytest.raises(TypeError, match="floor must be float32"):
+        torch.ops.colbert_fast.maxsim(Q, D, None, None, None, torch.zeros(3, dtype=torch.float64))

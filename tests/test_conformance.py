@@ -199,6 +199,74 @@ def test_all_pairs_equals_per_query(backend, device):
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+# ---- the per-doc floor (how colbert_fast.compat reproduces other libraries' padding rules) ----
+
+FLOOR_CHOICES = (float("-inf"), 0.0, 0.2, -0.3, -9999.0)
+
+
+def _floors(shape, g, device):
+    """Per-doc floors drawn from FLOOR_CHOICES: none; 0 and 0.2, which win for many tokens of these
+    negative-leaning docs; -0.3, among the similarities; ColBERT's sentinel (wins on empty docs)."""
+    choices = torch.tensor(FLOOR_CHOICES)
+    return choices[torch.randint(0, len(FLOOR_CHOICES), shape, generator=g)].to(device)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
+@pytest.mark.parametrize("masking", MASKINGS)
+@pytest.mark.parametrize("lq,ld,dim", [(7, 17, 64), (32, 180, 128), (1, 0, 96)])
+def test_floor(backend, device, mode, dtype, masking, lq, ld, dim):
+    Q, D, q_mask, d_mask, d_lengths = _make_maxsim_inputs(mode, dtype, lq, ld, masking, dim, device, seed=7, N=5)
+    floor = _floors(D.shape[:-2], torch.Generator().manual_seed(8), device)
+    out = cf.maxsim(Q, D, q_mask, d_mask, d_lengths=d_lengths, floor=floor, backend=backend)
+    args = (Q, D, q_mask, d_mask)
+    exact = reference.maxsim(*args, d_lengths=d_lengths, floor=floor)
+    low = reference.maxsim(*args, d_lengths=d_lengths, floor=floor, upcast=False)
+    assert_matches_reference(out, exact, low, dtype, lq)
+    # The floor did change scores (so this test can fail): without it they differ somewhere.
+    plain = reference.maxsim(*args, d_lengths=d_lengths)
+    assert not torch.allclose(plain.cpu(), exact.cpu())
+
+
+def test_floor_semantics_by_hand(backend, device):
+    # Similarities of the one query token with doc 0's tokens: -0.5, -0.25; doc 1 has no valid token.
+    q = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]], device=device)
+    d = torch.tensor([[[-0.5, -0.25], [-0.75, -0.5]], [[9.0, 9.0], [9.0, 9.0]]], device=device)
+    lengths = torch.tensor([2, 0], device=device)
+    # token maxima -0.5, -0.25: floor 0 lifts both to 0, -0.3 lifts one; the empty doc gets Lq * floor
+    for floor, want in ((0.0, [0.0, 0.0]), (-0.3, [-0.55, -0.6]), (float("-inf"), [-0.75, 0.0])):
+        out = cf.maxsim(q, d, d_lengths=lengths, floor=floor, backend=backend)
+        assert out.cpu().tolist()[0] == pytest.approx(want, abs=1e-6), f"floor {floor}"
+    per_doc = cf.maxsim(q, d, d_lengths=lengths, floor=torch.tensor([float("-inf"), -2.0], device=device), backend=backend)
+    assert per_doc.cpu().tolist()[0] == pytest.approx([-0.75, -4.0])
+    # a masked query token contributes nothing, floor or not
+    q_mask = torch.tensor([[True, False]], device=device)
+    assert cf.maxsim(q, d, q_mask, d_lengths=lengths, floor=0.0, backend=backend).cpu().tolist()[0] == [0.0, 0.0]
+    assert cf.maxsim(q, d, q_mask, d_lengths=lengths, floor=-1.0, backend=backend).cpu().tolist()[0] == [-0.5, -1.0]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
+@pytest.mark.parametrize("lq,dim", [(1, 64), (32, 128)])
+def test_floor_packed(backend, device, dtype, lq, dim):
+    docs, g = _make_packed(dtype, dim, device, seed=3)
+    B, K = 3, 7
+    pids = torch.randint(-1, docs.num_docs, (B, K), generator=g)
+    pids[0, :2] = torch.tensor([-1, 0])  # an empty slot and the length-0 doc
+    pids = pids.to(device)
+    Q = normalized((B, lq, dim), dtype, device, g, negative_bias=1.0)
+    q_mask = random_mask((B, lq), g, device)
+    floor = _floors((B, K), g, device)
+    floor[0, :2] = -1.5  # the empty slot stays -inf whatever its floor; the empty doc scores n_q * -1.5
+    out = cf.maxsim_packed(Q, docs, pids, q_mask, floor=floor, backend=backend)
+    args = (Q, docs.embeddings, docs.offsets, docs.lengths, pids, q_mask)
+    exact = reference.maxsim_packed(*args, floor=floor)
+    assert_matches_reference(out, exact, reference.maxsim_packed(*args, floor=floor, upcast=False), dtype, lq)
+    assert torch.isneginf(out[0, 0]) and out[0, 1].item() == pytest.approx(-1.5 * int(q_mask[0].sum()))
+    # A floor broadcast from a float equals the same floor given per slot.
+    same = cf.maxsim_packed(Q, docs, pids, q_mask, floor=torch.zeros(B, K, device=device), backend=backend)
+    torch.testing.assert_close(cf.maxsim_packed(Q, docs, pids, q_mask, floor=0.0, backend=backend), same)
+
+
 def test_prefix_mask_equals_lengths(backend, device):
     g = torch.Generator().manual_seed(5)
     Q = normalized((2, 32, 128), torch.float16, device, g)

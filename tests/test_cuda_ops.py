@@ -96,6 +96,14 @@ def test_cuda_backend_reports_a_build_without_cuda(monkeypatch):
             lambda: (torch.randn(2, 3, 8), torch.randn(4, 5, 16)[..., ::2], None, None, None),
             "D's last dim must have stride 1",
         ),
+        (
+            lambda: (torch.randn(2, 3, 8), torch.randn(4, 5, 8), None, None, None, torch.zeros(5)),
+            r"floor must have shape \[4\] \(one value per doc\)",
+        ),
+        (
+            lambda: (torch.randn(2, 3, 8), torch.randn(4, 5, 8), None, None, None, torch.zeros(4).double()),
+            "floor must be float32",
+        ),
         (lambda: (torch.randn(2, 3, 8), torch.randn(4, 5, 8), None, None, None), "Q must be a CUDA tensor"),
     ],
 )
@@ -113,6 +121,7 @@ def _packed_args(**over):
         pids=torch.tensor([[0, -1], [1, 1]]),
         q_mask=None,
         max_len=6,
+        floor=None,
     )
     args.update(over)
     return tuple(args.values())
@@ -130,6 +139,7 @@ def _packed_args(**over):
         (dict(pids=torch.tensor([0, 1])), r"pids must be \[B, K\] with B = 2"),
         (dict(max_len=-1), "max_len must be >= 0"),
         (dict(q_mask=torch.ones(2, 3)), "q_mask must be bool"),
+        (dict(floor=torch.zeros(2)), r"floor must have shape \[2, 2\]"),
         (dict(), "Q must be a CUDA tensor"),
     ],
 )

@@ -61,3 +61,19 @@ def test_tolerance_rule():
     low = torch.tensor([1.01, float("-inf")])
     assert reference.tolerance(exact, low, torch.float16, lq=32) == pytest.approx(2 * 0.01 + 1e-2 * 32, rel=1e-4)
     assert reference.tolerance(exact, exact, torch.float32, lq=1) == pytest.approx(1e-4)
+
+
+def test_floor_by_hand():
+    # doc 1 (length 2): per-token maxima -1, -0.5, -3; floor -0.75 lifts tokens 0 and 2 to it.
+    floor = torch.tensor([float("-inf"), -0.75])
+    out = reference.maxsim(Q, D, d_lengths=torch.tensor([3, 2]), floor=floor)
+    assert out.tolist() == [[4.5, -0.75 - 0.5 - 0.75]]
+    # an empty doc with a floor: every counting query token contributes the floor
+    q_mask = torch.tensor([[True, False, True]])
+    out = reference.maxsim(Q, D, q_mask, d_lengths=torch.tensor([0, 0]), floor=torch.tensor([float("-inf"), -2.0]))
+    assert out.tolist() == [[0.0, -4.0]]
+    # a floor above every similarity wins everywhere; packed slots get theirs per slot, pid -1 stays -inf
+    emb = torch.cat([D[0], D[1, :2]])
+    pids = torch.tensor([[1, -1, 0]])
+    out = reference.maxsim_packed(Q, emb, torch.tensor([0, 3, 5]), torch.tensor([3, 2]), pids, floor=10.0)
+    assert out.tolist() == [[30.0, float("-inf"), 30.0]]
