@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import torch
 
+from .. import ops
 from ..packed import PackedDocs
-from ._floor import floored_maxsim, floored_maxsim_packed
+from ._floor import floored_maxsim
 
 SENTINEL = -9999.0  # what colbert_score_reduce writes into masked similarities
 
@@ -158,13 +159,11 @@ def colbert_score_packed(
             longest = docs.max_length
             floor = torch.where(lengths < longest, _sentinel(D_packed.dtype), float("-inf"))
         else:
-            floor = torch.zeros(docs.num_docs, device=lengths.device)
+            floor = 0.0  # colbert-ai's CPU kernel starts every maximum at 0
     pids = torch.arange(docs.num_docs, device=lengths.device).unsqueeze(0)
-    scores = floored_maxsim_packed(Q.unsqueeze(0), docs, pids, floor, backend=backend)[0]
+    scores = ops.maxsim_packed(Q.unsqueeze(0), docs, pids, floor=floor, backend=backend)[0]
     return scores if strict else scores.to(D_packed.dtype)
 
 
 def _padded(docs: PackedDocs) -> tuple[torch.Tensor, torch.Tensor]:
-    from .. import ops
-
     return ops.gather(docs, torch.arange(docs.num_docs, device=docs.device))
