@@ -106,9 +106,7 @@ def check_floor(floor, shape: tuple, device: torch.device, shape_desc: str):
     except RuntimeError:
         expanded = None
     if expanded != shape:
-        raise ValueError(
-            f"floor must broadcast to {shape_desc} {shape} (one value per doc), got shape {_shape(floor)}"
-        )
+        raise ValueError(f"floor must broadcast to {shape_desc} {shape} (one value per doc), got shape {_shape(floor)}")
     floor = floor.detach().to(torch.float32).expand(shape).contiguous()
     if floor.numel() and bool((torch.isnan(floor) | torch.isposinf(floor)).any()):
         raise ValueError("floor must be -inf or finite everywhere, got NaN or +inf")

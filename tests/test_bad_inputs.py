@@ -197,7 +197,9 @@ def test_from_list_mismatched_docs():
 
 def test_floor_shape(qd, docs):
     Q, D = qd
-    with pytest.raises(ValueError, match=r"floor must broadcast to D's shape without \(Ld, dim\) \(3,\).*got shape \(4,\)"):
+    with pytest.raises(
+        ValueError, match=r"floor must broadcast to D's shape without \(Ld, dim\) \(3,\).*got shape \(4,\)"
+    ):
         cf.maxsim(Q, D, floor=torch.zeros(4))
     with pytest.raises(ValueError, match=r"floor must broadcast to pids' shape \[B, K\] \(1, 2\).*got shape \(3,\)"):
         cf.maxsim_packed(torch.randn(1, 4, 8), docs, torch.tensor([0, 2]), floor=torch.zeros(3))

@@ -109,11 +109,11 @@ def test_rerank_ranks_the_same_when_patched(ps, monkeypatch):
     """pylate.rank.rerank: pads each query's candidates with zero rows and calls colbert_scores."""
     from pylate import rank
 
-    from colbert_fast.compat import _pylate
+    from colbert_fast import ops
 
     calls = []
-    real = _pylate.floored_maxsim
-    monkeypatch.setattr(_pylate, "floored_maxsim", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = ops.maxsim  # what the drop-ins call
+    monkeypatch.setattr(ops, "maxsim", lambda *a, **k: calls.append(1) or real(*a, **k))
 
     g = torch.Generator().manual_seed(3)
     lengths = [random_lengths((200,), 180, g, "cpu").clamp(min=20) for _ in range(2)]
@@ -191,11 +191,12 @@ def test_patched_context_nests(ps):
 @pytest.mark.parametrize("has_kernels", [False, True])
 def test_default_patch_uses_the_library_without_kernels(ps, monkeypatch, has_kernels):
     """require_kernels (default): where only the plain-PyTorch backend runs, PyLate runs its own code."""
-    from colbert_fast.compat import _patch, _pylate
+    from colbert_fast import ops
+    from colbert_fast.compat import _patch
 
     calls = []
-    real = _pylate.floored_maxsim
-    monkeypatch.setattr(_pylate, "floored_maxsim", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = ops.maxsim  # what the drop-ins call
+    monkeypatch.setattr(ops, "maxsim", lambda *a, **k: calls.append(1) or real(*a, **k))
     monkeypatch.setattr(_patch, "_has_kernels", lambda device: has_kernels)
     Q, D = torch.randn(1, 3, 8), torch.randn(2, 4, 8)
     with compat.patched(colbert=False, pylate=True):

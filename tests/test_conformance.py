@@ -237,7 +237,9 @@ def test_floor_semantics_by_hand(backend, device):
     for floor, want in ((0.0, [0.0, 0.0]), (-0.3, [-0.55, -0.6]), (float("-inf"), [-0.75, 0.0])):
         out = cf.maxsim(q, d, d_lengths=lengths, floor=floor, backend=backend)
         assert out.cpu().tolist()[0] == pytest.approx(want, abs=1e-6), f"floor {floor}"
-    per_doc = cf.maxsim(q, d, d_lengths=lengths, floor=torch.tensor([float("-inf"), -2.0], device=device), backend=backend)
+    per_doc = cf.maxsim(
+        q, d, d_lengths=lengths, floor=torch.tensor([float("-inf"), -2.0], device=device), backend=backend
+    )
     assert per_doc.cpu().tolist()[0] == pytest.approx([-0.75, -4.0])
     # a masked query token contributes nothing, floor or not
     q_mask = torch.tensor([[True, False]], device=device)

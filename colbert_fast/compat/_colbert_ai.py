@@ -11,7 +11,6 @@ import torch
 
 from .. import ops
 from ..packed import PackedDocs
-from ._floor import floored_maxsim
 
 SENTINEL = -9999.0  # what colbert_score_reduce writes into masked similarities
 
@@ -102,10 +101,10 @@ def colbert_score(
     if not strict:
         floor = torch.where(valid.all(dim=1), float("-inf"), _sentinel(D_padded.dtype))
     if Q.size(0) == 1:
-        scores = floored_maxsim(Q, D_padded, None, valid, floor, backend=backend)[0]
+        scores = ops.maxsim(Q, D_padded, None, valid, floor=floor, backend=backend)[0]
     else:  # aligned: query i against its own doc i
         f = None if floor is None else floor.unsqueeze(1)
-        scores = floored_maxsim(Q, D_padded.unsqueeze(1), None, valid.unsqueeze(1), f, backend=backend)[:, 0]
+        scores = ops.maxsim(Q, D_padded.unsqueeze(1), None, valid.unsqueeze(1), floor=f, backend=backend)[:, 0]
     return scores if strict else scores.to(D_padded.dtype)
 
 

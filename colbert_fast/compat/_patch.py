@@ -21,7 +21,7 @@ import types
 
 import torch
 
-from .. import available_backends
+from .. import backends
 from . import _colbert_ai, _pylate
 
 _TARGETS = {
@@ -41,9 +41,10 @@ def _import(lib: str) -> types.ModuleType:
 
 
 def _has_kernels(device: torch.device) -> bool:
-    """Whether a colbert_fast kernel backend (not only the plain-PyTorch one) runs on `device`.
-    Without one, the patched functions call the library's own code: a patch never slows it down."""
-    return any(reason is None for name, reason in available_backends(device).items() if name != "torch")
+    """Whether backend "auto" picks a colbert_fast kernel backend (not the plain-PyTorch one) on
+    `device`. Without one, the patched functions call the library's own code: a patch never slows
+    it down. (On CUDA tensors "auto" takes the GPU kernels only once they are verified on a GPU.)"""
+    return backends.select("auto", device).NAME != "torch"
 
 
 def _device_of(x) -> torch.device:

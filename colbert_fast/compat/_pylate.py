@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from .. import ops
-from ._floor import floored_maxsim
 
 _PYLATE_ONLY = ("flash", "lik")
 
@@ -130,7 +129,7 @@ def colbert_scores(
     )
     if Q.shape[1] == 0:  # no query tokens: every score is 0
         return torch.zeros(Q.shape[0], D.shape[0], dtype=torch.float32 if strict else out_dtype, device=D.device)
-    scores = floored_maxsim(Q, D, q_mask, d_mask, _padding_floor(d_mask, strict), backend=_backend(backend))
+    scores = ops.maxsim(Q, D, q_mask, d_mask, floor=_padding_floor(d_mask, strict), backend=_backend(backend))
     return scores if strict else scores.to(out_dtype)
 
 
@@ -171,7 +170,7 @@ def colbert_kd_scores(
     )
     if Q.shape[1] == 0:
         return torch.zeros(D.shape[:2], dtype=torch.float32 if strict else out_dtype, device=D.device)
-    scores = floored_maxsim(Q, D, q_mask, d_mask, _padding_floor(d_mask, strict), backend=_backend(backend))
+    scores = ops.maxsim(Q, D, q_mask, d_mask, floor=_padding_floor(d_mask, strict), backend=_backend(backend))
     return scores if strict else scores.to(out_dtype)
 
 
