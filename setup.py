@@ -9,6 +9,7 @@ torch.
 """
 
 import os
+import sys
 from pathlib import Path
 
 from setuptools import setup
@@ -35,6 +36,13 @@ def _extensions():
 
     torch_version = torch.__version__
     cxx = ["-O3", f'-DCOLBERT_FAST_TORCH_VERSION="{torch_version}"']
+    link = []
+    if torch.backends.openmp.is_available() and sys.platform.startswith("linux"):
+        # ATen's parallel_for is an inline `#pragma omp parallel` when torch uses OpenMP: without
+        # -fopenmp the CPU kernels would silently run on one thread. The libgomp.so.1 this links
+        # to resolves to the copy torch has already loaded (same soname): one OpenMP runtime.
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
     sources = _sources("*.cpp", "cpu/*.cpp", "torch/*.cpp")
     if _want_cuda(torch):
         if torch.version.cuda is None:
@@ -47,9 +55,10 @@ def _extensions():
             "colbert_fast._C",
             sources + _sources("cuda/*.cpp", "cuda/*.cu"),
             extra_compile_args={"cxx": cxx + ["-DWITH_CUDA"], "nvcc": nvcc},
+            extra_link_args=link,
         )
     else:
-        ext = CppExtension("colbert_fast._C", sources, extra_compile_args={"cxx": cxx})
+        ext = CppExtension("colbert_fast._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link)
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 

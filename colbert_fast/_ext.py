@@ -71,4 +71,5 @@ def build_info() -> dict:
         "with_cuda": ext.with_cuda(),
         "cuda_version": ext.cuda_version(),
         "cpu_isa": ext.cpu_isa() if hasattr(ext, "cpu_isa") else None,
+        "with_openmp": ext.with_openmp() if hasattr(ext, "with_openmp") else None,
     }

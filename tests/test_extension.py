@@ -24,6 +24,17 @@ def test_extension_loaded_or_required():
     assert _ext.has_op("gather")
 
 
+def test_cpu_kernels_run_threads_where_torch_does():
+    """ATen's parallel_for is an inline OpenMP region when torch uses OpenMP: an extension compiled
+    without -fopenmp runs every CPU kernel on one thread, silently (it happened once)."""
+    info = _ext.build_info()
+    if not info["built"]:
+        pytest.skip(info["reason"])
+    if not torch.backends.openmp.is_available():
+        pytest.skip("this torch does not use OpenMP")
+    assert info["with_openmp"], "colbert_fast._C was compiled without -fopenmp: its CPU kernels run on one thread"
+
+
 def test_gather_op_checks_its_inputs():
     if not _ext.has_op("gather"):
         pytest.skip("extension not built")

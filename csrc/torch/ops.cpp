@@ -83,6 +83,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_isa", [] { return std::string(colbert_fast::cpu::cpu_isa_name()); },
         "SIMD kernels the CPU ops use now: avx512_bf16, avx512, avx2 or scalar (COLBERT_FAST_CPU_ISA overrides)");
   m.def("torch_version", [] { return std::string(COLBERT_FAST_TORCH_VERSION); }, "torch version this was built against");
+#ifdef _OPENMP
+  m.def("with_openmp", [] { return true; }, "whether the CPU kernels were compiled with OpenMP (parallel_for runs threads)");
+#else
+  m.def("with_openmp", [] { return false; }, "whether the CPU kernels were compiled with OpenMP (parallel_for runs threads)");
+#endif
 #ifdef WITH_CUDA
   m.def("with_cuda", [] { return true; }, "whether the CUDA kernels were built");
   m.def("cuda_version", [] { return CUDA_VERSION; }, "CUDA toolkit version used for the build");
