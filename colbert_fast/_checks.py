@@ -102,13 +102,14 @@ def check_floor(floor, shape: tuple, device: torch.device, shape_desc: str):
     if floor.device != device:
         raise ValueError(f"floor is on {floor.device} but the docs are on {device}: move them to one device")
     try:
-        expanded = torch.broadcast_shapes(_shape(floor), shape)
+        floor = floor.detach().expand(shape)  # broadcasting to exactly `shape`, as a view
     except RuntimeError:
-        expanded = None
-    if expanded != shape:
-        raise ValueError(f"floor must broadcast to {shape_desc} {shape} (one value per doc), got shape {_shape(floor)}")
-    floor = floor.detach().to(torch.float32).expand(shape).contiguous()
-    if floor.numel() and bool((torch.isnan(floor) | torch.isposinf(floor)).any()):
+        raise ValueError(
+            f"floor must broadcast to {shape_desc} {shape} (one value per doc), got shape {_shape(floor)}"
+        ) from None
+    floor = floor.to(torch.float32).contiguous()
+    # One reduction: the max is NaN with a NaN anywhere and +inf with a +inf anywhere.
+    if floor.numel() and not bool(floor.max() < float("inf")):
         raise ValueError("floor must be -inf or finite everywhere, got NaN or +inf")
     return floor
 

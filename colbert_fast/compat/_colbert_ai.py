@@ -7,6 +7,8 @@ visible GPUs, as ColBERTConfig() computes it) and `interaction` (default "colber
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .. import ops
@@ -22,6 +24,7 @@ def _settings(config) -> tuple[bool, str]:
     return gpus > 0, getattr(config, "interaction", "colbert")
 
 
+@functools.cache
 def _sentinel(dtype: torch.dtype) -> float:
     # ColBERT writes -9999 into a tensor of D's dtype: fp16 stores -10000, bf16 -9984.
     return float(torch.tensor(SENTINEL, dtype=dtype))
