@@ -6,7 +6,7 @@
 #   make compile-check  compile every GPU kernel for sm_80/sm_90 without a GPU
 #   make build          rebuild the extension after editing csrc/
 #   make env            versions, GPU, build and backends
-#   make peers          install colbert-ai and PyLate for the parity tests (torch held as installed)
+#   make test-peers     the parity tests against colbert-ai and PyLate, in their own venv (make peers)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -23,7 +23,7 @@ export MAX_JOBS ?= 2
 STAMP := $(VENV)/.colbert_fast-installed
 BUILD_INPUTS := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: setup build test test-gpu bench compile-check env peers clean
+.PHONY: setup build test test-gpu test-peers bench compile-check env peers clean
 
 setup: $(STAMP)
 
@@ -53,15 +53,33 @@ compile-check: setup
 env: setup
 	$(VENV)/bin/colbert-fast env
 
-# colbert-ai and PyLate, only for tests/test_compat_*.py and tests/test_pipeline_interop.py. Their
-# full dependency lists would replace torch, so they go in without dependencies and the few
-# modules their scoring and encoding paths import are named here.
+# colbert-ai and PyLate, only for the parity tests (pytest -m peers). They pin transformers <= 5.3
+# and sentence-transformers 5.3, so they get a venv of their own: the product's tests keep running
+# against the newest releases setup.py allows. That venv has the same torch and imports
+# colbert_fast from this checkout (a .pth file), with the extension `make setup` built. Their full
+# dependency lists would replace torch, so they go in without dependencies and the few modules
+# their scoring and encoding paths import are named here.
+PEERS_VENV ?= .venv-peers
+PEERS_PY := $(PEERS_VENV)/bin/python
+PEERS_STAMP := $(PEERS_VENV)/.peers-installed
 PEERS := colbert-ai==0.2.22 pylate==1.6.0
 PEER_DEPS := tqdm ujson==5.12.0 huggingface_hub GitPython scipy datasets "transformers>=4.41,<=5.3.0" ninja sentence-transformers==5.3.0
-peers: setup
-	$(PY) -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(VENV)/peer-constraints.txt
-	$(PY) -m pip install -q -c $(VENV)/peer-constraints.txt --no-deps $(PEERS)
-	$(PY) -m pip install -q -c $(VENV)/peer-constraints.txt $(PEER_DEPS)
+
+peers: $(PEERS_STAMP)
+
+$(PEERS_STAMP): $(STAMP) Makefile
+	test -x $(PEERS_PY) || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PY) -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(PEERS_VENV)/peer-constraints.txt
+	$(PEERS_PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PEERS_PY) -m pip install -q -c $(PEERS_VENV)/peer-constraints.txt torch numpy safetensors pytest hypothesis
+	$(PEERS_PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > $(PEERS_VENV)/purelib.txt
+	echo "$(CURDIR)" > "$$(cat $(PEERS_VENV)/purelib.txt)/colbert_fast_checkout.pth"
+	$(PEERS_PY) -m pip install -q -c $(PEERS_VENV)/peer-constraints.txt --no-deps $(PEERS)
+	$(PEERS_PY) -m pip install -q -c $(PEERS_VENV)/peer-constraints.txt $(PEER_DEPS)
+	touch $@
+
+test-peers: peers
+	COLBERT_FAST_REQUIRE_PEERS=1 $(PEERS_PY) -m pytest tests -q -m peers
 
 clean:
-	rm -rf build *.egg-info colbert_fast/_C*.so $(STAMP)
+	rm -rf build *.egg-info colbert_fast/_C*.so $(STAMP) $(PEERS_STAMP)

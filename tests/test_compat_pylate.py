@@ -15,6 +15,8 @@ from helpers import DTYPES, import_peer, normalized, random_lengths
 
 from colbert_fast import compat, reference
 
+pytestmark = pytest.mark.peers  # make test-peers runs these in the peers' own venv
+
 
 def _peer(module: str):
     return import_peer(module, "pip install pylate")

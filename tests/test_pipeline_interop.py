@@ -1,8 +1,9 @@
 """Where PyLate / colbert-ai are installed: our encodings equal theirs for the same checkpoint.
 
-Neither is a dependency (CI skips this file). Checked by hand with pylate 1.6.0 +
-sentence-transformers 5.3.0 (full embeddings) and colbert-ai 0.2.22 (tokenization, attention
-masks and skiplist: its HF_ColBERT model class does not load under transformers 5).
+Neither is a dependency: `make test-peers` runs this file in the peers' own venv (pylate 1.6.0,
+sentence-transformers 5.3.0, colbert-ai 0.2.22, transformers 5.3.0), CI included. colbert-ai is
+checked on tokenization, attention masks and skiplist: its HF_ColBERT model class does not load
+under transformers 5.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import string
 
 import pytest
 import torch
+from helpers import import_peer
 from pipeline_helpers import tiny_encoder
 
 pytest.importorskip("transformers")
+pytestmark = pytest.mark.peers
 
 from colbert_fast.model import ColBERT
 
@@ -31,7 +34,7 @@ def assert_same_encodings(ours: ColBERT, q_theirs, d_theirs) -> None:
 
 @pytest.mark.parametrize("attend", [False, True])
 def test_pylate_reads_what_we_save_and_we_read_what_it_saves(tmp_path, attend):
-    models = pytest.importorskip("pylate.models")
+    models = import_peer("pylate.models", "make peers")
     enc = tiny_encoder(tmp_path / "tiny", attend_to_mask_tokens=attend)
     enc.save(tmp_path / "ours")
     pl = models.ColBERT(model_name_or_path=str(tmp_path / "ours"), device="cpu")
@@ -45,7 +48,7 @@ def test_pylate_reads_what_we_save_and_we_read_what_it_saves(tmp_path, attend):
 
 def test_pylate_model_with_added_marker_tokens(tmp_path):
     """A PyLate model started from a plain BERT: PyLate adds '[Q] ' and '[D] ' tokens and a new Dense layer."""
-    models = pytest.importorskip("pylate.models")
+    models = import_peer("pylate.models", "make peers")
     enc = tiny_encoder(tmp_path / "tiny")
     enc.backbone.save_pretrained(str(tmp_path / "bert"))
     enc.tokenizer.save_pretrained(str(tmp_path / "bert"))
@@ -60,8 +63,8 @@ def test_pylate_model_with_added_marker_tokens(tmp_path):
 
 @pytest.mark.parametrize("attend", [False, True])
 def test_colbert_ai_tokenization(tmp_path, attend):
-    tokenization = pytest.importorskip("colbert.modeling.tokenization")
-    infra = pytest.importorskip("colbert.infra")
+    tokenization = import_peer("colbert.modeling.tokenization", "make peers")
+    infra = import_peer("colbert.infra", "make peers")
     enc = tiny_encoder(tmp_path / "tiny", attend_to_mask_tokens=attend)
     enc.save(tmp_path / "ours")
     cc = infra.ColBERTConfig

@@ -24,12 +24,13 @@ def test_readme_api_example_runs(tmp_path, monkeypatch):
             exec(compile(block, "README.md", "exec"), {})
 
 
+@pytest.mark.peers
 def test_readme_compat_example_runs():
     peers = [m for m in ("colbert", "pylate") if importlib.util.find_spec(m) is None]
     if peers:
         if os.environ.get("COLBERT_FAST_REQUIRE_PEERS") == "1":
             pytest.fail(f"COLBERT_FAST_REQUIRE_PEERS=1 but not installed: {peers}")
-        pytest.skip(f"not installed: {peers} (make peers)")
+        pytest.skip(f"not installed: {peers} (make test-peers runs this in the peers' venv)")
     from colbert_fast import compat
 
     try:

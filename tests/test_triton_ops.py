@@ -28,10 +28,11 @@ def test_kernels_import_as_colbert_fast_kernels():
     maxsim = importlib.import_module("colbert_fast.kernels.maxsim")
     pkg = sys.modules["colbert_fast.kernels"]
     assert maxsim.__name__ == "colbert_fast.kernels.maxsim"
-    # Source tree: the shim must have been replaced by kernels/__init__.py itself; installed: the
-    # package directory is the installed copy of kernels/. Either way no top-level "kernels".
+    # The kernels are a plain subpackage: colbert_fast/kernels/, next to colbert_fast/__init__.py.
+    import colbert_fast
+
     assert Path(pkg.__file__).parent == Path(maxsim.__file__).parent
-    assert Path(pkg.__file__).parent.parent.name != "colbert_fast" or Path(pkg.__file__).parent.name == "kernels"
+    assert Path(pkg.__file__).parent == Path(colbert_fast.__file__).parent / "kernels"
     assert "Triton kernels of colbert_fast" in pkg.__doc__
 
 
