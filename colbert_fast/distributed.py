@@ -538,8 +538,9 @@ class ShardedSearcher:
         cluster: this rank (Cluster.init() under torchrun; default Cluster.local()).
         encoder: a ColBERT, a checkpoint directory, or None for the one the manifest names. Only
             rank 0 encodes; the other ranks use it for the doc-side compatibility check.
-        nprobe, ncandidates, verify, backend, load_ivf: as colbert_fast.search.Searcher, per shard
-            (nprobe is capped at each shard's partitions; k' token neighbours are fetched per shard).
+        nprobe, neighbors_per_token, verify, backend, load_ivf: as colbert_fast.search.Searcher, per
+            shard (default: its "accurate" budget for k; nprobe is capped at each shard's partitions;
+            k' token neighbours are fetched per shard).
         allow_partial: if a rank fails or times out, return the other shards' results instead of
             raising; `report` says which shards answered.
         split_candidates: fetch ceil(k' / #shards) token neighbours per shard instead of k', so the
@@ -557,7 +558,7 @@ class ShardedSearcher:
         encoder=None,
         *,
         nprobe: int | None = None,
-        ncandidates: int | None = None,
+        neighbors_per_token: int | None = None,
         verify: bool = True,
         backend: str = "auto",
         load_ivf: bool = True,
@@ -568,7 +569,7 @@ class ShardedSearcher:
         self.split_candidates = split_candidates
         self.index = index if isinstance(index, ShardedIndex) else ShardedIndex.load(index)
         self.allow_partial = allow_partial
-        self.ncandidates = ncandidates
+        self.neighbors_per_token = neighbors_per_token
         self.my_shards = owned_shards(len(self.index.shards), self.cluster.rank, self.cluster.world_size)
         # Loading the model or a shard can fail (a missing file, a corrupt shard): report which rank
         # and shard to every rank before anyone searches, rather than leave the others waiting.
@@ -590,7 +591,7 @@ class ShardedSearcher:
                     encoder,
                     device=self.cluster.device,
                     nprobe=nprobe,
-                    ncandidates=ncandidates,
+                    neighbors_per_token=neighbors_per_token,
                     backend=backend,
                     load_ivf=load_ivf,
                 )
@@ -631,11 +632,17 @@ class ShardedSearcher:
     # ---- public --------------------------------------------------------------------------------
 
     def search(
-        self, queries: Sequence[str] | None, k: int = 10, *, ncandidates: int | None = None, batch_size: int = 32
+        self,
+        queries: Sequence[str] | None,
+        k: int = 10,
+        *,
+        neighbors_per_token: int | None = None,
+        batch_size: int = 32,
     ) -> list[Ranking]:
         """End-to-end retrieval over every shard: the global top k (pid, score) per query, best first.
 
-        Rank 0's queries, k and ncandidates are the ones used; other ranks may pass None.
+        Rank 0's queries, k and neighbors_per_token are the ones used; other ranks may pass None.
+        Each shard's candidate budget defaults to its Searcher's "accurate" one for k.
         """
         if self.cluster.rank != 0:
             return self._follow()
@@ -648,7 +655,7 @@ class ShardedSearcher:
                 raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         except (TypeError, ValueError) as e:
             self._refuse(e)
-        kprime = ncandidates or self.ncandidates or max(k // 2, 1)
+        kprime = neighbors_per_token or self.neighbors_per_token or 0  # 0: each shard's default for k
         batches = [(list(queries[s : s + batch_size]), None) for s in range(0, len(queries), batch_size)]
         return self._lead("search", batches, k, kprime)
 
@@ -816,10 +823,12 @@ class ShardedSearcher:
     def _local_search(self, Q, q_mask, kprime: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's top k per query from its shards (global doc ids), as Searcher.search scores them."""
         scores, ids = [], []
-        if self.split_candidates:
-            kprime = -(-kprime // len(self.index.shards))
         for shard, searcher in self.searchers:
-            pids = searcher.candidates(Q, q_mask, kprime)
+            nprobe, neighbors = searcher.budget(k)
+            neighbors = kprime or neighbors
+            if self.split_candidates:
+                neighbors = -(-neighbors // len(self.index.shards))
+            pids = searcher.candidates(Q, q_mask, neighbors, nprobe)
             if pids.shape[1] == 0:
                 continue
             scores.append(searcher._score(Q, q_mask, pids))

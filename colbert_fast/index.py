@@ -36,7 +36,15 @@ import torch
 from ._atomic import atomic_path, write_bytes_atomic
 from .packed import PackedDocs, write_store
 
-__all__ = ["CorruptIndexError", "Index", "IndexConfig", "build_index", "choose_partitions", "read_collection"]
+__all__ = [
+    "CorruptIndexError",
+    "Index",
+    "IndexConfig",
+    "build_index",
+    "build_index_from_embeddings",
+    "choose_partitions",
+    "read_collection",
+]
 
 INDEX_FORMAT = "colbert_fast.index/1"
 # Data files of a build (and their temp names): the only files a new build may delete.
@@ -180,14 +188,21 @@ def _model_fingerprint(encoder) -> str:
 
 
 def _versions() -> dict:
+    """Versions recorded in the manifest, read from package metadata (importing transformers just
+    to ask would cost a searcher seconds and hundreds of MB)."""
+    from importlib.metadata import PackageNotFoundError, version
+
     from . import __version__
 
     versions = {"colbert_fast": __version__, "torch": torch.__version__, "numpy": np.__version__}
-    for name in ("faiss", "transformers"):
-        try:
-            versions[name] = __import__(name).__version__
-        except (ImportError, AttributeError):
-            versions[name] = None
+    for name, dists in (("faiss", ("faiss-cpu", "faiss-gpu", "faiss")), ("transformers", ("transformers",))):
+        versions[name] = None
+        for dist in dists:
+            try:
+                versions[name] = version(dist)
+                break
+            except PackageNotFoundError:
+                continue
     return versions
 
 
@@ -246,27 +261,114 @@ def build_index(
     collection = Path(collection)
     pids, texts = read_collection(collection)
     collection_sha = _sha256(collection)
+    fingerprint = _build_fingerprint(collection_sha, _model_fingerprint(encoder), config)
+    partial = _partial_dir(index_dir, fingerprint, resume)
+    chunk_files = _encode_collection(encoder, texts, config, partial, progress, on_chunk)
+    tag = uuid.uuid4().hex[:12]
+    docs_file = f"docs-{tag}.safetensors"
+    # One store for the whole collection, streamed from the chunk files (never all in memory).
+    docs = _concat_stores(chunk_files, index_dir / docs_file)
+    model = {"checkpoint": checkpoint, "config": encoder.config.to_dict(), "fingerprint": _model_fingerprint(encoder)}
+    source = {"path": str(collection.resolve()), "sha256": collection_sha}
+    index = _finish_build(faiss, index_dir, tag, docs, pids, config, model, source)
+    shutil.rmtree(partial, ignore_errors=True)
+    return index
 
-    fingerprint = hashlib.sha256(
-        json.dumps(
-            {
-                "collection": collection_sha,
-                "model": _model_fingerprint(encoder),
-                "chunk_size": config.chunk_size,
-                "batch_size": config.batch_size,
-            },
-            sort_keys=True,
-        ).encode()
-    ).hexdigest()[:16]
+
+def build_index_from_embeddings(
+    embeddings,
+    index_dir: str | os.PathLike,
+    config: IndexConfig | None = None,
+    *,
+    ids: Sequence | None = None,
+    similarity: str = "cosine",
+) -> Index:
+    """Write an index of token embeddings you already have (no encoder): any model, any dim.
+
+    Args:
+        embeddings: a PackedDocs, or a list of [L_i, dim] tensors / numpy arrays (L_i may be 0),
+            float32/float16/bfloat16. Stored as fp16. ColBERT-style models emit L2-normalized
+            rows; the candidate stage assumes it (exhaustive search is exact whatever they hold).
+        index_dir: the index directory (created if needed; an index there is replaced).
+        config: IndexConfig (its encoder-side fields are unused).
+        ids: the caller's doc ids, one per doc, unique (stored as strings); default "0".."N-1".
+        similarity: "cosine" (dot products, the default) or "l2", recorded for search.
+
+    Returns:
+        the loaded Index. Search it with query embeddings (Searcher.search accepts tensors).
+    """
+    faiss = require_faiss()
+    config = config or IndexConfig()
+    if similarity not in ("cosine", "l2"):
+        raise ValueError(f"similarity must be 'cosine' or 'l2', got {similarity!r}")
+    docs = _as_packed(embeddings)
+    ids = [str(i) for i in range(docs.num_docs)] if ids is None else [str(i) for i in ids]
+    if len(ids) != docs.num_docs:
+        raise ValueError(f"got {len(ids)} ids for {docs.num_docs} docs")
+    if len(set(ids)) != len(ids):
+        raise ValueError("ids must be unique")
+    index_dir = Path(index_dir)
+    index_dir.mkdir(parents=True, exist_ok=True)
+    tag = uuid.uuid4().hex[:12]
+    docs_file = index_dir / f"docs-{tag}.safetensors"
+    step = max(1, (64 << 20) // max(1, docs.dim * 4))  # converted to fp16 a piece at a time
+    emb = docs.embeddings
+    write_store(
+        docs_file,
+        docs.lengths.cpu(),
+        (emb[s : s + step].to(device="cpu", dtype=torch.float16) for s in range(0, docs.num_tokens, step)),
+        docs.dim,
+        torch.float16,
+    )
+    stored = PackedDocs.load(docs_file, mmap=True)
+    model = {"checkpoint": None, "config": {"dim": docs.dim, "similarity": similarity}, "fingerprint": None}
+    source = {"embeddings": True, "sha256": _sha256(docs_file)}
+    return _finish_build(faiss, index_dir, tag, stored, ids, config, model, source)
+
+
+def _as_packed(embeddings) -> PackedDocs:
+    if isinstance(embeddings, PackedDocs):
+        docs = embeddings
+    else:
+        if isinstance(embeddings, torch.Tensor) or not isinstance(embeddings, Sequence):
+            raise TypeError(
+                "embeddings must be a PackedDocs or a list of [L_i, dim] tensors/arrays, "
+                f"got {type(embeddings).__name__}"
+            )
+        docs = PackedDocs.from_list([torch.as_tensor(e) for e in embeddings])
+    if docs.num_docs == 0:
+        raise ValueError("cannot index an empty collection (no docs)")
+    if docs.num_tokens and not bool(torch.isfinite(docs.embeddings).all()):
+        raise ValueError("embeddings hold NaN or inf values")
+    return docs
+
+
+def _build_fingerprint(collection_sha: str, model_fingerprint: str, config: IndexConfig) -> str:
+    """What decides the encoded chunks: a resumed build reuses chunks only when all of it matches."""
+    key = {
+        "collection": collection_sha,
+        "model": model_fingerprint,
+        "chunk_size": config.chunk_size,
+        "batch_size": config.batch_size,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _partial_dir(index_dir: Path, fingerprint: str, resume: bool) -> Path:
+    """The folder of finished chunks for this build; other builds' leftovers are removed."""
     partial = index_dir / f"partial-{fingerprint}"
     for stale in index_dir.glob("partial-*"):
         if stale != partial or not resume:
             shutil.rmtree(stale)
     partial.mkdir(exist_ok=True)
+    return partial
 
-    # 1. Encode, chunk by chunk; each finished chunk is a complete file (atomic save).
+
+def _encode_collection(encoder, texts, config: IndexConfig, partial: Path, progress: bool, on_chunk) -> list[Path]:
+    """Encode chunk by chunk; each finished chunk is a complete file (atomic save), reused on resume."""
     chunks = list(_chunks(len(texts), config.chunk_size))
-    done = {c for c, _, _ in chunks if (partial / f"chunk-{c:06d}.safetensors").exists()}
+    paths = [partial / f"chunk-{c:06d}.safetensors" for c, _, _ in chunks]
+    done = {c for c, _, _ in chunks if paths[c].exists()}
     bar = None
     if progress:
         from tqdm import tqdm
@@ -275,42 +377,34 @@ def build_index(
         bar.update(sum(end - start for c, start, end in chunks if c in done))
     try:
         for c, start, end in chunks:
-            path = partial / f"chunk-{c:06d}.safetensors"
             if c in done:
                 try:
-                    PackedDocs.load(path)  # a chunk that doesn't load is encoded again
+                    PackedDocs.load(paths[c])  # a chunk that doesn't load is encoded again
                     continue
                 except ValueError:
-                    path.unlink()
-            _encode_chunk(encoder, texts[start:end], config.batch_size, bar).save(path)
+                    paths[c].unlink()
+            _encode_chunk(encoder, texts[start:end], config.batch_size, bar).save(paths[c])
             if on_chunk is not None:
                 on_chunk(c)
     finally:
         if bar is not None:
             bar.close()
+    return paths
 
-    # 2. One store for the whole collection, streamed from the chunk files (never all in memory).
-    tag = uuid.uuid4().hex[:12]
+
+def _finish_build(faiss, index_dir: Path, tag: str, docs: PackedDocs, pids, config, model, source) -> Index:
+    """faiss over the store's token rows, the other files under the store's tag, then the manifest
+    (the commit point), then removal of what the old manifest named."""
     files = {"docs": f"docs-{tag}.safetensors", "ivf": f"ivf-{tag}.faiss", "ids": f"ids-{tag}.json"}
-    docs = _concat_stores([partial / f"chunk-{c:06d}.safetensors" for c, _, _ in chunks], index_dir / files["docs"])
-
-    # 3. faiss over every token row; ids are row numbers.
-    ivf, ivf_info = _train_ivf(faiss, docs, config)
-
-    # 4. The other files under the same fresh tag, then the manifest (the commit point), then
-    #    remove what the old manifest named.
+    ivf, ivf_info = _train_ivf(faiss, docs, config)  # faiss ids are row numbers in the store
     _write_faiss(faiss, ivf, index_dir / files["ivf"])
-    write_bytes_atomic(index_dir / files["ids"], json.dumps(pids).encode())
+    write_bytes_atomic(index_dir / files["ids"], json.dumps(list(pids)).encode())
     manifest = {
         "format": INDEX_FORMAT,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": _versions(),
-        "model": {
-            "checkpoint": checkpoint,
-            "config": encoder.config.to_dict(),
-            "fingerprint": _model_fingerprint(encoder),
-        },
-        "collection": {"path": str(collection.resolve()), "sha256": collection_sha},
+        "model": model,
+        "collection": source,
         "index_config": dataclasses.asdict(config),
         "ivf": ivf_info,
         "stats": {"num_docs": docs.num_docs, "num_tokens": docs.num_tokens, "dim": docs.dim, "dtype": "float16"},
@@ -325,7 +419,6 @@ def build_index(
     for path in index_dir.iterdir():  # only files this module names: never a user's file
         if path.is_file() and path.name not in live and _OURS.fullmatch(path.name):
             path.unlink()
-    shutil.rmtree(partial, ignore_errors=True)
     return Index.load(index_dir, verify=False)
 
 
@@ -394,20 +487,35 @@ def _train_ivf(faiss, docs: PackedDocs, config: IndexConfig):
 
 
 class Index:
-    """A loaded index: docs (PackedDocs), doc_ids (pid strings), ivf (faiss), emb2pid, manifest."""
+    """A loaded index: docs (PackedDocs), doc_ids (pid strings), ivf (faiss, or None until
+    open_ivf()), emb2pid (token row -> doc, built on first use), manifest."""
 
-    def __init__(self, path: Path, manifest: dict, docs: PackedDocs, doc_ids: list[str], ivf):
+    def __init__(self, path: Path, manifest: dict, docs: PackedDocs, doc_ids: list[str], ivf, verify: bool = True):
         self.path = path
         self.manifest = manifest
         self.docs = docs
         self.doc_ids = doc_ids
         self.ivf = ivf
-        # Token row -> doc index. int32 while it fits: it is as long as the whole token store.
-        idx_dtype = torch.int32 if docs.num_docs < 2**31 else torch.int64
-        self.emb2pid = torch.repeat_interleave(
-            torch.arange(docs.num_docs, dtype=idx_dtype), docs.lengths.cpu().to(torch.int64)
-        )
+        self._verify = verify
+        self._emb2pid: torch.Tensor | None = None
         self._pid_index: dict[str, int] | None = None
+
+    @property
+    def emb2pid(self) -> torch.Tensor:
+        """Token row -> doc index; only the candidate stage needs it, so it is built on first use.
+        int32 while it fits: it is as long as the whole token store."""
+        if self._emb2pid is None:
+            idx_dtype = torch.int32 if self.docs.num_docs < 2**31 else torch.int64
+            self._emb2pid = torch.repeat_interleave(
+                torch.arange(self.docs.num_docs, dtype=idx_dtype), self.docs.lengths.cpu().to(torch.int64)
+            )
+        return self._emb2pid
+
+    def open_ivf(self):
+        """The faiss index, read (and checked against the manifest) on first use."""
+        if self.ivf is None:
+            self.ivf = _read_ivf(self.path, self.manifest, self.docs, self._verify)
+        return self.ivf
 
     @property
     def num_docs(self) -> int:
@@ -480,21 +588,25 @@ class Index:
             )
         if docs.num_tokens != stats.get("num_tokens") or docs.dim != stats.get("dim"):
             raise CorruptIndexError(f"index at {path} is inconsistent: doc store shape differs from the manifest")
-        ivf = None
+        index = cls(path, manifest, docs, [str(p) for p in doc_ids], None, verify)
         if load_ivf:
-            faiss = require_faiss()
-            ivf_path = path / files["ivf"]["name"]
-            if verify:  # before faiss parses a byte: its reader trusts its input
-                _check_sha(ivf_path, files["ivf"]["sha256"])
-            try:
-                ivf = faiss.read_index(str(ivf_path))
-            except RuntimeError as e:
-                raise CorruptIndexError(f"cannot read faiss index {files['ivf']['name']}: {e}") from None
-            if ivf.ntotal != docs.num_tokens or ivf.d != docs.dim:
-                raise CorruptIndexError(
-                    f"index at {path} is inconsistent: faiss holds {ivf.ntotal} vectors of dim {ivf.d}"
-                )
-        return cls(path, manifest, docs, [str(p) for p in doc_ids], ivf)
+            index.open_ivf()
+        return index
+
+
+def _read_ivf(path: Path, manifest: dict, docs: PackedDocs, verify: bool):
+    faiss = require_faiss()
+    info = manifest["files"]["ivf"]
+    ivf_path = path / info["name"]
+    if verify:  # before faiss parses a byte: its reader trusts its input
+        _check_sha(ivf_path, info["sha256"])
+    try:
+        ivf = faiss.read_index(str(ivf_path))
+    except RuntimeError as e:
+        raise CorruptIndexError(f"cannot read faiss index {info['name']}: {e}") from None
+    if ivf.ntotal != docs.num_tokens or ivf.d != docs.dim:
+        raise CorruptIndexError(f"index at {path} is inconsistent: faiss holds {ivf.ntotal} vectors of dim {ivf.d}")
+    return ivf
 
 
 def read_manifest(mpath: Path, expected_format: str) -> dict:

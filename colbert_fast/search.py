@@ -1,14 +1,30 @@
 """Re-ranking (paper 3.5) and end-to-end retrieval (paper 3.6) over an index.
 
-    rerank(query, pids):  encode the query, score its candidates (e.g. BM25's top 1000) exactly
-                          with MaxSim against their stored embeddings, sort.
-    search(query, k):     encode the query; for every query token ask faiss for its k' nearest
-                          token vectors; map them to their docs (emb2pid) and take the union;
-                          score that candidate set exactly with MaxSim; keep the top k.
+    rerank(queries, pids):  score each query's candidates (e.g. BM25's top 1000) exactly with
+                            MaxSim against their stored embeddings, sort.
+    search(queries, k):     the top k docs of the collection per query, in one of three modes:
+
+        "accurate" (default)  paper 3.6 with a candidate budget measured to find the exact top k:
+                              for every query token faiss returns its `neighbors_per_token`
+                              nearest token vectors (probing `nprobe` IVF cells); their docs'
+                              union is scored exactly with MaxSim; the best k are kept.
+        "fast"                the same with the paper's own budget (k // 2 neighbours per token,
+                              the index's nprobe): less work, and approximate.
+        "exhaustive"          every doc scored with the fused packed kernel, in chunks that bound
+                              memory: the exact top k under the stored vectors (no faiss needed).
+
+A candidate mode whose budget could reach every doc anyway (query tokens x neighbours >= docs)
+scores every doc instead: exact, and no slower than the union it would have built.
+
+Queries are strings (encoded with the index's model, loaded on first use) or embeddings: a
+tensor [B, Lq, dim] with an optional q_mask, or a list of [Lq_i, dim] tensors/arrays. Searching by
+embeddings never loads an encoder, and exhaustive search never loads faiss.
 
 All MaxSim scoring goes through cf.maxsim_packed (backend "auto": the fastest kernel available
 for the store's device). The store is moved to the GPU when there is one. Searcher.timings holds a
 per-stage latency breakdown: encode, candidates (faiss + union), score (gather + MaxSim), topk.
+The candidate budgets of "accurate" are measured in bench/search_defaults.py (results in
+bench/results/search_defaults/).
 """
 
 from __future__ import annotations
@@ -25,33 +41,75 @@ import torch
 from . import ops
 from .index import Index, require_faiss
 
-__all__ = ["Ranking", "Searcher"]
+__all__ = ["MODES", "Ranking", "Searcher", "candidate_budget"]
 
 STAGES = ("encode", "candidates", "score", "topk")
+MODES = ("accurate", "fast", "exhaustive")
 # Encoder settings that shape the stored doc vectors: a searcher's encoder must agree on them.
 _DOC_SIDE = ("dim", "doc_maxlen", "doc_marker", "mask_punctuation", "skiplist")
+# Exhaustive mode scores at most this many (query, doc) pairs per kernel call: the scores, the pid
+# list and any backend scratch stay small whatever the collection's size.
+EXHAUSTIVE_PAIRS_PER_CALL = 1 << 16
 
 # One query's result: (pid, score) pairs, best first.
 Ranking = list[tuple[str, float]]
 
 
+def candidate_budget(k: int, mode: str, index_nprobe: int) -> tuple[int, int]:
+    """(nprobe, neighbors_per_token) of a candidate mode for top-k retrieval.
+
+    accurate: 20k neighbours per query token, at least 1,000, and the index's nprobe. Measured
+        (bench/search_defaults.py; bench/results/search_defaults/): recall against exhaustive
+        MaxSim depends on k' and hardly on nprobe (10 to 80 alike). recall@10 >= 0.99 needs
+        k' >= 64 on Cranfield, 400 on the synthetic E1 collection at 10k docs and 1,000 at 30k;
+        recall@100 needs k' >= 256 on Cranfield, ~1,000 on E1 10k and 2,000 on E1 30k (0.999).
+        Budgets that large reach most of a collection this size, so there every doc is scored
+        (see Searcher.search): exact, and faster than faiss's search for 1,000 neighbours.
+    fast: the paper's k' = k // 2 and the index's nprobe (10 by default): approximate (recall@10
+        0.78 on Cranfield, 0.26 on E1 10k).
+    """
+    if mode == "accurate":
+        return index_nprobe, max(1000, 20 * k)
+    if mode == "fast":
+        return index_nprobe, max(k // 2, 1)
+    raise ValueError(f"mode {mode!r} has no candidate budget (candidate modes: accurate, fast)")
+
+
+def _positive_int(name: str, value) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    return mode
+
+
 class Searcher:
-    """Search or re-rank with a ColBERT encoder over an index built by colbert_fast.index.
+    """Search or re-rank over an index built by colbert_fast.index.
 
     Args:
         index: an Index or its directory.
         encoder: a colbert_fast.model.ColBERT, or a checkpoint directory; None loads the
-            checkpoint the index manifest names.
+            checkpoint the index manifest names. Loaded only when text queries come in.
         device: where the doc store, the encoder and the scoring live; default cuda when
             available, else cpu.
-        nprobe: IVF cells probed per query token (default: the index's, 10).
-        ncandidates: k', token neighbours fetched per query token (default: max(k // 2, 1)).
+        mode: default search mode: "accurate", "fast" or "exhaustive" (see the module doc).
+        nprobe: IVF cells probed per query token (default: from the mode and k).
+        neighbors_per_token: k', token vectors faiss returns per query token (default: from the
+            mode and k).
         verify: check the index checksums on load.
         backend: scoring backend for cf.maxsim_packed ("auto" picks the fastest).
+        load_ivf: False never opens the faiss index (re-ranking and exhaustive search only).
+        score_all_if_covered: in a candidate mode, score every doc when the budget could reach
+            them all anyway (default True; False always goes through faiss, e.g. to measure it).
 
     Example:
         >>> s = Searcher("indexes/msmarco")
         >>> s.search(["what is late interaction"], k=10)[0][:2]     # [(pid, score), ...]
+        >>> s.search(Q, k=10, q_mask=q_mask)                        # query embeddings [B, Lq, dim]
+        >>> s.search(["what is late interaction"], k=10, mode="exhaustive")
         >>> s.rerank(["what is late interaction"], [["7", "42", "9"]])
         >>> s.timings                                               # seconds per stage
     """
@@ -62,48 +120,67 @@ class Searcher:
         encoder=None,
         *,
         device: str | torch.device | None = None,
+        mode: str = "accurate",
         nprobe: int | None = None,
-        ncandidates: int | None = None,
+        neighbors_per_token: int | None = None,
         verify: bool = True,
         backend: str = "auto",
         load_ivf: bool = True,
+        score_all_if_covered: bool = True,
     ):
-        for name, value in (("nprobe", nprobe), ("ncandidates", ncandidates)):
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        _positive_int("nprobe", nprobe)
+        _positive_int("neighbors_per_token", neighbors_per_token)
+        self.mode = _check_mode(mode)
         if not isinstance(index, Index):
-            index = Index.load(index, verify=verify, load_ivf=load_ivf)
+            index = Index.load(index, verify=verify, load_ivf=False)
         self.index = index
         self.device = (
             torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         )
-        self.encoder = self._encoder(encoder)
+        self._encoder_source = encoder
+        self._encoder = None
+        recorded = index.manifest.get("model", {}).get("config") or {}
+        self.similarity = recorded.get("similarity", "cosine")
+        if encoder is not None and hasattr(encoder, "encode_queries"):
+            self._encoder = self._checked_encoder(encoder)  # a model in hand: check it now
         self.docs = index.docs.to(self.device)
         self.backend = backend
-        self.ncandidates = ncandidates
-        self.similarity = self.encoder.config.similarity
-        self.ivf = index.ivf
-        partitions = index.manifest.get("ivf", {}).get("partitions", 1)
-        self.nprobe = int(min(nprobe or index.manifest["index_config"]["nprobe"], partitions))
-        if self.ivf is not None:
-            self.ivf = _maybe_gpu(self.ivf, self.device)
+        self.nprobe = nprobe
+        self.neighbors_per_token = neighbors_per_token
+        self.load_ivf = load_ivf
+        self.score_all_if_covered = score_all_if_covered
+        self._ivf = None
         self.timings = {s: 0.0 for s in STAGES}
+        self.docs_scored = 0  # (query, doc) pairs scored exactly since the last reset_timings()
 
-    def _encoder(self, encoder):
+    # ---- lazily loaded parts -----------------------------------------------------------------
+
+    @property
+    def encoder(self):
+        """The query encoder, loaded on first use (text queries)."""
+        if self._encoder is None:
+            self._encoder = self._checked_encoder(self._load_encoder(self._encoder_source))
+        return self._encoder
+
+    def _load_encoder(self, source):
         from .model import EMBEDDED, ColBERT, load_embedded
 
-        recorded = self.index.manifest.get("model", {}).get("config") or {}
-        if not isinstance(encoder, ColBERT):
-            if encoder is None:
-                encoder = self.index.manifest.get("model", {}).get("checkpoint")
-                if encoder is None:
-                    raise ValueError("the index manifest names no checkpoint: pass encoder= (a model or its directory)")
-            if str(encoder) == EMBEDDED:  # built with the embedded default model, in the settings recorded
-                encoder = load_embedded(**recorded)
-            else:
-                encoder = ColBERT.load(Path(encoder))
+        recorded = self.index.manifest.get("model", {})
+        if source is None:
+            source = recorded.get("checkpoint")
+            if source is None:
+                raise ValueError(
+                    "the index manifest names no checkpoint (it was built from embeddings?): search it with "
+                    "query embeddings, or pass encoder= (a model or its directory) for text queries"
+                )
+        if str(source) == EMBEDDED:  # built with the embedded default model, in the settings recorded
+            return load_embedded(**(recorded.get("config") or {}))
+        return ColBERT.load(Path(source))
+
+    def _checked_encoder(self, encoder):
         # Query-side settings and the similarity may differ from the build; what shaped the stored
         # doc vectors may not.
+        recorded = self.index.manifest.get("model", {}).get("config") or {}
         mine = encoder.config.to_dict()
         differ = [f for f in _DOC_SIDE if f in recorded and recorded[f] != mine[f]]
         if differ:
@@ -111,7 +188,19 @@ class Searcher:
                 "the encoder does not match the index: "
                 + ", ".join(f"{f} is {mine[f]!r}, the index was built with {recorded[f]!r}" for f in differ)
             )
+        self.similarity = encoder.config.similarity
         return encoder.to(self.device)
+
+    @property
+    def ivf(self):
+        """The faiss index (opened on first use by a candidate mode), on the GPU when faiss can."""
+        if self._ivf is None:
+            if not self.load_ivf:
+                raise RuntimeError(
+                    "this Searcher was opened without the faiss index (load_ivf=False): use rerank or mode='exhaustive'"
+                )
+            self._ivf = _maybe_gpu(self.index.open_ivf(), self.device)
+        return self._ivf
 
     # ---- timing ------------------------------------------------------------------------------
 
@@ -127,6 +216,55 @@ class Searcher:
 
     def reset_timings(self) -> None:
         self.timings = {s: 0.0 for s in STAGES}
+        self.docs_scored = 0
+
+    # ---- queries -----------------------------------------------------------------------------
+
+    def encode(self, queries: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Q [B, Lq, dim] fp32 and q_mask [B, Lq] on the searcher's device."""
+        if isinstance(queries, str):
+            raise TypeError("queries must be a list of strings; wrap a single query in a list")
+        encoder = self.encoder  # loading it is not part of the encode stage
+        with self._stage("encode"):
+            return encoder.encode_queries(list(queries))
+
+    def _query_batches(self, queries, q_mask, batch_size: int):
+        """Yield (Q [b, Lq, dim], q_mask [b, Lq]) on the device, batch by batch."""
+        if isinstance(queries, str):
+            raise TypeError("queries must be a list of strings; wrap a single query in a list")
+        if isinstance(queries, (torch.Tensor, np.ndarray)):
+            Q, q_mask = self._embedded_queries(torch.as_tensor(queries), q_mask)
+            for s in range(0, Q.shape[0], batch_size):
+                yield Q[s : s + batch_size], q_mask[s : s + batch_size]
+            return
+        queries = list(queries)
+        if q_mask is not None:
+            raise ValueError("q_mask goes with a query tensor [B, Lq, dim]; a list of queries needs none")
+        if queries and all(isinstance(q, str) for q in queries):
+            for s in range(0, len(queries), batch_size):
+                yield self.encode(queries[s : s + batch_size])
+            return
+        if not all(isinstance(q, (torch.Tensor, np.ndarray)) for q in queries):
+            raise TypeError("queries must be strings, a [B, Lq, dim] tensor, or a list of [Lq_i, dim] tensors/arrays")
+        for s in range(0, len(queries), batch_size):
+            yield self._embedded_queries(*_pad_queries([torch.as_tensor(q) for q in queries[s : s + batch_size]]))
+
+    def _embedded_queries(self, Q: torch.Tensor, q_mask) -> tuple[torch.Tensor, torch.Tensor]:
+        dim = self.docs.dim
+        if Q.dim() != 3 or Q.shape[2] != dim:
+            raise ValueError(f"query embeddings must be [B, Lq, {dim}] (the index's dim), got shape {tuple(Q.shape)}")
+        if not Q.dtype.is_floating_point:
+            raise TypeError(f"query embeddings must be floating point, got dtype {Q.dtype}")
+        if not bool(torch.isfinite(Q).all()):
+            raise ValueError("query embeddings hold NaN or inf values")
+        if q_mask is None:
+            q_mask = torch.ones(Q.shape[:2], dtype=torch.bool)
+        q_mask = torch.as_tensor(q_mask)
+        if q_mask.dtype != torch.bool or tuple(q_mask.shape) != tuple(Q.shape[:2]):
+            raise ValueError(
+                f"q_mask must be bool [B, Lq] = {tuple(Q.shape[:2])}, got {q_mask.dtype} {tuple(q_mask.shape)}"
+            )
+        return Q.to(self.device, torch.float32), q_mask.to(self.device)
 
     # ---- scoring -----------------------------------------------------------------------------
 
@@ -138,6 +276,7 @@ class Searcher:
         return scores
 
     def _score(self, Q: torch.Tensor, q_mask: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
+        self.docs_scored += pids.numel()  # -1 slots included: they cost (almost) nothing
         with self._stage("score"):
             scores = ops.maxsim_packed(Q, self.docs, pids, q_mask, backend=self.backend)
             return self._finish(scores, q_mask)
@@ -154,55 +293,32 @@ class Searcher:
                 for prow, srow in zip(top_pids, top)
             ]
 
-    def encode(self, queries: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Q [B, Lq, dim] fp32 and q_mask [B, Lq] on the searcher's device."""
-        if isinstance(queries, str):
-            raise TypeError("queries must be a list of strings; wrap a single query in a list")
-        with self._stage("encode"):
-            return self.encoder.encode_queries(list(queries))
+    def _exhaustive(self, Q: torch.Tensor, q_mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every doc scored, chunk by chunk, keeping a running top k: (scores [B, k'], pids [B, k'])."""
+        B, n = Q.shape[0], self.index.num_docs
+        step = max(1, EXHAUSTIVE_PAIRS_PER_CALL // B)
+        best_scores = torch.empty(B, 0, device=self.device)
+        best_pids = torch.empty(B, 0, dtype=torch.int64, device=self.device)
+        for start in range(0, n, step):
+            pids = torch.arange(start, min(n, start + step), device=self.device).expand(B, -1).contiguous()
+            scores = self._score(Q, q_mask, pids)
+            with self._stage("topk"):
+                scores = torch.cat([best_scores, scores], dim=1)
+                pids = torch.cat([best_pids, pids], dim=1)
+                best_scores, pos = torch.topk(scores, min(k, scores.shape[1]), dim=1)
+                best_pids = torch.gather(pids, 1, pos)
+        return best_scores, best_pids
 
-    def rerank(
-        self, queries: Sequence[str], candidates: Sequence[Sequence[str]], k: int | None = None
-    ) -> list[Ranking]:
-        """Re-rank each query's candidate pids (paper 3.5): exact MaxSim over their stored embeddings.
-
-        Args:
-            queries: B query strings.
-            candidates: B lists of collection pids (e.g. BM25's top 1000); unknown pids raise KeyError,
-                repeated ones are scored once.
-            k: keep the best k per query (default: all).
-
-        Returns:
-            B lists of (pid, score), best first.
-        """
-        if len(queries) != len(candidates):
-            raise ValueError(f"got {len(queries)} queries but {len(candidates)} candidate lists")
-        if len(queries) == 0:
-            return []
-        # A pid listed twice is scored once (dict keeps the first occurrence's order).
-        rows = [self.index.internal_ids(list(dict.fromkeys(str(p) for p in c))) for c in candidates]
-        width = max((len(r) for r in rows), default=0)
-        pids = torch.full((len(rows), width), -1, dtype=torch.int64)
-        for i, r in enumerate(rows):
-            pids[i, : len(r)] = torch.tensor(r, dtype=torch.int64)
-        Q, q_mask = self.encode(queries)
-        pids = pids.to(self.device)
-        if width == 0:
-            return [[] for _ in rows]
-        scores = self._score(Q, q_mask, pids)
-        return self._rank(scores, pids, width if k is None else k)
-
-    def candidates(self, Q: torch.Tensor, q_mask: torch.Tensor, ncandidates: int) -> torch.Tensor:
+    def candidates(self, Q: torch.Tensor, q_mask: torch.Tensor, neighbors_per_token: int, nprobe: int) -> torch.Tensor:
         """Paper 3.6's candidate generation: int64 [B, K] doc indices, -1 padded (sorted per row)."""
-        if self.ivf is None:
-            raise RuntimeError("this Searcher was opened without the faiss index (load_ivf=False): use rerank")
+        ivf = self.ivf
         with self._stage("candidates"):
             B, Lq, _ = Q.shape
-            kprime = max(1, min(ncandidates, self.ivf.ntotal))
+            kprime = max(1, min(neighbors_per_token, ivf.ntotal))
             flat = Q.reshape(B * Lq, -1)[q_mask.reshape(-1)].float().cpu().numpy()
             owner = torch.arange(B).repeat_interleave(q_mask.sum(dim=1).cpu())  # query of each searched token
-            self.ivf.nprobe = self.nprobe  # set per call: Searchers may share one Index
-            _, token_ids = self.ivf.search(np.ascontiguousarray(flat), kprime)
+            ivf.nprobe = nprobe  # set per call: Searchers may share one Index
+            _, token_ids = ivf.search(np.ascontiguousarray(flat), kprime)
             token_ids = torch.from_numpy(token_ids)
             found = token_ids >= 0
             docs = self.index.emb2pid[token_ids.clamp(min=0)].to(torch.int64)
@@ -218,32 +334,112 @@ class Searcher:
             out[qidx, torch.arange(keys.numel()) - starts[qidx]] = didx
             return out.to(self.device)
 
-    def search(
-        self, queries: Sequence[str], k: int = 10, *, ncandidates: int | None = None, batch_size: int = 32
+    def _budget_covers_collection(self, q_mask: torch.Tensor, neighbors: int) -> bool:
+        """Whether the union of neighbours could reach every doc: then scoring all is as cheap and exact."""
+        if not self.score_all_if_covered:
+            return False
+        return int(q_mask.sum(dim=1).max()) * neighbors >= self.index.num_docs
+
+    def budget(self, k: int, mode: str | None = None) -> tuple[int, int]:
+        """(nprobe, neighbors_per_token) that a candidate-mode search for top k uses."""
+        mode = _check_mode(mode or self.mode)
+        index_nprobe = int(self.index.manifest["index_config"]["nprobe"])
+        nprobe, neighbors = candidate_budget(k, mode, index_nprobe)
+        partitions = self.index.manifest.get("ivf", {}).get("partitions", nprobe)
+        return min(self.nprobe or nprobe, partitions), self.neighbors_per_token or neighbors
+
+    # ---- public ------------------------------------------------------------------------------
+
+    def rerank(
+        self, queries, candidates: Sequence[Sequence[str]], k: int | None = None, *, q_mask=None
     ) -> list[Ranking]:
-        """End-to-end retrieval (paper 3.6) for each query: the top k (pid, score), best first.
+        """Re-rank each query's candidate pids (paper 3.5): exact MaxSim over their stored embeddings.
 
         Args:
-            queries: query strings.
+            queries: B query strings, or their embeddings (a [B, Lq, dim] tensor with an optional
+                q_mask, or a list of [Lq_i, dim] tensors).
+            candidates: B lists of collection pids (e.g. BM25's top 1000); unknown pids raise KeyError,
+                repeated ones are scored once.
+            k: keep the best k per query (default: all).
+
+        Returns:
+            B lists of (pid, score), best first.
+        """
+        _positive_int("k", k)
+        if len(queries) != len(candidates):
+            raise ValueError(f"got {len(queries)} queries but {len(candidates)} candidate lists")
+        if len(queries) == 0:
+            return []
+        # A pid listed twice is scored once (dict keeps the first occurrence's order).
+        rows = [self.index.internal_ids(list(dict.fromkeys(str(p) for p in c))) for c in candidates]
+        width = max((len(r) for r in rows), default=0)
+        pids = torch.full((len(rows), width), -1, dtype=torch.int64)
+        for i, r in enumerate(rows):
+            pids[i, : len(r)] = torch.tensor(r, dtype=torch.int64)
+        ((Q, q_mask),) = self._query_batches(queries, q_mask, len(rows))
+        pids = pids.to(self.device)
+        if width == 0:
+            return [[] for _ in rows]
+        scores = self._score(Q, q_mask, pids)
+        return self._rank(scores, pids, width if k is None else k)
+
+    def search(
+        self,
+        queries,
+        k: int = 10,
+        *,
+        mode: str | None = None,
+        nprobe: int | None = None,
+        neighbors_per_token: int | None = None,
+        q_mask: torch.Tensor | None = None,
+        batch_size: int = 32,
+    ) -> list[Ranking]:
+        """End-to-end retrieval: the top k (pid, score) per query, best first.
+
+        Args:
+            queries: query strings, or their embeddings: a [B, Lq, dim] tensor (q_mask: bool
+                [B, Lq], True = real token; default all) or a list of [Lq_i, dim] tensors/arrays.
             k: results per query.
-            ncandidates: k' (default: the Searcher's, else max(k // 2, 1), as in the paper).
+            mode: "accurate", "fast" or "exhaustive" (default: the Searcher's).
+            nprobe, neighbors_per_token: override the candidate budget of the mode for this call.
             batch_size: queries encoded and scored together.
         """
-        if isinstance(queries, str):
-            raise TypeError("queries must be a list of strings; wrap a single query in a list")
-        if not isinstance(k, int) or k < 1:
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k must be a positive int, got {k!r}")
-        kprime = ncandidates or self.ncandidates or max(k // 2, 1)
+        _positive_int("batch_size", batch_size)
+        _positive_int("nprobe", nprobe)
+        _positive_int("neighbors_per_token", neighbors_per_token)
+        mode = _check_mode(mode or self.mode)
         results: list[Ranking] = []
-        for s in range(0, len(queries), batch_size):
-            Q, q_mask = self.encode(queries[s : s + batch_size])
-            pids = self.candidates(Q, q_mask, kprime)
-            if pids.shape[1] == 0:
-                results.extend([] for _ in range(Q.shape[0]))
-                continue
-            scores = self._score(Q, q_mask, pids)
+        for Q, q_mask_b in self._query_batches(queries, q_mask, batch_size):
+            probe, neighbors = (None, None) if mode == "exhaustive" else self.budget(k, mode)
+            neighbors = neighbors_per_token or neighbors
+            if mode == "exhaustive" or self._budget_covers_collection(q_mask_b, neighbors):
+                scores, pids = self._exhaustive(Q, q_mask_b, k)
+            else:
+                pids = self.candidates(Q, q_mask_b, neighbors, nprobe or probe)
+                if pids.shape[1] == 0:
+                    results.extend([] for _ in range(Q.shape[0]))
+                    continue
+                scores = self._score(Q, q_mask_b, pids)
             results.extend(self._rank(scores, pids, k))
         return results
+
+
+def _pad_queries(queries: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A list of [Lq_i, dim] query embeddings -> (Q [B, max Lq_i, dim], q_mask [B, max Lq_i])."""
+    for i, q in enumerate(queries):
+        if q.dim() != 2 or q.shape[0] < 1:
+            raise ValueError(f"queries[{i}] must be [Lq, dim] with Lq >= 1, got shape {tuple(q.shape)}")
+        if q.shape[1] != queries[0].shape[1]:
+            raise ValueError(f"queries[{i}] has dim {q.shape[1]}, queries[0] has {queries[0].shape[1]}")
+    width = max(q.shape[0] for q in queries)
+    Q = torch.zeros(len(queries), width, queries[0].shape[1], dtype=torch.float32)
+    q_mask = torch.zeros(len(queries), width, dtype=torch.bool)
+    for i, q in enumerate(queries):
+        Q[i, : q.shape[0]] = q.float()
+        q_mask[i, : q.shape[0]] = True
+    return Q, q_mask
 
 
 def _maybe_gpu(ivf, device: torch.device):

@@ -43,7 +43,7 @@ N_DOCS = 60
 # batch_size=1: every doc is encoded alone, so the global index and the shards hold the very same
 # vectors (length-sorted batches would pad differently and change low bits): exact comparison is fair.
 CONFIG = IndexConfig(codec="flat", batch_size=1, chunk_size=40)
-EXHAUSTIVE = {"nprobe": 1 << 20, "ncandidates": 1 << 20}  # every partition, every token vector (capped)
+EXHAUSTIVE = {"nprobe": 1 << 20, "neighbors_per_token": 1 << 20}  # every partition, every token vector (capped)
 CANDIDATES = [["3", "30", "59", "3"], ["29", "30"], ["0", "1", "2", "58"], ["31"], ["10", "50"]]
 SPAWN_TIMEOUT = 150  # seconds for one multi-process run, start-up included (loaded 2-core machine)
 

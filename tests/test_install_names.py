@@ -12,9 +12,9 @@ embedded model; then they build a wheel and check that it installs `colbert_fast
 from __future__ import annotations
 
 import ast
-import re
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -147,7 +147,18 @@ def test_built_wheel_installs_colbert_fast_alone(tmp_path):
     )
     env = dict(os.environ, COLBERT_FAST_NO_EXTENSION="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-q", "-w", str(tmp_path), str(src)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-build-isolation",
+            "--no-deps",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(src),
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -162,7 +173,6 @@ def test_built_wheel_installs_colbert_fast_alone(tmp_path):
     # and the Triton kernels are in it, under the package
     with zipfile.ZipFile(wheel) as zf:
         assert f"{OURS}/kernels/maxsim.py" in zf.namelist()
-
 
 
 def _declared_upper_bounds() -> dict[str, str]:

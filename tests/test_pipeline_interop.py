@@ -16,9 +16,10 @@ from helpers import import_peer
 from pipeline_helpers import tiny_encoder
 
 pytest.importorskip("transformers")
-pytestmark = pytest.mark.peers
 
-from colbert_fast.model import ColBERT
+from colbert_fast.model import ColBERT  # noqa: E402  (after the importorskip)
+
+pytestmark = pytest.mark.peers
 
 QUERIES = ["the cats, run fast!", "dog", "blue " * 60, ""]
 DOCS = ["the cat, the dog. and fish!", "water", "red " * 300, "?!"]

@@ -76,21 +76,131 @@ def check_ranking(ranking, exact_row, index: Index, k: int, tol: float) -> None:
 @pytest.mark.parametrize("codec", ["flat", "pq"])
 @pytest.mark.parametrize("k", [10, N_DOCS])
 def test_search_equals_exhaustive_maxsim(world, pq_index, codec, k):
-    """nprobe covering every partition and k' = every token vector: retrieval is exhaustive MaxSim."""
+    """nprobe covering every partition and k' = every token vector: retrieval through faiss's
+    candidates (score_all_if_covered off) is exhaustive MaxSim."""
     _, enc, flat_index, queries = world
     index = flat_index if codec == "flat" else pq_index
     searcher = Searcher(
-        index, enc, device="cpu", nprobe=index.manifest["ivf"]["partitions"], ncandidates=index.docs.num_tokens
+        index,
+        enc,
+        device="cpu",
+        nprobe=index.manifest["ivf"]["partitions"],
+        neighbors_per_token=index.docs.num_tokens,
+        score_all_if_covered=False,
     )
     exact, tol = exhaustive(enc, index, queries)
     for b, ranking in enumerate(searcher.search(queries, k=k)):
         check_ranking(ranking, exact[b], index, k, tol)
 
 
-def test_search_scores_are_exact_with_approximate_candidates(world):
-    """With the defaults (nprobe 10, k' = k/2) candidates are approximate but every score is exact."""
+@pytest.mark.parametrize("backend", ["torch", "cpu", "triton"])
+def test_exhaustive_mode_equals_the_reference(world, backend, monkeypatch):
+    """Every doc scored by the packed kernel: the exact top k, on every backend, whatever the chunking."""
+    from helpers import backend_or_skip
+
+    import colbert_fast.search as search_module
+
+    backend_or_skip(backend, torch.device("cpu"))
     _, enc, index, queries = world
+    exact, tol = exhaustive(enc, index, queries)
+    monkeypatch.setattr(search_module, "EXHAUSTIVE_PAIRS_PER_CALL", 50)  # several chunks, odd sizes
+    searcher = Searcher(index, enc, device="cpu", mode="exhaustive", backend=backend, load_ivf=False)
+    for k in (1, 10, N_DOCS, N_DOCS + 5):
+        for b, ranking in enumerate(searcher.search(queries, k=k, batch_size=4)):
+            check_ranking(ranking, exact[b], index, k, tol)
+
+
+def test_search_by_embeddings_needs_no_encoder(world):
+    """A tensor, a tensor with q_mask, or a list of [Lq_i, dim] tensors: the same results as text, and
+    no encoder is loaded."""
+    root, enc, _, queries = world
+    Q, q_mask = enc.encode_queries(queries)
+    by_text = Searcher(root / "index", enc, device="cpu").search(queries, k=7)
+    searcher = Searcher(root / "index", device="cpu")
+    for mode in ("accurate", "fast", "exhaustive"):
+        want = Searcher(root / "index", enc, device="cpu").search(queries, k=7, mode=mode)
+        assert searcher.search(Q, k=7, q_mask=q_mask, mode=mode) == want
+    ragged = [Q[b][q_mask[b]] for b in range(Q.shape[0])]
+    assert searcher.search(ragged, k=7) == by_text
+    assert searcher.search([r.numpy() for r in ragged], k=7, batch_size=2) == by_text
+    assert searcher.rerank(Q[:1], [["3", "5", "7"]], q_mask=q_mask[:1]) == Searcher(
+        root / "index", enc, device="cpu"
+    ).rerank(queries[:1], [["3", "5", "7"]])
+    assert searcher._encoder is None, "searching by embeddings loaded the encoder"
+    assert searcher.search(queries[:1], k=3) == [by_text[0][:3]]  # text comes in: now it loads
+
+
+def test_search_by_embeddings_in_a_fresh_process_imports_no_model(world, tmp_path):
+    """Heavy imports happen where they are used: embeddings in, exhaustive out, no transformers, no faiss."""
+    import subprocess
+    import sys
+
+    root, enc, _, queries = world
+    Q, q_mask = enc.encode_queries(queries)
+    torch.save((Q, q_mask), tmp_path / "q.pt")
+    code = (
+        "import sys, torch\n"
+        "from colbert_fast.search import Searcher\n"
+        f"Q, m = torch.load({str(tmp_path / 'q.pt')!r})\n"
+        f"r = Searcher({str(root / 'index')!r}, device='cpu').search(Q, k=5, q_mask=m, mode='exhaustive')\n"
+        "assert len(r) == Q.shape[0] and all(len(x) == 5 for x in r)\n"
+        "print(sorted(m for m in ('transformers', 'faiss', 'bm25s', 'matplotlib') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_bad_query_embeddings(world):
+    root, enc, _, queries = world
+    searcher = Searcher(root / "index", device="cpu")
+    Q, q_mask = enc.encode_queries(queries[:2])
+    with pytest.raises(ValueError, match=r"\[B, Lq, 128\] \(the index's dim\)"):
+        searcher.search(Q[..., :16], k=3)
+    bad = Q.clone()
+    bad[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        searcher.search(bad, k=3)
+    with pytest.raises(ValueError, match="q_mask must be bool"):
+        searcher.search(Q, k=3, q_mask=q_mask.long())
+    with pytest.raises(ValueError, match="q_mask goes with a query tensor"):
+        searcher.search(list(Q), k=3, q_mask=q_mask)
+    with pytest.raises(TypeError, match="floating point"):
+        searcher.search(Q.long(), k=3)
+    with pytest.raises(ValueError, match=r"queries\[1\] has dim 16"):
+        searcher.search([Q[0], Q[1][:, :16]], k=3)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        searcher.search(Q, k=3, mode="fastest")
+    with pytest.raises(ValueError, match="neighbors_per_token must be a positive int"):
+        searcher.search(Q, k=3, neighbors_per_token=0)
+
+
+def test_a_budget_that_covers_the_collection_scores_every_doc(world):
+    """120 docs, queries of up to 32 tokens: the accurate budget (k' >= 1,000) could reach every doc,
+    so every doc is scored, faiss is never opened, and the answer is the exhaustive one."""
+    root, enc, _, queries = world
+    searcher = Searcher(root / "index", enc, device="cpu")
+    assert searcher.search(queries, k=10) == searcher.search(queries, k=10, mode="exhaustive")
+    assert searcher._ivf is None
+    assert searcher.docs_scored == 2 * len(queries) * N_DOCS
+
+
+def test_defaults_are_tied_to_k(world):
+    _, enc, index, _ = world
     searcher = Searcher(index, enc, device="cpu")
+    partitions = index.manifest["ivf"]["partitions"]
+    assert searcher.budget(10, "fast") == (min(10, partitions), 5)
+    assert searcher.budget(100, "fast") == (min(10, partitions), 50)
+    nprobe_10, neighbors_10 = searcher.budget(10)
+    nprobe_100, neighbors_100 = searcher.budget(100)
+    assert (nprobe_10, neighbors_10) == (min(10, partitions), 1000)
+    assert (nprobe_100, neighbors_100) == (min(10, partitions), 2000)
+    assert Searcher(index, enc, device="cpu", neighbors_per_token=3).budget(100)[1] == 3
+
+
+def test_search_scores_are_exact_with_approximate_candidates(world):
+    """With the fast budget (nprobe 10, k' = k/2) candidates are approximate but every score is exact."""
+    _, enc, index, queries = world
+    searcher = Searcher(index, enc, device="cpu", mode="fast", score_all_if_covered=False)
     exact, tol = exhaustive(enc, index, queries)
     results = searcher.search(queries, k=20)
     for b, ranking in enumerate(results):
@@ -99,7 +209,8 @@ def test_search_scores_are_exact_with_approximate_candidates(world):
         torch.testing.assert_close(torch.tensor([s for _, s in ranking]), exact[b, rows], atol=tol, rtol=0)
     # the per-query candidate set is the union of the docs of the faiss token neighbours
     Q, q_mask = enc.encode_queries(queries[:1])
-    cands = searcher.candidates(Q, q_mask, 5)
+    cands = searcher.candidates(Q, q_mask, 5, 10)
+    index.ivf.nprobe = 10
     _, tokens = index.ivf.search(Q[0].numpy(), 5)
     expected = sorted({int(index.emb2pid[t]) for t in tokens.reshape(-1) if t >= 0})
     assert cands[0][cands[0] >= 0].tolist() == expected
@@ -156,7 +267,7 @@ def test_l2_similarity(world):
 
 def test_timings(world):
     _, enc, index, queries = world
-    searcher = Searcher(index, enc, device="cpu")
+    searcher = Searcher(index, enc, device="cpu", score_all_if_covered=False)
     searcher.search(queries, k=5)
     assert set(searcher.timings) == set(STAGES) and all(v > 0 for v in searcher.timings.values())
     searcher.reset_timings()
@@ -186,14 +297,15 @@ def test_bad_inputs(world, tmp_path):
         searcher.rerank(queries[:1], [["1", "nope"]])
     assert searcher.rerank(queries[:1], [[]]) == [[]]
     with pytest.raises(RuntimeError, match="load_ivf=False"):
-        Searcher(root / "index", enc, device="cpu", load_ivf=False).search(queries, k=3)
+        Searcher(root / "index", enc, device="cpu", load_ivf=False).search(queries, k=3, neighbors_per_token=1)
     other = tiny_encoder(tmp_path / "other", doc_maxlen=50)
     with pytest.raises(ValueError, match="doc_maxlen is 50, the index was built with 180"):
         Searcher(index, other, device="cpu")
     write_collection(tmp_path / "c.tsv", 10)
     anonymous = build_index(tmp_path / "c.tsv", tmp_path / "idx", enc, IndexConfig(), progress=False)
+    unnamed = Searcher(anonymous, device="cpu")  # fine for query embeddings; text needs an encoder
     with pytest.raises(ValueError, match="names no checkpoint"):
-        Searcher(anonymous, device="cpu")
+        unnamed.search(queries[:1], k=1)
 
 
 @pytest.mark.cuda

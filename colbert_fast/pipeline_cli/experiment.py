@@ -36,8 +36,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", help="output directory (default out/experiment/<dataset>)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--k", type=int, default=100, help="results per query and BM25 re-ranking depth (100)")
-    parser.add_argument("--nprobe", type=int, help="IVF cells probed per query token (default: the index's, 10)")
-    parser.add_argument("--ncandidates", type=int, help="k': faiss neighbours per query token (default k // 2)")
+    parser.add_argument("--nprobe", type=int, help="IVF cells probed per query token (default: the accurate budget)")
+    parser.add_argument(
+        "--neighbors-per-token",
+        "--ncandidates",
+        dest="neighbors_per_token",
+        type=int,
+        help="k': faiss neighbours per query token (default: the accurate budget for --k)",
+    )
     parser.add_argument("--partitions", type=int, help="IVF partitions (default ~8*sqrt(#token vectors))")
     parser.add_argument("--codec", choices=("auto", "pq", "flat"), default="auto", help="faiss codec (auto)")
     parser.add_argument("--no-exhaustive", action="store_true", help="skip the exactness check against the reference")
@@ -96,8 +102,8 @@ def run(args) -> int:
     slug = "".join(c if c.isalnum() else "_" for c in dataset.name).strip("_")
     out = Path(args.out or Path("out") / "experiment" / slug)
     config = ExperimentConfig(
-        k=args.k, nprobe=args.nprobe, ncandidates=args.ncandidates, codec=args.codec, partitions=args.partitions,
-        exhaustive=not args.no_exhaustive, device=args.device,
+        k=args.k, nprobe=args.nprobe, neighbors_per_token=args.neighbors_per_token, codec=args.codec,
+        partitions=args.partitions, exhaustive=not args.no_exhaustive, device=args.device,
     )  # fmt: skip
     results = run_experiment(
         dataset, out, encoder, checkpoint=checkpoint, config=config, progress=not args.quiet, runs_dir=out / "runs"

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from ._common import add_searcher_arguments
 
-HELP = "retrieve the top k passages for each query from an index (faiss candidates + exact MaxSim)"
+HELP = "retrieve the top k passages for each query from an index (exact MaxSim over faiss candidates, or every doc)"
 
 EPILOG = """\
 example:
   colbert-fast search --index indexes/msmarco --queries queries.dev.small.tsv --output run.tsv --k 1000
   colbert-fast eval --qrels qrels.dev.small.tsv --run run.tsv
 
-For every query token faiss returns its --ncandidates nearest token vectors (probing --nprobe IVF
-partitions); their passages are scored exactly with MaxSim and the best --k are written.
+--mode accurate (default): for every query token faiss returns its nearest token vectors (a
+budget measured to find the exact top k); their passages are scored exactly with MaxSim and the
+best --k are written. --mode fast uses the paper's smaller budget (approximate); --mode
+exhaustive scores every passage (exact; no faiss). --nprobe and --neighbors-per-token override
+the budget.
 """
 
 
@@ -23,8 +26,17 @@ def add_arguments(parser) -> None:
     parser.epilog = EPILOG
     add_searcher_arguments(parser)
     parser.add_argument("--k", type=int, default=1000, help="passages per query (default 1000)")
-    parser.add_argument("--nprobe", type=int, help="IVF partitions probed per query token (default: the index's, 10)")
-    parser.add_argument("--ncandidates", type=int, help="k': token neighbours per query token (default k/2)")
+    parser.add_argument(
+        "--mode", choices=("accurate", "fast", "exhaustive"), default="accurate", help="search mode (accurate)"
+    )
+    parser.add_argument("--nprobe", type=int, help="IVF partitions probed per query token (default: from --mode)")
+    parser.add_argument(
+        "--neighbors-per-token",
+        "--ncandidates",
+        dest="neighbors_per_token",
+        type=int,
+        help="k': token neighbours faiss returns per query token (default: from --mode and --k)",
+    )
 
 
 def run(args) -> int:
@@ -37,8 +49,9 @@ def run(args) -> int:
         args.index,
         args.checkpoint,
         device=args.device,
+        mode=args.mode,
         nprobe=args.nprobe,
-        ncandidates=args.ncandidates,
+        neighbors_per_token=args.neighbors_per_token,
         verify=not args.no_verify,
     )
     rankings = searcher.search(texts, k=args.k, batch_size=args.batch_size)

@@ -64,8 +64,14 @@ def add_arguments(parser) -> None:
         p.add_argument("--repeat", type=int, default=1, help="run the queries this many times (benchmarking)")
         if name == "search":
             p.add_argument("--k", type=int, default=1000, help="passages per query (default 1000)")
-            p.add_argument("--nprobe", type=int, help="IVF partitions probed per shard (default: the index's)")
-            p.add_argument("--ncandidates", type=int, help="k': token neighbours per query token per shard")
+            p.add_argument("--nprobe", type=int, help="IVF partitions probed per shard (default: the accurate budget)")
+            p.add_argument(
+                "--neighbors-per-token",
+                "--ncandidates",
+                dest="neighbors_per_token",
+                type=int,
+                help="k': token neighbours per query token per shard (default: the accurate budget for k)",
+            )
             p.add_argument(
                 "--split-candidates", action="store_true", help="k'/#shards neighbours per shard (less work)"
             )
@@ -141,7 +147,7 @@ def _query(args, cluster) -> int:
         cluster,
         args.checkpoint,
         nprobe=getattr(args, "nprobe", None),
-        ncandidates=getattr(args, "ncandidates", None),
+        neighbors_per_token=getattr(args, "neighbors_per_token", None),
         verify=not args.no_verify,
         load_ivf=args.sharded_command == "search",
         allow_partial=args.allow_partial,

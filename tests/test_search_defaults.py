@@ -1,0 +1,59 @@
+"""The default search settings must find the exact top k: recall@10 and recall@100 against
+exhaustive MaxSim >= 0.99 on a small synthetic clustered collection (E1's generator), indexed
+from its embeddings with the default IndexConfig. At this size the default budget covers the
+collection, so the searcher scores every doc; the candidate budget itself is measured where it
+does not (Cranfield, E1 at 10k and 30k docs) by bench/search_defaults.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("faiss")
+
+from colbert_fast.benchmark.collections import clustered_collection
+from colbert_fast.index import build_index_from_embeddings
+from colbert_fast.search import Searcher
+
+RECALL_FLOOR = 0.99
+
+
+@pytest.fixture(scope="module")
+def e1(tmp_path_factory):
+    docs, Q, targets = clustered_collection(600, num_queries=24, seed=3)
+    index = build_index_from_embeddings(docs, tmp_path_factory.mktemp("e1") / "index")
+    return index, Q, targets
+
+
+def _recall(found, truth) -> float:
+    return sum(len({p for p, _ in f} & {p for p, _ in t}) / len(t) for f, t in zip(found, truth)) / len(truth)
+
+
+@pytest.mark.parametrize("k", [10, 100])
+def test_default_settings_meet_the_recall_floor(e1, k):
+    index, Q, _ = e1
+    searcher = Searcher(index, device="cpu")
+    assert searcher.mode == "accurate"
+    truth = searcher.search(Q, k=k, mode="exhaustive")
+    assert all(len(t) == k for t in truth)
+    recall = _recall(searcher.search(Q, k=k), truth)
+    assert recall >= RECALL_FLOOR, f"default search recall@{k} = {recall:.4f} < {RECALL_FLOOR}"
+
+
+def test_each_query_finds_the_doc_it_was_drawn_from(e1):
+    """A sanity check of the generator: the target doc is every query's exact top 1."""
+    index, Q, targets = e1
+    top1 = Searcher(index, device="cpu").search(Q, k=1, mode="exhaustive")
+    assert [int(r[0][0]) for r in top1] == targets.tolist()
+
+
+def test_collection_is_deterministic_and_well_formed():
+    a, Qa, ta = clustered_collection(50, num_queries=4, seed=1)
+    b, Qb, tb = clustered_collection(50, num_queries=4, seed=1)
+    assert torch.equal(a.embeddings, b.embeddings) and torch.equal(Qa, Qb) and torch.equal(ta, tb)
+    assert a.dtype == torch.float16 and a.dim == 128 and Qa.shape == (4, 32, 128)
+    assert int(a.lengths.min()) >= 20 and int(a.lengths.max()) <= 180
+    norms = a.embeddings.float().norm(dim=1)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=2e-3)
+    c, _, _ = clustered_collection(50, num_queries=4, seed=2)
+    assert not torch.equal(a.lengths, c.lengths) or not torch.equal(a.embeddings, c.embeddings)
