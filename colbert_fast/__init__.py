@@ -5,11 +5,23 @@ scores = cf.maxsim(Q, D, q_mask, d_mask)                 # [B, N] or [B, K]
 docs = cf.PackedDocs.from_list([d0, d1, ...])
 scores = cf.maxsim_packed(Q, docs, pids)                  # [B, K], pid -1 -> -inf
 D, d_mask = cf.gather(docs, pids)
+cf.selected_backend("cpu")                                # which backend "auto" runs there
+
+The layers of the package and who may import whom: docs/architecture.md.
 """
 
 from .backends import available as available_backends
+from .backends import selected as selected_backend
 from .ops import gather, maxsim, maxsim_packed
 from .packed import PackedDocs
 
 __version__ = "0.1.0"
-__all__ = ["maxsim", "maxsim_packed", "gather", "PackedDocs", "available_backends", "__version__"]
+__all__ = [
+    "maxsim",
+    "maxsim_packed",
+    "gather",
+    "PackedDocs",
+    "available_backends",
+    "selected_backend",
+    "__version__",
+]

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ._atomic import write_bytes_atomic
+from .files import write_bytes_atomic
 from .index import CorruptIndexError, Index, IndexConfig, _sha256, build_index, read_collection, read_manifest
 from .search import Ranking, Searcher
 

@@ -12,7 +12,7 @@ HELP = "print versions, GPU, build information and which backends can run"
 
 
 def collect() -> dict:
-    from . import __version__, _ext, backends
+    from . import __version__, backends, extension
 
     info = {
         "colbert_fast": __version__,
@@ -23,7 +23,7 @@ def collect() -> dict:
         "cuda_available": torch.cuda.is_available(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "cpu_threads": torch.get_num_threads(),
-        "extension": _ext.build_info(),
+        "extension": extension.build_info(),
         "backends_cpu": backends.available("cpu"),
     }
     if torch.cuda.is_available():

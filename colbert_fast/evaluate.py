@@ -16,7 +16,7 @@ import os
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
-from ._atomic import atomic_path
+from .files import atomic_path
 
 __all__ = ["evaluate", "load_qrels", "load_run", "mrr_at", "ndcg_at", "recall_at", "write_run"]
 

@@ -2,6 +2,8 @@
 
 The package imports and runs without it (the torch backend). When a backend needs it and it is
 missing or was built for another torch/CUDA, the error says exactly that and how to rebuild.
+The ops' shape-only (fake) kernels, which torch.compile needs, are registered by the backends
+that call the ops (backends/compiled_ops.py): this module knows nothing of backends.
 """
 
 from __future__ import annotations
@@ -31,9 +33,6 @@ def _load():
             f"colbert_fast._C was built for torch {built_for} but torch {torch.__version__} is installed; "
             f"{REBUILD_HINT}"
         )
-    from .backends import _fakes
-
-    _fakes.register()  # shape-only kernels so torch.compile can trace the C++ ops
     return _C, None
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._atomic import atomic_path, write_bytes_atomic
+from .files import atomic_path, write_bytes_atomic
 from .packed import PackedDocs, write_store
 
 __all__ = [

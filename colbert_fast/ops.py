@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from . import backends
-from ._checks import check_docs, check_maxsim, check_packed, check_pids
+from .validation import check_docs, check_maxsim, check_packed, check_pids
 from .packed import PackedDocs
 
 __all__ = ["maxsim", "maxsim_packed", "gather"]

@@ -15,15 +15,23 @@ from typing import Iterable, Sequence
 
 import torch
 
-from ._atomic import atomic_path
-from ._checks import SUPPORTED_DTYPES, check_dtype
+from .files import atomic_path
 
-__all__ = ["PackedDocs", "write_store"]
+__all__ = ["PackedDocs", "SUPPORTED_DTYPES", "check_dtype", "write_store"]
+
+# The dtypes a store holds, and so the dtypes every op scores (docs/spec.md section 4).
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 _ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64}
 _ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
 _WRITE_STEP_BYTES = 64 << 20  # rows are streamed to disk in pieces of this size
 _FORMAT = "colbert_fast.PackedDocs/1"
+
+
+def check_dtype(name: str, t: torch.Tensor) -> None:
+    """TypeError naming `name` unless t holds one of SUPPORTED_DTYPES."""
+    if t.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"{name} has dtype {t.dtype}; supported: float32, float16, bfloat16")
 
 
 class PackedDocs:

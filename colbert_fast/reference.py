@@ -12,7 +12,7 @@ Two precisions:
   upcast=False the "same low dtype" computation the tolerance rule measures against: the
                similarities are computed and maximised in D's dtype, then summed in fp32.
 
-Semantics (../shared/SPEC.md): masked doc tokens are -inf before the max (never multiplied by 0);
+Semantics (docs/spec.md, sections 1-3): masked doc tokens are -inf before the max (never multiplied by 0);
 a doc with no valid token contributes 0 per query token; a masked query token contributes 0;
 an empty candidate slot (pid -1) scores -inf.
 
@@ -138,7 +138,7 @@ def maxsim_packed(
     return scores.masked_fill(pids < 0, float("-inf"))
 
 
-# ---- the tolerance rule (../shared/SPEC.md) ------------------------------------------------------
+# ---- the tolerance rule (docs/spec.md, section 7) ----------------------------------------------
 
 TOLERANCE_FLOOR = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import torch
 
-SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# The store owns the dtypes (a PackedDocs checks its own at construction); the ops accept the same.
+from .packed import PackedDocs, check_dtype
 
 
 def _shape(t: torch.Tensor) -> tuple:
@@ -25,11 +26,6 @@ def _shape(t: torch.Tensor) -> tuple:
 def check_tensor(name: str, t) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-
-
-def check_dtype(name: str, t: torch.Tensor) -> None:
-    if t.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"{name} has dtype {t.dtype}; supported: float32, float16, bfloat16")
 
 
 def last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
@@ -83,7 +79,7 @@ def _check_lengths(name: str, lengths: torch.Tensor, limit: int | None, limit_de
 def check_floor(floor, shape: tuple, device: torch.device, shape_desc: str):
     """floor: None, a float, or a tensor broadcastable to `shape` (one value per doc or slot).
 
-    Returns None (no floor: SPEC.md's rule) or a contiguous fp32 tensor of `shape` on `device`.
+    Returns None (no floor: the plain rule of docs/spec.md) or a contiguous fp32 tensor of `shape` on `device`.
     Each value must be -inf (no floor for that doc) or finite: a NaN or +inf floor has no
     meaning every backend could agree on.
     """
@@ -149,8 +145,6 @@ def check_maxsim(Q, D, q_mask, d_mask, d_lengths, floor=None):
 
 
 def check_docs(docs) -> None:
-    from .packed import PackedDocs
-
     if not isinstance(docs, PackedDocs):
         raise TypeError(f"docs must be a colbert_fast.PackedDocs, got {type(docs).__name__}")
 

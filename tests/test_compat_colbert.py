@@ -247,12 +247,12 @@ def test_colbert_gpu_paths_parity(cm, dtype):
 def test_default_patch_uses_the_library_without_kernels(cm, cpu_config, monkeypatch, has_kernels):
     """require_kernels (default): where only the plain-PyTorch backend runs, colbert-ai runs its own code."""
     from colbert_fast import ops
-    from colbert_fast.compat import _patch
+    from colbert_fast.compat import patching
 
     calls = []
     real = ops.maxsim  # what the drop-ins call
     monkeypatch.setattr(ops, "maxsim", lambda *a, **k: calls.append(1) or real(*a, **k))
-    monkeypatch.setattr(_patch, "_has_kernels", lambda device: has_kernels)
+    monkeypatch.setattr(patching, "_has_kernels", lambda device: has_kernels)
     Q, D, mask = _padded_case(torch.float32, 1, 0.0, seed=6)
     with compat.patched(colbert=True, pylate=False):
         out = cm.colbert_score(Q, D.clone(), mask, cpu_config)

@@ -194,12 +194,12 @@ def test_patched_context_nests(ps):
 def test_default_patch_uses_the_library_without_kernels(ps, monkeypatch, has_kernels):
     """require_kernels (default): where only the plain-PyTorch backend runs, PyLate runs its own code."""
     from colbert_fast import ops
-    from colbert_fast.compat import _patch
+    from colbert_fast.compat import patching
 
     calls = []
     real = ops.maxsim  # what the drop-ins call
     monkeypatch.setattr(ops, "maxsim", lambda *a, **k: calls.append(1) or real(*a, **k))
-    monkeypatch.setattr(_patch, "_has_kernels", lambda device: has_kernels)
+    monkeypatch.setattr(patching, "_has_kernels", lambda device: has_kernels)
     Q, D = torch.randn(1, 3, 8), torch.randn(2, 4, 8)
     with compat.patched(colbert=False, pylate=True):
         out = ps.colbert_scores(Q, D)

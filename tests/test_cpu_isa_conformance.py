@@ -12,7 +12,7 @@ import pytest
 import test_conformance
 from helpers import backend_or_skip
 
-from colbert_fast import _ext
+from colbert_fast import extension
 
 ISAS = ("avx512", "avx2", "scalar")
 
@@ -25,7 +25,7 @@ for _name in dir(test_conformance):
 def isa_supported(isa: str, monkeypatch) -> bool:
     monkeypatch.setenv("COLBERT_FAST_CPU_ISA", isa)
     try:
-        return _ext.extension().cpu_isa() == isa
+        return extension.extension().cpu_isa() == isa
     except RuntimeError:
         return False
 

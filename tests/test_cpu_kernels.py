@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import colbert_fast as cf
-from colbert_fast import _ext, reference
+from colbert_fast import extension, reference
 
 ISAS = ("avx512_bf16", "avx512", "avx2", "scalar")
 
@@ -30,7 +30,7 @@ def _cpu_backend(device):
 def isa(request, monkeypatch):
     monkeypatch.setenv("COLBERT_FAST_CPU_ISA", request.param)
     try:
-        active = _ext.extension().cpu_isa()
+        active = extension.extension().cpu_isa()
     except RuntimeError:
         pytest.skip(f"this CPU cannot run the {request.param} kernels")
     assert active == request.param
@@ -161,13 +161,13 @@ def test_packed_matches_padded(isa):
 
 def test_cpu_isa_reports_the_forced_path(monkeypatch):
     monkeypatch.delenv("COLBERT_FAST_CPU_ISA", raising=False)
-    best = _ext.extension().cpu_isa()
+    best = extension.extension().cpu_isa()
     assert best in ISAS
-    assert _ext.build_info()["cpu_isa"] == best
+    assert extension.build_info()["cpu_isa"] == best
     monkeypatch.setenv("COLBERT_FAST_CPU_ISA", "scalar")
-    assert _ext.extension().cpu_isa() == "scalar"
+    assert extension.extension().cpu_isa() == "scalar"
     monkeypatch.setenv("COLBERT_FAST_CPU_ISA", "AUTO")
-    assert _ext.extension().cpu_isa() == best
+    assert extension.extension().cpu_isa() == best
 
 
 def test_unknown_isa_is_a_clear_error(monkeypatch):

@@ -15,11 +15,11 @@ import torch
 from helpers import assert_matches_reference, normalized
 
 import colbert_fast as cf
-from colbert_fast import _ext, backends, reference
+from colbert_fast import backends, extension, reference
 
 
 def _cuda_kernels_built() -> bool:
-    return _ext.has_kernel("maxsim", "CUDA") and _ext.has_kernel("maxsim_packed", "CUDA")
+    return extension.has_kernel("maxsim", "CUDA") and extension.has_kernel("maxsim_packed", "CUDA")
 
 
 needs_cuda_build = pytest.mark.skipif(not _cuda_kernels_built(), reason="extension built without CUDA kernels")
@@ -48,8 +48,8 @@ def test_cuda_backend_says_why_it_is_unavailable():
 
 
 def test_cuda_backend_reports_a_build_without_cuda(monkeypatch):
-    monkeypatch.setattr(_ext, "build_info", lambda: {"built": True, "with_cuda": False})
-    monkeypatch.setattr(_ext, "missing_reason", lambda: None)
+    monkeypatch.setattr(extension, "build_info", lambda: {"built": True, "with_cuda": False})
+    monkeypatch.setattr(extension, "missing_reason", lambda: None)
     from colbert_fast.backends import cuda_backend
 
     assert "built without CUDA kernels" in cuda_backend.unavailable_reason(torch.device("cuda"))

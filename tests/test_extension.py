@@ -11,23 +11,24 @@ import torch
 from conftest import required_backends
 
 import colbert_fast as cf
-from colbert_fast import _ext, backends
+from colbert_fast import backends, extension
+from colbert_fast.backends import compiled_ops
 
 
 def test_extension_loaded_or_required():
-    info = _ext.build_info()
+    info = extension.build_info()
     if not info["built"]:
         if required_backends():
             pytest.fail(f"the extension must be built here (COLBERT_FAST_REQUIRE_BACKENDS set): {info['reason']}")
         pytest.skip(info["reason"])
     assert info["torch_version"].split("+")[0] == torch.__version__.split("+")[0]
-    assert _ext.has_op("gather")
+    assert extension.has_op("gather")
 
 
 def test_cpu_kernels_run_threads_where_torch_does():
     """ATen's parallel_for is an inline OpenMP region when torch uses OpenMP: an extension compiled
     without -fopenmp runs every CPU kernel on one thread, silently (it happened once)."""
-    info = _ext.build_info()
+    info = extension.build_info()
     if not info["built"]:
         pytest.skip(info["reason"])
     if not torch.backends.openmp.is_available():
@@ -36,7 +37,7 @@ def test_cpu_kernels_run_threads_where_torch_does():
 
 
 def test_gather_op_checks_its_inputs():
-    if not _ext.has_op("gather"):
+    if not extension.has_op("gather"):
         pytest.skip("extension not built")
     emb = torch.randn(4, 8)
     offsets = torch.tensor([0, 4])
@@ -50,7 +51,7 @@ def test_gather_op_checks_its_inputs():
 
 
 def test_missing_extension_is_explained(monkeypatch):
-    monkeypatch.setattr(_ext, "_load", lambda: (None, "colbert_fast._C is not built (test)"))
+    monkeypatch.setattr(extension, "_load", lambda: (None, "colbert_fast._C is not built (test)"))
     reason = backends.unavailable_reason("cpu", torch.device("cpu"))
     assert reason == "colbert_fast._C is not built (test)"
     # auto falls back to the torch backend and still gives the right answer
@@ -67,9 +68,9 @@ def test_package_imports_without_extension(tmp_path):
         "import sys\n"
         "sys.modules['colbert_fast._C'] = None  # makes `from . import _C` raise ImportError\n"
         "import torch, colbert_fast as cf\n"
-        "from colbert_fast import _ext\n"
-        "assert _ext.extension() is None, _ext.build_info()\n"
-        "assert 'not built' in _ext.missing_reason()\n"
+        "from colbert_fast import extension\n"
+        "assert extension.extension() is None, extension.build_info()\n"
+        "assert 'not built' in extension.missing_reason()\n"
         "print(cf.maxsim(torch.ones(1, 2, 4), torch.ones(3, 5, 4)).tolist())\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -85,10 +86,16 @@ def test_env_command_runs():
     assert '"torch"' in out.stdout and '"backends_cpu"' in out.stdout
 
 
+def _ops_with_fakes() -> None:
+    """Skip without the extension; else make sure the ops' fake kernels are registered, as the
+    cpu/cuda backends do before their first call (compiled_ops.missing_reason)."""
+    if compiled_ops.missing_reason() is not None or not extension.has_op("gather"):
+        pytest.skip("extension not built")
+
+
 def test_gather_op_passes_opcheck():
     """Schema, fake kernel and dispatch agree (what torch.compile relies on)."""
-    if not _ext.has_op("gather"):
-        pytest.skip("extension not built")
+    _ops_with_fakes()
     opcheck = getattr(torch.library, "opcheck", None)
     if opcheck is None:
         pytest.skip("torch.library.opcheck needs torch >= 2.4")
@@ -98,8 +105,7 @@ def test_gather_op_passes_opcheck():
 
 
 def test_gather_compiles_with_torch_compile():
-    if not _ext.has_op("gather"):
-        pytest.skip("extension not built")
+    _ops_with_fakes()
     docs = cf.PackedDocs(torch.randn(10, 8), torch.tensor([3, 0, 7]))
     pids = torch.tensor([[2, -1, 0]])
 

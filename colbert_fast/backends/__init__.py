@@ -9,7 +9,7 @@ A backend is a module named <name>_backend in this package exposing:
     maxsim_packed(Q, embeddings, offsets, lengths, pids, q_mask, max_len, floor) -> fp32 [B, K]
     gather(embeddings, offsets, lengths, pids, max_len) -> (D [*pids.shape, max_len, dim], mask)
 
-Arguments arrive validated and normalized (see colbert_fast/_checks.py); max_len is a host int
+Arguments arrive validated and normalized (see colbert_fast/validation.py); max_len is a host int
 (the longest doc that can occur), so no backend needs a device sync to size its work.
 """
 
@@ -62,6 +62,16 @@ def select(backend: str, device: torch.device, needs_grad: bool = False):
                 continue
             return module
     return load("torch")
+
+
+def selected(device: torch.device | str, backend: str = "auto", *, needs_grad: bool = False) -> str:
+    """The name of the backend a call with `backend=` runs for tensors on `device`.
+
+    What cf.maxsim would pick ("auto": the first usable backend of AUTO_ORDER, skipping those
+    without a backward when needs_grad); a forced backend that cannot run raises RuntimeError,
+    as the ops do. Example: selected("cpu") is "cpu" when the extension is built, else "torch".
+    """
+    return select(backend, torch.device(device), needs_grad).NAME
 
 
 def available(device: torch.device | str = "cpu") -> dict[str, str | None]:

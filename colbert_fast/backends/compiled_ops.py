@@ -8,6 +8,18 @@ from __future__ import annotations
 
 import torch
 
+from .. import extension
+from . import fakes
+
+
+def missing_reason() -> str | None:
+    """None when colbert_fast._C is loaded, else why not. Once it is loaded, the ops' fake
+    kernels are registered (idempotent) before any backend here can be selected to call them."""
+    reason = extension.missing_reason()
+    if reason is None:
+        fakes.register()
+    return reason
+
 
 def maxsim(Q, D, q_mask, d_mask, d_lengths, floor=None):
     return torch.ops.colbert_fast.maxsim(Q, D, q_mask, d_mask, d_lengths, floor)

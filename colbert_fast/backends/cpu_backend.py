@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from .. import _ext
-from ._compiled_ops import gather, maxsim, maxsim_packed  # noqa: F401  (the backend interface)
+from .. import extension
+from . import compiled_ops
+from .compiled_ops import gather, maxsim, maxsim_packed  # noqa: F401  (the backend interface)
 
 NAME = "cpu"
 SUPPORTS_BACKWARD = False
@@ -20,17 +21,17 @@ SUPPORTS_BACKWARD = False
 def unavailable_reason(device: torch.device) -> str | None:
     if device.type != "cpu":
         return f"it runs on CPU tensors only, got {device} tensors"
-    reason = _ext.missing_reason()
+    reason = compiled_ops.missing_reason()
     if reason is not None:
         return reason
-    if not _ext.has_kernel("maxsim", "CPU"):
+    if not extension.has_kernel("maxsim", "CPU"):
         return "this build of colbert_fast._C has no CPU MaxSim kernels"
     return None
 
 
 def cpu_isa() -> str:
     """The SIMD kernels the CPU ops use now: "avx512_bf16", "avx512", "avx2" or "scalar"."""
-    ext = _ext.extension()
+    ext = extension.extension()
     if ext is None:
-        raise RuntimeError(_ext.missing_reason())
+        raise RuntimeError(extension.missing_reason())
     return ext.cpu_isa()

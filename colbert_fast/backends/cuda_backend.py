@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from .. import _ext
-from ._compiled_ops import gather, maxsim, maxsim_packed  # noqa: F401  (the backend interface)
+from .. import extension
+from . import compiled_ops
+from .compiled_ops import gather, maxsim, maxsim_packed  # noqa: F401  (the backend interface)
 
 NAME = "cuda"
 SUPPORTS_BACKWARD = False
@@ -17,16 +18,16 @@ def unavailable_reason(device: torch.device) -> str | None:
     device = torch.device(device)
     if device.type != "cuda":
         return f"it runs on CUDA tensors only, got {device} tensors"
-    reason = _ext.missing_reason()
+    reason = compiled_ops.missing_reason()
     if reason is not None:
         return reason
-    if not _ext.build_info().get("with_cuda"):
+    if not extension.build_info().get("with_cuda"):
         return (
             "colbert_fast._C was built without CUDA kernels (no nvcc/GPU at build time): rebuild with "
             "CUDA_HOME set and FORCE_CUDA=1 or TORCH_CUDA_ARCH_LIST"
         )
     for op in ("maxsim", "maxsim_packed", "gather"):
-        if not _ext.has_kernel(op, "CUDA"):
+        if not extension.has_kernel(op, "CUDA"):
             return f"this build of colbert_fast._C has no CUDA kernel for colbert_fast::{op}"
     if not torch.cuda.is_available():
         return "torch sees no CUDA GPU"

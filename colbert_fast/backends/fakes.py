@@ -30,11 +30,11 @@ _FAKES = {"maxsim": _maxsim_fake, "maxsim_packed": _maxsim_packed_fake, "gather"
 
 
 def register() -> None:
-    """Register the fakes of the ops the loaded extension defines (once per process; colbert_fast._ext
-    calls it right after loading the extension)."""
+    """Register the fakes of the ops the loaded extension defines (once per process; the backends
+    that call the ops run it as soon as they see the extension loaded, see compiled_ops.py)."""
     # torch >= 2.4 has register_fake; 2.2-2.3 called it impl_abstract; older torch: nothing to do.
     register_fake = getattr(torch.library, "register_fake", None) or getattr(torch.library, "impl_abstract", None)
-    if register_fake is None:
+    if register_fake is None or len(_done) == len(_FAKES):
         return
     for name, fn in _FAKES.items():
         if name in _done or not hasattr(torch.ops.colbert_fast, name):

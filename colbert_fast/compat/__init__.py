@@ -6,8 +6,8 @@
     with compat.patched(): ...  # or only inside a block
 
 The functions below have the libraries' exact signatures (plus keyword-only `strict` and, for
-colbert-ai's, `backend`) and reproduce their numbers, quirks included, within the SPEC.md
-tolerance rule; strict=True applies SPEC.md's semantics instead. See docs/compat.md.
+colbert-ai's, `backend`) and reproduce their numbers, quirks included, within the tolerance
+rule of docs/spec.md; strict=True applies docs/spec.md's semantics instead. See docs/compat.md.
 They use only the public ops (colbert_fast.maxsim, maxsim_packed, gather), so they run on the
 fastest backend available.
 
@@ -16,16 +16,16 @@ Every library quirk is one rule with a per-doc floor, which the kernels apply th
 
     score(q, d) = sum over counting query tokens i of max(floor_d, max over valid doc tokens j of <q_i, d_j>)
 
-    SPEC.md                            floor_d = -inf (a doc with no valid token scores 0)
+    docs/spec.md                       floor_d = -inf (a doc with no valid token scores 0)
     ColBERT's -9999 padding sentinel   floor_d = -9999 (in D's dtype) when d has a masked token
     colbert_score_packed on CPU        floor_d = 0 for every doc (its maxima start at 0)
     PyLate (sims * mask)               floor_d = 0 when d has a masked token (a masked token's
                                        similarity is 0, and 0 takes part in the max)
 """
 
-from ._colbert_ai import colbert_score, colbert_score_packed
-from ._patch import is_patched, patch_colbert, patch_pylate, patched, unpatch_colbert, unpatch_pylate
-from ._pylate import colbert_kd_scores, colbert_scores, colbert_scores_pairwise
+from .colbert_ai import colbert_score, colbert_score_packed
+from .patching import is_patched, patch_colbert, patch_pylate, patched, unpatch_colbert, unpatch_pylate
+from .pylate import colbert_kd_scores, colbert_scores, colbert_scores_pairwise
 
 __all__ = [
     "colbert_kd_scores",

@@ -1,6 +1,6 @@
 """Drop-ins for colbert-ai's colbert.modeling.colbert.colbert_score and colbert_score_packed.
 
-Same signatures, same numbers (within the SPEC.md tolerance rule), same output dtype; colbert-ai
+Same signatures, same numbers (within the tolerance rule of docs/spec.md), same output dtype; colbert-ai
 need not be installed. `config` is read duck-typed: `total_visible_gpus` (default: the number of
 visible GPUs, as ColBERTConfig() computes it) and `interaction` (default "colbert").
 """
@@ -17,7 +17,8 @@ from ..packed import PackedDocs
 SENTINEL = -9999.0  # what colbert_score_reduce writes into masked similarities
 
 
-def _settings(config) -> tuple[bool, str]:
+def read_config(config) -> tuple[bool, str]:
+    """(use the GPU, interaction) from a ColBERTConfig-like object, with colbert-ai's defaults."""
     gpus = getattr(config, "total_visible_gpus", None)
     if gpus is None:
         gpus = torch.cuda.device_count()
@@ -67,7 +68,7 @@ def colbert_score(
         D_mask: N * Ld elements (ColBERT passes [N, Ld, 1]), bool or 0/1; True = real token.
         config: a ColBERTConfig or None (its defaults); total_visible_gpus > 0 moves the inputs to
             the GPU, as colbert-ai does.
-        strict: False (default) reproduces colbert-ai, quirks included; True applies SPEC.md.
+        strict: False (default) reproduces colbert-ai, quirks included; True applies docs/spec.md.
         backend: colbert_fast backend ("auto", "cuda", "triton", "cpu", "torch").
 
     Returns:
@@ -75,11 +76,11 @@ def colbert_score(
 
     colbert-ai's quirk, kept unless strict: a masked doc token's similarity is set to -9999 (in
     D's dtype: -10000 in fp16, -9984 in bf16) rather than excluded, so a doc with no valid token
-    scores Lq * -9999 (-inf in fp16: the fp16 sum overflows) where SPEC.md gives 0. colbert-ai sums
+    scores Lq * -9999 (-inf in fp16: the fp16 sum overflows) where docs/spec.md gives 0. colbert-ai sums
     the maxima in D's dtype; here they are summed in fp32 and cast, so fp16/bf16 scores are
     closer to the fp32 truth than colbert-ai's own. interaction="flipr" runs in plain PyTorch.
     """
-    use_gpu, interaction = _settings(config)
+    use_gpu, interaction = read_config(config)
     if use_gpu:
         Q, D_padded, D_mask = Q.cuda(), D_padded.cuda(), D_mask.cuda()
     if Q.dim() != 3 or D_padded.dim() != 3:
@@ -137,7 +138,7 @@ def colbert_score_packed(
     this accepts all three dtypes. With GPUs (or interaction "flipr") it pads to the longest doc
     and applies colbert_score's -9999 sentinel instead (an empty doc scores Lq * -9999).
     """
-    use_gpu, interaction = _settings(config)
+    use_gpu, interaction = read_config(config)
     if use_gpu:
         Q, D_packed, D_lengths = Q.cuda(), D_packed.cuda(), D_lengths.cuda()
     Q = Q.squeeze(0)

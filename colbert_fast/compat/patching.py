@@ -21,8 +21,9 @@ import types
 
 import torch
 
-from .. import backends
-from . import _colbert_ai, _pylate
+import colbert_fast
+
+from . import colbert_ai, pylate
 
 _TARGETS = {
     "colbert": ("colbert.modeling.colbert", ("colbert_score", "colbert_score_packed")),
@@ -44,7 +45,7 @@ def _has_kernels(device: torch.device) -> bool:
     """Whether backend "auto" picks a colbert_fast kernel backend (not the plain-PyTorch one) on
     `device`. Without one, the patched functions call the library's own code: a patch never slows
     it down. (On CUDA tensors "auto" takes the GPU kernels only once they are verified on a GPU.)"""
-    return backends.select("auto", device).NAME != "torch"
+    return colbert_fast.selected_backend(device) != "torch"
 
 
 def _device_of(x) -> torch.device:
@@ -56,7 +57,7 @@ def _device_of(x) -> torch.device:
 
 
 def _colbert_wrapper(name: str, original, require_kernels: bool):
-    ours = getattr(_colbert_ai, name)
+    ours = getattr(colbert_ai, name)
     signature = inspect.signature(original)  # keeps colbert-ai's names and its default config
 
     @functools.wraps(original)
@@ -64,7 +65,7 @@ def _colbert_wrapper(name: str, original, require_kernels: bool):
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
         config = bound.args[3]
-        use_gpu, _ = _colbert_ai._settings(config)
+        use_gpu, _ = colbert_ai.read_config(config)
         if require_kernels and not _has_kernels(torch.device("cuda") if use_gpu else _device_of(bound.args[1])):
             return original(*args, **kwargs)
         return ours(*bound.args)
@@ -73,7 +74,7 @@ def _colbert_wrapper(name: str, original, require_kernels: bool):
 
 
 def _pylate_wrapper(name: str, original, require_kernels: bool):
-    ours = getattr(_pylate, name)
+    ours = getattr(pylate, name)
     signature = inspect.signature(original)
 
     @functools.wraps(original)
@@ -87,7 +88,7 @@ def _pylate_wrapper(name: str, original, require_kernels: bool):
             return original(*args, **kwargs)
         try:
             return ours(*bound.args, **bound.kwargs)
-        except _pylate.NonBinaryMaskError:  # weights, not a mask: only PyLate's own code means that
+        except pylate.NonBinaryMaskError:  # weights, not a mask: only PyLate's own code means that
             return original(*args, **kwargs)
 
     return wrapper

@@ -1,6 +1,6 @@
 """Drop-ins for PyLate's pylate.scores.colbert_scores, colbert_scores_pairwise and colbert_kd_scores.
 
-Same signatures plus keyword-only `strict`; same numbers (within the SPEC.md tolerance rule) and
+Same signatures plus keyword-only `strict`; same numbers (within the tolerance rule of docs/spec.md) and
 output dtype as PyLate's PyTorch path; PyLate need not be installed.
 
 `backend` here names a colbert_fast backend: None or "auto" (the fastest for the tensors'
@@ -101,7 +101,7 @@ def colbert_scores(
         queries_mask: [A, S], 0/1 or bool; a masked query token contributes 0.
         documents_mask: [B, T], 0/1 or bool.
         backend: a colbert_fast backend name or None ("auto").
-        strict: False (default) reproduces PyLate; True applies SPEC.md.
+        strict: False (default) reproduces PyLate; True applies docs/spec.md.
 
     Returns:
         [A, B] in the dtype PyLate returns (the embeddings' dtype promoted by the masks' dtypes,
@@ -109,7 +109,7 @@ def colbert_scores(
 
     PyLate's quirk, kept unless strict: masked doc tokens are multiplied by 0 instead of excluded,
     so in a doc with any masked token each query token's maximum is at least 0: a doc
-    [0.2, -0.5] with mask [0, 1] gives -0.5 under SPEC.md but 0 here. Without documents_mask
+    [0.2, -0.5] with mask [0, 1] gives -0.5 under docs/spec.md but 0 here. Without documents_mask
     every token counts, padding rows included (zero rows, as pylate.rank pads, score 0).
     PyLate sums in the input dtype; this sums in fp32 and casts.
     """

@@ -9,7 +9,7 @@ operands and fp32 accumulation (fp32 inputs use tf32x3, which keeps fp32 accurac
 row maximum lives in registers and the per-token maxima are summed in fp32. No similarity matrix
 ever reaches device memory.
 
-Design (what PERF.md's workloads need):
+Design (what the workloads of docs/perf.md need):
 
 * all-pairs (`_maxsim_all_pairs_kernel`, X1/X2/P1, compute-bound): one program = one doc and a
   group of G = BLOCK_M // Lq whole queries stacked into the M dimension, so four 32-token ColBERT
@@ -40,7 +40,7 @@ import triton
 import triton.language as tl
 
 from . import settings
-from ._launch import wrap
+from .launch import wrap
 
 NEG_INF = tl.constexpr(float("-inf"))
 

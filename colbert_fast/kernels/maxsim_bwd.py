@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from . import settings
-from ._launch import wrap
+from .launch import wrap
 
 
 @triton.jit(do_not_specialize=["B", "N", "Lq", "docs_per_split"])

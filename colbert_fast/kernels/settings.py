@@ -6,7 +6,7 @@ makes (doc block, docs per program, warps, stages). Everything that changes per 
 Lq, Ld, lengths, max_len, strides) is a runtime argument, so a new batch or corpus size reuses
 the compiled kernel.
 
-The launchers call only the functions below, and tests/test_triton_compile.py enumerates
+The launchers call only the functions below, and tests/backends/test_triton_compile.py enumerates
 `variants()` to AOT-compile every combination they can produce for sm_80 and sm_90.
 """
 
