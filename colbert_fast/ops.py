@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from . import backends
-from .validation import check_docs, check_maxsim, check_packed, check_pids
 from .packed import PackedDocs
+from .validation import check_docs, check_maxsim, check_packed, check_pids
 
 __all__ = ["maxsim", "maxsim_packed", "gather"]
 
