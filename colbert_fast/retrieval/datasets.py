@@ -1,10 +1,12 @@
-"""Test collections for the evaluation protocol: Cranfield (built in) and MS MARCO-format TSV files.
+"""Test collections for the evaluation protocol: Cranfield (shipped in the package) and MS MARCO-format TSV files.
 
 A Dataset is the collection (pids and texts in order), the queries (qids and texts) and graded
 judgements qrels[qid][pid] = gain (> 0 relevant; unjudged = 0). The judgements' gains are what
 nDCG uses, so every loader maps its file's grades onto "bigger is better".
 
-Cranfield (see shared/data/cranfield/README.md):
+Cranfield ships as package data in colbert_fast/retrieval/data/cranfield/ (its README.md says
+where it comes from), so `colbert-fast experiment` runs from a wheel; $COLBERT_FAST_CRANFIELD or
+an explicit directory reads another copy. Its conventions:
   - docs are `.I <id>` records; the text is the .W field (which repeats the title), or the title
     when .W is empty (a few records).
   - queries are numbered by their POSITION in cran.qry (1..225): cranqrel uses positions, not the
@@ -18,8 +20,9 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections import defaultdict
-from collections.abc import Sequence
 from pathlib import Path
+
+from . import tsv
 
 __all__ = [
     "Dataset",
@@ -30,8 +33,9 @@ __all__ = [
     "parse_smart_records",
 ]
 
-# Where the repository keeps its shared data: ../shared next to the clone (CI and the worktrees).
+# A directory holding cran.all.1400, cran.qry and cranqrel, read instead of the package's copy.
 CRANFIELD_ENV = "COLBERT_FAST_CRANFIELD"
+PACKAGED_CRANFIELD = Path(__file__).resolve().parent / "data" / "cranfield"
 
 
 @dataclasses.dataclass
@@ -78,29 +82,16 @@ class Dataset:
 
     def write_collection(self, path: str | os.PathLike) -> Path:
         """The collection as an MS MARCO TSV ('pid<TAB>text'), which the indexer reads."""
-        path = Path(path)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for pid, text in zip(self.pids, self.texts):
-                f.write(f"{pid}\t{_one_line(text)}\n")
-        os.replace(tmp, path)
-        return path
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
+        return tsv.write_collection(path, self.pids, self.texts)
 
 
 # ---- Cranfield -----------------------------------------------------------------------------------
 
 
 def default_cranfield_dir() -> Path:
-    """$COLBERT_FAST_CRANFIELD, else ../shared/data/cranfield relative to the repository root."""
+    """$COLBERT_FAST_CRANFIELD when set, else the copy shipped inside the package."""
     env = os.environ.get(CRANFIELD_ENV)
-    if env:
-        return Path(env)
-    repo = Path(__file__).resolve().parent.parent
-    return repo.parent / "shared" / "data" / "cranfield"
+    return Path(env) if env else PACKAGED_CRANFIELD
 
 
 def parse_smart_records(text: str) -> list[tuple[str, dict[str, str]]]:
@@ -171,15 +162,6 @@ def load_tsv_dataset(collection: str | os.PathLike, queries: str | os.PathLike, 
 
     Grades are used as gains as they are (MS MARCO and TREC: bigger is better).
     """
-    from .evaluate import load_qrels
-    from .index import read_collection
-    from .pipeline_cli._common import read_queries
-
-    pids, texts = read_collection(collection)
-    qids, qtexts = read_queries(queries)
-    return Dataset(Path(collection).stem, pids, texts, qids, qtexts, load_qrels(qrels))
-
-
-def restrict_qrels(qrels: dict[str, dict[str, int]], qids: Sequence[str]) -> dict[str, dict[str, int]]:
-    wanted = set(qids)
-    return {q: rel for q, rel in qrels.items() if q in wanted}
+    pids, texts = tsv.read_collection(collection)
+    qids, qtexts = tsv.read_queries(queries)
+    return Dataset(Path(collection).stem, pids, texts, qids, qtexts, tsv.load_qrels(qrels))

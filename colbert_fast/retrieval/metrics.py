@@ -1,93 +1,22 @@
-"""Ranking metrics from MS MARCO-format files: MRR@10, Recall@k, nDCG@k.
+"""Ranking metrics: MRR@10, Recall@k, nDCG@k, and recall against another run.
 
-    qrels  "qid 0 pid rel" (MS MARCO / TREC, tab or space separated) or "qid pid [rel]"
-    run    "qid pid rank [score]" (MS MARCO) or "qid Q0 pid rank score tag" (TREC)
-
-Conventions (those of the MS MARCO evaluation script and trec_eval): a doc is relevant when its
-grade is > 0; metrics are averaged over the queries that have a relevant doc in the qrels; a
-query the run lacks scores 0. Recall@k = relevant docs in the top k / relevant docs of the query.
-nDCG@k uses gain = grade and discount 1 / log2(rank + 1), normalized by the ideal ranking.
+A run is {qid: [pid, ...] best first}; qrels are {qid: {pid: grade}} (colbert_fast.retrieval.tsv
+reads both from MS MARCO / TREC files). Conventions (those of the MS MARCO evaluation script
+and trec_eval): a doc is relevant when its grade is > 0; metrics are averaged over the queries
+that have a relevant doc in the qrels; a query the run lacks scores 0. Recall@k = relevant docs
+in the top k / relevant docs of the query. nDCG@k uses gain = grade and discount
+1 / log2(rank + 1), normalized by the ideal ranking.
 """
 
 from __future__ import annotations
 
 import math
-import os
-from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
-from .files import atomic_path
-
-__all__ = ["evaluate", "load_qrels", "load_run", "mrr_at", "ndcg_at", "recall_at", "write_run"]
+__all__ = ["evaluate", "mrr_at", "ndcg_at", "recall_against", "recall_at"]
 
 Qrels = Mapping[str, Mapping[str, int]]
 Run = Mapping[str, Sequence[str]]
-
-
-def load_qrels(path: str | os.PathLike) -> dict[str, dict[str, int]]:
-    """qid -> {pid: grade}. Accepts 4 columns (qid, iter, pid, grade), 3 (qid, pid, grade) or 2 (qid, pid)."""
-    qrels: dict[str, dict[str, int]] = defaultdict(dict)
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if lineno == 1 and parts[0] in ("query-id", "qid", "query_id"):
-                continue  # BEIR-style header
-            try:
-                if len(parts) == 4:
-                    qid, _, pid, grade = parts[0], parts[1], parts[2], int(parts[3])
-                elif len(parts) == 3:
-                    qid, pid, grade = parts[0], parts[1], int(parts[2])
-                elif len(parts) == 2:
-                    qid, pid, grade = parts[0], parts[1], 1
-                else:
-                    raise ValueError(f"{len(parts)} columns")
-            except ValueError as e:
-                raise ValueError(f"{path}:{lineno}: not a qrels line ('qid 0 pid grade'): {e}") from None
-            qrels[qid][pid] = max(grade, qrels[qid].get(pid, grade))
-    if not qrels:
-        raise ValueError(f"{path} holds no judgements")
-    return dict(qrels)
-
-
-def load_run(path: str | os.PathLike) -> dict[str, list[str]]:
-    """qid -> pids ranked best first. Accepts 'qid pid rank [score]' or TREC 'qid Q0 pid rank score tag'.
-
-    Rows are ordered by their rank column; a pid repeated for a query keeps its best rank.
-    """
-    rows: dict[str, list[tuple[int, str]]] = defaultdict(list)
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            try:
-                if len(parts) == 6:
-                    qid, pid, rank = parts[0], parts[2], int(parts[3])
-                elif len(parts) in (3, 4):
-                    qid, pid, rank = parts[0], parts[1], int(parts[2])
-                else:
-                    raise ValueError(f"{len(parts)} columns")
-            except ValueError as e:
-                raise ValueError(f"{path}:{lineno}: not a run line ('qid pid rank [score]'): {e}") from None
-            rows[qid].append((rank, pid))
-    run = {}
-    for qid, ranked in rows.items():
-        seen, order = set(), []
-        for _, pid in sorted(ranked, key=lambda r: r[0]):
-            if pid not in seen:
-                seen.add(pid)
-                order.append(pid)
-        run[qid] = order
-    return run
-
-
-def write_run(path: str | os.PathLike, rankings: Iterable[tuple[str, Sequence[tuple[str, float]]]]) -> None:
-    """Write 'qid \\t pid \\t rank \\t score' lines (rank from 1) for (qid, [(pid, score), ...]) pairs."""
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        for qid, ranking in rankings:
-            f.writelines(f"{qid}\t{pid}\t{rank}\t{score:.6f}\n" for rank, (pid, score) in enumerate(ranking, 1))
 
 
 def _judged(qrels: Qrels) -> dict[str, dict[str, int]]:
@@ -141,4 +70,13 @@ def evaluate(run: Run, qrels: Qrels, recall_ks: Sequence[int] = (50, 200, 1000))
         out[f"Recall@{k}"] = recall_at(run, qrels, k)
     out["queries"] = len(judged)
     out["queries_missing_from_run"] = sum(1 for q in judged if q not in run)
+    return out
+
+
+def recall_against(run: Run, truth: Run, cutoffs: Iterable[int]) -> dict[str, float]:
+    """Mean fraction of each query's top-c in `truth` that `run` has in its top-c, per cutoff c."""
+    out = {}
+    for c in sorted(set(cutoffs)):
+        fractions = [len(set(run.get(q, [])[:c]) & set(t[:c])) / len(t[:c]) for q, t in truth.items() if t]
+        out[str(c)] = sum(fractions) / max(len(fractions), 1)
     return out

@@ -30,16 +30,19 @@ bench/results/search_defaults/).
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import ops
+import colbert_fast as cf
+
+from .embedded import EMBEDDED, load_embedded
+from .encoder import ColBERT
 from .index import Index, require_faiss
+from .padding import pad_ids, pad_vectors
+from .timing import StageTimer
 
 __all__ = ["MODES", "Ranking", "Searcher", "candidate_budget"]
 
@@ -47,7 +50,7 @@ STAGES = ("encode", "candidates", "score", "topk")
 MODES = ("accurate", "fast", "exhaustive")
 # Encoder settings that shape the stored doc vectors: a searcher's encoder must agree on them.
 _DOC_SIDE = ("dim", "doc_maxlen", "doc_marker", "mask_punctuation", "skiplist")
-# Exhaustive mode scores at most this many (query, doc) pairs per kernel call: the scores, the pid
+# Exhaustive mode scores at most this many (query, doc) pairs per kernel call: the scores, the row
 # list and any backend scratch stay small whatever the collection's size.
 EXHAUSTIVE_PAIRS_PER_CALL = 1 << 16
 
@@ -87,11 +90,11 @@ def _check_mode(mode: str) -> str:
 
 
 class Searcher:
-    """Search or re-rank over an index built by colbert_fast.index.
+    """Search or re-rank over an index built by colbert_fast.retrieval.build.
 
     Args:
         index: an Index or its directory.
-        encoder: a colbert_fast.model.ColBERT, or a checkpoint directory; None loads the
+        encoder: a colbert_fast.retrieval.encoder.ColBERT, or a checkpoint directory; None loads the
             checkpoint the index manifest names. Loaded only when text queries come in.
         device: where the doc store, the encoder and the scoring live; default cuda when
             available, else cpu.
@@ -150,7 +153,7 @@ class Searcher:
         self.load_ivf = load_ivf
         self.score_all_if_covered = score_all_if_covered
         self._ivf = None
-        self.timings = {s: 0.0 for s in STAGES}
+        self.timer = StageTimer(STAGES, self.device)
         self.docs_scored = 0  # (query, doc) pairs scored exactly since the last reset_timings()
 
     # ---- lazily loaded parts -----------------------------------------------------------------
@@ -163,8 +166,6 @@ class Searcher:
         return self._encoder
 
     def _load_encoder(self, source):
-        from .model import EMBEDDED, ColBERT, load_embedded
-
         recorded = self.index.manifest.get("model", {})
         if source is None:
             source = recorded.get("checkpoint")
@@ -204,18 +205,13 @@ class Searcher:
 
     # ---- timing ------------------------------------------------------------------------------
 
-    @contextmanager
-    def _stage(self, name: str):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        t0 = time.perf_counter()
-        yield
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.timings[name] += time.perf_counter() - t0
+    @property
+    def timings(self) -> dict[str, float]:
+        """Seconds per stage (STAGES) since the last reset_timings()."""
+        return self.timer.seconds
 
     def reset_timings(self) -> None:
-        self.timings = {s: 0.0 for s in STAGES}
+        self.timer.reset()
         self.docs_scored = 0
 
     # ---- queries -----------------------------------------------------------------------------
@@ -225,7 +221,7 @@ class Searcher:
         if isinstance(queries, str):
             raise TypeError("queries must be a list of strings; wrap a single query in a list")
         encoder = self.encoder  # loading it is not part of the encode stage
-        with self._stage("encode"):
+        with self.timer.stage("encode"):
             return encoder.encode_queries(list(queries))
 
     def _query_batches(self, queries, q_mask, batch_size: int):
@@ -275,44 +271,49 @@ class Searcher:
             scores = 2.0 * scores - 2.0 * nq  # -inf (empty slot) stays -inf
         return scores
 
-    def _score(self, Q: torch.Tensor, q_mask: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
-        self.docs_scored += pids.numel()  # -1 slots included: they cost (almost) nothing
-        with self._stage("score"):
-            scores = ops.maxsim_packed(Q, self.docs, pids, q_mask, backend=self.backend)
+    def score(self, Q: torch.Tensor, q_mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Exact MaxSim of each query against its candidate rows: fp32 [B, K]; row -1 scores -inf.
+
+        Q fp32 [B, Lq, dim] and q_mask bool [B, Lq] on the searcher's device; rows int64 [B, K]
+        (doc rows of this index, -1 = empty slot). Timed as the "score" stage.
+        """
+        self.docs_scored += rows.numel()  # -1 slots included: they cost (almost) nothing
+        with self.timer.stage("score"):
+            scores = cf.maxsim_packed(Q, self.docs, rows, q_mask, backend=self.backend)
             return self._finish(scores, q_mask)
 
-    def _rank(self, scores: torch.Tensor, pids: torch.Tensor, k: int) -> list[Ranking]:
-        with self._stage("topk"):
+    def _rank(self, scores: torch.Tensor, rows: torch.Tensor, k: int) -> list[Ranking]:
+        with self.timer.stage("topk"):
             k = min(k, scores.shape[1])
             top, pos = torch.topk(scores, k, dim=1) if k > 0 else (scores[:, :0], scores[:, :0].long())
-            top_pids = torch.gather(pids, 1, pos).cpu().tolist()
+            top_rows = torch.gather(rows, 1, pos).cpu().tolist()
             top = top.cpu().tolist()
-            ids = self.index.doc_ids
+            pids = self.index.pids
             return [
-                [(ids[p], s) for p, s in zip(prow, srow) if p >= 0 and s != float("-inf")]
-                for prow, srow in zip(top_pids, top)
+                [(pids[r], s) for r, s in zip(rrow, srow) if r >= 0 and s != float("-inf")]
+                for rrow, srow in zip(top_rows, top)
             ]
 
     def _exhaustive(self, Q: torch.Tensor, q_mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every doc scored, chunk by chunk, keeping a running top k: (scores [B, k'], pids [B, k'])."""
+        """Every doc scored, chunk by chunk, keeping a running top k: (scores [B, k'], rows [B, k'])."""
         B, n = Q.shape[0], self.index.num_docs
         step = max(1, EXHAUSTIVE_PAIRS_PER_CALL // B)
         best_scores = torch.empty(B, 0, device=self.device)
-        best_pids = torch.empty(B, 0, dtype=torch.int64, device=self.device)
+        best_rows = torch.empty(B, 0, dtype=torch.int64, device=self.device)
         for start in range(0, n, step):
-            pids = torch.arange(start, min(n, start + step), device=self.device).expand(B, -1).contiguous()
-            scores = self._score(Q, q_mask, pids)
-            with self._stage("topk"):
+            rows = torch.arange(start, min(n, start + step), device=self.device).expand(B, -1).contiguous()
+            scores = self.score(Q, q_mask, rows)
+            with self.timer.stage("topk"):
                 scores = torch.cat([best_scores, scores], dim=1)
-                pids = torch.cat([best_pids, pids], dim=1)
+                rows = torch.cat([best_rows, rows], dim=1)
                 best_scores, pos = torch.topk(scores, min(k, scores.shape[1]), dim=1)
-                best_pids = torch.gather(pids, 1, pos)
-        return best_scores, best_pids
+                best_rows = torch.gather(rows, 1, pos)
+        return best_scores, best_rows
 
     def candidates(self, Q: torch.Tensor, q_mask: torch.Tensor, neighbors_per_token: int, nprobe: int) -> torch.Tensor:
-        """Paper 3.6's candidate generation: int64 [B, K] doc indices, -1 padded (sorted per row)."""
+        """Paper 3.6's candidate generation: int64 [B, K] doc rows, -1 padded (ascending per query)."""
         ivf = self.ivf
-        with self._stage("candidates"):
+        with self.timer.stage("candidates"):
             B, Lq, _ = Q.shape
             kprime = max(1, min(neighbors_per_token, ivf.ntotal))
             flat = Q.reshape(B * Lq, -1)[q_mask.reshape(-1)].float().cpu().numpy()
@@ -321,7 +322,7 @@ class Searcher:
             _, token_ids = ivf.search(np.ascontiguousarray(flat), kprime)
             token_ids = torch.from_numpy(token_ids)
             found = token_ids >= 0
-            docs = self.index.emb2pid[token_ids.clamp(min=0)].to(torch.int64)
+            docs = self.index.token_to_doc[token_ids.clamp(min=0)].to(torch.int64)
             n = self.index.num_docs
             # Union per query in one pass: unique over (query, doc) keys.
             keys = (owner[:, None] * n + docs)[found]
@@ -371,17 +372,14 @@ class Searcher:
         if len(queries) == 0:
             return []
         # A pid listed twice is scored once (dict keeps the first occurrence's order).
-        rows = [self.index.internal_ids(list(dict.fromkeys(str(p) for p in c))) for c in candidates]
-        width = max((len(r) for r in rows), default=0)
-        pids = torch.full((len(rows), width), -1, dtype=torch.int64)
-        for i, r in enumerate(rows):
-            pids[i, : len(r)] = torch.tensor(r, dtype=torch.int64)
-        ((Q, q_mask),) = self._query_batches(queries, q_mask, len(rows))
-        pids = pids.to(self.device)
+        rows, _ = pad_ids([self.index.rows_of(list(dict.fromkeys(str(p) for p in c))) for c in candidates])
+        ((Q, q_mask),) = self._query_batches(queries, q_mask, rows.shape[0])
+        rows = rows.to(self.device)
+        width = rows.shape[1]
         if width == 0:
-            return [[] for _ in rows]
-        scores = self._score(Q, q_mask, pids)
-        return self._rank(scores, pids, width if k is None else k)
+            return [[] for _ in range(rows.shape[0])]
+        scores = self.score(Q, q_mask, rows)
+        return self._rank(scores, rows, width if k is None else k)
 
     def search(
         self,
@@ -415,14 +413,14 @@ class Searcher:
             probe, neighbors = (None, None) if mode == "exhaustive" else self.budget(k, mode)
             neighbors = neighbors_per_token or neighbors
             if mode == "exhaustive" or self._budget_covers_collection(q_mask_b, neighbors):
-                scores, pids = self._exhaustive(Q, q_mask_b, k)
+                scores, rows = self._exhaustive(Q, q_mask_b, k)
             else:
-                pids = self.candidates(Q, q_mask_b, neighbors, nprobe or probe)
-                if pids.shape[1] == 0:
+                rows = self.candidates(Q, q_mask_b, neighbors, nprobe or probe)
+                if rows.shape[1] == 0:
                     results.extend([] for _ in range(Q.shape[0]))
                     continue
-                scores = self._score(Q, q_mask_b, pids)
-            results.extend(self._rank(scores, pids, k))
+                scores = self.score(Q, q_mask_b, rows)
+            results.extend(self._rank(scores, rows, k))
         return results
 
 
@@ -433,13 +431,7 @@ def _pad_queries(queries: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tenso
             raise ValueError(f"queries[{i}] must be [Lq, dim] with Lq >= 1, got shape {tuple(q.shape)}")
         if q.shape[1] != queries[0].shape[1]:
             raise ValueError(f"queries[{i}] has dim {q.shape[1]}, queries[0] has {queries[0].shape[1]}")
-    width = max(q.shape[0] for q in queries)
-    Q = torch.zeros(len(queries), width, queries[0].shape[1], dtype=torch.float32)
-    q_mask = torch.zeros(len(queries), width, dtype=torch.bool)
-    for i, q in enumerate(queries):
-        Q[i, : q.shape[0]] = q.float()
-        q_mask[i, : q.shape[0]] = True
-    return Q, q_mask
+    return pad_vectors(queries)
 
 
 def _maybe_gpu(ivf, device: torch.device):

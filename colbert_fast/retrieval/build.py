@@ -1,0 +1,400 @@
+"""Building an index (paper 3.4 and 3.6): a collection -> packed doc embeddings + a faiss IVFPQ index.
+
+The steps of build_index, one function each:
+
+    1. read the collection and fingerprint the build      (collection sha256, model, chunking)
+    2. encode it chunk by chunk into partial-<fp>/         (encode_chunks; a killed run resumes)
+    3. write one packed store from the chunks              (concat_stores, streamed)
+    4. train faiss over every token row, write the other files, then the manifest (finish_build)
+
+build_index_from_embeddings skips 1-2: the caller brings the token vectors. The layout on disk
+and the crash guarantees are described in colbert_fast.retrieval.index.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import colbert_fast
+from colbert_fast import PackedDocs
+from colbert_fast.files import atomic_path, fsync_dir, sha256, write_bytes_atomic
+from colbert_fast.packed import write_store
+
+from .index import INDEX_FORMAT, MANIFEST, OUR_FILES, Index, require_faiss
+from .tsv import read_collection
+
+__all__ = ["IndexConfig", "build_index", "build_index_from_embeddings", "choose_partitions", "encode_docs"]
+
+
+@dataclasses.dataclass
+class IndexConfig:
+    """How to build an index.
+
+    Args:
+        partitions: IVF cells; None picks ~8*sqrt(#token vectors), capped so each cell gets >= 39
+            training vectors (small collections get few cells).
+        pq_subvectors, pq_bits: product quantization (paper: 16 x 8 bits). Sub-vectors must divide dim.
+        codec: "pq", "flat" (exact vectors in the IVF lists), or "auto": pq from 10,000 token
+            vectors up (PQ's 256 centroids per sub-space need that many to train), else flat.
+        train_samples: token vectors sampled to train the quantizers; None -> 100 per cell
+            (k-means needs >= 39), >= 10,000.
+        nprobe: default cells probed per query token at search time (stored in the manifest).
+        batch_size: docs per encoder batch (batches are length-sorted).
+        chunk_size: docs per resumable chunk.
+        seed: sampling seed.
+    """
+
+    partitions: int | None = None
+    pq_subvectors: int = 16
+    pq_bits: int = 8
+    codec: str = "auto"
+    train_samples: int | None = None
+    nprobe: int = 10
+    batch_size: int = 64
+    chunk_size: int = 10_000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.codec not in ("auto", "pq", "flat"):
+            raise ValueError(f"codec must be 'auto', 'pq' or 'flat', got {self.codec!r}")
+        for name in ("pq_subvectors", "pq_bits", "nprobe", "batch_size", "chunk_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"IndexConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.partitions is not None and self.partitions < 1:
+            raise ValueError(f"partitions must be >= 1, got {self.partitions}")
+
+
+def choose_partitions(num_vectors: int, train_samples: int) -> int:
+    """~8 sqrt(n) cells rounded to a power of two, at most one per 39 training vectors."""
+    if num_vectors < 1:
+        raise ValueError("cannot index an empty collection (no token vectors)")
+    wanted = 1 << math.ceil(math.log2(max(1.0, 8 * math.sqrt(num_vectors))))
+    return max(1, min(wanted, train_samples // 39))
+
+
+# ---- the two entry points ------------------------------------------------------------------------
+
+
+def build_index(
+    collection: str | os.PathLike,
+    index_dir: str | os.PathLike,
+    encoder,
+    config: IndexConfig | None = None,
+    *,
+    checkpoint: str | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    on_chunk: Callable[[int], None] | None = None,
+) -> Index:
+    """Encode `collection` with `encoder` and write an index to `index_dir` (replacing any there).
+
+    Args:
+        collection: MS MARCO TSV (pid \\t text).
+        index_dir: the index directory (created if needed).
+        encoder: a colbert_fast.retrieval.encoder.ColBERT.
+        config: IndexConfig.
+        checkpoint: the model directory, recorded in the manifest so search can find the encoder.
+        resume: reuse chunks a previous, interrupted run with the same collection, model and
+            config finished; False starts from scratch.
+        progress: show a tqdm progress bar.
+        on_chunk: called with the chunk number after each chunk is saved (tests simulate crashes).
+
+    Returns:
+        the loaded Index.
+    """
+    faiss = require_faiss()
+    config = config or IndexConfig()
+    index_dir = Path(index_dir)
+    index_dir.mkdir(parents=True, exist_ok=True)
+    collection = Path(collection)
+    pids, texts = read_collection(collection)
+    collection_sha = sha256(collection)
+    model_fingerprint = _model_fingerprint(encoder)
+    partial = _partial_dir(index_dir, _build_fingerprint(collection_sha, model_fingerprint, config), resume)
+    chunk_files = encode_chunks(encoder, texts, config, partial, progress, on_chunk)
+    tag = uuid.uuid4().hex[:12]
+    # One store for the whole collection, streamed from the chunk files (never all in memory).
+    docs = concat_stores(chunk_files, index_dir / f"docs-{tag}.safetensors")
+    model = {"checkpoint": checkpoint, "config": encoder.config.to_dict(), "fingerprint": model_fingerprint}
+    source = {"path": str(collection.resolve()), "sha256": collection_sha}
+    index = finish_build(faiss, index_dir, tag, docs, pids, config, model, source)
+    shutil.rmtree(partial, ignore_errors=True)
+    return index
+
+
+def build_index_from_embeddings(
+    embeddings,
+    index_dir: str | os.PathLike,
+    config: IndexConfig | None = None,
+    *,
+    ids: Sequence | None = None,
+    similarity: str = "cosine",
+) -> Index:
+    """Write an index of token embeddings you already have (no encoder): any model, any dim.
+
+    Args:
+        embeddings: a PackedDocs, or a list of [L_i, dim] tensors / numpy arrays (L_i may be 0),
+            float32/float16/bfloat16. Stored as fp16. ColBERT-style models emit L2-normalized
+            rows; the candidate stage assumes it (exhaustive search is exact whatever they hold).
+        index_dir: the index directory (created if needed; an index there is replaced).
+        config: IndexConfig (its encoder-side fields are unused).
+        ids: the caller's doc ids (the index's pids), one per doc, unique (stored as strings);
+            default "0".."N-1".
+        similarity: "cosine" (dot products, the default) or "l2", recorded for search.
+
+    Returns:
+        the loaded Index. Search it with query embeddings (Searcher.search accepts tensors).
+    """
+    faiss = require_faiss()
+    config = config or IndexConfig()
+    if similarity not in ("cosine", "l2"):
+        raise ValueError(f"similarity must be 'cosine' or 'l2', got {similarity!r}")
+    docs = _as_packed(embeddings)
+    ids = [str(i) for i in range(docs.num_docs)] if ids is None else [str(i) for i in ids]
+    if len(ids) != docs.num_docs:
+        raise ValueError(f"got {len(ids)} ids for {docs.num_docs} docs")
+    if len(set(ids)) != len(ids):
+        raise ValueError("ids must be unique")
+    index_dir = Path(index_dir)
+    index_dir.mkdir(parents=True, exist_ok=True)
+    tag = uuid.uuid4().hex[:12]
+    docs_file = index_dir / f"docs-{tag}.safetensors"
+    step = max(1, (64 << 20) // max(1, docs.dim * 4))  # converted to fp16 a piece at a time
+    emb = docs.embeddings
+    write_store(
+        docs_file,
+        docs.lengths.cpu(),
+        (emb[s : s + step].to(device="cpu", dtype=torch.float16) for s in range(0, docs.num_tokens, step)),
+        docs.dim,
+        torch.float16,
+    )
+    stored = PackedDocs.load(docs_file, mmap=True)
+    model = {"checkpoint": None, "config": {"dim": docs.dim, "similarity": similarity}, "fingerprint": None}
+    source = {"embeddings": True, "sha256": sha256(docs_file)}
+    return finish_build(faiss, index_dir, tag, stored, ids, config, model, source)
+
+
+def _as_packed(embeddings) -> PackedDocs:
+    if isinstance(embeddings, PackedDocs):
+        docs = embeddings
+    else:
+        if isinstance(embeddings, torch.Tensor) or not isinstance(embeddings, Sequence):
+            raise TypeError(
+                "embeddings must be a PackedDocs or a list of [L_i, dim] tensors/arrays, "
+                f"got {type(embeddings).__name__}"
+            )
+        docs = PackedDocs.from_list([torch.as_tensor(e) for e in embeddings])
+    if docs.num_docs == 0:
+        raise ValueError("cannot index an empty collection (no docs)")
+    if docs.num_tokens and not bool(torch.isfinite(docs.embeddings).all()):
+        raise ValueError("embeddings hold NaN or inf values")
+    return docs
+
+
+# ---- step 1: what decides a build ------------------------------------------------------------------
+
+
+def _model_fingerprint(encoder) -> str:
+    h = hashlib.sha256(json.dumps(encoder.config.to_dict(), sort_keys=True).encode())
+    for name, tensor in sorted(encoder.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _build_fingerprint(collection_sha: str, model_fingerprint: str, config: IndexConfig) -> str:
+    """What decides the encoded chunks: a resumed build reuses chunks only when all of it matches."""
+    key = {
+        "collection": collection_sha,
+        "model": model_fingerprint,
+        "chunk_size": config.chunk_size,
+        "batch_size": config.batch_size,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _partial_dir(index_dir: Path, fingerprint: str, resume: bool) -> Path:
+    """The folder of finished chunks for this build; other builds' leftovers are removed."""
+    partial = index_dir / f"partial-{fingerprint}"
+    for stale in index_dir.glob("partial-*"):
+        if stale != partial or not resume:
+            shutil.rmtree(stale)
+    partial.mkdir(exist_ok=True)
+    return partial
+
+
+# ---- step 2: encoding ------------------------------------------------------------------------------
+
+
+def _chunks(n: int, size: int) -> Iterator[tuple[int, int, int]]:
+    for c, start in enumerate(range(0, n, size)):
+        yield c, start, min(n, start + size)
+
+
+def encode_docs(encoder, texts: Sequence[str], batch_size: int, progress=None) -> PackedDocs:
+    """Encode docs into an fp16 CPU store, in collection order.
+
+    Batches are length-sorted (less padding), then the collection order is restored. progress:
+    None, or a tqdm-like object whose update(n) is called per batch.
+    """
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out: list[torch.Tensor | None] = [None] * len(texts)
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        for i, emb in zip(idx, encoder.encode_docs([texts[i] for i in idx])):
+            out[i] = emb.to(device="cpu", dtype=torch.float16)
+        if progress is not None:
+            progress.update(len(idx))
+    return PackedDocs.from_list(out)
+
+
+def encode_chunks(encoder, texts, config: IndexConfig, partial: Path, progress: bool, on_chunk) -> list[Path]:
+    """Encode chunk by chunk; each finished chunk is a complete file (atomic save), reused on resume."""
+    chunks = list(_chunks(len(texts), config.chunk_size))
+    paths = [partial / f"chunk-{c:06d}.safetensors" for c, _, _ in chunks]
+    done = {c for c, _, _ in chunks if paths[c].exists()}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(texts), unit="doc", desc="encoding", dynamic_ncols=True)
+        bar.update(sum(end - start for c, start, end in chunks if c in done))
+    try:
+        for c, start, end in chunks:
+            if c in done:
+                try:
+                    PackedDocs.load(paths[c])  # a chunk that doesn't load is encoded again
+                    continue
+                except ValueError:
+                    paths[c].unlink()
+            encode_docs(encoder, texts[start:end], config.batch_size, bar).save(paths[c])
+            if on_chunk is not None:
+                on_chunk(c)
+    finally:
+        if bar is not None:
+            bar.close()
+    return paths
+
+
+# ---- step 3: one store -----------------------------------------------------------------------------
+
+
+def concat_stores(parts: list[Path], out: Path) -> PackedDocs:
+    """Write the chunk stores back to back as one PackedDocs safetensors file; return it memory-mapped.
+
+    Streams chunk by chunk, so building never needs the whole collection's vectors in memory.
+    """
+    stores = [PackedDocs.load(p, mmap=True) for p in parts]
+    dim, dtype = stores[0].dim, stores[0].dtype
+    if any(s.dim != dim or s.dtype != dtype for s in stores):
+        raise ValueError("chunk stores disagree on dim or dtype")
+    write_store(out, torch.cat([s.lengths for s in stores]), (s.embeddings for s in stores), dim, dtype)
+    return PackedDocs.load(out, mmap=True)
+
+
+# ---- step 4: faiss, the other files, the manifest ---------------------------------------------------
+
+
+def finish_build(faiss, index_dir: Path, tag: str, docs: PackedDocs, pids, config, model, source) -> Index:
+    """faiss over the store's token rows, the other files under the store's tag, then the manifest
+    (the commit point), then removal of what the old manifest named."""
+    files = {"docs": f"docs-{tag}.safetensors", "ivf": f"ivf-{tag}.faiss", "ids": f"ids-{tag}.json"}
+    ivf, ivf_info = train_ivf(faiss, docs, config)  # faiss ids are token rows of the store
+    with atomic_path(index_dir / files["ivf"]) as tmp:  # faiss's own (pickle-free) format
+        faiss.write_index(ivf, str(tmp))
+    write_bytes_atomic(index_dir / files["ids"], json.dumps(list(pids)).encode())
+    manifest = {
+        "format": INDEX_FORMAT,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "versions": _versions(),
+        "model": model,
+        "collection": source,
+        "index_config": dataclasses.asdict(config),
+        "ivf": ivf_info,
+        "stats": {"num_docs": docs.num_docs, "num_tokens": docs.num_tokens, "dim": docs.dim, "dtype": "float16"},
+        "files": {
+            key: {"name": name, "bytes": (index_dir / name).stat().st_size, "sha256": sha256(index_dir / name)}
+            for key, name in files.items()
+        },
+    }
+    write_bytes_atomic(index_dir / MANIFEST, json.dumps(manifest, indent=2).encode())
+    fsync_dir(index_dir)
+    live = set(files.values()) | {MANIFEST}
+    for path in index_dir.iterdir():  # only files this module names: never a user's file
+        if path.is_file() and path.name not in live and OUR_FILES.fullmatch(path.name):
+            path.unlink()
+    return Index.load(index_dir, verify=False)
+
+
+def train_ivf(faiss, docs: PackedDocs, config: IndexConfig):
+    """A trained and filled faiss IVF index over every token row of `docs`, and its manifest entry."""
+    n, dim = docs.num_tokens, docs.dim
+    if n == 0:
+        raise ValueError("the collection has no token vectors to index (every doc is empty)")
+    train_n = config.train_samples
+    partitions = config.partitions
+    if train_n is None:
+        train_n = max(10_000, 100 * (partitions or choose_partitions(n, n)))
+    train_n = min(train_n, n)
+    if partitions is None:
+        partitions = choose_partitions(n, train_n)
+    if partitions > train_n:
+        raise ValueError(f"partitions={partitions} needs at least that many training vectors; have {train_n}")
+    codec = config.codec
+    if codec == "auto":
+        codec = "pq" if train_n >= 10_000 else "flat"
+    if codec == "pq":
+        if dim % config.pq_subvectors:
+            raise ValueError(f"pq_subvectors={config.pq_subvectors} must divide dim={dim}")
+        if train_n < (1 << config.pq_bits):
+            raise ValueError(
+                f"PQ with {config.pq_bits} bits needs >= {1 << config.pq_bits} training vectors, have {train_n}: "
+                "use codec='flat' for so small a collection"
+            )
+    generator = torch.Generator().manual_seed(config.seed)
+    sample = torch.randperm(n, generator=generator)[:train_n].sort().values
+    train = docs.embeddings[sample].float().numpy()
+    quantizer = faiss.IndexFlatL2(dim)  # unit vectors: L2 order == inner-product order
+    if codec == "pq":
+        ivf = faiss.IndexIVFPQ(quantizer, dim, partitions, config.pq_subvectors, config.pq_bits)
+    else:
+        ivf = faiss.IndexIVFFlat(quantizer, dim, partitions)
+    ivf.cp.seed = config.seed
+    ivf.train(train)
+    step = 1 << 18
+    for start in range(0, n, step):
+        ivf.add(docs.embeddings[start : start + step].float().numpy())
+    ivf.nprobe = min(config.nprobe, partitions)
+    info = {"codec": codec, "partitions": partitions, "train_samples": train_n, "ntotal": int(ivf.ntotal)}
+    if codec == "pq":
+        info.update(pq_subvectors=config.pq_subvectors, pq_bits=config.pq_bits)
+    return ivf, info
+
+
+def _versions() -> dict:
+    """Versions recorded in the manifest, read from package metadata (importing transformers just
+    to ask would cost a searcher seconds and hundreds of MB)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"colbert_fast": colbert_fast.__version__, "torch": torch.__version__, "numpy": np.__version__}
+    for name, dists in (("faiss", ("faiss-cpu", "faiss-gpu", "faiss")), ("transformers", ("transformers",))):
+        versions[name] = None
+        for dist in dists:
+            try:
+                versions[name] = version(dist)
+                break
+            except PackageNotFoundError:
+                continue
+    return versions
