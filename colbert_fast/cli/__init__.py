@@ -1,6 +1,8 @@
-"""The `colbert-fast` command line: one subcommand per module.
+"""The `colbert-fast` command line (also `python -m colbert_fast`): one subcommand per module of this package.
 
-Each entry of COMMANDS names a module that defines
+Every command of the project lives here; the libraries they drive (colbert_fast.benchmark,
+colbert_fast.retrieval, the scoring API) parse no arguments. Each entry of COMMANDS names a
+module that defines
     HELP: str                               one line for `colbert-fast --help`
     add_arguments(parser) -> None
     run(args) -> int | None
@@ -15,15 +17,15 @@ import importlib
 import sys
 
 COMMANDS = {
-    "env": "colbert_fast.env",
-    "bench": "colbert_fast.benchmark.cli",
-    "profile": "colbert_fast.benchmark.profiler",
-    "index": "colbert_fast.pipeline_cli.index",
-    "search": "colbert_fast.pipeline_cli.search",
-    "rerank": "colbert_fast.pipeline_cli.rerank",
-    "eval": "colbert_fast.pipeline_cli.eval",
-    "sharded": "colbert_fast.pipeline_cli.sharded",
-    "experiment": "colbert_fast.pipeline_cli.experiment",
+    "env": "colbert_fast.cli.env",
+    "bench": "colbert_fast.cli.bench",
+    "profile": "colbert_fast.cli.profile",
+    "index": "colbert_fast.cli.index",
+    "search": "colbert_fast.cli.search",
+    "rerank": "colbert_fast.cli.rerank",
+    "eval": "colbert_fast.cli.eval",
+    "sharded": "colbert_fast.cli.sharded",
+    "experiment": "colbert_fast.cli.experiment",
 }
 
 

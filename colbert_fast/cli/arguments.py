@@ -1,29 +1,12 @@
-"""Helpers shared by the pipeline subcommands."""
+"""Arguments and printing shared by the subcommands (each subcommand's own are in its module)."""
 
 from __future__ import annotations
 
-import os
-
-
-def read_queries(path: str | os.PathLike) -> tuple[list[str], list[str]]:
-    """A queries TSV: 'qid <TAB> text' per line. Returns (qids, texts)."""
-    qids, texts = [], []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            qid, sep, text = line.partition("\t")
-            if not sep or not qid.strip():
-                raise ValueError(f"{path}:{lineno}: expected 'qid<TAB>query text'")
-            qids.append(qid.strip())
-            texts.append(text)
-    if not qids:
-        raise ValueError(f"{path} holds no queries")
-    return qids, texts
+import argparse
 
 
 def add_searcher_arguments(parser) -> None:
+    """What `search` and `rerank` both take: the index, queries, output file and search options."""
     parser.add_argument("--index", required=True, help="index directory written by `colbert-fast index`")
     parser.add_argument("--queries", required=True, help="queries TSV: one 'qid<TAB>query text' per line")
     parser.add_argument("--output", required=True, help="run file to write: 'qid<TAB>pid<TAB>rank<TAB>score' lines")
@@ -36,17 +19,39 @@ def add_searcher_arguments(parser) -> None:
     parser.add_argument("--timings", action="store_true", help="print the per-stage latency breakdown")
 
 
-def print_timings(searcher, num_queries: int) -> None:
-    total = sum(searcher.timings.values())
-    print(f"latency per query over {num_queries} queries (ms):")
-    for stage, seconds in searcher.timings.items():
-        print(f"  {stage:<11} {1000 * seconds / num_queries:9.3f}")
-    print(f"  {'total':<11} {1000 * total / num_queries:9.3f}")
+def add_budget_arguments(parser, nprobe_help: str, neighbors_help: str) -> None:
+    """--nprobe and --neighbors-per-token (alias --ncandidates): a candidate budget that overrides the default."""
+    parser.add_argument("--nprobe", type=int, help=nprobe_help)
+    parser.add_argument(
+        "--neighbors-per-token", "--ncandidates", dest="neighbors_per_token", type=int, help=neighbors_help
+    )
+
+
+def add_build_arguments(parser, partitions_help: str = "IVF partitions (default ~8*sqrt(#token vectors))") -> None:
+    """What `index` and `sharded index` both take to build (IndexConfig, resume, progress)."""
+    parser.add_argument("--batch-size", type=int, default=64, help="docs per encoder batch (default 64)")
+    parser.add_argument("--chunk-size", type=int, default=10_000, help="docs per resumable chunk (default 10000)")
+    parser.add_argument("--partitions", type=int, help=partitions_help)
+    parser.add_argument("--nprobe", type=int, default=10, help="default partitions probed at search time (10)")
+    parser.add_argument(
+        "--codec",
+        choices=("auto", "pq", "flat"),
+        default="auto",
+        help="pq: 16 sub-vectors x 8 bits (paper); flat: exact; auto: pq from 10k vectors up",
+    )
+    parser.add_argument("--restart", action="store_true", help="ignore the chunks of an interrupted run")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def with_epilog(parser, epilog: str) -> None:
+    """Show `epilog` (examples) under --help as written."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = epilog
 
 
 def index_config(args):
     """The IndexConfig that the index and sharded-index commands build from their arguments."""
-    from ..index import IndexConfig
+    from colbert_fast.retrieval.build import IndexConfig
 
     return IndexConfig(
         partitions=args.partitions,
@@ -55,3 +60,11 @@ def index_config(args):
         batch_size=args.batch_size,
         chunk_size=args.chunk_size,
     )
+
+
+def print_timings(searcher, num_queries: int) -> None:
+    total = sum(searcher.timings.values())
+    print(f"latency per query over {num_queries} queries (ms):")
+    for stage, seconds in searcher.timings.items():
+        print(f"  {stage:<11} {1000 * seconds / num_queries:9.3f}")
+    print(f"  {'total':<11} {1000 * total / num_queries:9.3f}")

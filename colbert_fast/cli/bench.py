@@ -1,23 +1,26 @@
-"""`colbert-fast bench`: every backend, the plain-PyTorch reference and installed peers on the
-PERF.md workloads, side by side in one run.
+"""`colbert-fast bench`: every backend, the padded plain-PyTorch baseline and installed peers on
+the workloads of docs/perf.md, side by side in one run.
 
     colbert-fast bench                       quick on CPU (scaled workloads, fp32), full on GPU (fp16, bf16)
     colbert-fast bench --workload R1,R2 --dtype bf16 --backend torch,cpu
-    colbert-fast bench --compare             ... and ratios against the committed bench/results/*.json
+    colbert-fast bench --compare bench/results      ... and ratios against earlier results (files or folders)
     colbert-fast bench --results out/bench/bench.json --compare old.json    compare without running
+
+Nothing is read from the working directory unless named: --compare takes the files (or folders of
+*.json) to compare with; only the output goes to --out (default out/bench under the cwd).
+The measuring library is colbert_fast/benchmark/.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-HELP = "benchmark every backend against the plain-PyTorch reference and peers on the PERF.md workloads"
+HELP = "benchmark every backend against the padded plain-PyTorch baseline and peers on the docs/perf.md workloads"
 
 
 def _csv(text: str) -> list[str]:
@@ -25,7 +28,7 @@ def _csv(text: str) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .workloads import WORKLOADS
+    from colbert_fast.benchmark.workloads import WORKLOADS
 
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when a GPU is visible)")
     parser.add_argument("--workload", default=",".join(WORKLOADS), help=f"comma list of {','.join(WORKLOADS)}")
@@ -36,21 +39,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--backend",
         default=None,
         help="comma list of rows to run: backends (torch,cpu,triton,cuda), 'compiled', peers; "
-        "the reference always runs (default: everything available)",
+        "the baseline always runs (default: everything available)",
     )
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="scaled-down workloads (the CPU default)")
-    size.add_argument("--full", action="store_true", help="PERF.md sizes (the GPU default)")
+    size.add_argument("--full", action="store_true", help="docs/perf.md sizes (the GPU default)")
     size.add_argument("--tiny", action="store_true", help="seconds-long smoke sizes (tests, CI)")
     parser.add_argument(
         "--out", default="out/bench", help="directory for bench.json/.csv/.md and plots (default: out/bench)"
     )
     parser.add_argument(
         "--compare",
-        nargs="*",
+        nargs="+",
         default=None,
         metavar="JSON",
-        help="compare with earlier results (default: bench/results/*.json)",
+        help="compare with earlier results: JSON files, or folders whose *.json are read (e.g. bench/results)",
     )
     parser.add_argument(
         "--results", default=None, metavar="JSON", help="load these results instead of running (use with --compare)"
@@ -64,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="compile",
         action="store_true",
         default=None,
-        help="include the torch.compile'd reference (default on; on CPU capped by --compile-budget)",
+        help="include the torch.compile'd baseline (default on; on CPU capped by --compile-budget)",
     )
     parser.add_argument("--no-compile", dest="compile", action="store_false")
     parser.add_argument(
@@ -86,7 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _options(args):
-    from . import runner
+    from colbert_fast.benchmark import runner
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -104,7 +107,7 @@ def _options(args):
     bad = [d for d in _csv(dtypes_text) if d not in runner.DTYPES]
     if bad:
         raise SystemExit(f"--dtype: unknown {bad}; choose from {list(runner.DTYPES)}")
-    from .workloads import WORKLOADS
+    from colbert_fast.benchmark.workloads import WORKLOADS
 
     names = [w.upper() for w in _csv(args.workload)]
     unknown = [w for w in names if w not in WORKLOADS]
@@ -132,12 +135,12 @@ def _options(args):
 
 
 def _earlier(paths: list[str]) -> list[tuple[str, dict]]:
-    from . import report
+    """(name, results) of each JSON file named, a folder standing for the *.json files in it."""
+    from colbert_fast.benchmark import report
 
-    if not paths:
-        paths = sorted(glob.glob("bench/results/*.json"))
+    files = [f for p in map(Path, paths) for f in (sorted(p.glob("*.json")) if p.is_dir() else [p])]
     out = []
-    for p in paths:
+    for p in files:
         try:
             out.append((str(p), report.load(Path(p))))
         except (OSError, ValueError) as e:
@@ -146,7 +149,7 @@ def _earlier(paths: list[str]) -> list[tuple[str, dict]]:
 
 
 def run(args) -> int:
-    from . import report, runner
+    from colbert_fast.benchmark import report, runner
 
     if args.results:
         doc = report.load(Path(args.results))

@@ -1,4 +1,4 @@
-"""`python -m colbert_fast.env` / `colbert-fast env`: versions, devices, build and backends."""
+"""`colbert-fast env` (or `python -m colbert_fast.cli.env`): versions, devices, build and backends."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ HELP = "print versions, GPU, build information and which backends can run"
 
 
 def collect() -> dict:
-    from . import __version__, backends, extension
+    from colbert_fast import __version__, backends, extension
 
     info = {
         "colbert_fast": __version__,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .arguments import with_epilog
+
 HELP = "score a run file against qrels: MRR@10, nDCG@10, Recall@50/200/1000"
 
 EPILOG = """\
@@ -15,10 +17,7 @@ from the run scores 0.
 
 
 def add_arguments(parser) -> None:
-    import argparse
-
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = EPILOG
+    with_epilog(parser, EPILOG)
     parser.add_argument("--qrels", required=True, help="relevance judgements file")
     parser.add_argument("--run", required=True, help="run file to evaluate")
     parser.add_argument("--recall", type=int, nargs="+", default=[50, 200, 1000], help="Recall@k cut-offs")
@@ -28,7 +27,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import json
 
-    from ..evaluate import evaluate, load_qrels, load_run
+    from colbert_fast.retrieval.metrics import evaluate
+    from colbert_fast.retrieval.tsv import load_qrels, load_run
 
     metrics = evaluate(load_run(args.run), load_qrels(args.qrels), args.recall)
     if args.json:

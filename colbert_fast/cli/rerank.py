@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._common import add_searcher_arguments
+from .arguments import add_searcher_arguments, print_timings, with_epilog
 
 HELP = "re-rank each query's candidates from a run file (e.g. BM25's top 1000) with exact MaxSim"
 
@@ -18,19 +18,15 @@ candidate pid must be in the index. The faiss part of the index is not needed (o
 
 
 def add_arguments(parser) -> None:
-    import argparse
-
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = EPILOG
+    with_epilog(parser, EPILOG)
     add_searcher_arguments(parser)
     parser.add_argument("--run", required=True, help="candidate run file to re-rank")
     parser.add_argument("--k", type=int, help="keep the best k per query (default: all candidates)")
 
 
 def run(args) -> int:
-    from ..evaluate import load_run, write_run
-    from ..search import Searcher
-    from ._common import print_timings, read_queries
+    from colbert_fast.retrieval.search import Searcher
+    from colbert_fast.retrieval.tsv import load_run, read_queries, write_run
 
     qids, texts = read_queries(args.queries)
     candidates = load_run(args.run)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._common import add_searcher_arguments
+from .arguments import add_budget_arguments, add_searcher_arguments, print_timings, with_epilog
 
 HELP = "retrieve the top k passages for each query from an index (exact MaxSim over faiss candidates, or every doc)"
 
@@ -20,29 +20,22 @@ the budget.
 
 
 def add_arguments(parser) -> None:
-    import argparse
-
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = EPILOG
+    with_epilog(parser, EPILOG)
     add_searcher_arguments(parser)
     parser.add_argument("--k", type=int, default=1000, help="passages per query (default 1000)")
     parser.add_argument(
         "--mode", choices=("accurate", "fast", "exhaustive"), default="accurate", help="search mode (accurate)"
     )
-    parser.add_argument("--nprobe", type=int, help="IVF partitions probed per query token (default: from --mode)")
-    parser.add_argument(
-        "--neighbors-per-token",
-        "--ncandidates",
-        dest="neighbors_per_token",
-        type=int,
-        help="k': token neighbours faiss returns per query token (default: from --mode and --k)",
+    add_budget_arguments(
+        parser,
+        "IVF partitions probed per query token (default: from --mode)",
+        "k': token neighbours faiss returns per query token (default: from --mode and --k)",
     )
 
 
 def run(args) -> int:
-    from ..evaluate import write_run
-    from ..search import Searcher
-    from ._common import print_timings, read_queries
+    from colbert_fast.retrieval.search import Searcher
+    from colbert_fast.retrieval.tsv import read_queries, write_run
 
     qids, texts = read_queries(args.queries)
     searcher = Searcher(

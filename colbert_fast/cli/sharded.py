@@ -1,11 +1,11 @@
-"""`colbert-fast sharded index | search | rerank`: the pipeline over a sharded index (colbert_fast.distributed).
+"""`colbert-fast sharded index | search | rerank`: the pipeline over a sharded index (colbert_fast.retrieval.sharded).
 
 Run under torchrun for several ranks; without torchrun it is one process serving every shard.
 """
 
 from __future__ import annotations
 
-from ._common import index_config
+from .arguments import add_budget_arguments, add_build_arguments, index_config, with_epilog
 
 HELP = "sharded index / search / rerank across processes and machines (run under torchrun)"
 
@@ -22,10 +22,7 @@ Shard s is built and served by rank s % world size. Rank 0 writes the output fil
 
 
 def add_arguments(parser) -> None:
-    import argparse
-
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = EPILOG
+    with_epilog(parser, EPILOG)
     sub = parser.add_subparsers(dest="sharded_command", metavar="ACTION")
     sub.required = True
 
@@ -41,16 +38,10 @@ def add_arguments(parser) -> None:
     p.add_argument("--collection", required=True, help="collection TSV: 'pid<TAB>text' per line")
     p.add_argument("--num-shards", type=int, help="default: the number of ranks")
     p.add_argument("--shards", type=int, nargs="+", help="build only these shards (rebuild one alone)")
-    p.add_argument("--batch-size", type=int, default=64, help="docs per encoder batch (default 64)")
-    p.add_argument("--chunk-size", type=int, default=10_000, help="docs per resumable chunk (default 10000)")
-    p.add_argument("--partitions", type=int, help="IVF partitions per shard (default ~8*sqrt(#vectors))")
-    p.add_argument("--nprobe", type=int, default=10, help="default partitions probed at search time (10)")
-    p.add_argument("--codec", choices=("auto", "pq", "flat"), default="auto", help="as `colbert-fast index`")
+    add_build_arguments(p, partitions_help="IVF partitions per shard (default ~8*sqrt(#vectors))")
     p.add_argument(
         "--build-timeout", type=float, default=7 * 24 * 3600.0, help="seconds to wait for the other ranks' shards"
     )
-    p.add_argument("--restart", action="store_true", help="ignore the chunks of an interrupted run")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     for name, text in (("search", "retrieve the global top k per query"), ("rerank", "re-rank a run's candidates")):
         p = sub.add_parser(name, help=text)
@@ -64,13 +55,10 @@ def add_arguments(parser) -> None:
         p.add_argument("--repeat", type=int, default=1, help="run the queries this many times (benchmarking)")
         if name == "search":
             p.add_argument("--k", type=int, default=1000, help="passages per query (default 1000)")
-            p.add_argument("--nprobe", type=int, help="IVF partitions probed per shard (default: the accurate budget)")
-            p.add_argument(
-                "--neighbors-per-token",
-                "--ncandidates",
-                dest="neighbors_per_token",
-                type=int,
-                help="k': token neighbours per query token per shard (default: the accurate budget for k)",
+            add_budget_arguments(
+                p,
+                "IVF partitions probed per shard (default: the accurate budget)",
+                "k': token neighbours per query token per shard (default: the accurate budget for k)",
             )
             p.add_argument(
                 "--split-candidates", action="store_true", help="k'/#shards neighbours per shard (less work)"
@@ -83,7 +71,7 @@ def add_arguments(parser) -> None:
 def _cluster(args):
     import os
 
-    from ..distributed import Cluster
+    from colbert_fast.retrieval.sharded import Cluster
 
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         return Cluster.init(args.dist_backend, device=args.device, timeout=args.timeout)
@@ -103,8 +91,8 @@ def run(args) -> int:
 def _index(args, cluster) -> int:
     from pathlib import Path
 
-    from ..distributed import build_sharded_index
-    from ..model import ColBERT
+    from colbert_fast.retrieval.encoder import ColBERT
+    from colbert_fast.retrieval.sharded import build_sharded_index
 
     if not args.checkpoint:
         raise SystemExit("sharded index needs --checkpoint")
@@ -137,9 +125,8 @@ def _query(args, cluster) -> int:
     import statistics
     import time
 
-    from ..distributed import ShardedSearcher
-    from ..evaluate import load_run, write_run
-    from ._common import read_queries
+    from colbert_fast.retrieval.sharded import ShardedSearcher
+    from colbert_fast.retrieval.tsv import load_run, read_queries, write_run
 
     qids, texts = read_queries(args.queries)
     searcher = ShardedSearcher(
