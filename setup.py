@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ROOT = Path(__file__).parent
 CSRC = ROOT / "csrc"
@@ -73,14 +73,12 @@ setup(
     description="Fused late-interaction (ColBERT MaxSim) scoring kernels for CPU and GPU",
     long_description=(ROOT / "README.md").read_text() if (ROOT / "README.md").exists() else "",
     long_description_content_type="text/markdown",
-    packages=[
-        "colbert_fast",
-        "colbert_fast.backends",
-        "colbert_fast.benchmark",
-        "colbert_fast.compat",
-        "colbert_fast.kernels",
-        "colbert_fast.pipeline_cli",
-    ],
+    # colbert_fast and every subpackage (kernels, backends, compat, retrieval, retrieval.sharded,
+    # benchmark, cli): nothing else becomes importable (tests/core/test_install_names.py).
+    packages=find_packages(include=["colbert_fast", "colbert_fast.*"]),
+    # The Cranfield collection `colbert-fast experiment` and the tests read, so a wheel needs no
+    # source tree beside it (colbert_fast/retrieval/data/cranfield/README.md says where it is from).
+    package_data={"colbert_fast.retrieval": ["data/cranfield/*"]},
     python_requires=">=3.9",
     # Upper bounds are the newest releases the suite has passed with (README: "Tested with"): a
     # fresh install gets exactly those, so a release that moves under us cannot turn a clean clone

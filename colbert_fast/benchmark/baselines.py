@@ -5,7 +5,7 @@ everything) to mirror what users write: the candidates are padded into a batch b
 read of the packed store, similarities come from one batched GEMM in the inputs' dtype, padding
 is set to -inf, then the max over doc tokens and a sum over query tokens in fp32. It spends
 FLOPs and bytes on padding exactly as such code does. An empty doc (every max -inf) scores 0, as
-SPEC.md says, so the baseline also passes the correctness check on any input.
+docs/spec.md says, so the baseline also passes the correctness check on any input.
 
 `compiled(fn)` is the same function under torch.compile (dynamic=False: one graph per shape,
 the way a fixed-shape serving loop would use it).

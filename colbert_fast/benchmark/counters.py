@@ -11,7 +11,7 @@ useful FLOPs: 2 * Lq_valid * dim per (query token, real doc token) pair: one mul
     counted (the max is one comparison per similarity, negligible next to the dot product).
     train adds the minimal backward: the gradient of a max reaches only the argmax doc token, so
     dQ and dD each need one dim-long multiply-add per (query, doc, query token): 4*B*N*Lq*dim.
-padded FLOPs: what the plain-PyTorch reference executes: every query token against every
+padded FLOPs: what the padded plain-PyTorch baseline executes: every query token against every
     position of the padded batch, padding included (train: forward + two backward GEMMs).
 minimum bytes: every real doc token read once, the queries read once, the per-candidate
     metadata (pid, offset, length; or a length per doc), and the fp32 scores written. A kernel
@@ -36,7 +36,7 @@ class Counts:
 
     @property
     def padding_waste(self) -> float:
-        """Fraction of the reference's FLOPs spent on padding."""
+        """Fraction of the baseline's FLOPs spent on padding."""
         return 1.0 - self.useful_flops / self.padded_flops if self.padded_flops else 0.0
 
     @property

@@ -2,7 +2,7 @@
 
 The JSON document is the source of truth (`SCHEMA` below); CSV, markdown and plots are views of
 it. --compare reads earlier JSON documents (the committed bench/results/*.json) and prints, per
-row found in both, the ratio of medians (on the same device) and of speedups over the reference.
+row found in both, the ratio of medians (on the same device) and of speedups over the baseline.
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def _heading(w: dict, rows: list[dict]) -> str:
     waste = 1 - useful / padded if padded else 0
     scaled = f" (scaled: {w['scaled']})" if w.get("scaled") else ""
     return (
-        f"{w['name']} {w['dtype']}: {w['title']}{scaled} | useful {useful / 1e9:.3g} GFLOP, reference "
+        f"{w['name']} {w['dtype']}: {w['title']}{scaled} | useful {useful / 1e9:.3g} GFLOP, baseline "
         f"{padded / 1e9:.3g} GFLOP ({100 * waste:.0f}% padding), min {r.get('min_bytes', 0) / 1e6:.3g} MB"
     )
 
@@ -342,11 +342,18 @@ def write_all(doc: dict, out: Path, stem: str = "bench") -> list[Path]:
 # ---- --compare ---------------------------------------------------------------------------------
 
 
+# Results written before the padded-PyTorch row was named "baseline" call it "reference".
+_OLD_NAMES = {"reference": "baseline", "reference+compile": "baseline+compile"}
+
+
 def load(path: Path) -> dict:
     doc = json.loads(Path(path).read_text())
     missing = [k for k in TOP_FIELDS if k not in doc]
     if doc.get("schema") != SCHEMA or missing:
         raise ValueError(f"{path} is not a colbert_fast benchmark result ({SCHEMA}); missing {missing}")
+    for r in doc["rows"]:
+        r["impl"] = _OLD_NAMES.get(r.get("impl"), r.get("impl"))
+        r["kind"] = _OLD_NAMES.get(r.get("kind"), r.get("kind"))
     return doc
 
 
@@ -392,7 +399,7 @@ def print_compare(current: dict, earlier: list[tuple[str, dict]]) -> list[dict]:
         if old["device"].get("name") != current["device"].get("name"):
             print(
                 f"--compare {label}: measured on {old['device'].get('name')!r}, not {current['device'].get('name')!r}:"
-                " times are not comparable; speedups over the reference are shown"
+                " times are not comparable; speedups over the baseline are shown"
             )
     if not rows:
         print("--compare: no row (workload, size, dtype, impl) is in both")

@@ -1,15 +1,15 @@
 """Run every implementation on every workload, side by side, and turn timings into physics.
 
 Implementations (rows), per workload and dtype:
-    reference           the padded plain-PyTorch baseline (baselines.py), eager: speedup 1.0x
-    reference+compile   the same under torch.compile (compile time reported as warm-up)
+    baseline            the padded plain-PyTorch baseline (baselines.py), eager: speedup 1.0x
+    baseline+compile    the same under torch.compile (compile time reported as warm-up)
     <backend>           every colbert_fast backend available on the device, through the public
                         API (cf.maxsim / cf.maxsim_packed with backend=...): new backends appear
                         here as soon as they are registered and report themselves available
     <peer>              peers.py, when importable
 
 Every row's scores are first checked against the fp32 oracle (colbert_fast.reference) with
-SPEC.md's tolerance rule, on a subset of queries and candidates small enough for the oracle; a
+the tolerance rule of docs/spec.md, on a subset of queries and candidates small enough for the oracle; a
 row that disagrees is flagged "wrong" and not timed.
 """
 
@@ -31,8 +31,8 @@ from .timing import CacheFlusher, measure
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
-REFERENCE = "reference"
-COMPILED = "reference+compile"
+BASELINE = "baseline"
+COMPILED = "baseline+compile"
 # The oracle builds a [b, k, Lq, Ld] fp32 tensor: keep the checked subset under this many sims.
 CHECK_ELEMENTS = 1 << 24
 
@@ -57,7 +57,7 @@ class Options:
 @dataclass
 class Impl:
     name: str
-    kind: str  # "reference" | "backend" | "peer"
+    kind: str  # "baseline" | "backend" | "peer"
     make: Callable[[workloads.Case], Callable[[], torch.Tensor]] | None
     skip: str | None = None  # reason this row is not run at all
 
@@ -111,11 +111,11 @@ def _baseline_make(compiled: bool):
 
 def implementations(opts: Options) -> list[Impl]:
     device = opts.device
-    impls = [Impl(REFERENCE, "reference", _baseline_make(False))]
+    impls = [Impl(BASELINE, "baseline", _baseline_make(False))]
     if opts.compile:
-        impls.append(Impl(COMPILED, "reference", _baseline_make(True)))
+        impls.append(Impl(COMPILED, "baseline", _baseline_make(True)))
     else:
-        impls.append(Impl(COMPILED, "reference", None, skip="torch.compile off (pass --compile)"))
+        impls.append(Impl(COMPILED, "baseline", None, skip="torch.compile off (pass --compile)"))
     for name, reason in backends.available(device).items():
         if reason is None and name == "triton" and device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
             reason = "TRITON_INTERPRET=1: the interpreter is a correctness tool, not a benchmark"
@@ -128,7 +128,7 @@ def implementations(opts: Options) -> list[Impl]:
         unknown = [n for n in opts.impls if n not in known and n not in ("compiled",)]
         if unknown:
             raise ValueError(f"unknown --backend {unknown}; rows are: {sorted(known)}")
-        want = set(opts.impls) | {REFERENCE}  # the baseline always runs: speedups need it
+        want = set(opts.impls) | {BASELINE}  # the baseline always runs: speedups need it
         if "compiled" in opts.impls:
             want.add(COMPILED)
         impls = [i for i in impls if i.name in want]
@@ -296,7 +296,7 @@ def run_case(case: workloads.Case, impls: list[Impl], opts: Options, peaks: dict
         row["p20_ms"], row["p80_ms"] = timing.quantile_ms(0.2), timing.quantile_ms(0.8)
         row["reps"] = len(timing.samples_ms)
         _metrics(row, counts, peaks, dtype_name)
-    ref = next((r for r in rows if r["impl"] == REFERENCE and r["median_ms"]), None)
+    ref = next((r for r in rows if r["impl"] == BASELINE and r["median_ms"]), None)
     for r in rows:
         if ref and r["median_ms"]:
             r["speedup"] = ref["median_ms"] / r["median_ms"]
@@ -348,7 +348,7 @@ def run(opts: Options, on_workload: Callable[[Results], None] | None = None) -> 
         if load:
             results.notes.append(load)
     results.notes.append(
-        "reference = padded plain PyTorch (pad + einsum GEMM + masked max + fp32 sum) in the "
+        "baseline = padded plain PyTorch (pad + einsum GEMM + masked max + fp32 sum) in the "
         "inputs' dtype; correctness is judged against colbert_fast.reference (fp32 oracle)"
     )
     for impl in impls:

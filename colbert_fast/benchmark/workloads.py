@@ -1,4 +1,4 @@
-"""The standard workloads of PERF.md, built on a device with a fixed seed.
+"""The standard workloads of docs/perf.md, built on a device with a fixed seed.
 
 All: dim 128, L2-normalized rows, doc lengths uniform in [20, 180], Lq 32 unless stated.
 
@@ -10,7 +10,7 @@ All: dim 128, L2-normalized rows, doc lengths uniform in [20, 180], Lq 32 unless
     P1  ColPali    1 query (Lq 1024) x 1,000 docs of Ld 1024 (every patch valid)
     T1  training   X2's shape, forward + backward
 
-Three sizes: "full" (PERF.md, the GPU default), "quick" (the CPU default, scaled so the whole
+Three sizes: "full" (docs/perf.md, the GPU default), "quick" (the CPU default, scaled so the whole
 suite runs in well under two minutes on a 2-core machine: what is scaled is stated in each
 workload's `scaled` text) and "tiny" (seconds; for tests and CI smoke runs). Rerank candidates
 are drawn without replacement, so every doc a query scores is a distinct read.
@@ -43,7 +43,7 @@ class Spec:
     store: int = 100_000  # packed store size
 
 
-# PERF.md sizes, then the scaled-down sizes per workload.
+# docs/perf.md sizes, then the scaled-down sizes per workload.
 FULL = {
     "R1": Spec("R1", "packed", "rerank 1 q x 1,000 cands (store 100k)", B=1, K=1_000),
     "R2": Spec("R2", "packed", "rerank 1 q x 10,000 cands (store 100k)", B=1, K=10_000),
@@ -101,7 +101,7 @@ def spec(name: str, size: str = "full") -> Spec:
 
 
 def scaled_text(name: str, size: str) -> str | None:
-    """What differs from PERF.md at this size, e.g. 'B 64->16, K 1000->250'; None at full size."""
+    """What differs from docs/perf.md at this size, e.g. 'B 64->16, K 1000->250'; None at full size."""
     if name not in FULL:  # a sweep point: only its store can be scaled
         full_store, store = spec("R1", "full").store, spec("R1", size).store
         return None if full_store == store else f"store {full_store}->{store}"
@@ -128,7 +128,7 @@ class Case:
     D: torch.Tensor | None = None  # pairs/train: [N, Ld, dim]
     d_lengths: torch.Tensor | None = None  # pairs/train: int64 [N], None = every token valid
     lengths_cpu: torch.Tensor = field(default=None)  # host copy: [B, K] candidate lengths or [N]
-    pad_len: int = 0  # the padded reference's Ld (longest doc it must pad to)
+    pad_len: int = 0  # the padded baseline's Ld (longest doc it must pad to)
 
     @property
     def name(self) -> str:

@@ -329,13 +329,18 @@ def finish_build(faiss, index_dir: Path, tag: str, docs: PackedDocs, pids, confi
             for key, name in files.items()
         },
     }
-    write_bytes_atomic(index_dir / MANIFEST, json.dumps(manifest, indent=2).encode())
+    write_manifest(index_dir, manifest)
     fsync_dir(index_dir)
     live = set(files.values()) | {MANIFEST}
     for path in index_dir.iterdir():  # only files this module names: never a user's file
         if path.is_file() and path.name not in live and OUR_FILES.fullmatch(path.name):
             path.unlink()
     return Index.load(index_dir, verify=False)
+
+
+def write_manifest(index_dir: Path, manifest: dict) -> None:
+    """The commit point of a build: one atomic replace of manifest.json."""
+    write_bytes_atomic(index_dir / MANIFEST, json.dumps(manifest, indent=2).encode())
 
 
 def train_ivf(faiss, docs: PackedDocs, config: IndexConfig):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CUDA_DIR = ROOT / "csrc" / "cuda"
 KERNEL_SOURCES = sorted(p.name for p in CUDA_DIR.glob("*.cu"))
 ARCHS = ("sm_80", "sm_90a")

@@ -23,17 +23,27 @@ def triton_backend(device):
     return backend_or_skip("triton", device)
 
 
-def test_kernels_import_as_colbert_fast_kernels():
+def test_the_backend_runs_the_kernels_of_colbert_fast_kernels():
+    """The modules the Triton backend launches are this package's kernels/ directory, a regular
+    package (one directory, an __init__.py): not a namespace package that could merge another
+    kernels/ on sys.path, and not any top-level `kernels` (Hugging Face's distribution)."""
     pytest.importorskip("triton")
-    maxsim = importlib.import_module("colbert_fast.kernels.maxsim")
-    pkg = sys.modules["colbert_fast.kernels"]
-    assert maxsim.__name__ == "colbert_fast.kernels.maxsim"
-    # The kernels are a plain subpackage: colbert_fast/kernels/, next to colbert_fast/__init__.py.
     import colbert_fast
+    from colbert_fast.backends import triton_backend
 
-    assert Path(pkg.__file__).parent == Path(maxsim.__file__).parent
-    assert Path(pkg.__file__).parent == Path(colbert_fast.__file__).parent / "kernels"
-    assert "Triton kernels of colbert_fast" in pkg.__doc__
+    here = Path(colbert_fast.__file__).resolve().parent / "kernels"
+    pkg = importlib.import_module("colbert_fast.kernels")
+    assert pkg.__file__ is not None and Path(pkg.__file__).resolve() == here / "__init__.py"
+    assert [Path(p).resolve() for p in pkg.__path__] == [here]
+    used = triton_backend._import_kernels()  # gather, maxsim, maxsim_bwd, settings
+    assert [m.__name__ for m in used] == [
+        f"colbert_fast.kernels.{n}" for n in ("gather", "maxsim", "maxsim_bwd", "settings")
+    ]
+    for module in used:
+        assert Path(module.__file__).resolve().parent == here, module.__file__
+        assert sys.modules[module.__name__] is module
+    top = sys.modules.get("kernels")
+    assert top is None or Path(getattr(top, "__file__", None) or "/").resolve().parent != here
 
 
 def test_ops_are_registered(triton_backend):

@@ -41,7 +41,7 @@ def test_json_has_every_field(results):
     timed = [r for r in doc["rows"] if r["status"] == "ok"]
     # the baseline and the torch backend run everywhere, on every workload (T1 included: it has a backward)
     for wl in ("R1", "X1", "T1", "S10", "S100"):
-        assert {"reference", "torch"} <= {r["impl"] for r in timed if r["workload"] == wl}
+        assert {"baseline", "torch"} <= {r["impl"] for r in timed if r["workload"] == wl}
     for r in timed:
         assert r["reps"] >= 3 and r["warmup_ms"] > 0
         assert r["p20_ms"] <= r["median_ms"] <= r["p80_ms"]
@@ -51,7 +51,7 @@ def test_json_has_every_field(results):
         assert 0 < r["frac_roofline"] and r["frac_peak_bw"] > 0 and r["frac_peak_flops"] > 0
         assert r["max_err"] <= r["tolerance"]
         assert r["speedup"] > 0
-    ref = [r for r in timed if r["impl"] == "reference"]
+    ref = [r for r in timed if r["impl"] == "baseline"]
     assert all(r["speedup"] == 1.0 for r in ref)
     # every row that did not run says why
     for r in doc["rows"]:
@@ -131,7 +131,7 @@ def test_wrong_or_crashing_peer_is_flagged_not_timed(monkeypatch):
     assert "disagrees with the reference" in rows["broken-peer"]["note"]
     assert rows["partial-peer"]["status"] == "skipped" and rows["partial-peer"]["note"] == "does not do this"
     assert rows["crashing-peer"]["status"] == "error" and "RuntimeError: boom" in rows["crashing-peer"]["note"]
-    assert rows["reference"]["status"] == "ok"
+    assert rows["baseline"]["status"] == "ok"
 
 
 def test_every_available_backend_gets_a_row(monkeypatch):

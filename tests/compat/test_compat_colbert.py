@@ -45,6 +45,19 @@ def segmented_maxsim(cm):
     return cm.ColBERT.segmented_maxsim
 
 
+@pytest.fixture
+def our_calls(monkeypatch):
+    """The names of colbert_fast's ops the drop-ins call, in order: a patched colbert-ai must reach
+    them (scores that merely agree could still be colbert-ai's own), an unpatched one never."""
+    from colbert_fast import ops
+
+    calls = []
+    for name in ("maxsim", "maxsim_packed"):
+        real = getattr(ops, name)
+        monkeypatch.setattr(ops, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+    return calls
+
+
 def _check(ours, lib_low, lib_exact, dtype, lq):
     """SPEC.md's tolerance rule with colbert-ai as the oracle: error against colbert-ai on fp32
     (same rounded inputs) <= 2x colbert-ai's own low-dtype error + floor * Lq. Sentinel-sized
@@ -135,7 +148,7 @@ def _ranking_agrees(lib_scores, ours_scores, ours_order, tol):
     assert (ours_scores - lib_scores).abs().max().item() <= tol
 
 
-def test_index_scorer_ranks_the_same_when_patched(cm, cpu_config, segmented_maxsim, monkeypatch):
+def test_index_scorer_ranks_the_same_when_patched(cm, cpu_config, segmented_maxsim, monkeypatch, our_calls):
     """IndexScorer.score_pids (colbert-ai's CPU search scoring) with its decompression stubbed out."""
     from colbert.search.index_storage import IndexScorer
 
@@ -161,22 +174,26 @@ def test_index_scorer_ranks_the_same_when_patched(cm, cpu_config, segmented_maxs
     )
     pids = torch.arange(300)
     before, _ = IndexScorer.score_pids(scorer, cpu_config, Q, pids, None)
+    assert our_calls == []
     with compat.patched(colbert=True, pylate=False, require_kernels=False):
         after, _ = IndexScorer.score_pids(scorer, cpu_config, Q, pids, None)
+    assert our_calls == ["maxsim_packed"]  # colbert_score_packed, through the patch
     assert not compat.is_patched("colbert")
     _ranking_agrees(before, after, after.argsort(descending=True), 1e-4 * 32)
 
 
-def test_model_score_ranks_the_same_when_patched(cm, cpu_config):
+def test_model_score_ranks_the_same_when_patched(cm, cpu_config, our_calls):
     """ColBERT.score (the training forward's scorer) reaches colbert_score through the module."""
     Q, D, mask = _padded_case(torch.float32, 13, 0.0, seed=3)
     model = types.SimpleNamespace(colbert_config=cpu_config)
     before = cm.ColBERT.score(model, Q, D.clone(), mask)
+    assert our_calls == []
     compat.patch_colbert(require_kernels=False)
     try:
         after = cm.ColBERT.score(model, Q, D.clone(), mask)
     finally:
         compat.unpatch_colbert()
+    assert our_calls == ["maxsim"]  # colbert_score, through the patch
     _ranking_agrees(before, after, after.argsort(descending=True), 1e-4 * 32)
 
 
@@ -208,11 +225,13 @@ def test_patch_and_unpatch_restore_the_originals(cm):
     compat.unpatch_colbert()  # a no-op when not patched
 
 
-def test_patched_keeps_keyword_calls_and_default_config(cm, cpu_config):
+def test_patched_keeps_keyword_calls_and_default_config(cm, cpu_config, our_calls):
     Q, D, mask = _padded_case(torch.float32, 1, 0.0, seed=4)
     want = cm.colbert_score(Q, D.clone(), mask)
+    assert our_calls == []
     with compat.patched(colbert=True, pylate=False, require_kernels=False):
         got = cm.colbert_score(Q=Q, D_padded=D, D_mask=mask)
+    assert our_calls == ["maxsim"]
     _check(got, want, want, torch.float32, 32)
 
 
@@ -244,19 +263,15 @@ def test_colbert_gpu_paths_parity(cm, dtype):
 
 
 @pytest.mark.parametrize("has_kernels", [False, True])
-def test_default_patch_uses_the_library_without_kernels(cm, cpu_config, monkeypatch, has_kernels):
+def test_default_patch_uses_the_library_without_kernels(cm, cpu_config, monkeypatch, has_kernels, our_calls):
     """require_kernels (default): where only the plain-PyTorch backend runs, colbert-ai runs its own code."""
-    from colbert_fast import ops
     from colbert_fast.compat import patching
 
-    calls = []
-    real = ops.maxsim  # what the drop-ins call
-    monkeypatch.setattr(ops, "maxsim", lambda *a, **k: calls.append(1) or real(*a, **k))
     monkeypatch.setattr(patching, "_has_kernels", lambda device: has_kernels)
     Q, D, mask = _padded_case(torch.float32, 1, 0.0, seed=6)
     with compat.patched(colbert=True, pylate=False):
         out = cm.colbert_score(Q, D.clone(), mask, cpu_config)
-    assert len(calls) == int(has_kernels)
+    assert our_calls == (["maxsim"] if has_kernels else [])
     _check(
         out,
         compat.colbert_score(Q, D, mask, cpu_config),

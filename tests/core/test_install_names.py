@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 OURS = "colbert_fast"
 # What may sit at the repository root as a regular module or package: the package itself and the
 # build script (a name no distribution installs).
@@ -63,7 +63,7 @@ if spec is not None:
     assert hasattr(kernels, "CUDAProperties"), "the installed `kernels` is not Hugging Face's"
 
 if want_model:
-    from colbert_fast.model import load_embedded
+    from colbert_fast.retrieval.embedded import load_embedded
 
     enc = load_embedded()
     Q, q_mask = enc.encode_queries(["heat transfer in a boundary layer"])
@@ -170,9 +170,18 @@ def test_built_wheel_installs_colbert_fast_alone(tmp_path):
         top = {n.split("/")[0] for n in zf.namelist()}
     top = {t for t in top if not t.endswith((".dist-info", ".data"))}
     assert top == {OURS}, f"the wheel installs {sorted(top)} at the top of site-packages"
-    # and the Triton kernels are in it, under the package
+    # and the Triton kernels are in it, under the package, as are every subpackage and the data
+    # the project's own commands read (the Cranfield collection of `colbert-fast experiment`)
     with zipfile.ZipFile(wheel) as zf:
-        assert f"{OURS}/kernels/maxsim.py" in zf.namelist()
+        names = set(zf.namelist())
+    assert f"{OURS}/kernels/maxsim.py" in names
+    packages = {str(p.parent.relative_to(REPO)) for p in (REPO / OURS).rglob("__init__.py")}
+    missing = sorted(pkg for pkg in packages if f"{pkg}/__init__.py" not in names)
+    assert not missing, f"packages missing from the wheel: {missing}"
+    data = REPO / OURS / "retrieval" / "data" / "cranfield"
+    for name in ("cran.all.1400", "cran.qry", "cranqrel", "cranqrel.readme", "README.md"):
+        assert f"{OURS}/retrieval/data/cranfield/{name}" in names, name
+        assert (data / name).is_file(), name
 
 
 def _declared_upper_bounds() -> dict[str, str]:

@@ -9,7 +9,7 @@ import pytest
 
 
 def _blocks():
-    text = (Path(__file__).parents[1] / "README.md").read_text()
+    text = (Path(__file__).parents[2] / "README.md").read_text()
     return re.findall(r"```python\n(.*?)```", text, flags=re.S)
 
 

@@ -36,13 +36,28 @@ def test_per_query_mode_and_mask():
     assert out.tolist() == [[2.0 + 0.25 + 2.25, -4.5]]
 
 
-def test_same_dtype_mode_rounds_in_low_precision():
+@pytest.mark.parametrize(
+    "dtype, small, rounded",
+    [
+        # fp16 keeps 10 mantissa bits: near 1 its ulp is 1/1024, and 1 + 3/4096 (3/4 of an ulp
+        # above 1, so no tie) rounds up to 1 + 1/1024.
+        (torch.float16, 3 / 4096, 1 + 1 / 1024),
+        # bf16 keeps 7: ulp 1/128 near 1, and 1 + 3/256 (1.5 ulp) rounds to the even 1 + 2/128.
+        (torch.bfloat16, 3 / 256, 1 + 2 / 128),
+    ],
+    ids=["fp16", "bf16"],
+)
+def test_same_dtype_mode_rounds_in_low_precision(dtype, small, rounded):
+    """The similarity 1 + small is exact in fp32 (both inputs are exact in the low dtype) but not
+    representable in the low dtype: the oracle keeps it, the same-dtype mode rounds it."""
     q = torch.tensor([[[1.0, 1.0]]])
-    d = torch.tensor([[[1.0, 1.0 / 1024]]])
-    exact = reference.maxsim(q, d.half())  # 1 + 1/1024 in fp32
-    low = reference.maxsim(q, d.half(), upcast=False)  # 1 + 1/1024 rounds in fp16 (ulp 1/1024 at 1)
-    assert exact.item() == pytest.approx(1 + 1 / 1024)
-    assert low.dtype == torch.float32 and abs(low.item() - exact.item()) <= 1 / 1024
+    d = torch.tensor([[[1.0, small]]], dtype=dtype)
+    assert d[0, 0, 1].item() == small  # the input itself is exact in the low dtype
+    exact = reference.maxsim(q, d)
+    low = reference.maxsim(q, d, upcast=False)
+    assert exact.dtype == low.dtype == torch.float32
+    assert exact.item() == 1 + small
+    assert low.item() == rounded != exact.item()
 
 
 def test_packed_and_gather():

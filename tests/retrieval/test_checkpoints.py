@@ -13,11 +13,12 @@ import string
 import pytest
 import torch
 from helpers import import_peer
-from pipeline_helpers import tiny_encoder
+
+from colbert_fast.testing import tiny_encoder
 
 pytest.importorskip("transformers")
 
-from colbert_fast.model import ColBERT  # noqa: E402  (after the importorskip)
+from colbert_fast.retrieval.encoder import ColBERT  # noqa: E402  (after the importorskip)
 
 pytestmark = pytest.mark.peers
 

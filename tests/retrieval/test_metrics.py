@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from colbert_fast.evaluate import evaluate, load_qrels, load_run, mrr_at, ndcg_at, recall_at, write_run
+from colbert_fast.retrieval.metrics import evaluate, mrr_at, ndcg_at, recall_at
+from colbert_fast.retrieval.tsv import load_qrels, load_run, write_run
 
 QRELS = {"q1": {"a": 1}, "q2": {"b": 1, "c": 1}, "q3": {"d": 2, "e": 1}, "q4": {"x": 0}}
 RUN = {"q1": ["z", "a", "y"], "q2": ["b", "z", "c"]}  # q3 missing, q4 has no relevant doc

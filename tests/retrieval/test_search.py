@@ -11,12 +11,12 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("faiss")
 
-from pipeline_helpers import tiny_encoder, write_collection, write_queries
-
 from colbert_fast import cli, reference
-from colbert_fast.evaluate import load_run
-from colbert_fast.index import Index, IndexConfig, build_index
-from colbert_fast.search import STAGES, Searcher
+from colbert_fast.retrieval.build import IndexConfig, build_index
+from colbert_fast.retrieval.index import Index
+from colbert_fast.retrieval.search import STAGES, Searcher
+from colbert_fast.retrieval.tsv import load_run
+from colbert_fast.testing import tiny_encoder, write_collection, write_queries
 
 N_DOCS = 120
 
@@ -64,7 +64,7 @@ def exhaustive(enc, index: Index, queries: list[str]):
 def check_ranking(ranking, exact_row, index: Index, k: int, tol: float) -> None:
     """Scores equal the oracle's, best first, and the set is a true top k (up to ties within tol)."""
     assert len(ranking) == min(k, index.num_docs)
-    rows = index.internal_ids([pid for pid, _ in ranking])
+    rows = index.rows_of([pid for pid, _ in ranking])
     assert len(set(rows)) == len(rows), "no doc twice"
     scores = torch.tensor([s for _, s in ranking])
     torch.testing.assert_close(scores, exact_row[rows], atol=tol, rtol=0)
@@ -98,7 +98,7 @@ def test_exhaustive_mode_equals_the_reference(world, backend, monkeypatch):
     """Every doc scored by the packed kernel: the exact top k, on every backend, whatever the chunking."""
     from helpers import backend_or_skip
 
-    import colbert_fast.search as search_module
+    import colbert_fast.retrieval.search as search_module
 
     backend_or_skip(backend, torch.device("cpu"))
     _, enc, index, queries = world
@@ -140,7 +140,7 @@ def test_search_by_embeddings_in_a_fresh_process_imports_no_model(world, tmp_pat
     torch.save((Q, q_mask), tmp_path / "q.pt")
     code = (
         "import sys, torch\n"
-        "from colbert_fast.search import Searcher\n"
+        "from colbert_fast.retrieval.search import Searcher\n"
         f"Q, m = torch.load({str(tmp_path / 'q.pt')!r})\n"
         f"r = Searcher({str(root / 'index')!r}, device='cpu').search(Q, k=5, q_mask=m, mode='exhaustive')\n"
         "assert len(r) == Q.shape[0] and all(len(x) == 5 for x in r)\n"
@@ -205,14 +205,14 @@ def test_search_scores_are_exact_with_approximate_candidates(world):
     results = searcher.search(queries, k=20)
     for b, ranking in enumerate(results):
         assert 0 < len(ranking) <= 20
-        rows = index.internal_ids([p for p, _ in ranking])
+        rows = index.rows_of([p for p, _ in ranking])
         torch.testing.assert_close(torch.tensor([s for _, s in ranking]), exact[b, rows], atol=tol, rtol=0)
     # the per-query candidate set is the union of the docs of the faiss token neighbours
     Q, q_mask = enc.encode_queries(queries[:1])
     cands = searcher.candidates(Q, q_mask, 5, 10)
     index.ivf.nprobe = 10
     _, tokens = index.ivf.search(Q[0].numpy(), 5)
-    expected = sorted({int(index.emb2pid[t]) for t in tokens.reshape(-1) if t >= 0})
+    expected = sorted({int(index.token_to_doc[t]) for t in tokens.reshape(-1) if t >= 0})
     assert cands[0][cands[0] >= 0].tolist() == expected
 
 
@@ -237,7 +237,7 @@ def test_rerank_equals_reference(world):
     results = searcher.rerank(queries, candidates)
     for b, (ranking, cands) in enumerate(zip(results, candidates)):
         assert sorted(p for p, _ in ranking) == sorted(cands)
-        rows = index.internal_ids([p for p, _ in ranking])
+        rows = index.rows_of([p for p, _ in ranking])
         scores = torch.tensor([s for _, s in ranking])
         torch.testing.assert_close(scores, exact[b, rows], atol=tol, rtol=0)
         assert (scores[:-1] >= scores[1:]).all()

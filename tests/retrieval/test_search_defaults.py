@@ -11,9 +11,9 @@ import torch
 
 pytest.importorskip("faiss")
 
-from colbert_fast.benchmark.collections import clustered_collection
-from colbert_fast.index import build_index_from_embeddings
-from colbert_fast.search import Searcher
+from colbert_fast.retrieval.build import build_index_from_embeddings
+from colbert_fast.retrieval.search import Searcher
+from colbert_fast.testing import clustered_collection
 
 RECALL_FLOOR = 0.99
 

@@ -1,7 +1,7 @@
-"""Sharded index and search (colbert_fast.distributed): 1 and 2 gloo ranks over 127.0.0.1 against the
+"""Sharded index and search (colbert_fast.retrieval.sharded): 1 and 2 gloo ranks over 127.0.0.1 against the
 single-process Searcher and exhaustive MaxSim, faults (a rank that raises, hangs or dies), rebuild alone.
 
-Multi-rank tests spawn this file as a worker script (`python test_distributed_search.py SPEC`),
+Multi-rank tests spawn this file as a worker script (`python test_sharded.py SPEC`),
 one process per rank, joined through a TCPStore this test process hosts on a port the OS picked (no
 free-port race), exactly as torchrun's agent does. Every spawn has a bounded timeout.
 """
@@ -23,11 +23,11 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("faiss")
 
-sys.path.insert(0, str(Path(__file__).parent))
-from pipeline_helpers import tiny_encoder, write_collection, write_queries  # noqa: E402
-
 from colbert_fast import reference  # noqa: E402
-from colbert_fast.distributed import (  # noqa: E402
+from colbert_fast.retrieval.build import IndexConfig, build_index  # noqa: E402
+from colbert_fast.retrieval.index import CorruptIndexError  # noqa: E402
+from colbert_fast.retrieval.search import Searcher  # noqa: E402
+from colbert_fast.retrieval.sharded import (  # noqa: E402
     Cluster,
     ShardedIndex,
     ShardedSearcher,
@@ -36,8 +36,7 @@ from colbert_fast.distributed import (  # noqa: E402
     merge_topk,
     shard_ranges,
 )
-from colbert_fast.index import CorruptIndexError, IndexConfig, build_index  # noqa: E402
-from colbert_fast.search import Searcher  # noqa: E402
+from colbert_fast.testing import tiny_encoder, write_collection, write_queries  # noqa: E402
 
 N_DOCS = 60
 # batch_size=1: every doc is encoded alone, so the global index and the shards hold the very same
@@ -53,7 +52,7 @@ SPAWN_TIMEOUT = 150  # seconds for one multi-process run, start-up included (loa
 
 def _worker(spec: dict) -> None:
     """One rank: optionally build the sharded index, then search and re-rank, then optionally faults."""
-    from colbert_fast.model import ColBERT
+    from colbert_fast.retrieval.encoder import ColBERT
 
     cluster = Cluster.init("gloo", timeout=spec["timeout"])
     out: dict = {"rank": cluster.rank, "world": cluster.world_size}
@@ -157,7 +156,7 @@ def spawn(world: int, spec: dict, tmp: Path) -> tuple[dict[int, dict], list[int]
     outdir = tmp / f"ranks{world}-{time.monotonic_ns()}"
     outdir.mkdir()
     spec = {**spec, "out": str(outdir)}
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]  # the repository: colbert_fast importable in the workers
     env_base = {
         **os.environ,
         "WORLD_SIZE": str(world),
@@ -279,7 +278,7 @@ def canonical(rankings, index):
     order among exactly equal scores is unspecified, so the single-process result is normalized."""
     out = []
     for r in rankings:
-        rows = index.internal_ids([p for p, _ in r])
+        rows = index.rows_of([p for p, _ in r])
         out.append([(p, s) for (p, s), _ in sorted(zip(r, rows), key=lambda t: (-t[0][1], t[1]))])
     return out
 
@@ -390,7 +389,7 @@ def test_one_and_two_ranks_equal_single_process(world, two_ranks, one_rank):
     # ... and to exact MaxSim over the whole collection (the oracle, within the tolerance rule)
     exact, tol = exact_topk(enc, single, queries, N_DOCS)
     for b, ranking in enumerate(got["exhaustive_all"]):
-        rows = single.internal_ids([p for p, _ in ranking])
+        rows = single.rows_of([p for p, _ in ranking])
         assert sorted(rows) == list(range(N_DOCS))
         torch.testing.assert_close(torch.tensor([s for _, s in ranking]), exact[b, rows], atol=tol, rtol=0)
         assert all(x[1] >= y[1] for x, y in zip(ranking, ranking[1:])), "best first"
@@ -401,7 +400,7 @@ def test_one_and_two_ranks_equal_single_process(world, two_ranks, one_rank):
     # but every score is the exact MaxSim of that doc
     for b, ranking in enumerate(got["default_k20"]):
         assert 0 < len(ranking) <= 20
-        rows = single.internal_ids([p for p, _ in ranking])
+        rows = single.rows_of([p for p, _ in ranking])
         torch.testing.assert_close(torch.tensor([s for _, s in ranking]), exact[b, rows], atol=tol, rtol=0)
 
 
@@ -421,7 +420,7 @@ def test_failing_hanging_and_dead_rank(world, two_ranks):
     assert "error" not in partial, partial
     assert partial["report"]["answered"] == [0]
     assert "MemoryError" in partial["report"]["failed"]["1"]
-    ids0 = set(sharded.doc_ids()[: sharded.shards[0].doc_end])
+    ids0 = set(sharded.pids()[: sharded.shards[0].doc_end])
     assert all(p in ids0 for r in partial["result"] for p, _ in r), "only shard 0's docs"
     assert all(len(r) == 10 for r in partial["result"])
     assert outputs[1]["faults"]["raise_partial"]["result"] == partial["result"]
@@ -478,7 +477,7 @@ def test_cli_local_and_torchrun(world, two_ranks, tmp_path):
         port = s.getsockname()[1]
     dist_run = tmp_path / "dist.tsv"
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
            "--master-port", str(port), "-m", "colbert_fast", "sharded", "search", "--index", str(two_ranks[0].path),
            "--output", str(dist_run), "--dist-backend", "gloo", "--timeout", "60", *args]  # fmt: skip
