@@ -2,6 +2,7 @@
 #
 #   make bench          the benchmark on its built-in default workload (quick on CPU, full on GPU)
 #   make test           the whole test suite (CPU; Triton kernels under the interpreter)
+#   make lint           ruff check + ruff format --check (CI runs it before the tests)
 #   make test-gpu       the same suite on a CUDA GPU
 #   make compile-check  compile every GPU kernel for sm_80/sm_90 without a GPU
 #   make build          rebuild the extension after editing csrc/
@@ -23,7 +24,7 @@ export MAX_JOBS ?= 2
 STAMP := $(VENV)/.colbert_fast-installed
 BUILD_INPUTS := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: setup build test test-gpu test-peers bench compile-check env peers clean
+.PHONY: setup build test test-gpu test-peers bench compile-check env peers lint clean
 
 setup: $(STAMP)
 
@@ -40,6 +41,12 @@ build: setup
 test: setup
 	$(PY) -m pytest tests -q
 
+LINT_PATHS := colbert_fast tests bench setup.py
+
+lint: setup
+	$(PY) -m ruff check $(LINT_PATHS)
+	$(PY) -m ruff format --check $(LINT_PATHS)
+
 test-gpu: setup
 	$(PY) -m pytest tests -q --device cuda
 
@@ -48,7 +55,7 @@ bench: setup
 
 compile-check: setup
 	$(PY) -m colbert_fast.kernels.compile_check -j 2
-	$(PY) -m pytest tests/test_cuda_build.py -q
+	$(PY) -m pytest tests/backends/test_cuda_build.py -q
 
 env: setup
 	$(VENV)/bin/colbert-fast env

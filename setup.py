@@ -86,7 +86,8 @@ setup(
     install_requires=["torch>=2.4,<=2.14.1", "safetensors", "numpy"],
     extras_require={
         "triton": ["triton>=3.0,<=3.8.0"],
-        "test": ["pytest", "hypothesis", "pytest-benchmark"],
+        # ruff is pinned like the other tools whose new releases change results: `make lint` runs it.
+        "test": ["pytest", "hypothesis", "pytest-benchmark", "ruff>=0.4,<=0.17.6"],
         "bench": ["pytest-benchmark", "rich", "matplotlib"],
         "pipeline": [TRANSFORMERS, FAISS, "tqdm"],
         # The evaluation protocol (colbert-fast experiment) with the embedded default model; the

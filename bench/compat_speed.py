@@ -12,7 +12,7 @@ so a change in machine load hits all three alike):
     kernel      colbert_fast's public op on the same data (the bound the patch can reach)
 The patched scores are checked against the unpatched ones before timing. Inputs are prepared once,
 outside the timed calls: random unit vectors, dim 128, Lq 32, doc lengths uniform in [20, 180]
-(PERF.md's R1 shape). Writes a JSON and a markdown table; needs colbert-ai and PyLate (make peers).
+(the R1 shape of docs/perf.md). Writes a JSON and a markdown table; needs colbert-ai and PyLate (make peers).
 """
 
 from __future__ import annotations

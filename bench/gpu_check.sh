@@ -2,7 +2,7 @@
 # The GPU check, in one call on a lent GPU machine (no package registry there):
 #   1. build colbert_fast._C with its CUDA kernels (FORCE_CUDA=1)
 #   2. run the whole test suite on the GPU (pytest tests --device cuda)
-#   3. run the full benchmark (PERF.md workloads, fp16 + bf16, every backend, the reference,
+#   3. run the full benchmark (docs/perf.md workloads, fp16 + bf16, every backend, the baseline,
 #      its torch.compile form, and any peer carried as a wheel in .whl/)
 #   4. write everything under $OUT and a copy under bench/results/ named by card, date and sha
 #

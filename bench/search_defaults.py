@@ -45,7 +45,7 @@ import json, resource, sys, time, torch
 index_dir, queries_file, mode, k = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 Q, q_mask = torch.load(queries_file)
 t0 = time.perf_counter()
-from colbert_fast.search import Searcher
+from colbert_fast.retrieval.search import Searcher
 s = Searcher(index_dir, device="cpu")
 if hasattr(s, "budget"):                       # this change: search by embeddings, no encoder
     for b in range(Q.shape[0]):
@@ -64,12 +64,12 @@ def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def cranfield_index(workdir: Path, shared: Path | None) -> tuple[Path, torch.Tensor, torch.Tensor]:
-    from colbert_fast.datasets import load_cranfield
-    from colbert_fast.index import build_index
-    from colbert_fast.model import EMBEDDED, load_embedded
+def cranfield_index(workdir: Path, cranfield: Path | None) -> tuple[Path, torch.Tensor, torch.Tensor]:
+    from colbert_fast.retrieval.build import build_index
+    from colbert_fast.retrieval.datasets import load_cranfield
+    from colbert_fast.retrieval.embedded import EMBEDDED, load_embedded
 
-    data = load_cranfield(shared)
+    data = load_cranfield(cranfield)
     encoder = load_embedded()
     index_dir = workdir / "cranfield_index"
     if not (index_dir / "manifest.json").exists():
@@ -82,8 +82,8 @@ def cranfield_index(workdir: Path, shared: Path | None) -> tuple[Path, torch.Ten
 def e1_index(
     workdir: Path, num_docs: int, num_queries: int = 64, partitions: int | None = None
 ) -> tuple[Path, torch.Tensor, torch.Tensor]:
-    from colbert_fast.benchmark.collections import clustered_collection
-    from colbert_fast.index import IndexConfig, build_index_from_embeddings
+    from colbert_fast.retrieval.build import IndexConfig, build_index_from_embeddings
+    from colbert_fast.testing import clustered_collection
 
     docs, Q, _ = clustered_collection(num_docs, num_queries=num_queries)
     index_dir = workdir / f"e1_{num_docs}_p{partitions or 'default'}_index"
@@ -115,7 +115,7 @@ def measure(searcher, Q, q_mask, k: int, truth: list[set], **settings) -> dict:
 
 def run_collection(name: str, index_dir: Path, Q, q_mask, sweep) -> dict:
     """sweep: (nprobes, neighbours) to measure through faiss's candidates, or None."""
-    from colbert_fast.search import Searcher
+    from colbert_fast.retrieval.search import Searcher
 
     searcher = Searcher(index_dir, device="cpu")
     through_faiss = Searcher(index_dir, device="cpu", score_all_if_covered=False)

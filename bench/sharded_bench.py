@@ -3,7 +3,7 @@ single-process Searcher on the same collection.
 
     PYTHONPATH=$PWD python bench/sharded_bench.py --workdir /tmp/sharded-bench [--docs 3000]
 
-Builds (once, in --workdir) a tiny dim-128 ColBERT (random weights; tests/pipeline_helpers.py), a
+Builds (once, in --workdir) a tiny dim-128 ColBERT (random weights; colbert_fast.testing), a
 generated collection, a 1-shard and a 2-shard index (same settings), then runs
 `torchrun -m colbert_fast sharded search --timings` with 1 and 2 ranks and prints one row per
 configuration. The model is tiny on purpose: the numbers measure the sharded machinery (faiss
@@ -42,14 +42,13 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--repeat", type=int, default=3)
     args = p.parse_args()
-    sys.path.insert(0, str(ROOT / "tests"))
     import torch
-    from pipeline_helpers import tiny_encoder, write_collection, write_queries
 
-    from colbert_fast.distributed import build_sharded_index
-    from colbert_fast.index import IndexConfig
-    from colbert_fast.pipeline_cli._common import read_queries
-    from colbert_fast.search import Searcher
+    from colbert_fast.retrieval.build import IndexConfig
+    from colbert_fast.retrieval.search import Searcher
+    from colbert_fast.retrieval.sharded import build_sharded_index
+    from colbert_fast.retrieval.tsv import read_queries
+    from colbert_fast.testing import tiny_encoder, write_collection, write_queries
 
     w = args.workdir
     w.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""One pytest-benchmark case per (workload, row): the reference baseline and every colbert_fast
+"""One pytest-benchmark case per (workload, row): the padded PyTorch baseline and every colbert_fast
 backend, the same callables `colbert-fast bench` times. Each is checked against the fp32 oracle
 before it is timed; the cache is flushed before every round (outside the timed region)."""
 
@@ -13,7 +13,7 @@ from colbert_fast import backends
 from colbert_fast.benchmark import runner, workloads
 from colbert_fast.benchmark.timing import CacheFlusher
 
-ROWS = (runner.REFERENCE, *backends.BACKENDS)
+ROWS = (runner.BASELINE, *backends.BACKENDS)
 _cases: dict = {}
 
 
@@ -30,14 +30,14 @@ def _case(setup, name):
 @pytest.mark.parametrize("name", workloads.WORKLOADS)
 def test_maxsim(benchmark, bench_setup, name, row):
     device = bench_setup["device"]
-    if row != runner.REFERENCE:
+    if row != runner.BASELINE:
         reason = backends.unavailable_reason(row, device)
         if reason is None and row == "triton" and device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
             reason = "TRITON_INTERPRET=1: the interpreter is a correctness tool, not a benchmark"
         if reason is not None:
             pytest.skip(f"backend {row!r} unavailable on {device}: {reason}")
     case, (exact, low, subset), flush = _case(bench_setup, name)
-    if row == runner.REFERENCE:
+    if row == runner.BASELINE:
         fn = runner._baseline_make(compiled=False)(case)
     else:
         try:
