@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import math
 import os
 import time
@@ -46,8 +45,6 @@ from .search import Searcher
 from .timing import StageTimer
 
 __all__ = ["ExperimentConfig", "ablation", "exact_maxsim_scores", "run_experiment"]
-
-log = logging.getLogger(__name__)
 
 STAGES = ("tokenize", "encode", "candidates", "score", "topk")
 METRICS = ("MRR@10", "nDCG@10", "Recall@10", "Recall@100")

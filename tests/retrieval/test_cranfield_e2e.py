@@ -16,6 +16,7 @@ import torch
 
 from colbert_fast import reference
 from colbert_fast.retrieval import metrics as ev
+from colbert_fast.retrieval import tsv
 from colbert_fast.retrieval.datasets import load_cranfield
 
 NUM_DOCS = 200
@@ -153,7 +154,7 @@ def test_quality_figures_match_the_written_runs(experiment, cran_slice):
     results, out = experiment
     qrels = {q: cran_slice.qrels[q] for q in cran_slice.judged_qids()}
     for name in ("BM25", "single-vector", "ColBERT rerank", "ColBERT e2e"):
-        run = ev.load_run(out / "runs" / f"{name.replace(' ', '_').replace('-', '_')}.tsv")
+        run = tsv.load_run(out / "runs" / f"{name.replace(' ', '_').replace('-', '_')}.tsv")
         assert len(run) == len(qrels)
         want = results["systems"][name]["quality"]
         got = ev.evaluate(run, qrels, recall_ks=(10, 100))
