@@ -104,7 +104,7 @@ def test_cranfield_ships_in_the_package_and_the_environment_overrides_it(tmp_pat
     for name in ("cran.all.1400", "cran.qry"):
         shutil.copy(PACKAGED_CRANFIELD / name, tmp_path / name)
     qrels = (PACKAGED_CRANFIELD / "cranqrel").read_text().splitlines()
-    (tmp_path / "cranqrel").write_text("\n".join(ln for ln in qrels if ln.split()[0] == "1") + "\n")
+    (tmp_path / "cranqrel").write_text("\n".join(ln for ln in qrels if ln.split()[:1] == ["1"]) + "\n")
     monkeypatch.setenv(CRANFIELD_ENV, str(tmp_path))
     assert default_cranfield_dir() == tmp_path
     assert list(load_cranfield().qrels) == ["1"]
