@@ -77,7 +77,7 @@ class ShardedSearcher:
         cluster: this rank (Cluster.init() under torchrun; default Cluster.local()).
         encoder: a ColBERT, a checkpoint directory, or None for the one the manifest names. Only
             rank 0 encodes; the other ranks use it for the doc-side compatibility check.
-        nprobe, neighbors_per_token, verify, backend, load_ivf: as colbert_fast.search.Searcher, per
+        nprobe, neighbors_per_token, verify, backend, load_ivf: as colbert_fast.retrieval.search.Searcher, per
             shard (default: its "accurate" budget for k; nprobe is capped at each shard's partitions;
             k' token neighbours are fetched per shard).
         allow_partial: if a rank fails or times out, return the other shards' results instead of
