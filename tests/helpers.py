@@ -51,7 +51,7 @@ def random_mask(shape, generator, device, p: float = 0.7) -> torch.Tensor:
 
 
 def assert_matches_reference(out: torch.Tensor, exact: torch.Tensor, same_dtype: torch.Tensor, dtype, lq: int):
-    """The SPEC.md tolerance rule, with a failure message naming the worst element."""
+    """The tolerance rule of docs/spec.md (section 7), with a failure message naming the worst element."""
     assert out.dtype == torch.float32, f"scores must be fp32, got {out.dtype}"
     assert out.shape == exact.shape, f"shape {tuple(out.shape)} != reference {tuple(exact.shape)}"
     out = out.detach().cpu()

@@ -1,4 +1,4 @@
-"""The benchmark's FLOP and byte counters against hand counts, and the workloads against PERF.md."""
+"""The benchmark's FLOP and byte counters against hand counts, and the workloads against docs/perf.md."""
 
 from __future__ import annotations
 

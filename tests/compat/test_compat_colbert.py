@@ -59,7 +59,7 @@ def our_calls(monkeypatch):
 
 
 def _check(ours, lib_low, lib_exact, dtype, lq):
-    """SPEC.md's tolerance rule with colbert-ai as the oracle: error against colbert-ai on fp32
+    """The tolerance rule of docs/spec.md with colbert-ai as the oracle: error against colbert-ai on fp32
     (same rounded inputs) <= 2x colbert-ai's own low-dtype error + floor * Lq. Sentinel-sized
     scores (empty docs) must match colbert-ai's in the same dtype (-inf in fp16 included)."""
     assert ours.dtype == lib_low.dtype and ours.shape == lib_low.shape
@@ -121,7 +121,7 @@ def test_colbert_score_packed_parity(cm, cpu_config, segmented_maxsim, bias, lq)
     lib = cm.colbert_score_packed(Q, D, lengths, cpu_config)
     ours = compat.colbert_score_packed(Q, D, lengths, cpu_config)
     _check(ours, lib, lib, torch.float32, lq)
-    if bias:  # the clamp is in play: SPEC.md scores differ
+    if bias:  # the clamp is in play: docs/spec.md scores differ
         assert not torch.allclose(compat.colbert_score_packed(Q, D, lengths, cpu_config, strict=True), lib)
 
 

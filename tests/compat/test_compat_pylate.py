@@ -39,7 +39,7 @@ def monkeypatch_module():
 
 
 def _check(ours, lib_low, lib_exact, dtype, lq):
-    """SPEC.md's tolerance rule with PyLate as the oracle: error against PyLate on fp32 (same rounded
+    """The tolerance rule of docs/spec.md with PyLate as the oracle: error against PyLate on fp32 (same rounded
     inputs) <= 2x PyLate's own error in the low dtype + floor * Lq; same dtype and shape."""
     assert ours.dtype == lib_low.dtype and ours.shape == lib_low.shape
     tol = reference.tolerance(lib_exact.float(), lib_low.float(), dtype, lq)
@@ -70,7 +70,7 @@ def test_colbert_scores_parity(ps, dtype, n_queries, masks, bias):
     lib_exact = ps.colbert_scores(Q.float(), D.float(), q_mask, d_mask)
     ours = compat.colbert_scores(Q, D, q_mask, d_mask)
     _check(ours, lib_low, lib_exact, dtype, Lq)
-    if masks != "none" and bias:  # the zero-from-padding quirk is in play: SPEC.md scores differ
+    if masks != "none" and bias:  # the zero-from-padding quirk is in play: docs/spec.md scores differ
         strict = compat.colbert_scores(Q, D, q_mask, d_mask, strict=True)
         assert (strict - lib_exact).abs().max().item() > 0.1
 

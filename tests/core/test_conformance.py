@@ -1,4 +1,4 @@
-"""Conformance suite: every backend against colbert_fast/reference.py with SPEC.md's tolerance rule.
+"""Conformance suite: every backend against colbert_fast/reference.py with the tolerance rule of docs/spec.md.
 
 A new backend joins by being listed in colbert_fast.backends.BACKENDS; the `backend` fixture
 runs each test once per backend (skipped where unavailable, failed where CI requires it).

@@ -1,4 +1,4 @@
-"""Every bad input in SPEC.md raises the named error type with a message naming the argument
+"""Every bad input in docs/spec.md (section 8) raises the named error type with a message naming the argument
 and the shapes seen. Validation runs before any backend, so these hold for every backend."""
 
 from __future__ import annotations
