@@ -45,6 +45,7 @@ def inside_repo(origin):
     return origin.is_relative_to(repo) and not origin.is_relative_to(prefix)
 
 import colbert_fast
+assert Path(colbert_fast.__file__).resolve().parent == repo / "colbert_fast", colbert_fast.__file__
 import colbert_fast.kernels.maxsim as maxsim_kernels
 assert maxsim_kernels.__name__ == "colbert_fast.kernels.maxsim", maxsim_kernels.__name__
 
@@ -109,9 +110,18 @@ def test_package_kernels_and_model_load_from_any_directory(where, tmp_path):
     pytest.importorskip("triton")
     if not _hub_kernels_installed():
         pytest.skip("Hugging Face's `kernels` distribution is not installed (transformers < 5 does not need it)")
-    cwd = REPO if where == "repo_root" else tmp_path
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(TRITON_INTERPRET="1", HF_HUB_OFFLINE="1")
+    if where == "repo_root":
+        cwd = REPO
+    else:
+        # This checkout's package as an install lays it out: colbert_fast alone on the path (not
+        # whatever colbert_fast the environment has installed, which may be another checkout's).
+        cwd, site = tmp_path / "cwd", tmp_path / "site"
+        cwd.mkdir()
+        site.mkdir()
+        (site / OURS).symlink_to(REPO / OURS, target_is_directory=True)
+        env["PYTHONPATH"] = str(site)
     argv = [sys.executable, "-c", _CHILD, str(REPO), "1" if _model_available() else "0"]
     argv.append(",".join(sorted(_package_imports())))
     proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
