@@ -5,11 +5,14 @@ scores = cf.maxsim(Q, D, q_mask, d_mask)                 # [B, N] or [B, K]
 docs = cf.PackedDocs.from_list([d0, d1, ...])
 scores = cf.maxsim_packed(Q, docs, pids)                  # [B, K], pid -1 -> -inf
 D, d_mask = cf.gather(docs, pids)
+small = cf.CompressedDocs.from_packed(docs, codec="residual", nbits=2)   # 38 B/token at dim 128
+scores = cf.maxsim_packed(Q, small, pids)                 # scored from the codes
 """
 
 from .backends import available as available_backends
+from .compressed import CompressedDocs
 from .ops import gather, maxsim, maxsim_packed
 from .packed import PackedDocs
 
 __version__ = "0.1.0"
-__all__ = ["maxsim", "maxsim_packed", "gather", "PackedDocs", "available_backends", "__version__"]
+__all__ = ["maxsim", "maxsim_packed", "gather", "PackedDocs", "CompressedDocs", "available_backends", "__version__"]

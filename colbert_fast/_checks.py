@@ -149,10 +149,16 @@ def check_maxsim(Q, D, q_mask, d_mask, d_lengths, floor=None):
 
 
 def check_docs(docs) -> None:
+    from .compressed import CompressedDocs
     from .packed import PackedDocs
 
-    if not isinstance(docs, PackedDocs):
-        raise TypeError(f"docs must be a colbert_fast.PackedDocs, got {type(docs).__name__}")
+    if not isinstance(docs, (PackedDocs, CompressedDocs)):
+        raise TypeError(f"docs must be a colbert_fast.PackedDocs or CompressedDocs, got {type(docs).__name__}")
+
+
+def _check_on_docs_device(name: str, t: torch.Tensor, docs) -> None:
+    if t.device != docs.device:
+        raise ValueError(f"{name} is on {t.device} but docs are on {docs.device}: move them to one device")
 
 
 def check_pids(pids, docs, batch: int | None) -> torch.Tensor:
@@ -165,7 +171,7 @@ def check_pids(pids, docs, batch: int | None) -> torch.Tensor:
     if pids.dim() != 2 or (batch is not None and pids.shape[0] != batch):
         want = "[B, K]" if batch is None else f"[B, K] with B = {batch} (or [K] when B == 1)"
         raise ValueError(f"pids must be {want}, got shape {_shape(pids)}")
-    _check_same_device("pids", pids, "docs", docs.embeddings)
+    _check_on_docs_device("pids", pids, docs)
     pids = pids.to(torch.int64)
     if pids.numel():
         lo, hi = (int(v) for v in torch.stack([pids.min(), pids.max()]).tolist())
@@ -179,7 +185,7 @@ def check_pids(pids, docs, batch: int | None) -> torch.Tensor:
 def check_packed(Q, docs, pids, q_mask, floor=None):
     check_docs(docs)
     check_query(Q, docs.dim, "docs")
-    _check_same_device("Q", Q, "docs", docs.embeddings)
+    _check_on_docs_device("Q", Q, docs)
     q_mask = check_q_mask(q_mask, Q)
     pids = check_pids(pids, docs, Q.shape[0])
     floor = check_floor(floor, _shape(pids), docs.device, "pids' shape [B, K]")
