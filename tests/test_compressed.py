@@ -310,3 +310,30 @@ def test_shapes_and_repr():
     assert (store.num_docs, store.num_tokens, store.dim, store.max_length, len(store)) == (3, 7, 32, 5, 3)
     assert store.doc(2).shape == (5, 32) and store.doc(1).shape == (0, 32)
     assert "int8" in repr(store) and store.codebook is None
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "scalar"])
+@pytest.mark.parametrize("codec_nbits", CODECS, ids=_ids)
+def test_every_cpu_simd_path(isa, codec_nbits, monkeypatch, device):
+    """The default run uses the best SIMD path this CPU has; each other path decodes and scores the
+    same (gather bit-identical, scores within the tolerance rule)."""
+    if device.type != "cpu":
+        pytest.skip("SIMD paths are for CPU tensors")
+    codes_backend_or_skip("cpu", device)
+    from colbert_fast import _ext
+
+    monkeypatch.setenv("COLBERT_FAST_CPU_ISA", isa)
+    try:
+        assert _ext.extension().cpu_isa() == isa
+    except RuntimeError:
+        pytest.skip(f"this CPU cannot run the {isa} kernels")
+    store = make_store(*codec_nbits, 100, [0, 7, 31, 16, 1], device, seed=11)  # dim 100: SIMD tails
+    g = torch.Generator().manual_seed(12)
+    Q = normalized((2, 19, 100), torch.float32, device, g)
+    pids = torch.tensor([[4, 3, 2, 1, 0, -1], [2, 2, 0, 3, -1, 1]])
+    assert_close_to_oracle(cf.maxsim_packed(Q, store, pids, backend="cpu"), *oracle(Q, store, pids))
+    dec = store.decode()
+    Dr, _ = reference.gather(dec.embeddings, dec.offsets, dec.lengths, pids)
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        D, _ = cf.gather(store, pids, dtype=dtype, backend="cpu")
+        assert torch.equal(D, Dr.to(dtype))

@@ -11,7 +11,13 @@ from __future__ import annotations
 import torch
 
 from .. import _ext
-from ._compiled_ops import gather, maxsim, maxsim_packed  # noqa: F401  (the backend interface)
+from ._compiled_ops import (  # noqa: F401  (the backend interface)
+    gather,
+    gather_codes,
+    maxsim,
+    maxsim_packed,
+    maxsim_packed_codes,
+)
 
 NAME = "cpu"
 SUPPORTS_BACKWARD = False
@@ -34,3 +40,10 @@ def cpu_isa() -> str:
     if ext is None:
         raise RuntimeError(_ext.missing_reason())
     return ext.cpu_isa()
+
+
+def supports_codes(device: torch.device) -> bool:
+    """Whether this build has the compressed-store kernels for `device` tensors."""
+    return unavailable_reason(device) is None and all(
+        _ext.has_kernel(op, "CPU") for op in ("maxsim_packed_codes", "gather_codes")
+    )

@@ -6,7 +6,13 @@ from __future__ import annotations
 import torch
 
 from .. import _ext
-from ._compiled_ops import gather, maxsim, maxsim_packed  # noqa: F401  (the backend interface)
+from ._compiled_ops import (  # noqa: F401  (the backend interface)
+    gather,
+    gather_codes,
+    maxsim,
+    maxsim_packed,
+    maxsim_packed_codes,
+)
 
 NAME = "cuda"
 SUPPORTS_BACKWARD = False
@@ -31,3 +37,10 @@ def unavailable_reason(device: torch.device) -> str | None:
     if not torch.cuda.is_available():
         return "torch sees no CUDA GPU"
     return None
+
+
+def supports_codes(device: torch.device) -> bool:
+    """Whether this build has the compressed-store kernels for `device` tensors."""
+    return unavailable_reason(device) is None and all(
+        _ext.has_kernel(op, "CUDA") for op in ("maxsim_packed_codes", "gather_codes")
+    )

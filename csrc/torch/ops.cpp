@@ -68,6 +68,15 @@ TORCH_LIBRARY(colbert_fast, m) {
   m.def(
       "maxsim_packed(Tensor Q, Tensor embeddings, Tensor offsets, Tensor lengths, Tensor pids, Tensor? q_mask, "
       "int max_len, Tensor? floor=None) -> Tensor");
+  // A compressed store (colbert_fast/compressed.py, csrc/codes_params.h): nbits 1/2/4 residual
+  // (centroid_ids, centroids, bucket_weights given) or 8 (int8 codes, none given). Q is float32.
+  m.def(
+      "maxsim_packed_codes(Tensor Q, Tensor codes, Tensor scales, Tensor? centroid_ids, Tensor? centroids, "
+      "Tensor? bucket_weights, Tensor offsets, Tensor lengths, Tensor pids, Tensor? q_mask, int max_len, int nbits, "
+      "Tensor? floor=None) -> Tensor");
+  m.def(
+      "gather_codes(Tensor codes, Tensor scales, Tensor? centroid_ids, Tensor? centroids, Tensor? bucket_weights, "
+      "Tensor offsets, Tensor lengths, Tensor pids, int max_len, int nbits, ScalarType dtype) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(colbert_fast, CPU, m) { m.impl("gather", &gather_cpu_op); }
