@@ -42,7 +42,9 @@ import triton.language as tl
 from . import settings
 from ._launch import wrap
 
-NEG_INF = tl.constexpr(float("-inf"))
+# -inf is written float("-inf") inside the kernels, never as a module-level tl.constexpr: Inductor copies
+# such a global into the module it generates as `tl.constexpr(-inf)` (repr of the value), and
+# loading that module raises NameError (tests/test_triton_compile.py rebuilds it the same way).
 
 
 @triton.jit
@@ -76,7 +78,7 @@ def _maxsim_all_pairs_kernel(
     length = Ld
     if has_len:
         length = tl.load(DLEN + n * stride_ln).to(tl.int32)
-    floor = tl.load(FLOOR + n, mask=has_floor != 0, other=NEG_INF)  # FLOOR is contiguous [N]
+    floor = tl.load(FLOOR + n, mask=has_floor != 0, other=float("-inf"))  # FLOOR is contiguous [N]
 
     offs_r = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -94,7 +96,7 @@ def _maxsim_all_pairs_kernel(
         q_ptrs = Q + b.to(tl.int64)[:, None] * stride_qb + t.to(tl.int64)[:, None] * stride_qt + offs_d[None, :]
         q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
 
-        m = tl.full([BLOCK_M], NEG_INF, dtype=tl.float32)
+        m = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         am = tl.full([BLOCK_M], -1, dtype=tl.int32)
         for j0 in range(0, length, BLOCK_N):
             j = j0 + offs_n
@@ -104,7 +106,7 @@ def _maxsim_all_pairs_kernel(
             s = _dot(q, tl.trans(k), UPCAST)
             # has_dmask == 0 masks the load off entirely: no traffic, no branch in the loop.
             keep = tl.load(DMASK + n * stride_dmn + j.to(tl.int64) * stride_dmt, mask=j_ok & (has_dmask != 0), other=1)
-            s = tl.where((j_ok & (keep != 0))[None, :], s, NEG_INF)
+            s = tl.where((j_ok & (keep != 0))[None, :], s, float("-inf"))
             if SAVE_ARGMAX:
                 tile_max, tile_arg = tl.max(s, axis=1, return_indices=True)
                 better = tile_max > m  # strict: the first maximum wins, as in torch.max
@@ -120,7 +122,7 @@ def _maxsim_all_pairs_kernel(
         if has_qmask:
             qm = tl.load(QMASK + b.to(tl.int64) * stride_qmb + t.to(tl.int64) * stride_qmt, mask=row_ok, other=0)
             q_ok = q_ok & (qm != 0)
-        won = q_ok & (m != NEG_INF)  # an empty doc (no floor) contributes 0, a masked query token 0
+        won = q_ok & (m != float("-inf"))  # an empty doc (no floor) contributes 0, a masked query token 0
         best = tl.where(won, m, 0.0)
         acc += tl.sum(tl.where(g[:, None] == offs_r[None, :], best[:, None], 0.0), axis=0)
         if SAVE_ARGMAX:
@@ -166,7 +168,7 @@ def _maxsim_segmented_kernel(
     ends = tl.cumsum(lens, axis=0)
     starts = ends - lens
     total = tl.sum(lens, axis=0)
-    floors = tl.load(FLOOR + b * K + k, mask=k_ok & (has_floor != 0), other=NEG_INF)  # contiguous [B, K]
+    floors = tl.load(FLOOR + b * K + k, mask=k_ok & (has_floor != 0), other=float("-inf"))  # contiguous [B, K]
 
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -179,7 +181,7 @@ def _maxsim_segmented_kernel(
         t_ok = t < Lq
         q_ptrs = Q + b * stride_qb + t.to(tl.int64)[:, None] * stride_qt + offs_d[None, :]
         q = tl.load(q_ptrs, mask=t_ok[:, None] & d_ok[None, :], other=0.0)
-        M = tl.full([BLOCK_M, DOCS], NEG_INF, dtype=tl.float32)
+        M = tl.full([BLOCK_M, DOCS], float("-inf"), dtype=tl.float32)
         AM = tl.full([BLOCK_M, DOCS], -1, dtype=tl.int32)
 
         for v0 in range(0, total, BLOCK_N):
@@ -199,7 +201,7 @@ def _maxsim_segmented_kernel(
             s = _dot(q, tl.trans(kt), UPCAST)
             mrow = tl.sum(tl.where(onehot, mbase[None, :], 0), axis=1)
             keep = tl.load(DMASK + mrow + tok * stride_dmt, mask=v_ok & (has_dmask != 0), other=1)
-            s = tl.where((v_ok & (keep != 0))[None, :], s, NEG_INF)
+            s = tl.where((v_ok & (keep != 0))[None, :], s, float("-inf"))
             # Slots whose rows this tile holds: [first, last]. The others are skipped (a uniform
             # branch), so the per-slot max costs about (rows per tile / doc length + 1) passes.
             first = tl.sum((v0 >= ends).to(tl.int32), axis=0)
@@ -207,10 +209,10 @@ def _maxsim_segmented_kernel(
             for sl in tl.static_range(DOCS):
                 if (sl >= first) & (sl <= last):
                     in_slot = slots[None, :] == sl
-                    ss = tl.where((slot == sl)[None, :], s, NEG_INF)
+                    ss = tl.where((slot == sl)[None, :], s, float("-inf"))
                     if SAVE_ARGMAX:
                         mx, ix = tl.max(ss, axis=1, return_indices=True)
-                        cur = tl.max(tl.where(in_slot, M, NEG_INF), axis=1)
+                        cur = tl.max(tl.where(in_slot, M, float("-inf")), axis=1)
                         start = tl.sum(tl.where(slots == sl, starts, 0), axis=0)
                         idx = (v0 + ix - start).to(tl.int32)
                         AM = tl.where(in_slot & (mx > cur)[:, None], idx[:, None], AM)
@@ -225,13 +227,13 @@ def _maxsim_segmented_kernel(
         if has_qmask:
             qm = tl.load(QMASK + b * stride_qmb + t.to(tl.int64) * stride_qmt, mask=t_ok, other=0)
             q_ok = q_ok & (qm != 0)
-        won = q_ok[:, None] & (M != NEG_INF)
+        won = q_ok[:, None] & (M != float("-inf"))
         score += tl.sum(tl.where(won, M, 0.0), axis=0)
         if SAVE_ARGMAX:
             a_ptrs = ARGMAX + (b * K + k[None, :]) * Lq + t[:, None]
             tl.store(a_ptrs, tl.where(won, AM, -1), mask=t_ok[:, None] & k_ok[None, :])
 
-    score = tl.where(doc_ok, score, NEG_INF)  # only packed slots with pid -1 are not doc_ok
+    score = tl.where(doc_ok, score, float("-inf"))  # only packed slots with pid -1 are not doc_ok
     tl.store(OUT + b * K + k, score, mask=k_ok)
 
 
