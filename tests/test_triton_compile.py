@@ -2,10 +2,11 @@
 
 Runs colbert_fast.kernels.compile_check in a subprocess (the kernels must be compiled, not
 interpreted, and this test session has TRITON_INTERPRET=1), over every constexpr combination
-the launchers can produce (kernels.settings.variants), on 2 worker processes. It asserts each
-variant compiles to PTX and cubin, the dot kernels use tensor cores (mma / wgmma) and the shared
-memory fits. About 2-4 minutes on 2 cores (170 variants); CI has no GPU, so this is what keeps
-a kernel change from breaking the GPU build unnoticed.
+the launchers can produce (kernels.settings.variants: tuned, tiny-grid and fixed configs), on 2
+worker processes. It asserts each variant compiles to PTX and cubin, the dot kernels use tensor
+cores (mma / wgmma), the shared memory fits and ptxas reports no register spills. About 2-4
+minutes on 2 cores (226 variants); CI has no GPU, so this is what keeps a kernel change from
+breaking (or slowing) the GPU build unnoticed.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def test_every_kernel_variant_compiles_for_sm80_and_sm90(tmp_path):
     kernels = {"all_pairs", "segmented", "bwd_dq", "bwd_dd_atomic", "bwd_dd_onehot", "gather"}
     assert seen == {(k, a, d) for k in kernels for a in (80, 90) for d in ("fp32", "fp16", "bf16")}
 
+    # ptxas reported registers and spills for every variant (the spill check saw them all).
+    assert all(r.get("ptxas") for r in records if r["ok"]), "variants without a ptxas resource report"
     failed = [r for r in records if not r["ok"]]
     assert not failed, "variants that do not compile:\n" + "\n".join(
         f"{r['kernel']} sm_{r['arch']} {r['dtype']} {r['constexprs']}: {r['error'][-500:]}" for r in failed[:5]

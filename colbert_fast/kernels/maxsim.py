@@ -33,14 +33,12 @@ Design (what PERF.md's workloads need):
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
 from . import settings
-from ._launch import wrap
+from ._launch import device_guard, wrap
 
 # -inf is written float("-inf") inside the kernels, never as a module-level tl.constexpr: Inductor copies
 # such a global into the module it generates as `tl.constexpr(-inf)` (repr of the value), and
@@ -240,19 +238,28 @@ def _maxsim_segmented_kernel(
 # ---- launchers ----------------------------------------------------------------------------------
 
 
-@functools.cache
-def _tuned(kernel: str, arch, block_m: int, dim_pad: int, elsize: int, save_argmax: bool):
-    """The autotuned kernel for one (arch, query block, dim block, element size, argmax saving).
+# One autotuner per (kernel, arch, query block, dim block, element size, argmax saving, shape
+# bucket): each tunes once, on its first launch, so a shape from another bucket is never stuck
+# with the tile the first shape seen chose. Built on first use, not at import: the configs
+# depend on the GPU, and importing must not touch CUDA.
+_TUNERS: dict[tuple, object] = {}
 
-    Built on first use, not at import: the configs depend on the GPU, and importing must not
-    touch CUDA. Tuning runs once per object (the key only separates dtypes), on the first call.
-    """
-    fn = _maxsim_all_pairs_kernel if kernel == "all_pairs" else _maxsim_segmented_kernel
-    configs = [
-        triton.Config(c.as_dict(), num_warps=c.num_warps, num_stages=c.num_stages)
-        for c in settings.autotune_configs(kernel, arch, block_m, dim_pad, elsize, save_argmax)
-    ]
-    return triton.autotune(configs=configs, key=["SAVE_ARGMAX"])(fn)
+
+def _tuned(kernel: str, arch, block_m: int, dim_pad: int, elsize: int, save_argmax: bool, bucket: str):
+    """The autotuned kernel for one launch; bucket from settings.shape_bucket ("tiny": one fixed
+    small config, never benchmarked: Triton's autotuner skips tuning a single config)."""
+    key = (kernel, arch, block_m, dim_pad, elsize, save_argmax, bucket)
+    tuner = _TUNERS.get(key)
+    if tuner is None:
+        fn = _maxsim_all_pairs_kernel if kernel == "all_pairs" else _maxsim_segmented_kernel
+        configs = [
+            triton.Config(c.as_dict(), num_warps=c.num_warps, num_stages=c.num_stages)
+            for c in settings.autotune_configs(
+                kernel, arch, block_m, dim_pad, elsize, save_argmax, tiny=bucket == "tiny"
+            )
+        ]
+        tuner = _TUNERS[key] = triton.autotune(configs=configs, key=["SAVE_ARGMAX"])(fn)
+    return tuner
 
 
 def _placeholder(like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -333,30 +340,34 @@ def maxsim_fwd(
     if all_pairs:
         bm = settings.all_pairs_block_m(B * Lq)
         group = max(1, min(bm // Lq, B))
-        kernel = wrap(_tuned("all_pairs", arch, bm, dp, D.element_size(), save_argmax))
         grid = (N * triton.cdiv(B, group),)
-        kernel[grid](
-            Q, D, qm, dm, dl, fl, out, am,
-            B, N, Lq, Ld, dim, group,
-            Q.stride(0), Q.stride(1), D.stride(0), D.stride(1),
-            *qm_strides, *(d_mask.stride() if d_mask is not None else (0, 0)),
-            d_lengths.stride(0) if d_lengths is not None else 0,
-            *flags, BLOCK_M=bm, **common,
-        )  # fmt: skip
+        bucket = settings.shape_bucket("all_pairs", grid[0], Ld)
+        kernel = wrap(_tuned("all_pairs", arch, bm, dp, D.element_size(), save_argmax, bucket))
+        with device_guard(Q.device):
+            kernel[grid](
+                Q, D, qm, dm, dl, fl, out, am,
+                B, N, Lq, Ld, dim, group,
+                Q.stride(0), Q.stride(1), D.stride(0), D.stride(1),
+                *qm_strides, *(d_mask.stride() if d_mask is not None else (0, 0)),
+                d_lengths.stride(0) if d_lengths is not None else 0,
+                *flags, BLOCK_M=bm, **common,
+            )  # fmt: skip
         return out, argmax
 
     bm = settings.per_query_block_m(Lq)
-    kernel = wrap(_tuned("segmented", arch, bm, dp, D.element_size(), save_argmax))
     K = N
+    bucket = settings.shape_bucket("segmented", B * K, Ld)
+    kernel = wrap(_tuned("segmented", arch, bm, dp, D.element_size(), save_argmax, bucket))
     has_qmask, has_dmask, has_len, has_floor = flags
-    kernel[lambda meta: (B * triton.cdiv(K, meta["DOCS"]),)](
-        Q, D, qm, dm, dl, dl, dl, fl, out, am,
-        B, K, Lq, Ld, dim,
-        Q.stride(0), Q.stride(1), D.stride(0), D.stride(1), D.stride(2),
-        *qm_strides, *(d_mask.stride() if d_mask is not None else (0, 0, 0)),
-        *(d_lengths.stride() if d_lengths is not None else (0, 0)), 0, 0,
-        has_qmask, has_dmask, has_len, 0, has_floor, BLOCK_M=bm, **common,
-    )  # fmt: skip
+    with device_guard(Q.device):
+        kernel[lambda meta: (B * triton.cdiv(K, meta["DOCS"]),)](
+            Q, D, qm, dm, dl, dl, dl, fl, out, am,
+            B, K, Lq, Ld, dim,
+            Q.stride(0), Q.stride(1), D.stride(0), D.stride(1), D.stride(2),
+            *qm_strides, *(d_mask.stride() if d_mask is not None else (0, 0, 0)),
+            *(d_lengths.stride() if d_lengths is not None else (0, 0)), 0, 0,
+            has_qmask, has_dmask, has_len, 0, has_floor, BLOCK_M=bm, **common,
+        )  # fmt: skip
     return out, argmax
 
 
@@ -372,8 +383,9 @@ def maxsim_packed_fwd(
     """Packed MaxSim: Q [B, Lq, dim] against its own candidates pids int64 [B, K] -> fp32 [B, K].
 
     embeddings [T, dim] (rows of doc p are offsets[p] : offsets[p] + lengths[p]); offsets,
-    lengths int64; floor fp32 [B, K] or None (as for maxsim_fwd). pid -1 scores -inf. One launch,
-    no host sync: the kernel resolves pids itself.
+    lengths int64 (made contiguous: the kernel indexes them as plain arrays); floor fp32 [B, K]
+    or None (as for maxsim_fwd). pid -1 scores -inf. One launch, no host sync: the kernel
+    resolves pids itself.
     """
     _check_inputs(Q, embeddings)
     if pids.dtype != torch.int64 or offsets.dtype != torch.int64 or lengths.dtype != torch.int64:
@@ -385,17 +397,21 @@ def maxsim_packed_fwd(
         return out
     qm = q_mask.view(torch.uint8) if q_mask is not None else _placeholder(Q, torch.uint8)
     emb = embeddings if embeddings.shape[0] > 0 else _placeholder(Q, embeddings.dtype)
+    # The kernel reads lengths[pid] and offsets[pid] with unit stride (a no-op for PackedDocs').
+    lengths, offsets = lengths.contiguous(), offsets.contiguous()
     bm = settings.per_query_block_m(Lq)
     dp = settings.dim_pad(dim)
-    kernel = wrap(_tuned("segmented", settings.device_arch(Q.device), bm, dp, embeddings.element_size(), False))
+    bucket = settings.shape_bucket("segmented", B * K, 0)  # the docs' lengths stay on the device
+    kernel = wrap(_tuned("segmented", settings.device_arch(Q.device), bm, dp, embeddings.element_size(), False, bucket))
     fl = _contiguous_floor(floor, (B, K), Q)
-    kernel[lambda meta: (B * triton.cdiv(K, meta["DOCS"]),)](
-        Q, emb, qm, qm, lengths, pids, offsets, fl, out, _placeholder(Q, torch.int32),
-        B, K, Lq, 0, dim,
-        Q.stride(0), Q.stride(1), 0, 0, embeddings.stride(0),
-        *(q_mask.stride() if q_mask is not None else (0, 0)), 0, 0, 0,
-        0, 0, pids.stride(0), pids.stride(1),
-        int(q_mask is not None), 0, 1, 1, int(floor is not None),
-        BLOCK_M=bm, DIM_PAD=dp, SAVE_ARGMAX=False, UPCAST=settings.upcast_dot(embeddings.dtype),
-    )  # fmt: skip
+    with device_guard(Q.device):
+        kernel[lambda meta: (B * triton.cdiv(K, meta["DOCS"]),)](
+            Q, emb, qm, qm, lengths, pids, offsets, fl, out, _placeholder(Q, torch.int32),
+            B, K, Lq, 0, dim,
+            Q.stride(0), Q.stride(1), 0, 0, embeddings.stride(0),
+            *(q_mask.stride() if q_mask is not None else (0, 0)), 0, 0, 0,
+            0, 0, pids.stride(0), pids.stride(1),
+            int(q_mask is not None), 0, 1, 1, int(floor is not None),
+            BLOCK_M=bm, DIM_PAD=dp, SAVE_ARGMAX=False, UPCAST=settings.upcast_dot(embeddings.dtype),
+        )  # fmt: skip
     return out
