@@ -57,9 +57,12 @@ TRITON_TESTS=${TRITON_TESTS:-tests/test_conformance.py tests/test_random_shapes.
 TRITON_K=${TRITON_K:-triton}
 CUDA_TESTS=${CUDA_TESTS:-tests/test_conformance.py tests/test_random_shapes.py tests/test_cuda_ops.py tests/test_no_sync.py}
 CUDA_K=${CUDA_K:-cuda and not triton}
-# The rest: what the two stages above did not select, without the GPU-free compile checks (CI runs them).
+# The rest: what the two stages above did not select, without the GPU-free compile checks (CI runs
+# them). -k matches module names and markers too: "(test_cuda_ops or ...) and cuda" is exactly what
+# the cuda stage ran, while a @pytest.mark.cuda test in another file still runs here.
+modules() { local m="" f; for f in $1; do m="${m:+$m or }$(basename "$f" .py)"; done; echo "$m"; }
 SUITE_TESTS=${SUITE_TESTS:-tests --ignore=tests/test_triton_compile.py --ignore=tests/test_cuda_build.py}
-SUITE_K=${SUITE_K:-not triton and not cuda}
+SUITE_K=${SUITE_K-not (($(modules "$TRITON_TESTS")) and ($TRITON_K)) and not (($(modules "$CUDA_TESTS")) and ($CUDA_K))}
 if [ "$DEVICE" = cuda ]; then
     BENCH_SIZE=${BENCH_SIZE:---full}
     REQUIRE=${REQUIRE_BACKENDS:-cuda,triton}
