@@ -109,8 +109,11 @@ def shape_bucket(kernel: str, work: int, ld: int) -> str:
     if work < TINY_WORK:
         return "tiny"
 
-    def log4(x: int) -> int:
-        return max(0, (max(1, x) - 1).bit_length() + 1) // 2
+    def log4(x: int) -> int:  # ceil(log4(x)) by comparisons only: shapes may be SymInts under torch.compile
+        n, v = 0, 1
+        while v < x:
+            n, v = n + 1, v * 4
+        return n
 
     return f"{kernel}-w{log4(work)}-l{log4(ld)}"
 
