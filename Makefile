@@ -4,6 +4,7 @@
 #   make test           the whole test suite (CPU; Triton kernels under the interpreter)
 #   make test-gpu       the same suite on a CUDA GPU
 #   make compile-check  compile every GPU kernel for sm_80/sm_90 without a GPU
+#   make gpu-check-dry  dry-run bench/gpu_check.sh (the lent-GPU check) on this CPU: plumbing and time budget
 #   make build          rebuild the extension after editing csrc/
 #   make env            versions, GPU, build and backends
 #   make test-peers     the parity tests against colbert-ai and PyLate, in their own venv (make peers)
@@ -23,7 +24,7 @@ export MAX_JOBS ?= 2
 STAMP := $(VENV)/.colbert_fast-installed
 BUILD_INPUTS := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: setup build test test-gpu test-peers bench compile-check env peers clean
+.PHONY: setup build test test-gpu test-peers bench compile-check gpu-check-dry env peers clean
 
 setup: $(STAMP)
 
@@ -49,6 +50,9 @@ bench: setup
 compile-check: setup
 	$(PY) -m colbert_fast.kernels.compile_check -j 2
 	$(PY) -m pytest tests/test_cuda_build.py -q
+
+gpu-check-dry: setup
+	$(PY) -m pytest tests/test_gpu_check.py -q
 
 env: setup
 	$(VENV)/bin/colbert-fast env

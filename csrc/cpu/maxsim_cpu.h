@@ -9,6 +9,7 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+#include <string>
 
 #include "../codes_params.h"
 
@@ -131,6 +132,17 @@ struct CodesGatherParams {
   int64_t num_slots, max_len;
 };
 void gather_codes_cpu(const CodesGatherParams& p);
+
+// The CPU's measured arithmetic peak (peak_cpu.cpp): kind "fp32" (vector FMA of the ISA in use)
+// or "bf16" (vdpbf16ps; throws std::runtime_error where the kernels in use have none), on
+// at::get_num_threads() threads for about `seconds`.
+struct PeakResult {
+  double gflops;      // all threads together
+  int64_t threads;
+  const char* loop;   // which instructions were timed, e.g. "avx512 vfmadd"
+  float checksum;     // the loops' results (keeps them from being optimised away)
+};
+PeakResult peak_flops(const std::string& kind, double seconds);
 
 // Scalar conversions shared by the packing code and the scalar kernel.
 float half_to_float(uint16_t h);
