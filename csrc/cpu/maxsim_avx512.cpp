@@ -263,6 +263,10 @@ CF_AVX512 void decode_avx512(const CodesParams& c, int64_t row, int64_t n, DType
                                  : _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << (1 << nb)) - 1), c.bucket_weights);
   for (int64_t j = 0; j < n; ++j) {
     const int64_t r = row + j;
+    if (nb != 8 && j + 2 < n) {  // centroid rows come from a table larger than L2: ask early
+      const char* next = reinterpret_cast<const char*>(c.centroids + static_cast<int64_t>(c.centroid_ids[r + 2]) * c.dim);
+      for (int64_t b = 0; b < c.dim * 4; b += 64) _mm_prefetch(next + b, _MM_HINT_T0);
+    }
     const __m512 scale = _mm512_set1_ps(_cvtsh_ss(c.scales[r]));
     const uint8_t* code = c.codes + r * c.code_bytes;
     const float* centroid = nb == 8 ? nullptr : c.centroids + static_cast<int64_t>(c.centroid_ids[r]) * c.dim;
@@ -272,9 +276,23 @@ CF_AVX512 void decode_avx512(const CodesParams& c, int64_t row, int64_t n, DType
       if (nb == 8) {
         v = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, code + k)));
       } else {
-        const int64_t byte = k * nb / 8;
+        // The 2 * nb bytes of these 16 fields, as fixed-size loads (inlined); a last group shorter
+        // than 16 dims reads only the bytes the row has.
+        const uint8_t* at = code + k * nb / 8;
         uint64_t bits = 0;
-        std::memcpy(&bits, code + byte, static_cast<size_t>(std::min<int64_t>(8, c.code_bytes - byte)));
+        if (c.dim - k < 16) {
+          std::memcpy(&bits, at, static_cast<size_t>(c.code_bytes - k * nb / 8));
+        } else if (nb == 2) {
+          uint32_t w;
+          std::memcpy(&w, at, 4);
+          bits = w;
+        } else if (nb == 4) {
+          std::memcpy(&bits, at, 8);
+        } else {
+          uint16_t w;
+          std::memcpy(&w, at, 2);
+          bits = w;
+        }
         const __m512i lo = _mm512_set1_epi32(static_cast<int32_t>(bits));
         const __m512i words = nb == 4 ? _mm512_mask_blend_epi32(0xff00, lo, _mm512_set1_epi32(static_cast<int32_t>(bits >> 32))) : lo;
         const __m512i idx = _mm512_and_si512(_mm512_srlv_epi32(words, shift), field_mask);
