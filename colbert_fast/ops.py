@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from . import backends
+from .compressed import CompressedDocs
 from .packed import PackedDocs
 from .validation import check_docs, check_maxsim, check_packed, check_pids
 
@@ -55,7 +56,7 @@ def maxsim(
 
 def maxsim_packed(
     Q: torch.Tensor,
-    docs: PackedDocs,
+    docs: PackedDocs | CompressedDocs,
     pids: torch.Tensor,
     q_mask: torch.Tensor | None = None,
     *,
@@ -65,8 +66,9 @@ def maxsim_packed(
     """Score each query against its own candidates, read straight from the packed store.
 
     Args:
-        Q: [B, Lq, dim] query token vectors (converted to docs.dtype).
-        docs: PackedDocs on Q's device.
+        Q: [B, Lq, dim] query token vectors (converted to docs.dtype; fp32 for a CompressedDocs).
+        docs: PackedDocs, or CompressedDocs (scored from its codes: equal to MaxSim over its decoded
+            vectors, which are never built in memory), on Q's device.
         pids: int [B, K] (or [K] when B == 1) doc ids; -1 marks an empty slot.
         q_mask: bool [B, Lq], True = real token.
         floor: as for maxsim, broadcastable to pids' [B, K] (one value per candidate slot).
@@ -76,27 +78,47 @@ def maxsim_packed(
         fp32 [B, K]; empty slots score -inf so they sort last (whatever their floor).
     """
     Q, pids, q_mask, floor = check_packed(Q, docs, pids, q_mask, floor)
-    impl = backends.select(backend, docs.device)
+    needs_grad = torch.is_grad_enabled() and Q.requires_grad
+    if isinstance(docs, CompressedDocs):
+        impl = backends.select(backend, docs.device, needs_grad, codes=True)
+        return impl.maxsim_packed_codes(Q, docs.codes_view(), pids, q_mask, docs.max_length, floor)
+    impl = backends.select(backend, docs.device, needs_grad)
     return impl.maxsim_packed(Q, docs.embeddings, docs.offsets, docs.lengths, pids, q_mask, docs.max_length, floor)
 
 
-def gather(docs: PackedDocs, pids: torch.Tensor, *, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """Copy the selected docs out of the packed store into a padded batch.
+def gather(
+    docs: PackedDocs | CompressedDocs,
+    pids: torch.Tensor,
+    *,
+    dtype: torch.dtype | None = None,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Copy the selected docs out of the store into a padded batch (decoding a CompressedDocs).
 
     Args:
-        docs: PackedDocs.
+        docs: PackedDocs or CompressedDocs.
         pids: int [K] or [B, K]; -1 gives an all-padding row.
+        dtype: the output dtype for a CompressedDocs: float16 (default), bfloat16 or float32.
+            A PackedDocs is copied in its own dtype (dtype must be None or that dtype).
 
     Returns:
-        D [*pids.shape, Lmax, dim] in docs.dtype (padding is 0) and d_mask bool [*pids.shape, Lmax],
-        where Lmax is the longest selected doc.
+        D [*pids.shape, Lmax, dim] (padding is 0) and d_mask bool [*pids.shape, Lmax], where Lmax
+        is the longest selected doc.
     """
     check_docs(docs)
     squeeze = isinstance(pids, torch.Tensor) and pids.dim() == 1
     pids = check_pids(pids, docs, None)
+    compressed = isinstance(docs, CompressedDocs)
+    out_dtype = dtype if dtype is not None else (torch.float16 if compressed else docs.dtype)
+    if out_dtype not in (torch.float16, torch.bfloat16, torch.float32) or (not compressed and out_dtype != docs.dtype):
+        raise TypeError(f"gather: dtype must be float16, bfloat16 or float32 (a PackedDocs: its own), got {dtype}")
     # Sizing the output needs the longest selected doc: one small host read.
     sel = docs.lengths[pids.clamp(min=0)].masked_fill(pids < 0, 0)
     max_len = int(sel.max()) if sel.numel() else 0
-    impl = backends.select(backend, docs.device)
-    D, mask = impl.gather(docs.embeddings, docs.offsets, docs.lengths, pids, max_len)
+    if compressed:
+        impl = backends.select(backend, docs.device, codes=True)
+        D, mask = impl.gather_codes(docs.codes_view(), pids, max_len, out_dtype)
+    else:
+        impl = backends.select(backend, docs.device)
+        D, mask = impl.gather(docs.embeddings, docs.offsets, docs.lengths, pids, max_len)
     return (D[0], mask[0]) if squeeze else (D, mask)

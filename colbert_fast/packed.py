@@ -8,6 +8,7 @@ and load through a memory map, so opening a 100 GB store costs nothing until row
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from pathlib import Path
@@ -17,12 +18,20 @@ import torch
 
 from .files import atomic_path
 
-__all__ = ["PackedDocs", "SUPPORTED_DTYPES", "check_dtype", "write_store"]
+__all__ = ["PackedDocs", "SUPPORTED_DTYPES", "check_dtype", "read_safetensors", "write_safetensors", "write_store"]
 
 # The dtypes a store holds, and so the dtypes every op scores (docs/spec.md section 4).
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-_ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64}
+_ST_DTYPES = {
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+}
 _ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
 _WRITE_STEP_BYTES = 64 << 20  # rows are streamed to disk in pieces of this size
 _FORMAT = "colbert_fast.PackedDocs/1"
@@ -155,19 +164,19 @@ class PackedDocs:
         Raises ValueError for a file that is truncated, not ours, or inconsistent.
         """
         path = Path(path)
-        header, data_start, file_size = _read_safetensors_header(path)
-        if header.get("__metadata__", {}).get("format") != _FORMAT:
+        meta, tensors = read_safetensors(path, mmap)
+        if meta.get("format") != _FORMAT:
             raise ValueError(f"{path} is not a colbert_fast PackedDocs file (no '{_FORMAT}' metadata)")
         for name in ("embeddings", "lengths"):
-            if name not in header:
+            if name not in tensors:
                 raise ValueError(f"{path} has no tensor '{name}'")
-            begin, end = header[name]["data_offsets"]
-            if data_start + end > file_size:
-                raise ValueError(
-                    f"{path} is truncated: tensor '{name}' ends at byte {data_start + end}, file has {file_size}"
-                )
-        tensors = _load_tensors(path, header, data_start, file_size, mmap)
-        docs = cls(tensors["embeddings"], tensors["lengths"])
+        if tensors["lengths"].dtype != torch.int64 or tensors["embeddings"].dtype not in SUPPORTED_DTYPES:
+            dtypes = f"lengths {tensors['lengths'].dtype}, embeddings {tensors['embeddings'].dtype}"
+            raise ValueError(f"{path}: unsupported dtypes ({dtypes})")
+        try:
+            docs = cls(tensors["embeddings"], tensors["lengths"])
+        except TypeError as e:
+            raise ValueError(f"{path} is inconsistent: {e}") from None
         return docs.to(device) if device is not None else docs
 
 
@@ -182,34 +191,102 @@ def write_store(
     """
     lengths = lengths.to("cpu", torch.int64).contiguous()
     num_tokens = int(lengths.sum())
-    elem = torch.empty(0, dtype=dtype).element_size()
-    len_bytes, emb_bytes = lengths.numel() * 8, num_tokens * dim * elem
-    header = {
-        "__metadata__": {"format": _FORMAT},
-        "lengths": {"dtype": "I64", "shape": [lengths.numel()], "data_offsets": [0, len_bytes]},
-        "embeddings": {
-            "dtype": _ST_NAMES[dtype],
-            "shape": [num_tokens, dim],
-            "data_offsets": [len_bytes, len_bytes + emb_bytes],
-        },
-    }
+    write_safetensors(
+        path,
+        {"lengths": [lengths], "embeddings": (dtype, (num_tokens, dim), chunks)},
+        {"format": _FORMAT},
+    )
+
+
+# ---- safetensors, streamed and memory-mapped (PackedDocs and CompressedDocs files) ----------------
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str]) -> None:
+    """Write tensors as one safetensors file, atomically (temp file + rename), streaming the data.
+
+    tensors: name -> a list of tensors concatenated along dim 0, or (dtype, shape, iterable of
+    chunks) when the chunks are produced on the fly (their rows must add up to shape[0]).
+    """
+    specs = {}
+    for name, value in tensors.items():
+        if isinstance(value, tuple):
+            dtype, shape, chunks = value
+        else:
+            dtype, chunks = value[0].dtype, value
+            shape = (sum(c.shape[0] for c in value), *value[0].shape[1:])
+        specs[name] = (dtype, tuple(int(x) for x in shape), chunks)
+    # Widest elements first: every tensor then starts at a multiple of its element size (each
+    # size is a multiple of its element size), so a memory map can view it in place, and the data
+    # has no gaps (which the safetensors format forbids).
+    specs = dict(sorted(specs.items(), key=lambda kv: -_elem_size(kv[1][0])))
+    header: dict = {"__metadata__": dict(metadata)}
+    start = 0
+    for name, (dtype, shape, _) in specs.items():
+        nbytes = math.prod(shape) * _elem_size(dtype)
+        header[name] = {"dtype": _ST_NAMES[dtype], "shape": list(shape), "data_offsets": [start, start + nbytes]}
+        start += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # safetensors pads the header so the data starts 8-byte aligned
-    written = 0
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(struct.pack("<Q", len(raw)) + raw)
-        f.write(lengths.numpy().tobytes())
-        step = max(1, _WRITE_STEP_BYTES // max(1, dim * elem))
-        for chunk in chunks:
-            if chunk.dtype != dtype or chunk.dim() != 2 or chunk.shape[1] != dim:
-                raise ValueError(
-                    f"chunk of shape {tuple(chunk.shape)} dtype {chunk.dtype}: expected [T, {dim}] {dtype}"
-                )
-            for start in range(0, chunk.shape[0], step):
-                f.write(chunk[start : start + step].contiguous().cpu().view(torch.uint8).numpy().tobytes())
-            written += chunk.shape[0]
-        if written != num_tokens:
-            raise ValueError(f"offsets do not add up: lengths sum to {num_tokens} rows but the chunks hold {written}")
+        for name, (dtype, shape, chunks) in specs.items():
+            row_bytes = math.prod(shape[1:]) * _elem_size(dtype)
+            step = max(1, _WRITE_STEP_BYTES // max(1, row_bytes))
+            rows = 0
+            for chunk in chunks:
+                if chunk.dtype != dtype or tuple(chunk.shape[1:]) != shape[1:]:
+                    raise ValueError(
+                        f"{name}: chunk of shape {tuple(chunk.shape)} dtype {chunk.dtype}: expected "
+                        f"[rows, {', '.join(map(str, shape[1:]))}] {dtype}"
+                    )
+                for s in range(0, chunk.shape[0], step):
+                    f.write(chunk[s : s + step].contiguous().cpu().view(torch.uint8).numpy().tobytes())
+                rows += chunk.shape[0]
+            if rows != shape[0]:
+                raise ValueError(f"offsets do not add up: {name} should have {shape[0]} rows, the chunks hold {rows}")
+
+
+def _elem_size(dtype: torch.dtype) -> int:
+    return torch.empty(0, dtype=dtype).element_size()
+
+
+def read_safetensors(path: str | os.PathLike, mmap: bool = True) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(metadata, {name: tensor}) of a safetensors file; with mmap=True the tensors view a lazy
+    memory map. Raises ValueError for a file that is truncated, malformed or inconsistent."""
+    path = Path(path)
+    header, data_start, file_size = _read_safetensors_header(path)
+    meta = header.pop("__metadata__", {})
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} has a corrupt header: metadata is not an object")
+    layout = {}
+    for name, info in header.items():
+        try:
+            dtype = _ST_DTYPES[info["dtype"]]
+            shape = [int(x) for x in info["shape"]]
+            begin, end = (int(x) for x in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{path} has a corrupt header entry for tensor '{name}'") from None
+        if any(x < 0 for x in shape) or not 0 <= begin <= end:
+            raise ValueError(f"{path}: tensor '{name}' has a bad shape or byte range")
+        if data_start + end > file_size:
+            raise ValueError(
+                f"{path} is truncated: tensor '{name}' ends at byte {data_start + end}, file has {file_size}"
+            )
+        if end - begin != math.prod(shape) * _elem_size(dtype):
+            raise ValueError(f"{path}: tensor '{name}' size does not match shape {shape}")
+        layout[name] = (dtype, shape, begin, end)
+    if mmap:
+        storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=file_size)
+        raw = torch.empty(0, dtype=torch.uint8).set_(storage)
+    else:
+        raw = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+    out = {}
+    for name, (dtype, shape, begin, end) in layout.items():
+        chunk = raw[data_start + begin : data_start + end]
+        if (data_start + begin) % _elem_size(dtype):
+            chunk = chunk.clone()  # unaligned (never written by us): copy rather than misread
+        out[name] = chunk.view(dtype).reshape(shape)
+    return {str(k): str(v) for k, v in meta.items()}, out
 
 
 def _read_safetensors_header(path: Path) -> tuple[dict, int, int]:
@@ -228,32 +305,3 @@ def _read_safetensors_header(path: Path) -> tuple[dict, int, int]:
     if not isinstance(header, dict):
         raise ValueError(f"{path} has a corrupt header")
     return header, 8 + header_len, file_size
-
-
-def _load_tensors(path: Path, header: dict, data_start: int, file_size: int, mmap: bool) -> dict:
-    if mmap:
-        storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=file_size)
-        raw = torch.empty(0, dtype=torch.uint8).set_(storage)
-    else:
-        raw = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
-    out = {}
-    for name in ("embeddings", "lengths"):
-        info = header[name]
-        dtype = _ST_DTYPES.get(info["dtype"])
-        if dtype is None or (name == "lengths") != (dtype == torch.int64):
-            raise ValueError(f"{path}: tensor '{name}' has unsupported dtype {info['dtype']}")
-        begin, end = info["data_offsets"]
-        shape = info["shape"]
-        count = 1
-        for s in shape:
-            count *= s
-        elem = torch.empty(0, dtype=dtype).element_size()
-        if end - begin != count * elem:
-            raise ValueError(f"{path}: tensor '{name}' size does not match shape {shape}")
-        chunk = raw[data_start + begin : data_start + end]
-        if (data_start + begin) % elem:
-            chunk = chunk.clone()  # unaligned (never written by save): copy rather than misread
-        out[name] = chunk.view(dtype).reshape(shape)
-    if out["embeddings"].dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"{path}: embeddings dtype {out['embeddings'].dtype} is not supported")
-    return out

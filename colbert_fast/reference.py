@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["maxsim", "maxsim_packed", "gather", "lengths_to_mask"]
+__all__ = ["maxsim", "maxsim_packed", "gather", "lengths_to_mask", "decode_residual", "decode_int8", "unpack_bits"]
 
 
 def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -136,6 +136,52 @@ def maxsim_packed(
     D, d_mask = gather(embeddings, offsets, lengths, pids)
     scores = maxsim(Q, D, q_mask, d_mask, floor=floor, upcast=upcast)
     return scores.masked_fill(pids < 0, float("-inf"))
+
+
+# ---- compressed stores: the decoded vectors (docs/spec.md, "Compressed stores") -------------------
+#
+# A compressed store's contract: its scores equal reference MaxSim over exactly these decoded
+# vectors. Kernels never build them in memory; this is their definition.
+
+
+def unpack_bits(codes: torch.Tensor, nbits: int, dim: int) -> torch.Tensor:
+    """uint8 codes [T, ceil(dim * nbits / 8)] -> int64 bucket indices [T, dim].
+
+    Dimension k of a token is the nbits-wide field at bit (k % (8 // nbits)) * nbits of byte
+    k // (8 // nbits): little-endian inside each byte, so 2-bit dims 0..3 are bits 0-1, 2-3, 4-5,
+    6-7 of byte 0.
+    """
+    per_byte = 8 // nbits
+    shifts = torch.arange(per_byte, device=codes.device, dtype=torch.int64) * nbits
+    fields = (codes.to(torch.int64).unsqueeze(-1) >> shifts) & ((1 << nbits) - 1)
+    return fields.reshape(codes.shape[0], -1)[:, :dim]
+
+
+def decode_residual(
+    centroid_ids: torch.Tensor,
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    centroids: torch.Tensor,
+    bucket_weights: torch.Tensor,
+    nbits: int,
+) -> torch.Tensor:
+    """ColBERTv2's residual codec, decoded: fp32 [T, dim].
+
+        d = scale * (centroids[centroid_id] + bucket_weights[b_k] for each dim k)
+
+    centroid_ids int [T]; codes uint8 [T, ceil(dim * nbits / 8)] (see unpack_bits); scales [T]
+    (stored fp16; the encoder sets it so d keeps the original vector's norm); centroids [C, dim];
+    bucket_weights [2 ** nbits].
+    """
+    dim = centroids.shape[1]
+    buckets = unpack_bits(codes, nbits, dim)
+    residual = bucket_weights.float()[buckets]
+    return (centroids.float()[centroid_ids.to(torch.int64)] + residual) * scales.float().unsqueeze(-1)
+
+
+def decode_int8(codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """int8 codes [T, dim] with one scale per token: d = scale * code, fp32 [T, dim]."""
+    return codes.float() * scales.float().unsqueeze(-1)
 
 
 # ---- the tolerance rule (docs/spec.md, section 7) ----------------------------------------------

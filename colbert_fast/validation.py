@@ -9,11 +9,19 @@ and the shapes seen, before any backend runs. Backends receive normalized argume
     pids         int64 [B, K], -1 <= pid < num_docs
     floor        None or contiguous fp32 of the doc shape (D.shape[:-2], or pids' [B, K]), each
                  value -inf or finite
+
+Value checks (pids, lengths and floor in range) never read a tensor on the host: each reduces to
+one 0-dim bool on the data's device and hands it to `_require`, whose only verdict is
+torch._assert_async. On CPU that raises at once and is re-raised as the IndexError /
+ValueError with the offending value; on a GPU it is a queued device-side assert, so the scoring
+hot path does not wait for the device (see `_require` for what a failure looks like there).
 """
 
 from __future__ import annotations
 
 import torch
+
+from .compressed import CompressedDocs
 
 # The store owns the dtypes (a PackedDocs checks its own at construction); the ops accept the same.
 from .packed import PackedDocs, check_dtype
@@ -61,18 +69,46 @@ def check_q_mask(q_mask, Q: torch.Tensor):
     return q_mask
 
 
+def _require(ok: torch.Tensor, exc_type: type, message: str, detail) -> None:
+    """Raise exc_type(detail()) unless the 0-dim bool tensor `ok` is True, without a host read.
+
+    Why torch._assert_async and not `if not bool(ok)`: bool() waits for the device, and on a GPU
+    that wait is several times the R1 kernel's cost (~10 us on an H200). _assert_async is the
+    same check queued on the device's stream: nothing waits, and a failure is a device-side assert
+    carrying `message` (printed by the kernel) that stops every later kernel on that device, so
+    the scoring kernel never reads out of bounds. The price, as with PyTorch's own CUDA indexing:
+    the error surfaces at the next synchronisation as "CUDA error: device-side assert triggered"
+    and the CUDA context cannot be used afterwards. On CPU _assert_async checks at once and raises
+    RuntimeError; that becomes the error of docs/spec.md, whose `detail()` may read the values (this is the
+    failure path only). The same call on every device keeps the code path one: a CPU test that
+    forbids host reads (tests/core/test_no_sync.py) covers what runs on the GPU.
+    """
+    message = message[:240]  # the CUDA kernel carries at most 255 characters
+    if ok.device.type == "cpu":
+        try:
+            torch._assert_async(ok, message)
+        except RuntimeError:
+            raise exc_type(detail()) from None
+    else:
+        torch._assert_async(ok, f"colbert_fast: {message}")
+
+
 def _check_lengths(name: str, lengths: torch.Tensor, limit: int | None, limit_desc: str) -> torch.Tensor:
     if lengths.dtype.is_floating_point or lengths.dtype == torch.bool or lengths.is_complex():
         raise TypeError(f"{name} must be an integer tensor, got dtype {lengths.dtype}")
     lengths = lengths.to(torch.int64)
     if lengths.numel():
-        lo, hi = (int(v) for v in torch.stack([lengths.min(), lengths.max()]).tolist())
-        if lo < 0:
-            raise ValueError(f"{name} must be >= 0, got a length of {lo} (shape {_shape(lengths)})")
-        if limit is not None and hi > limit:
-            raise ValueError(
-                f"{name} must be <= {limit_desc} = {limit}, got a length of {hi} (shape {_shape(lengths)})"
-            )
+        lo, hi = torch.aminmax(lengths)
+        ok = lo >= 0 if limit is None else (lo >= 0) & (hi <= limit)
+        shape = _shape(lengths)
+
+        def detail() -> str:
+            if int(lo) < 0:
+                return f"{name} must be >= 0, got a length of {int(lo)} (shape {shape})"
+            return f"{name} must be <= {limit_desc} = {limit}, got a length of {int(hi)} (shape {shape})"
+
+        bounds = "[0, inf)" if limit is None else f"[0, {limit_desc} = {limit}]"
+        _require(ok, ValueError, f"{name} must be in {bounds} (shape {shape})", detail)
     return lengths
 
 
@@ -105,8 +141,9 @@ def check_floor(floor, shape: tuple, device: torch.device, shape_desc: str):
         ) from None
     floor = floor.to(torch.float32).contiguous()
     # One reduction: the max is NaN with a NaN anywhere and +inf with a +inf anywhere.
-    if floor.numel() and not bool(floor.max() < float("inf")):
-        raise ValueError("floor must be -inf or finite everywhere, got NaN or +inf")
+    if floor.numel():
+        message = "floor must be -inf or finite everywhere, got NaN or +inf"
+        _require(floor.max() < float("inf"), ValueError, message, lambda: message)
     return floor
 
 
@@ -145,8 +182,13 @@ def check_maxsim(Q, D, q_mask, d_mask, d_lengths, floor=None):
 
 
 def check_docs(docs) -> None:
-    if not isinstance(docs, PackedDocs):
-        raise TypeError(f"docs must be a colbert_fast.PackedDocs, got {type(docs).__name__}")
+    if not isinstance(docs, (PackedDocs, CompressedDocs)):
+        raise TypeError(f"docs must be a colbert_fast.PackedDocs or CompressedDocs, got {type(docs).__name__}")
+
+
+def _check_on_docs_device(name: str, t: torch.Tensor, docs) -> None:
+    if t.device != docs.device:
+        raise ValueError(f"{name} is on {t.device} but docs are on {docs.device}: move them to one device")
 
 
 def check_pids(pids, docs, batch: int | None) -> torch.Tensor:
@@ -159,21 +201,26 @@ def check_pids(pids, docs, batch: int | None) -> torch.Tensor:
     if pids.dim() != 2 or (batch is not None and pids.shape[0] != batch):
         want = "[B, K]" if batch is None else f"[B, K] with B = {batch} (or [K] when B == 1)"
         raise ValueError(f"pids must be {want}, got shape {_shape(pids)}")
-    _check_same_device("pids", pids, "docs", docs.embeddings)
+    _check_on_docs_device("pids", pids, docs)
     pids = pids.to(torch.int64)
     if pids.numel():
-        lo, hi = (int(v) for v in torch.stack([pids.min(), pids.max()]).tolist())
-        if lo < -1:
-            raise IndexError(f"pids must be >= -1 (-1 = empty slot), got {lo} (pids shape {_shape(pids)})")
-        if hi >= docs.num_docs:
-            raise IndexError(f"pid {hi} out of range: docs has {docs.num_docs} docs (pids shape {_shape(pids)})")
+        lo, hi = torch.aminmax(pids)
+        n, shape = docs.num_docs, _shape(pids)
+
+        def detail() -> str:
+            if int(lo) < -1:
+                return f"pids must be >= -1 (-1 = empty slot), got {int(lo)} (pids shape {shape})"
+            return f"pid {int(hi)} out of range: docs has {n} docs (pids shape {shape})"
+
+        message = f"pids must be in [-1, {n}) (-1 = empty slot; docs has {n} docs, pids shape {shape})"
+        _require((lo >= -1) & (hi < n), IndexError, message, detail)
     return pids
 
 
 def check_packed(Q, docs, pids, q_mask, floor=None):
     check_docs(docs)
     check_query(Q, docs.dim, "docs")
-    _check_same_device("Q", Q, "docs", docs.embeddings)
+    _check_on_docs_device("Q", Q, docs)
     q_mask = check_q_mask(q_mask, Q)
     pids = check_pids(pids, docs, Q.shape[0])
     floor = check_floor(floor, _shape(pids), docs.device, "pids' shape [B, K]")

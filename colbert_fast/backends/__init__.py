@@ -8,6 +8,9 @@ A backend is a module named <name>_backend in this package exposing:
     maxsim(Q, D, q_mask, d_mask, d_lengths, floor) -> fp32 [B, N] or [B, K]
     maxsim_packed(Q, embeddings, offsets, lengths, pids, q_mask, max_len, floor) -> fp32 [B, K]
     gather(embeddings, offsets, lengths, pids, max_len) -> (D [*pids.shape, max_len, dim], mask)
+and, where it has compressed-store kernels (supports_codes(device) -> True):
+    maxsim_packed_codes(Q, view, pids, q_mask, max_len, floor) -> fp32 [B, K]    view: CodesView
+    gather_codes(view, pids, max_len, dtype) -> (D [*pids.shape, max_len, dim] in dtype, mask)
 
 Arguments arrive validated and normalized (see colbert_fast/validation.py); max_len is a host int
 (the longest doc that can occur), so no backend needs a device sync to size its work.
@@ -43,8 +46,15 @@ def unavailable_reason(name: str, device: torch.device) -> str | None:
     return module.unavailable_reason(device)
 
 
-def select(backend: str, device: torch.device, needs_grad: bool = False):
-    """The backend module to run on `device`; RuntimeError saying why when a forced one can't."""
+def _supports_codes(module, device: torch.device) -> bool:
+    return bool(getattr(module, "supports_codes", lambda device: False)(device))
+
+
+def select(backend: str, device: torch.device, needs_grad: bool = False, codes: bool = False):
+    """The backend module to run on `device`; RuntimeError saying why when a forced one can't.
+
+    codes: the call scores or gathers a CompressedDocs (only backends with those kernels qualify).
+    """
     if backend != "auto":
         module_reason = unavailable_reason(backend, device)
         if module_reason is not None:
@@ -54,11 +64,15 @@ def select(backend: str, device: torch.device, needs_grad: bool = False):
             raise RuntimeError(
                 f"backend {backend!r} has no backward; inputs require grad: use backend='torch' or 'auto'"
             )
+        if codes and not _supports_codes(module, device):
+            raise RuntimeError(f"backend {backend!r} has no compressed-store kernels for {device} tensors")
         return module
     for name in AUTO_ORDER.get(device.type, ("torch",)):
         if unavailable_reason(name, device) is None:
             module = load(name)
             if needs_grad and not module.SUPPORTS_BACKWARD:
+                continue
+            if codes and not _supports_codes(module, device):
                 continue
             return module
     return load("torch")

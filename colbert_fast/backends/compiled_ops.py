@@ -31,3 +31,17 @@ def maxsim_packed(Q, embeddings, offsets, lengths, pids, q_mask, max_len, floor=
 
 def gather(embeddings, offsets, lengths, pids, max_len):
     return torch.ops.colbert_fast.gather(embeddings, offsets, lengths, pids, max_len)
+
+
+def maxsim_packed_codes(Q, view, pids, q_mask, max_len, floor=None):
+    return torch.ops.colbert_fast.maxsim_packed_codes(
+        Q, view.codes, view.scales, view.centroid_ids, view.centroids, view.bucket_weights, view.offsets,
+        view.lengths, pids, q_mask, max_len, view.nbits, floor,
+    )  # fmt: skip
+
+
+def gather_codes(view, pids, max_len, dtype):
+    return torch.ops.colbert_fast.gather_codes(
+        view.codes, view.scales, view.centroid_ids, view.centroids, view.bucket_weights, view.offsets,
+        view.lengths, pids, max_len, view.nbits, dtype,
+    )  # fmt: skip

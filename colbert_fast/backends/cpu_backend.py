@@ -12,7 +12,13 @@ import torch
 
 from .. import extension
 from . import compiled_ops
-from .compiled_ops import gather, maxsim, maxsim_packed  # noqa: F401  (the backend interface)
+from .compiled_ops import (  # noqa: F401  (the backend interface)
+    gather,
+    gather_codes,
+    maxsim,
+    maxsim_packed,
+    maxsim_packed_codes,
+)
 
 NAME = "cpu"
 SUPPORTS_BACKWARD = False
@@ -35,3 +41,10 @@ def cpu_isa() -> str:
     if ext is None:
         raise RuntimeError(extension.missing_reason())
     return ext.cpu_isa()
+
+
+def supports_codes(device: torch.device) -> bool:
+    """Whether this build has the compressed-store kernels for `device` tensors."""
+    return unavailable_reason(device) is None and all(
+        extension.has_kernel(op, "CPU") for op in ("maxsim_packed_codes", "gather_codes")
+    )

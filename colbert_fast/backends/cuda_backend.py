@@ -7,7 +7,13 @@ import torch
 
 from .. import extension
 from . import compiled_ops
-from .compiled_ops import gather, maxsim, maxsim_packed  # noqa: F401  (the backend interface)
+from .compiled_ops import (  # noqa: F401  (the backend interface)
+    gather,
+    gather_codes,
+    maxsim,
+    maxsim_packed,
+    maxsim_packed_codes,
+)
 
 NAME = "cuda"
 SUPPORTS_BACKWARD = False
@@ -32,3 +38,10 @@ def unavailable_reason(device: torch.device) -> str | None:
     if not torch.cuda.is_available():
         return "torch sees no CUDA GPU"
     return None
+
+
+def supports_codes(device: torch.device) -> bool:
+    """Whether this build has the compressed-store kernels for `device` tensors."""
+    return unavailable_reason(device) is None and all(
+        extension.has_kernel(op, "CUDA") for op in ("maxsim_packed_codes", "gather_codes")
+    )

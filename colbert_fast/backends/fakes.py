@@ -26,7 +26,25 @@ def _gather_fake(embeddings, offsets, lengths, pids, max_len):
     return out, embeddings.new_empty((*shape, max_len), dtype=torch.bool)
 
 
-_FAKES = {"maxsim": _maxsim_fake, "maxsim_packed": _maxsim_packed_fake, "gather": _gather_fake}
+def _maxsim_packed_codes_fake(Q, codes, scales, centroid_ids, centroids, bucket_weights, offsets, lengths, pids,
+                              q_mask, max_len, nbits, floor=None):  # fmt: skip
+    return Q.new_empty(tuple(pids.shape), dtype=torch.float32)
+
+
+def _gather_codes_fake(codes, scales, centroid_ids, centroids, bucket_weights, offsets, lengths, pids, max_len,
+                       nbits, dtype):  # fmt: skip
+    dim = codes.shape[1] if nbits == 8 else centroids.shape[1]
+    shape = tuple(pids.shape)
+    return codes.new_empty((*shape, max_len, dim), dtype=dtype), codes.new_empty((*shape, max_len), dtype=torch.bool)
+
+
+_FAKES = {
+    "maxsim": _maxsim_fake,
+    "maxsim_packed": _maxsim_packed_fake,
+    "gather": _gather_fake,
+    "maxsim_packed_codes": _maxsim_packed_codes_fake,
+    "gather_codes": _gather_codes_fake,
+}
 
 
 def register() -> None:

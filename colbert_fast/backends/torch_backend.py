@@ -115,3 +115,59 @@ def maxsim_packed(Q, embeddings, offsets, lengths, pids, q_mask, max_len, floor=
         out.append(maxsim(Q, D, q_mask, d_mask, None, fl))
     scores = torch.cat(out, dim=1) if out else Q.new_zeros((B, 0), dtype=torch.float32)
     return scores.masked_fill(pids < 0, float("-inf"))
+
+
+# ---- compressed stores (colbert_fast.compressed) ---------------------------------------------------
+# Decoded here with code of its own (the oracle's decode in colbert_fast.reference judges it):
+# only the gathered chunk's rows are decoded, never the store.
+
+
+def supports_codes(device: torch.device) -> bool:
+    return True
+
+
+def _decode(view, rows: torch.Tensor) -> torch.Tensor:
+    """fp32 [*rows.shape, dim]: the decoded vectors of token rows `rows`."""
+    flat = rows.reshape(-1)
+    scale = view.scales[flat].float().unsqueeze(-1)
+    if view.nbits == 8:
+        out = view.codes[flat].float() * scale
+    else:
+        per_byte = 8 // view.nbits
+        dims = torch.arange(view.dim, device=rows.device)
+        byte = view.codes[flat][:, dims // per_byte].to(torch.int32)
+        bucket = (byte >> ((dims % per_byte) * view.nbits).to(torch.int32)) & ((1 << view.nbits) - 1)
+        centroid = view.centroids[view.centroid_ids[flat].long()]
+        out = (centroid + view.bucket_weights[bucket.long()]) * scale
+    return out.reshape(*rows.shape, view.dim)
+
+
+def _rows_of(view, pids, max_len):
+    """Token rows [*pids.shape, max_len] (padding points at row 0) and the valid mask."""
+    safe = pids.clamp(min=0)
+    sel_len = torch.where(pids >= 0, view.lengths[safe], torch.zeros_like(safe))
+    pos = torch.arange(max_len, device=pids.device)
+    mask = pos < sel_len.unsqueeze(-1)
+    rows = torch.where(mask, view.offsets[safe].unsqueeze(-1) + pos, torch.zeros_like(pos))
+    return rows, mask
+
+
+def gather_codes(view, pids, max_len, dtype):
+    rows, mask = _rows_of(view, pids, max_len)
+    if view.codes.shape[0] == 0:
+        return torch.zeros((*pids.shape, max_len, view.dim), dtype=dtype, device=pids.device), mask
+    D = _decode(view, rows).masked_fill_(~mask.unsqueeze(-1), 0)
+    return D.to(dtype), mask
+
+
+def maxsim_packed_codes(Q, view, pids, q_mask, max_len, floor=None):
+    B, K = pids.shape
+    per_column = max(1, B * max(max_len, 1) * (Q.shape[1] + view.dim))
+    chunk = max(1, CHUNK_ELEMENTS // per_column)
+    out = []
+    for start in range(0, K, chunk):
+        D, d_mask = gather_codes(view, pids[:, start : start + chunk], max_len, torch.float32)
+        fl = None if floor is None else floor[:, start : start + chunk]
+        out.append(maxsim(Q.float(), D, q_mask, d_mask, None, fl))
+    scores = torch.cat(out, dim=1) if out else Q.new_zeros((B, 0), dtype=torch.float32)
+    return scores.masked_fill(pids < 0, float("-inf"))

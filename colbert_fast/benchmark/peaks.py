@@ -2,9 +2,15 @@
 
 copy: dst.copy_(src) of a buffer far larger than any cache; bandwidth counts the bytes read plus
       the bytes written (2 x size), the usual convention for device-copy figures.
-matmul: a square GEMM in the workload's dtype (fp32 accumulate), 2*n^3 FLOPs.
+matmul: a square GEMM in the workload's dtype (fp32 accumulate), 2*n^3 FLOPs: torch.mm's rate.
+compute: the arithmetic ceiling a kernel is judged against. GPU: the matmul rate (cuBLAS runs
+      near the tensor cores' peak). CPU: torch.mm is no ceiling (the fused kernels have read
+      120-155% of it on the 2-core EPYC), so the compiled extension times a register-only loop
+      of vector FMAs on every thread (colbert_fast._C.cpu_peak_gflops, csrc/cpu/peak_cpu.cpp):
+      fp32 and fp16 inputs (converted to fp32 in registers) against the FMA peak, bf16 against
+      the bf16 dot-product peak where the CPU kernels use vdpbf16ps, else the FMA peak.
 These are the roofline's ceilings: a memory-bound MaxSim is judged against `copy`, a
-compute-bound one against `matmul`.
+compute-bound one against `compute`; the report shows the fraction of torch.mm's rate too.
 """
 
 from __future__ import annotations
@@ -35,8 +41,32 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, n: int, budget_s: floa
     return {"matmul_TFLOPs": tflops, "matmul_n": n, "matmul_ms": t.median_ms}
 
 
+def cpu_compute_peaks(dtypes: list[torch.dtype], seconds: float = 0.3) -> dict:
+    """{'fp32': {'TFLOPs', 'source'}, ...}: the measured CPU ceiling per dtype, {} without the extension."""
+    from .. import extension
+
+    ext = extension.extension()
+    if ext is None or not hasattr(ext, "cpu_peak_gflops"):
+        return {}
+    fma_gflops, threads, loop = ext.cpu_peak_gflops("fp32", seconds)
+    fma = {"TFLOPs": fma_gflops / 1e3, "source": f"{loop} loop, {threads} threads"}
+    out = {}
+    for dt in dtypes:
+        name = SHORT[dt]
+        if dt != torch.bfloat16:
+            out[name] = dict(fma)
+            continue
+        try:
+            gflops, threads, loop = ext.cpu_peak_gflops("bf16", seconds)
+            out[name] = {"TFLOPs": gflops / 1e3, "source": f"{loop} loop, {threads} threads"}
+        except ValueError:  # no bf16 dot products: the kernels convert bf16 to fp32 and FMA
+            out[name] = dict(fma)
+    return out
+
+
 def measure_peaks(device: torch.device, dtypes: list[torch.dtype], size: str = "full") -> dict:
-    """{'copy_GBps': .., 'matmul_TFLOPs': {'fp16': ..}, 'detail': {...}}.
+    """{'copy_GBps': .., 'matmul_TFLOPs': {'fp16': ..}, 'compute_TFLOPs': {'fp16': ..},
+    'compute_source': {'fp16': 'torch.mm' or the CPU loop}, 'detail': {...}}.
 
     Sizes: GPU 1 GiB copy, 8192^3 GEMM; CPU 256 MiB (128 MiB quick) copy, 2048^3 fp32 GEMM (1024^3
     in half precision: CPUs without native fp16/bf16 GEMMs are slow at it); tiny runs use small
@@ -51,9 +81,24 @@ def measure_peaks(device: torch.device, dtypes: list[torch.dtype], size: str = "
         n32, n16 = (512, 256) if tiny else (2048, 1024)
     budget = 0.2 if tiny else 1.0
     copy = copy_bandwidth(device, nbytes, budget)
-    out = {"copy_GBps": copy["copy_GBps"], "matmul_TFLOPs": {}, "detail": {"copy": copy}}
+    out = {
+        "copy_GBps": copy["copy_GBps"],
+        "matmul_TFLOPs": {},
+        "compute_TFLOPs": {},
+        "compute_source": {},
+        "detail": {"copy": copy},
+    }
     for dt in dtypes:
         mm = matmul_rate(device, dt, n32 if dt == torch.float32 else n16, budget)
         out["matmul_TFLOPs"][SHORT[dt]] = mm["matmul_TFLOPs"]
         out["detail"][f"matmul_{SHORT[dt]}"] = mm
+    cpu = cpu_compute_peaks(dtypes, 0.1 if tiny else 0.3) if device.type == "cpu" else {}
+    for dt in dtypes:
+        name = SHORT[dt]
+        if name in cpu:
+            out["compute_TFLOPs"][name] = cpu[name]["TFLOPs"]
+            out["compute_source"][name] = cpu[name]["source"]
+        else:
+            out["compute_TFLOPs"][name] = out["matmul_TFLOPs"][name]
+            out["compute_source"][name] = "torch.mm" + (" (no compiled extension)" if device.type == "cpu" else "")
     return out

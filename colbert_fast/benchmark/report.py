@@ -37,8 +37,15 @@ ROW_FIELDS = (
     "TFLOPs",
     "GBps",
     "frac_peak_flops",
+    "frac_gemm",
     "frac_peak_bw",
     "frac_roofline",
+    "kernel_ms",
+    "kernel_warm_ms",
+    "kernel_method",
+    "kernel_TFLOPs",
+    "kernel_GBps",
+    "kernel_frac_roofline",
     "speedup",
     "peak_mem_bytes",
     "max_err",
@@ -166,19 +173,32 @@ def _heading(w: dict, rows: list[dict]) -> str:
     )
 
 
+def _kernel_cell(r: dict) -> str:
+    if r.get("kernel_ms") is None:
+        return "-"
+    how = "graph" if r.get("kernel_method") == "cuda graph" else "b2b"
+    return f"{r['kernel_ms']:.3f} ({how})"
+
+
 def _cells(r: dict) -> list[str]:
     spread = f"{_fmt(r['median_ms'], '.3f')} ({_fmt(r['p20_ms'], '.3f')}-{_fmt(r['p80_ms'], '.3f')})"
     status = r["status"] if r["status"] != "ok" else ""
     note = (status + ": " if status else "") + (r.get("note") or "")
+    method = r.get("kernel_method") or ""
+    if method.startswith(("back-to-back (", "failed")):
+        note = (note + "; " if note else "") + f"kernel: {method}"
     return [
         r["impl"],
         spread if r["median_ms"] is not None else "-",
+        _kernel_cell(r),
         _fmt(r["warmup_ms"], ".1f"),
         _fmt(r["TFLOPs"], ".3g"),
         _fmt(r["GBps"], ".3g"),
         _pct(r["frac_peak_flops"]),
+        _pct(r.get("frac_gemm")),
         _pct(r["frac_peak_bw"]),
         _pct(r["frac_roofline"]),
+        _pct(r.get("kernel_frac_roofline")),
         _fmt(r["speedup"], ".2f", "-") + ("x" if r["speedup"] else ""),
         _mem(r["peak_mem_bytes"]),
         note,
@@ -187,13 +207,16 @@ def _cells(r: dict) -> list[str]:
 
 HEADERS = [
     "impl",
-    "median ms (p20-p80)",
+    "call ms (p20-p80)",
+    "kernel ms",
     "warm-up ms",
     "TFLOP/s",
     "GB/s",
+    "%peak",
     "%GEMM",
     "%copy",
     "%roofline",
+    "kernel %roofline",
     "speedup",
     "peak mem",
     "note",
@@ -203,7 +226,14 @@ HEADERS = [
 def _peaks_line(doc: dict) -> str:
     p = doc["peaks"]
     mm = ", ".join(f"{k} GEMM {v:.3g} TFLOP/s" for k, v in p["matmul_TFLOPs"].items())
-    return f"measured peaks: copy {p['copy_GBps']:.4g} GB/s, {mm}"
+    line = f"measured peaks: copy {p['copy_GBps']:.4g} GB/s, {mm} (torch.mm)"
+    src = p.get("compute_source", {})
+    ceilings = [
+        f"{k} {v:.3g} TFLOP/s ({src.get(k, '?')})"
+        for k, v in p.get("compute_TFLOPs", {}).items()
+        if src.get(k) != "torch.mm"
+    ]
+    return line + (f"; arithmetic ceilings (%peak): {', '.join(ceilings)}" if ceilings else "")
 
 
 def print_table(doc: dict, console=None) -> None:
@@ -301,7 +331,7 @@ def write_plots(doc: dict, out: Path) -> list[str]:
     peaks = doc["peaks"]
     bw = peaks["copy_GBps"] * 1e9
     xs = [2.0**e for e in range(-4, 14)]
-    for dt, tf in peaks["matmul_TFLOPs"].items():
+    for dt, tf in peaks.get("compute_TFLOPs", peaks["matmul_TFLOPs"]).items():
         ax.plot(
             xs,
             [min(tf, x * bw / 1e12) for x in xs],

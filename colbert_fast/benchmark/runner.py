@@ -9,8 +9,15 @@ Implementations (rows), per workload and dtype:
     <peer>              peers.py, when importable
 
 Every row's scores are first checked against the fp32 oracle (colbert_fast.reference) with
-the tolerance rule of docs/spec.md, on a subset of queries and candidates small enough for the oracle; a
-row that disagrees is flagged "wrong" and not timed.
+the tolerance rule of docs/spec.md: the allocator's next blocks are poisoned with NaN before the checked
+call (timing.poison_allocator), every output element must be written (no NaN anywhere in the
+[B, K] scores), and the values are compared on a sample of queries and candidates spread over the
+whole grid (first, last and evenly between), as large as the oracle's memory allows. A row that
+disagrees is flagged "wrong" and not timed.
+
+Each timed row reports the per-call time (median_ms: what a user's call costs, Python dispatch
+included) and the kernel-only time (kernel_ms: CUDA-graph replay on a GPU, timing.measure_kernel),
+with throughput and fractions of the device's peaks for both.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import colbert_fast as cf
 
 from .. import backends, reference
 from . import baselines, peers, workloads
-from .timing import CacheFlusher, measure
+from .timing import CacheFlusher, measure, measure_kernel, poison_allocator
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
@@ -49,6 +56,7 @@ class Options:
     compile: bool = True
     compile_budget_s: float | None = None  # total seconds torch.compile may take in this run
     peers: bool = True
+    kernel_timing: bool = True  # also time the device work alone (timing.measure_kernel)
     sweep: bool = False  # add the S<K> latency-vs-docs sweep (first dtype only)
     seed: int = 0
     log: Callable[[str], None] = print
@@ -138,43 +146,55 @@ def implementations(opts: Options) -> list[Impl]:
 # ---- correctness -------------------------------------------------------------------------------
 
 
-def _check_subset(case: workloads.Case) -> tuple[int, int]:
+def _spread(n: int, m: int) -> torch.Tensor:
+    """m indices spread evenly over range(n), first and last included (all of them when m >= n)."""
+    if m >= n:
+        return torch.arange(n)
+    return torch.linspace(0, n - 1, m).round().long().unique()
+
+
+def _check_subset(case: workloads.Case) -> tuple[torch.Tensor, torch.Tensor]:
+    """(query rows, candidate columns) the oracle checks: spread over the whole [B, K] grid, at
+    most CHECK_ELEMENTS similarities in all (the whole grid when it fits)."""
     s = case.spec
     per_pair = s.Lq * max(case.pad_len, 1)
     k = max(1, min(s.K, CHECK_ELEMENTS // per_pair))
     b = max(1, min(s.B, CHECK_ELEMENTS // (per_pair * k)))
-    return b, k
+    return _spread(s.B, b), _spread(s.K, k)
 
 
-def oracle(case: workloads.Case) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
-    """fp32 oracle and same-low-dtype scores on the checked subset, and the subset (b, k)."""
-    b, k = _check_subset(case)
-    Q = case.Q[:b]
+def oracle(case: workloads.Case) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """fp32 oracle and same-low-dtype scores on the checked subset, and the subset (rows, cols)."""
+    rows, cols = _check_subset(case)
+    Q = case.Q[rows.to(case.device)]
     if case.mode == "packed":
         d = case.docs
-        pids = case.pids[:b, :k]
+        pids = case.pids[rows.to(case.device)][:, cols.to(case.device)]
         # The oracle's own gather (shares no code with the backends), done once for both passes.
         D, mask = reference.gather(d.embeddings, d.offsets, d.lengths, pids)
         exact = reference.maxsim(Q, D, d_mask=mask).masked_fill(pids < 0, float("-inf"))
         low = reference.maxsim(Q, D, d_mask=mask, upcast=False).masked_fill(pids < 0, float("-inf"))
     else:
-        lengths = None if case.d_lengths is None else case.d_lengths[:k]
-        exact = reference.maxsim(Q, case.D[:k], d_lengths=lengths)
-        low = reference.maxsim(Q, case.D[:k], d_lengths=lengths, upcast=False)
-    return exact.cpu(), low.cpu(), (b, k)
+        idx = cols.to(case.device)
+        lengths = None if case.d_lengths is None else case.d_lengths[idx]
+        exact = reference.maxsim(Q, case.D[idx], d_lengths=lengths)
+        low = reference.maxsim(Q, case.D[idx], d_lengths=lengths, upcast=False)
+    return exact.cpu(), low.cpu(), (rows, cols)
 
 
 def check(out: torch.Tensor, exact: torch.Tensor, low: torch.Tensor, subset, case) -> tuple[bool, float, float, str]:
-    """(ok, max error, tolerance, message) for out [B, K] against the oracle on the subset."""
-    b, k = subset
+    """(ok, max error, tolerance, message) for out [B, K]: every element written (no NaN: the
+    allocator was poisoned before the call), and the values on the subset against the oracle."""
+    rows, cols = subset
     want = (case.spec.B, case.spec.K)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         return False, float("inf"), 0.0, f"returned {shape}, expected {want}"
-    got = out[:b, :k].detach().float().cpu()
     tol = reference.tolerance(exact, low, case.dtype, case.spec.Lq)
-    if torch.isnan(got).any():
-        return False, float("nan"), tol, "NaN in scores"
+    unwritten = torch.isnan(out.detach()).sum()
+    if int(unwritten):
+        return False, float("nan"), tol, f"NaN in {int(unwritten)} of {out.numel()} scores (unwritten or computed NaN)"
+    got = out.detach().float().cpu()[rows][:, cols]
     if (torch.isinf(got) != torch.isinf(exact)).any():
         return False, float("inf"), tol, "infinite scores where the oracle has finite ones (or vice versa)"
     finite = torch.isfinite(exact)
@@ -186,19 +206,33 @@ def check(out: torch.Tensor, exact: torch.Tensor, low: torch.Tensor, subset, cas
 # ---- the run -----------------------------------------------------------------------------------
 
 
+def _roofline_floor_s(counts, peaks: dict, dtype_name: str) -> float | None:
+    """The longer of "all useful FLOPs at the compute ceiling" and "all bytes at copy rate"."""
+    peak_flops = peaks.get("compute_TFLOPs", peaks["matmul_TFLOPs"]).get(dtype_name)
+    peak_bw = peaks["copy_GBps"]
+    floors = [counts.min_bytes / (peak_bw * 1e9)] if peak_bw else []
+    if peak_flops:
+        floors.append(counts.useful_flops / (peak_flops * 1e12))
+    return max(floors) if floors else None
+
+
 def _metrics(row: dict, counts, peaks: dict, dtype_name: str) -> None:
     t = row["median_ms"] * 1e-3
     row["TFLOPs"] = counts.useful_flops / t / 1e12
     row["GBps"] = counts.min_bytes / t / 1e9
-    peak_flops = peaks["matmul_TFLOPs"].get(dtype_name)
+    peak_flops = peaks.get("compute_TFLOPs", peaks["matmul_TFLOPs"]).get(dtype_name)
+    gemm = peaks["matmul_TFLOPs"].get(dtype_name)
     peak_bw = peaks["copy_GBps"]
     row["frac_peak_flops"] = row["TFLOPs"] / peak_flops if peak_flops else None
+    row["frac_gemm"] = row["TFLOPs"] / gemm if gemm else None
     row["frac_peak_bw"] = row["GBps"] / peak_bw if peak_bw else None
-    # The roofline floor: the longer of "all useful FLOPs at the GEMM rate" and "all bytes at copy rate".
-    floors = [counts.min_bytes / (peak_bw * 1e9)] if peak_bw else []
-    if peak_flops:
-        floors.append(counts.useful_flops / (peak_flops * 1e12))
-    row["frac_roofline"] = max(floors) / t if floors else None
+    floor = _roofline_floor_s(counts, peaks, dtype_name)
+    row["frac_roofline"] = floor / t if floor else None
+    if row.get("kernel_ms"):
+        tk = row["kernel_ms"] * 1e-3
+        row["kernel_TFLOPs"] = counts.useful_flops / tk / 1e12
+        row["kernel_GBps"] = counts.min_bytes / tk / 1e9
+        row["kernel_frac_roofline"] = floor / tk if floor else None
 
 
 def _new_row(case: workloads.Case, impl: Impl, dtype_name: str, counts) -> dict:
@@ -220,8 +254,15 @@ def _new_row(case: workloads.Case, impl: Impl, dtype_name: str, counts) -> dict:
         "TFLOPs": None,
         "GBps": None,
         "frac_peak_flops": None,
+        "frac_gemm": None,
         "frac_peak_bw": None,
         "frac_roofline": None,
+        "kernel_ms": None,
+        "kernel_warm_ms": None,
+        "kernel_method": None,
+        "kernel_TFLOPs": None,
+        "kernel_GBps": None,
+        "kernel_frac_roofline": None,
         "speedup": None,
         "peak_mem_bytes": None,
         "max_err": None,
@@ -256,6 +297,9 @@ def run_case(case: workloads.Case, impls: list[Impl], opts: Options, peaks: dict
             continue
         try:
             fn = impl.make(case)
+            # An output the call never writes must not inherit the last row's scores: poison the
+            # blocks the allocator hands out next, so unwritten scores read NaN.
+            poison_allocator(case.device, case.spec.B * case.spec.K * 4)
             t0 = time.perf_counter()
             with torch.no_grad() if case.mode != "train" else torch.enable_grad():
                 out = fn()
@@ -279,6 +323,8 @@ def run_case(case: workloads.Case, impls: list[Impl], opts: Options, peaks: dict
             row["status"], row["note"] = "wrong", msg + " (not timed)"
             opts.log(f"  {case.name} {dtype_name} {impl.name}: WRONG: {msg}")
             continue
+        if isinstance(out, torch.Tensor) and out.is_floating_point():
+            out.detach().fill_(float("nan"))  # freed next: its block must not hand valid scores to a later row
         del out
         grad_ctx = torch.enable_grad if case.mode == "train" else torch.no_grad
         try:
@@ -295,6 +341,19 @@ def run_case(case: workloads.Case, impls: list[Impl], opts: Options, peaks: dict
         row["median_ms"] = timing.median_ms
         row["p20_ms"], row["p80_ms"] = timing.quantile_ms(0.2), timing.quantile_ms(0.8)
         row["reps"] = len(timing.samples_ms)
+        if opts.kernel_timing:
+            # Graphs only for our backends and the baseline, never for training (autograd) or peers
+            # (a peer may synchronise inside its call, which breaks a capture).
+            graph = impl.kind != "peer" and case.mode != "train"
+            try:
+                with grad_ctx():
+                    kt = measure_kernel(fn, case.device, timing.median_ms, flush, graph, budget_s=opts.budget_s)
+                row["kernel_ms"], row["kernel_warm_ms"], row["kernel_method"] = kt.ms, kt.warm_ms, kt.method
+            except Exception as e:  # noqa: BLE001 (the per-call timing stands; say why there is no kernel time)
+                row["kernel_method"] = f"failed: {type(e).__name__}: {e}"[:200]
+                if case.device.type == "cuda":
+                    torch.cuda.synchronize()
+                    torch.cuda.empty_cache()
         _metrics(row, counts, peaks, dtype_name)
     ref = next((r for r in rows if r["impl"] == BASELINE and r["median_ms"]), None)
     for r in rows:
@@ -342,6 +401,24 @@ def run(opts: Options, on_workload: Callable[[Results], None] | None = None) -> 
         f"timing: {'CUDA events' if device.type == 'cuda' else 'time.perf_counter'}, cache flushed before every "
         f"repetition ({flush.nbytes >> 20} MiB written); warm-up (first call, compile/autotune included) reported apart"
     )
+    if opts.kernel_timing:
+        results.notes.append(
+            "kernel ms: the device work of one call, host dispatch excluded: "
+            + (
+                "n calls captured in a CUDA graph and replayed (back to back between one pair of events where "
+                "capture is not possible: the row's kernel_method says which)"
+                if device.type == "cuda"
+                else "n calls back to back (on CPU the call is the kernel)"
+            )
+            + "; cold caches: (n x (flush, call) - n x flush) / n"
+        )
+    if device.type == "cpu":
+        src = peaks.get("compute_source", {})
+        results.notes.append(
+            "%peak = useful FLOP/s over this CPU's measured arithmetic ceiling ("
+            + "; ".join(f"{k}: {v}" for k, v in src.items())
+            + "), not torch.mm's rate (%GEMM)"
+        )
     if device.type == "cpu":
         results.notes.append(f"CPU threads: {torch.get_num_threads()} (torch.get_num_threads())")
         load = _load_note()

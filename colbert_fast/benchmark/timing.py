@@ -1,9 +1,22 @@
 """Timers that measure the kernel, not the cache or the compiler.
 
+Per call (`measure`): what a user's call costs, Python dispatch included.
 GPU: each repetition is bracketed by its own pair of CUDA events, after a write of a buffer at
 least twice the L2 size (so no input is served from L2: 1,000 short docs fit in a 50 MB L2).
 The first call (autotuning, JIT, torch.compile) is timed on its own and reported as warm-up.
 CPU: time.perf_counter around each call, after writing a buffer twice the last-level cache size.
+
+Kernel only (`measure_kernel`): what the device work of one call costs, with the host's dispatch
+out of the picture. GPU: n calls captured in one CUDA graph and replayed (no launch gaps); where
+capture fails (a call that synchronises, say), n calls issued back to back between one pair of
+events. Cold caches as above: graphs (or batches) of n x (flush, call) and of n x flush alone are
+timed, and the difference divided by n; the same n calls without flushes give the warm-cache
+time. CPU: the same batches timed with perf_counter (there the call is the kernel: the numbers
+mostly repeat the per-call ones).
+
+`poison_allocator` fills the memory the allocator hands out next with NaN, so an implementation
+that leaves part of its output unwritten cannot pass the correctness check on a freed buffer
+that still holds the baseline's scores.
 """
 
 from __future__ import annotations
@@ -122,6 +135,122 @@ def measure(
                 if i + 1 >= min_reps and time.perf_counter() > deadline:
                     break
     return Timing(samples, warmup_ms, mem.peak_bytes)
+
+
+# ---- kernel only -------------------------------------------------------------------------------
+
+
+@dataclass
+class KernelTiming:
+    ms: float  # per call, device work only, cold caches when a flush was given
+    warm_ms: float  # per call, back to back with no flush (inputs may sit in L2/LLC)
+    method: str  # "cuda graph" or "back-to-back" (with the reason capture was not used)
+    calls: int  # calls per timed batch
+
+
+def _batch_timer(device: torch.device):
+    """time(run) -> ms of one run() on the device (events on a GPU, perf_counter on CPU)."""
+    if device.type == "cuda":
+
+        def time_cuda(run) -> float:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            run()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end)
+
+        return time_cuda
+
+    def time_cpu(run) -> float:
+        t = time.perf_counter()
+        run()
+        return (time.perf_counter() - t) * 1e3
+
+    return time_cpu
+
+
+def _capture(run, device: torch.device):
+    """run captured in a CUDA graph; returns graph.replay. Raises where run cannot be captured."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):  # capture needs a warmed-up side stream (lazy inits, workspaces)
+        run()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    torch.cuda.synchronize(device)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    return graph.replay
+
+
+def measure_kernel(
+    fn: Callable[[], object],
+    device: torch.device,
+    per_call_ms: float,
+    flush: CacheFlusher | None = None,
+    graph: bool = True,
+    budget_s: float = 1.0,
+    target_ms: float = 2.0,
+    max_calls: int = 64,
+) -> KernelTiming:
+    """Kernel-only time of fn (already warmed up: the first call compiled and tuned it).
+
+    per_call_ms (from `measure`) sizes the batch: about target_ms of work, at most max_calls
+    calls. graph=False skips CUDA-graph capture (calls that synchronise, autograd)."""
+    device = torch.device(device)
+    n = max(1, min(max_calls, round(target_ms / max(per_call_ms, 1e-3))))
+    timer = _batch_timer(device)
+
+    def calls():
+        for _ in range(n):
+            fn()
+
+    def flushes():
+        for _ in range(n):
+            flush()
+
+    def both():
+        for _ in range(n):
+            flush()
+            fn()
+
+    runs = {"calls": calls}
+    if flush is not None:
+        runs.update(flushes=flushes, both=both)
+    method = "back-to-back"
+    if device.type == "cuda" and graph:
+        try:
+            runs = {name: _capture(run, device) for name, run in runs.items()}
+            method = "cuda graph"
+        except Exception as e:  # noqa: BLE001 (any capture failure: fall back, and say why)
+            torch.cuda.synchronize(device)
+            method = f"back-to-back (graph capture failed: {type(e).__name__}: {str(e)[:80]})"
+    elif device.type == "cuda":
+        method = "back-to-back (no graph for this row)"
+    samples: dict = {name: [] for name in runs}
+    deadline = time.perf_counter() + budget_s
+    for rep in range(20):
+        for name, run in runs.items():
+            samples[name].append(timer(run))
+        if rep >= 2 and time.perf_counter() > deadline:
+            break
+    med = {name: statistics.median(xs) / n for name, xs in samples.items()}
+    cold = med["both"] - med["flushes"] if flush is not None else med["calls"]
+    # The difference of two medians can dip below the warm time by noise; the warm time is the floor.
+    return KernelTiming(max(cold, med["calls"]), med["calls"], method, n)
+
+
+def poison_allocator(device: torch.device, nbytes: int, copies: int = 8) -> None:
+    """Fill the blocks the allocator will hand out next for an nbytes tensor with NaN, then free them.
+
+    Both allocators reuse the most fitting freed block for a same-size request (the CUDA caching
+    allocator by best fit, glibc's malloc last-in first-out): `copies` NaN-filled tensors of that
+    size take the blocks a later request would get (a freed output of the baseline among them)
+    and hand them back poisoned."""
+    n = max(1, -(-nbytes // 4))
+    bufs = [torch.full((n,), float("nan"), dtype=torch.float32, device=device) for _ in range(copies)]
+    del bufs
 
 
 # ---- peak memory -------------------------------------------------------------------------------

@@ -78,6 +78,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-peers", dest="peers", action="store_false", help="skip peer libraries")
     parser.add_argument(
+        "--no-kernel-timing",
+        dest="kernel_timing",
+        action="store_false",
+        help="skip the kernel-only timings (CUDA-graph replay of the calls; per-call times are always taken)",
+    )
+    parser.add_argument(
         "--sweep",
         action="store_true",
         help="also run the 1-query rerank at 100..100k candidates (S<K> rows; first dtype only) "
@@ -128,6 +134,7 @@ def _options(args):
         compile=True if args.compile is None else args.compile,
         compile_budget_s=compile_budget,
         peers=args.peers,
+        kernel_timing=args.kernel_timing,
         sweep=args.sweep,
         seed=args.seed,
         log=lambda m: print(m, file=sys.stderr, flush=True),

@@ -6,16 +6,23 @@ launchers can produce (settings.variants), without a GPU.
 Each variant is compiled with triton.compile(..., target=GPUTarget("cuda", arch, 32)) down to
 PTX and cubin (Triton ships ptxas), and checked for: it compiles; the dot kernels emit tensor
 core instructions (mma / wgmma: a silent fallback to FMA would be a 10x slowdown); the shared
-memory it needs fits the arch. Integer arguments get the specialisation the launchers' usual
-inputs get (16-aligned pointers, strides and dim; shapes never specialised). Must run with
-TRITON_INTERPRET unset (the interpreter replaces the kernels with Python functions).
+memory it needs fits the arch; ptxas reports no register spills (spilled registers go to local
+memory, a round trip through L1/L2 on every use: tests/backends/test_cuda_build.py holds the CUDA kernels
+to the same rule). The ptxas report is Triton's own (TRITON_DUMP_PTXAS_LOG), with Triton's cache
+bypassed (TRITON_ALWAYS_COMPILE) so that ptxas runs and reports every time. Integer arguments
+get the specialisation the launchers' usual inputs get (16-aligned pointers, strides and dim;
+shapes never specialised). Must run with TRITON_INTERPRET unset (the interpreter replaces the
+kernels with Python functions).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
+import re
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -63,9 +70,22 @@ def _pointer_type(kernel: str, arg: str, data: str) -> str | None:
     return None
 
 
+def parse_ptxas(log: str) -> dict | None:
+    """{registers, spill_stores, spill_loads, stack} from a `ptxas -v` report (one kernel), or None."""
+    spills = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    regs = re.search(r"Used (\d+) registers", log)
+    if spills is None or regs is None:
+        return None
+    stack, stores, loads = (int(g) for g in spills.groups())
+    return {"registers": int(regs.group(1)), "spill_stores": stores, "spill_loads": loads, "stack": stack}
+
+
 def compile_variant(job: tuple) -> dict:
     """Compile one variant; returns a record (never raises: failures are reported)."""
     kernel, constexprs, num_warps, num_stages, dtype_name, arch = job
+    # Read by Triton at compile time: print ptxas's resource report, and compile even when cached.
+    os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"
+    os.environ["TRITON_ALWAYS_COMPILE"] = "1"
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -86,12 +106,14 @@ def compile_variant(job: tuple) -> dict:
     record = {"kernel": kernel, "arch": arch, "dtype": data, "constexprs": constexprs, "num_warps": num_warps,
               "num_stages": num_stages}  # fmt: skip
     start = time.perf_counter()
+    log = io.StringIO()
     try:
-        compiled = triton.compile(
-            ASTSource(fn, signature, constexprs, attrs),
-            target=GPUTarget("cuda", arch, 32),
-            options={"num_warps": num_warps, "num_stages": num_stages},
-        )
+        with contextlib.redirect_stdout(log):  # Triton prints the ptxas report
+            compiled = triton.compile(
+                ASTSource(fn, signature, constexprs, attrs),
+                target=GPUTarget("cuda", arch, 32),
+                options={"num_warps": num_warps, "num_stages": num_stages},
+            )
     except Exception as e:  # noqa: BLE001  (any compiler error is a finding to report, not a crash)
         record.update(ok=False, error=f"{type(e).__name__}: {str(e)[-2000:]}", seconds=time.perf_counter() - start)
         return record
@@ -102,6 +124,7 @@ def compile_variant(job: tuple) -> dict:
         shared=int(compiled.metadata.shared),
         wgmma="wgmma.mma_async" in ptx,
         mma="mma.sync.aligned" in ptx,
+        ptxas=parse_ptxas(log.getvalue()),
     )
     return record
 
@@ -128,6 +151,14 @@ def problems(record: dict) -> list[str]:
     limit = settings.SHARED_MEMORY_LIMIT[record["arch"]]
     if record["shared"] > limit:
         found.append(f"needs {record['shared']} B of shared memory, sm_{record['arch']} has {limit}")
+    ptxas = record.get("ptxas")
+    if ptxas is None:
+        found.append("no ptxas resource report (registers, spills) was captured: cannot check for spills")
+    elif ptxas["spill_stores"] or ptxas["spill_loads"]:
+        found.append(
+            f"register spills: {ptxas['spill_stores']} B stored, {ptxas['spill_loads']} B loaded "
+            f"({ptxas['registers']} registers, {ptxas['stack']} B stack frame)"
+        )
     return found
 
 
@@ -158,8 +189,11 @@ def main(argv=None) -> int:
     for r, p in bad:
         print(f"FAIL {r['kernel']} sm_{r['arch']} {r['dtype']} {r['constexprs']} warps={r['num_warps']}: {p}")
     max_shared = {a: max((r.get("shared", 0) for r in records if r["arch"] == a), default=0) for a in args.arch}
+    max_regs = {a: max(((r.get("ptxas") or {}).get("registers", 0) for r in records if r["arch"] == a), default=0)
+                for a in args.arch}  # fmt: skip
     print(f"{len(records)} variants compiled for sm_{'/sm_'.join(map(str, args.arch))} in "
-          f"{time.perf_counter() - start:.0f}s; {len(bad)} problems; max shared memory {max_shared}")  # fmt: skip
+          f"{time.perf_counter() - start:.0f}s; {len(bad)} problems; max shared memory {max_shared}; "
+          f"max registers {max_regs}")  # fmt: skip
     return 1 if bad else 0
 
 

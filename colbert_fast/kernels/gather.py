@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from . import settings
-from .launch import wrap
+from .launch import device_guard, wrap
 
 
 @triton.jit(do_not_specialize=["max_len"])
@@ -49,7 +49,8 @@ def _gather_kernel(
 def gather(
     embeddings: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor, pids: torch.Tensor, max_len: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """embeddings [T, dim]; offsets, lengths int64 [num_docs(+1)]; pids int64 of any shape (-1 = empty).
+    """embeddings [T, dim]; offsets, lengths int64 [num_docs(+1)] (any strides: made contiguous);
+    pids int64 of any shape (-1 = empty).
 
     max_len (host int) must be at least the longest selected doc. Returns D [*pids.shape, max_len,
     dim] in embeddings' dtype (padding 0) and mask bool [*pids.shape, max_len].
@@ -59,16 +60,19 @@ def gather(
     if pids.dtype != torch.int64 or offsets.dtype != torch.int64 or lengths.dtype != torch.int64:
         raise TypeError(f"pids, offsets and lengths must be int64, got {pids.dtype}, {offsets.dtype}, {lengths.dtype}")
     dim = embeddings.shape[1]
-    flat = pids.reshape(-1)
+    flat = pids.reshape(-1).contiguous()
+    # The kernel reads lengths[pid] and offsets[pid] with unit stride (a no-op for PackedDocs').
+    lengths, offsets = lengths.contiguous(), offsets.contiguous()
     out = torch.empty((flat.numel(), max_len, dim), dtype=embeddings.dtype, device=embeddings.device)
     mask = torch.empty((flat.numel(), max_len), dtype=torch.bool, device=embeddings.device)
     if flat.numel() and max_len and dim:
         grid = (flat.numel() * triton.cdiv(max_len, settings.GATHER_BLOCK_T),)
-        wrap(_gather_kernel)[grid](
-            embeddings, offsets, lengths, flat, out, mask.view(torch.uint8),
-            max_len, dim, embeddings.stride(0),
-            BLOCK_T=settings.GATHER_BLOCK_T, BLOCK_D=settings.GATHER_BLOCK_D, num_warps=4,
-        )  # fmt: skip
+        with device_guard(embeddings.device):
+            wrap(_gather_kernel)[grid](
+                embeddings, offsets, lengths, flat, out, mask.view(torch.uint8),
+                max_len, dim, embeddings.stride(0),
+                BLOCK_T=settings.GATHER_BLOCK_T, BLOCK_D=settings.GATHER_BLOCK_D, num_warps=4,
+            )  # fmt: skip
     elif flat.numel() and max_len:
         mask.copy_(torch.arange(max_len, device=mask.device) < _selected_lengths(lengths, flat)[:, None])
     shape = tuple(pids.shape)

@@ -1,4 +1,5 @@
-"""How launchers call a kernel: through torch.library.wrap_triton where torch has it.
+"""How launchers call a kernel: through torch.library.wrap_triton where torch has it, inside a
+device guard (device_guard) for the tensors' GPU.
 
 Inside a torch.library.triton_op, wrap_triton makes the launch visible to torch.compile (it is
 traced as a functional higher-order op); called eagerly it just launches. Older torch (< 2.6)
@@ -11,6 +12,8 @@ the launchers allocate before launching. (On a GPU the higher-order op handles f
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -41,6 +44,15 @@ class _InterpretedLaunch:
             return launch(*args, **kwargs)
 
         return run
+
+
+def device_guard(device: torch.device):
+    """Launch on the tensors' GPU, not the current one: Triton launches on the current device
+    (and its current stream), so tensors on cuda:1 with cuda:0 current would be read through the
+    wrong device. A no-op for CPU tensors (the interpreter) and when the device is current."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.cuda.device(device)
 
 
 def wrap(kernel):

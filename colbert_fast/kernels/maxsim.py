@@ -33,16 +33,16 @@ Design (what the workloads of docs/perf.md need):
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
 from . import settings
-from .launch import wrap
+from .launch import device_guard, wrap
 
-NEG_INF = tl.constexpr(float("-inf"))
+# -inf is written float("-inf") inside the kernels, never as a module-level tl.constexpr: Inductor copies
+# such a global into the module it generates as `tl.constexpr(-inf)` (repr of the value), and
+# loading that module raises NameError (tests/backends/test_triton_compile.py rebuilds it the same way).
 
 
 @triton.jit
@@ -76,7 +76,7 @@ def _maxsim_all_pairs_kernel(
     length = Ld
     if has_len:
         length = tl.load(DLEN + n * stride_ln).to(tl.int32)
-    floor = tl.load(FLOOR + n, mask=has_floor != 0, other=NEG_INF)  # FLOOR is contiguous [N]
+    floor = tl.load(FLOOR + n, mask=has_floor != 0, other=float("-inf"))  # FLOOR is contiguous [N]
 
     offs_r = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -94,7 +94,7 @@ def _maxsim_all_pairs_kernel(
         q_ptrs = Q + b.to(tl.int64)[:, None] * stride_qb + t.to(tl.int64)[:, None] * stride_qt + offs_d[None, :]
         q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
 
-        m = tl.full([BLOCK_M], NEG_INF, dtype=tl.float32)
+        m = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         am = tl.full([BLOCK_M], -1, dtype=tl.int32)
         for j0 in range(0, length, BLOCK_N):
             j = j0 + offs_n
@@ -104,7 +104,7 @@ def _maxsim_all_pairs_kernel(
             s = _dot(q, tl.trans(k), UPCAST)
             # has_dmask == 0 masks the load off entirely: no traffic, no branch in the loop.
             keep = tl.load(DMASK + n * stride_dmn + j.to(tl.int64) * stride_dmt, mask=j_ok & (has_dmask != 0), other=1)
-            s = tl.where((j_ok & (keep != 0))[None, :], s, NEG_INF)
+            s = tl.where((j_ok & (keep != 0))[None, :], s, float("-inf"))
             if SAVE_ARGMAX:
                 tile_max, tile_arg = tl.max(s, axis=1, return_indices=True)
                 better = tile_max > m  # strict: the first maximum wins, as in torch.max
@@ -120,7 +120,7 @@ def _maxsim_all_pairs_kernel(
         if has_qmask:
             qm = tl.load(QMASK + b.to(tl.int64) * stride_qmb + t.to(tl.int64) * stride_qmt, mask=row_ok, other=0)
             q_ok = q_ok & (qm != 0)
-        won = q_ok & (m != NEG_INF)  # an empty doc (no floor) contributes 0, a masked query token 0
+        won = q_ok & (m != float("-inf"))  # an empty doc (no floor) contributes 0, a masked query token 0
         best = tl.where(won, m, 0.0)
         acc += tl.sum(tl.where(g[:, None] == offs_r[None, :], best[:, None], 0.0), axis=0)
         if SAVE_ARGMAX:
@@ -166,7 +166,7 @@ def _maxsim_segmented_kernel(
     ends = tl.cumsum(lens, axis=0)
     starts = ends - lens
     total = tl.sum(lens, axis=0)
-    floors = tl.load(FLOOR + b * K + k, mask=k_ok & (has_floor != 0), other=NEG_INF)  # contiguous [B, K]
+    floors = tl.load(FLOOR + b * K + k, mask=k_ok & (has_floor != 0), other=float("-inf"))  # contiguous [B, K]
 
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -179,7 +179,7 @@ def _maxsim_segmented_kernel(
         t_ok = t < Lq
         q_ptrs = Q + b * stride_qb + t.to(tl.int64)[:, None] * stride_qt + offs_d[None, :]
         q = tl.load(q_ptrs, mask=t_ok[:, None] & d_ok[None, :], other=0.0)
-        M = tl.full([BLOCK_M, DOCS], NEG_INF, dtype=tl.float32)
+        M = tl.full([BLOCK_M, DOCS], float("-inf"), dtype=tl.float32)
         AM = tl.full([BLOCK_M, DOCS], -1, dtype=tl.int32)
 
         for v0 in range(0, total, BLOCK_N):
@@ -199,7 +199,7 @@ def _maxsim_segmented_kernel(
             s = _dot(q, tl.trans(kt), UPCAST)
             mrow = tl.sum(tl.where(onehot, mbase[None, :], 0), axis=1)
             keep = tl.load(DMASK + mrow + tok * stride_dmt, mask=v_ok & (has_dmask != 0), other=1)
-            s = tl.where((v_ok & (keep != 0))[None, :], s, NEG_INF)
+            s = tl.where((v_ok & (keep != 0))[None, :], s, float("-inf"))
             # Slots whose rows this tile holds: [first, last]. The others are skipped (a uniform
             # branch), so the per-slot max costs about (rows per tile / doc length + 1) passes.
             first = tl.sum((v0 >= ends).to(tl.int32), axis=0)
@@ -207,10 +207,10 @@ def _maxsim_segmented_kernel(
             for sl in tl.static_range(DOCS):
                 if (sl >= first) & (sl <= last):
                     in_slot = slots[None, :] == sl
-                    ss = tl.where((slot == sl)[None, :], s, NEG_INF)
+                    ss = tl.where((slot == sl)[None, :], s, float("-inf"))
                     if SAVE_ARGMAX:
                         mx, ix = tl.max(ss, axis=1, return_indices=True)
-                        cur = tl.max(tl.where(in_slot, M, NEG_INF), axis=1)
+                        cur = tl.max(tl.where(in_slot, M, float("-inf")), axis=1)
                         start = tl.sum(tl.where(slots == sl, starts, 0), axis=0)
                         idx = (v0 + ix - start).to(tl.int32)
                         AM = tl.where(in_slot & (mx > cur)[:, None], idx[:, None], AM)
@@ -225,32 +225,41 @@ def _maxsim_segmented_kernel(
         if has_qmask:
             qm = tl.load(QMASK + b * stride_qmb + t.to(tl.int64) * stride_qmt, mask=t_ok, other=0)
             q_ok = q_ok & (qm != 0)
-        won = q_ok[:, None] & (M != NEG_INF)
+        won = q_ok[:, None] & (M != float("-inf"))
         score += tl.sum(tl.where(won, M, 0.0), axis=0)
         if SAVE_ARGMAX:
             a_ptrs = ARGMAX + (b * K + k[None, :]) * Lq + t[:, None]
             tl.store(a_ptrs, tl.where(won, AM, -1), mask=t_ok[:, None] & k_ok[None, :])
 
-    score = tl.where(doc_ok, score, NEG_INF)  # only packed slots with pid -1 are not doc_ok
+    score = tl.where(doc_ok, score, float("-inf"))  # only packed slots with pid -1 are not doc_ok
     tl.store(OUT + b * K + k, score, mask=k_ok)
 
 
 # ---- launchers ----------------------------------------------------------------------------------
 
 
-@functools.cache
-def _tuned(kernel: str, arch, block_m: int, dim_pad: int, elsize: int, save_argmax: bool):
-    """The autotuned kernel for one (arch, query block, dim block, element size, argmax saving).
+# One autotuner per (kernel, arch, query block, dim block, element size, argmax saving, shape
+# bucket): each tunes once, on its first launch, so a shape from another bucket is never stuck
+# with the tile the first shape seen chose. Built on first use, not at import: the configs
+# depend on the GPU, and importing must not touch CUDA.
+_TUNERS: dict[tuple, object] = {}
 
-    Built on first use, not at import: the configs depend on the GPU, and importing must not
-    touch CUDA. Tuning runs once per object (the key only separates dtypes), on the first call.
-    """
-    fn = _maxsim_all_pairs_kernel if kernel == "all_pairs" else _maxsim_segmented_kernel
-    configs = [
-        triton.Config(c.as_dict(), num_warps=c.num_warps, num_stages=c.num_stages)
-        for c in settings.autotune_configs(kernel, arch, block_m, dim_pad, elsize, save_argmax)
-    ]
-    return triton.autotune(configs=configs, key=["SAVE_ARGMAX"])(fn)
+
+def _tuned(kernel: str, arch, block_m: int, dim_pad: int, elsize: int, save_argmax: bool, bucket: str):
+    """The autotuned kernel for one launch; bucket from settings.shape_bucket ("tiny": one fixed
+    small config, never benchmarked: Triton's autotuner skips tuning a single config)."""
+    key = (kernel, arch, block_m, dim_pad, elsize, save_argmax, bucket)
+    tuner = _TUNERS.get(key)
+    if tuner is None:
+        fn = _maxsim_all_pairs_kernel if kernel == "all_pairs" else _maxsim_segmented_kernel
+        configs = [
+            triton.Config(c.as_dict(), num_warps=c.num_warps, num_stages=c.num_stages)
+            for c in settings.autotune_configs(
+                kernel, arch, block_m, dim_pad, elsize, save_argmax, tiny=bucket == "tiny"
+            )
+        ]
+        tuner = _TUNERS[key] = triton.autotune(configs=configs, key=["SAVE_ARGMAX"])(fn)
+    return tuner
 
 
 def _placeholder(like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -331,30 +340,34 @@ def maxsim_fwd(
     if all_pairs:
         bm = settings.all_pairs_block_m(B * Lq)
         group = max(1, min(bm // Lq, B))
-        kernel = wrap(_tuned("all_pairs", arch, bm, dp, D.element_size(), save_argmax))
         grid = (N * triton.cdiv(B, group),)
-        kernel[grid](
-            Q, D, qm, dm, dl, fl, out, am,
-            B, N, Lq, Ld, dim, group,
-            Q.stride(0), Q.stride(1), D.stride(0), D.stride(1),
-            *qm_strides, *(d_mask.stride() if d_mask is not None else (0, 0)),
-            d_lengths.stride(0) if d_lengths is not None else 0,
-            *flags, BLOCK_M=bm, **common,
-        )  # fmt: skip
+        bucket = settings.shape_bucket("all_pairs", grid[0], Ld)
+        kernel = wrap(_tuned("all_pairs", arch, bm, dp, D.element_size(), save_argmax, bucket))
+        with device_guard(Q.device):
+            kernel[grid](
+                Q, D, qm, dm, dl, fl, out, am,
+                B, N, Lq, Ld, dim, group,
+                Q.stride(0), Q.stride(1), D.stride(0), D.stride(1),
+                *qm_strides, *(d_mask.stride() if d_mask is not None else (0, 0)),
+                d_lengths.stride(0) if d_lengths is not None else 0,
+                *flags, BLOCK_M=bm, **common,
+            )  # fmt: skip
         return out, argmax
 
     bm = settings.per_query_block_m(Lq)
-    kernel = wrap(_tuned("segmented", arch, bm, dp, D.element_size(), save_argmax))
     K = N
+    bucket = settings.shape_bucket("segmented", B * K, Ld)
+    kernel = wrap(_tuned("segmented", arch, bm, dp, D.element_size(), save_argmax, bucket))
     has_qmask, has_dmask, has_len, has_floor = flags
-    kernel[lambda meta: (B * triton.cdiv(K, meta["DOCS"]),)](
-        Q, D, qm, dm, dl, dl, dl, fl, out, am,
-        B, K, Lq, Ld, dim,
-        Q.stride(0), Q.stride(1), D.stride(0), D.stride(1), D.stride(2),
-        *qm_strides, *(d_mask.stride() if d_mask is not None else (0, 0, 0)),
-        *(d_lengths.stride() if d_lengths is not None else (0, 0)), 0, 0,
-        has_qmask, has_dmask, has_len, 0, has_floor, BLOCK_M=bm, **common,
-    )  # fmt: skip
+    with device_guard(Q.device):
+        kernel[lambda meta: (B * triton.cdiv(K, meta["DOCS"]),)](
+            Q, D, qm, dm, dl, dl, dl, fl, out, am,
+            B, K, Lq, Ld, dim,
+            Q.stride(0), Q.stride(1), D.stride(0), D.stride(1), D.stride(2),
+            *qm_strides, *(d_mask.stride() if d_mask is not None else (0, 0, 0)),
+            *(d_lengths.stride() if d_lengths is not None else (0, 0)), 0, 0,
+            has_qmask, has_dmask, has_len, 0, has_floor, BLOCK_M=bm, **common,
+        )  # fmt: skip
     return out, argmax
 
 
@@ -370,8 +383,9 @@ def maxsim_packed_fwd(
     """Packed MaxSim: Q [B, Lq, dim] against its own candidates pids int64 [B, K] -> fp32 [B, K].
 
     embeddings [T, dim] (rows of doc p are offsets[p] : offsets[p] + lengths[p]); offsets,
-    lengths int64; floor fp32 [B, K] or None (as for maxsim_fwd). pid -1 scores -inf. One launch,
-    no host sync: the kernel resolves pids itself.
+    lengths int64 (made contiguous: the kernel indexes them as plain arrays); floor fp32 [B, K]
+    or None (as for maxsim_fwd). pid -1 scores -inf. One launch, no host sync: the kernel
+    resolves pids itself.
     """
     _check_inputs(Q, embeddings)
     if pids.dtype != torch.int64 or offsets.dtype != torch.int64 or lengths.dtype != torch.int64:
@@ -383,17 +397,21 @@ def maxsim_packed_fwd(
         return out
     qm = q_mask.view(torch.uint8) if q_mask is not None else _placeholder(Q, torch.uint8)
     emb = embeddings if embeddings.shape[0] > 0 else _placeholder(Q, embeddings.dtype)
+    # The kernel reads lengths[pid] and offsets[pid] with unit stride (a no-op for PackedDocs').
+    lengths, offsets = lengths.contiguous(), offsets.contiguous()
     bm = settings.per_query_block_m(Lq)
     dp = settings.dim_pad(dim)
-    kernel = wrap(_tuned("segmented", settings.device_arch(Q.device), bm, dp, embeddings.element_size(), False))
+    bucket = settings.shape_bucket("segmented", B * K, 0)  # the docs' lengths stay on the device
+    kernel = wrap(_tuned("segmented", settings.device_arch(Q.device), bm, dp, embeddings.element_size(), False, bucket))
     fl = _contiguous_floor(floor, (B, K), Q)
-    kernel[lambda meta: (B * triton.cdiv(K, meta["DOCS"]),)](
-        Q, emb, qm, qm, lengths, pids, offsets, fl, out, _placeholder(Q, torch.int32),
-        B, K, Lq, 0, dim,
-        Q.stride(0), Q.stride(1), 0, 0, embeddings.stride(0),
-        *(q_mask.stride() if q_mask is not None else (0, 0)), 0, 0, 0,
-        0, 0, pids.stride(0), pids.stride(1),
-        int(q_mask is not None), 0, 1, 1, int(floor is not None),
-        BLOCK_M=bm, DIM_PAD=dp, SAVE_ARGMAX=False, UPCAST=settings.upcast_dot(embeddings.dtype),
-    )  # fmt: skip
+    with device_guard(Q.device):
+        kernel[lambda meta: (B * triton.cdiv(K, meta["DOCS"]),)](
+            Q, emb, qm, qm, lengths, pids, offsets, fl, out, _placeholder(Q, torch.int32),
+            B, K, Lq, 0, dim,
+            Q.stride(0), Q.stride(1), 0, 0, embeddings.stride(0),
+            *(q_mask.stride() if q_mask is not None else (0, 0)), 0, 0, 0,
+            0, 0, pids.stride(0), pids.stride(1),
+            int(q_mask is not None), 0, 1, 1, int(floor is not None),
+            BLOCK_M=bm, DIM_PAD=dp, SAVE_ARGMAX=False, UPCAST=settings.upcast_dot(embeddings.dtype),
+        )  # fmt: skip
     return out

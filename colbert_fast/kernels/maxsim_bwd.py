@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from . import settings
-from .launch import wrap
+from .launch import device_guard, wrap
 
 
 @triton.jit(do_not_specialize=["B", "N", "Lq", "docs_per_split"])
@@ -164,11 +164,12 @@ def maxsim_bwd(
             splits = triton.cdiv(N, per_split)
             part = torch.empty((splits, B, Lq, dim), dtype=torch.float32, device=Q.device)
             d_strides = (0, D.stride(0), D.stride(1)) if all_pairs else (D.stride(0), D.stride(1), D.stride(2))
-            wrap(_maxsim_bwd_dq_kernel)[(splits * B * n_tb,)](
-                grad, D, argmax, part, B, N, Lq, dim, per_split,
-                grad.stride(0), grad.stride(1), *d_strides,
-                BLOCK_T=settings.BWD_BLOCK_T, DIM_PAD=dp, num_warps=settings.bwd_num_warps(),
-            )  # fmt: skip
+            with device_guard(Q.device):
+                wrap(_maxsim_bwd_dq_kernel)[(splits * B * n_tb,)](
+                    grad, D, argmax, part, B, N, Lq, dim, per_split,
+                    grad.stride(0), grad.stride(1), *d_strides,
+                    BLOCK_T=settings.BWD_BLOCK_T, DIM_PAD=dp, num_warps=settings.bwd_num_warps(),
+                )  # fmt: skip
             dQ = part.sum(dim=0).to(Q.dtype)
     if need_dd:
         docs = N if all_pairs else B * N
@@ -176,18 +177,20 @@ def maxsim_bwd(
             dD = torch.zeros(D.shape, dtype=D.dtype, device=D.device)
         elif deterministic:
             dD = torch.empty(D.shape, dtype=D.dtype, device=D.device)
-            wrap(_maxsim_bwd_dd_onehot_kernel)[(docs * triton.cdiv(Ld, settings.BWD_BLOCK_J),)](
-                grad, Q, argmax, dD, B, N, Lq, Ld, dim, int(not all_pairs),
-                grad.stride(0), grad.stride(1), Q.stride(0), Q.stride(1),
-                BLOCK_J=settings.BWD_BLOCK_J, BLOCK_R=settings.BWD_BLOCK_R, DIM_PAD=dp,
-                num_warps=settings.bwd_num_warps(),
-            )  # fmt: skip
+            with device_guard(Q.device):
+                wrap(_maxsim_bwd_dd_onehot_kernel)[(docs * triton.cdiv(Ld, settings.BWD_BLOCK_J),)](
+                    grad, Q, argmax, dD, B, N, Lq, Ld, dim, int(not all_pairs),
+                    grad.stride(0), grad.stride(1), Q.stride(0), Q.stride(1),
+                    BLOCK_J=settings.BWD_BLOCK_J, BLOCK_R=settings.BWD_BLOCK_R, DIM_PAD=dp,
+                    num_warps=settings.bwd_num_warps("bwd_dd_onehot"),
+                )  # fmt: skip
         else:
             acc = torch.zeros(D.shape, dtype=torch.float32, device=D.device)
-            wrap(_maxsim_bwd_dd_atomic_kernel)[(B * N * triton.cdiv(Lq, settings.BWD_BLOCK_T),)](
-                grad, Q, argmax, acc, N, Lq, Ld, dim, 0 if all_pairs else N,
-                grad.stride(0), grad.stride(1), Q.stride(0), Q.stride(1),
-                BLOCK_T=settings.BWD_BLOCK_T, DIM_PAD=dp, num_warps=settings.bwd_num_warps(),
-            )  # fmt: skip
+            with device_guard(Q.device):
+                wrap(_maxsim_bwd_dd_atomic_kernel)[(B * N * triton.cdiv(Lq, settings.BWD_BLOCK_T),)](
+                    grad, Q, argmax, acc, N, Lq, Ld, dim, 0 if all_pairs else N,
+                    grad.stride(0), grad.stride(1), Q.stride(0), Q.stride(1),
+                    BLOCK_T=settings.BWD_BLOCK_T, DIM_PAD=dp, num_warps=settings.bwd_num_warps(),
+                )  # fmt: skip
             dD = acc if D.dtype == torch.float32 else acc.to(D.dtype)
     return dQ, dD

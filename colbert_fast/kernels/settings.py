@@ -92,38 +92,76 @@ def _cfg(num_warps: int, num_stages: int, **kwargs) -> Config:
     return Config(tuple(sorted(kwargs.items())), num_warps, num_stages)
 
 
+# A launch with fewer work units than this (docs x query groups: the programs it would start)
+# leaves most SMs idle whatever the tile: it runs one small fixed config and is never tuned
+# (tuning such a launch measures launch noise, and its choice would then stick for its bucket).
+TINY_WORK = 128
+
+
+def shape_bucket(kernel: str, work: int, ld: int) -> str:
+    """The autotune key of a launch: "tiny", or the work units and padded doc length in powers of 4.
+
+    work = docs x query groups (all-pairs) or queries x candidates (segmented): how many programs
+    the grid has, up to the docs per program. ld = padded doc length (0 for the packed store,
+    whose lengths are on the device: reading them would be a host sync). The best tile depends on
+    both (a grid of 200 programs wants small tiles, one of 100,000 wide ones), so the tuner runs
+    once per bucket, never once for every shape (a recompile-free run sees few buckets)."""
+    if work < TINY_WORK:
+        return "tiny"
+
+    def log4(x: int) -> int:  # ceil(log4(x)) by comparisons only: shapes may be SymInts under torch.compile
+        n, v = 0, 1
+        while v < x:
+            n, v = n + 1, v * 4
+        return n
+
+    return f"{kernel}-w{log4(work)}-l{log4(ld)}"
+
+
 def autotune_configs(
-    kernel: str, arch: int | None, block_m: int, dim_pad_: int, elsize: int, save_argmax: bool
+    kernel: str, arch: int | None, block_m: int, dim_pad_: int, elsize: int, save_argmax: bool, tiny: bool = False
 ) -> list[Config]:
     """Autotune configs for `kernel` ("all_pairs" or "segmented") on sm_<arch>.
 
     arch None means the interpreter: exactly one config (multi-config tuning needs a driver).
-    Two candidates for the fp16/bf16 inference paths; one for fp32 inputs (tf32x3 splits each
-    operand, so its tiles take three times the shared memory: small tiles, two stages) and one
-    for the training forward (SAVE_ARGMAX). tests/test_triton_compile.py checks every one fits.
+    tiny: one small fixed config (see TINY_WORK). Otherwise two candidates for the fp16/bf16
+    inference paths, one for fp32 inputs (tf32x3 splits each operand, so its tiles take three
+    times the shared memory and registers: 16-row doc tiles, two stages) and one for the
+    training forward (SAVE_ARGMAX). Every config compiles without register spills on sm_80 and
+    sm_90 and fits shared memory: tests/backends/test_triton_compile.py checks each one.
     """
     if arch is None:
         return [_cfg(4, 1, BLOCK_N=32, DOCS=4)] if kernel == "segmented" else [_cfg(4, 1, BLOCK_N=32)]
+    if kernel not in ("all_pairs", "segmented"):
+        raise ValueError(f"no autotune configs for kernel {kernel!r}")
     big = arch in (90, 100, 103)  # 227 KB of shared memory per block; consumer parts have ~99 KB
     if elsize == 4:
-        cands = [_cfg(4, 2, BLOCK_N=32, DOCS=2)] if kernel == "segmented" else [_cfg(4, 2, BLOCK_N=32)]
-    elif kernel == "all_pairs":
+        # tf32x3 keeps a hi and a lo part of each operand: 16-row doc tiles, and 8 warps wherever
+        # 4 spilled (the per-slot maxima of the segmented kernel, the 128-row query tile).
+        warps = 8 if kernel == "segmented" or block_m == 128 else 4
+        return [_cfg(warps, 2, BLOCK_N=16, DOCS=2)] if kernel == "segmented" else [_cfg(warps, 2, BLOCK_N=16)]
+    if tiny:
+        # Few programs: small doc tiles and two docs per program keep as many programs as possible.
+        if kernel == "all_pairs":
+            return [_cfg(4, 2, BLOCK_N=32)]
+        return [_cfg(4, 3, BLOCK_N=64, DOCS=2) if block_m == 32 else _cfg(8, 2, BLOCK_N=64, DOCS=2)]
+    if kernel == "all_pairs":
         # Compute-bound when queries are stacked (X1/X2/P1): wide doc tiles, 8 warps for the
-        # 128-row tile (Hopper wgmma wants a warpgroup multiple), deeper pipelines on Hopper.
+        # 128-row tile (Hopper wgmma wants a warpgroup multiple; 4 warps spill at 128 x 128 on
+        # sm_90), deeper pipelines on Hopper.
         if block_m == 128:
-            cands = [_cfg(8, 3 if big else 2, BLOCK_N=128), _cfg(4, 4 if big else 3, BLOCK_N=64)]
+            cands = [_cfg(8, 3 if big else 2, BLOCK_N=128), _cfg(8, 4 if big else 3, BLOCK_N=64)]
         else:
             cands = [_cfg(4, 4 if big else 3, BLOCK_N=64), _cfg(4, 3, BLOCK_N=128)]
-    elif kernel == "segmented":
+    else:
         # Memory-bound for ColBERT queries (R1-R3): several docs' rows concatenated per tile so
         # short docs still stream full tiles; the per-doc max costs DOCS selects per score, so
-        # fewer docs per program for the compute-bound long-query tile.
+        # fewer docs per program for the compute-bound long-query tile. 128 rows x 8 docs needs
+        # 8 warps (with 4 it spilled 124-204 B per thread on sm_80/sm_90).
         if block_m == 128:
             cands = [_cfg(8, 3 if big else 2, BLOCK_N=64, DOCS=2), _cfg(4, 3, BLOCK_N=64, DOCS=1)]
         else:
-            cands = [_cfg(4, 4 if big else 3, BLOCK_N=64, DOCS=4), _cfg(4, 3, BLOCK_N=128, DOCS=8)]
-    else:
-        raise ValueError(f"no autotune configs for kernel {kernel!r}")
+            cands = [_cfg(4, 4, BLOCK_N=64, DOCS=4), _cfg(8, 3, BLOCK_N=128, DOCS=8)]
     return cands[:1] if save_argmax else cands
 
 
@@ -140,8 +178,10 @@ def _arch(index: int) -> int:
     return major * 10 + minor
 
 
-def bwd_num_warps() -> int:
-    return 4
+def bwd_num_warps(kernel: str = "bwd_dq") -> int:
+    # The one-hot dD kernel holds a [64, DIM_PAD] fp32 accumulator and tf32x3 operand splits:
+    # with 4 warps it spilled ~230 B per thread at DIM_PAD 128 on sm_80.
+    return 8 if kernel == "bwd_dd_onehot" else 4
 
 
 def dq_doc_splits(programs: int, docs: int, device: torch.device) -> int:
@@ -158,6 +198,16 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
+def _configs(kernel: str, arch: int, bm: int, dp: int, elsize: int, save: bool) -> list[Config]:
+    """Every config a launch can use: the tuned candidates and the tiny-grid one, without repeats."""
+    out = []
+    for tiny in (False, True):
+        for cfg in autotune_configs(kernel, arch, bm, dp, elsize, save, tiny):
+            if cfg not in out:
+                out.append(cfg)
+    return out
+
+
 def variants(arch: int):
     """Every (kernel name, constexprs, num_warps, num_stages, dtype) the launchers can produce on sm_<arch>.
 
@@ -168,7 +218,7 @@ def variants(arch: int):
         for dp in DIM_PADS:
             for bm in ALL_PAIRS_BLOCK_MS:
                 for save in (False, True):
-                    for cfg in autotune_configs("all_pairs", arch, bm, dp, elsize, save):
+                    for cfg in _configs("all_pairs", arch, bm, dp, elsize, save):
                         constexprs = {
                             "BLOCK_M": bm,
                             "DIM_PAD": dp,
@@ -179,7 +229,7 @@ def variants(arch: int):
                         yield ("all_pairs", constexprs, cfg.num_warps, cfg.num_stages, dtype)
             for bm in PER_QUERY_BLOCK_MS:
                 for save in (False, True):
-                    for cfg in autotune_configs("segmented", arch, bm, dp, elsize, save):
+                    for cfg in _configs("segmented", arch, bm, dp, elsize, save):
                         constexprs = {
                             "BLOCK_M": bm,
                             "DIM_PAD": dp,
@@ -192,5 +242,5 @@ def variants(arch: int):
             yield ("bwd_dq", per_token, bwd_num_warps(), 2, dtype)
             yield ("bwd_dd_atomic", per_token, bwd_num_warps(), 2, dtype)
             onehot = {"BLOCK_J": BWD_BLOCK_J, "BLOCK_R": BWD_BLOCK_R, "DIM_PAD": dp}
-            yield ("bwd_dd_onehot", onehot, bwd_num_warps(), 2, dtype)
+            yield ("bwd_dd_onehot", onehot, bwd_num_warps("bwd_dd_onehot"), 2, dtype)
         yield ("gather", {"BLOCK_T": GATHER_BLOCK_T, "BLOCK_D": GATHER_BLOCK_D}, 4, 2, dtype)

@@ -3,6 +3,8 @@
 // both into a per-thread fp32 tile that every query block then reuses.
 #include <immintrin.h>
 
+#include <algorithm>
+
 #include <cstdint>
 
 #include "maxsim_cpu.h"
@@ -133,7 +135,69 @@ CF_AVX2 void doc_max_avx2(const TileArgs& a, const DocRows& doc) {
   return doc_max_f32<2>(a, doc);
 }
 
-const IsaKernels kAvx2{"avx2", 8, 16, false, &doc_max_avx2};
+// ---- compressed stores: 8 dims per step in registers, the tail scalar (csrc/codes_params.h) -------
+
+CF_AVX2 void decode_avx2(const CodesParams& c, int64_t row, int64_t n, DType out, void* dst, int64_t dst_stride) {
+  const int nb = c.nbits;
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i shift = _mm256_mullo_epi32(lanes, _mm256_set1_epi32(nb == 8 ? 0 : nb));
+  const __m256i field_mask = _mm256_set1_epi32(nb == 8 ? 0 : (1 << nb) - 1);
+  float w[16] = {};
+  if (nb != 8) std::memcpy(w, c.bucket_weights, sizeof(float) * (size_t{1} << nb));
+  const __m256 w_lo = _mm256_loadu_ps(w), w_hi = _mm256_loadu_ps(w + 8);
+  const int64_t full = c.dim / 8 * 8;
+  alignas(32) float vals[8];
+  alignas(32) uint32_t bits16[8];
+  for (int64_t j = 0; j < n; ++j) {
+    const int64_t r = row + j;
+    const float s = _cvtsh_ss(c.scales[r]);
+    const __m256 scale = _mm256_set1_ps(s);
+    const uint8_t* code = c.codes + r * c.code_bytes;
+    const float* centroid = nb == 8 ? nullptr : c.centroids + static_cast<int64_t>(c.centroid_ids[r]) * c.dim;
+    for (int64_t k = 0; k < full; k += 8) {
+      __m256 v;
+      if (nb == 8) {
+        int64_t eight;
+        std::memcpy(&eight, code + k, 8);
+        v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(eight)));
+      } else {
+        uint32_t word = 0;  // 8 fields: 8 * nb <= 32 bits from byte k * nb / 8
+        std::memcpy(&word, code + k * nb / 8, static_cast<size_t>(std::min<int64_t>(4, c.code_bytes - k * nb / 8)));
+        const __m256i idx = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int32_t>(word)), shift), field_mask);
+        __m256 wv = _mm256_permutevar8x32_ps(w_lo, idx);
+        if (nb == 4)  // 16 weights: bit 3 of the index picks the upper table (blendv reads the sign bit)
+          wv = _mm256_blendv_ps(wv, _mm256_permutevar8x32_ps(w_hi, idx), _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
+        v = _mm256_add_ps(_mm256_loadu_ps(centroid + k), wv);
+      }
+      v = _mm256_mul_ps(v, scale);
+      const int64_t at = j * dst_stride + k;
+      if (out == DType::f32) {
+        _mm256_storeu_ps(static_cast<float*>(dst) + at, v);
+      } else if (out == DType::f16) {
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(static_cast<uint16_t*>(dst) + at),
+                         _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+      } else {  // bf16, nearest even
+        __m256i u = _mm256_castps_si256(v);
+        const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+        u = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), odd)), 16);
+        _mm256_store_si256(reinterpret_cast<__m256i*>(bits16), u);
+        for (int l = 0; l < 8; ++l) static_cast<uint16_t*>(dst)[at + l] = static_cast<uint16_t>(bits16[l]);
+      }
+    }
+    if (full < c.dim) {  // the last dim % 8 values, scalar (same operations, same order)
+      for (int64_t k = full; k < c.dim; ++k) vals[k - full] = codes_unscaled(c, r, k) * s;
+      for (int64_t k = full; k < c.dim; ++k) {
+        const int64_t at = j * dst_stride + k;
+        if (out == DType::f32)
+          static_cast<float*>(dst)[at] = vals[k - full];
+        else
+          static_cast<uint16_t*>(dst)[at] = out == DType::bf16 ? float_to_bf16(vals[k - full]) : float_to_half(vals[k - full]);
+      }
+    }
+  }
+}
+
+const IsaKernels kAvx2{"avx2", 8, 16, false, &doc_max_avx2, &decode_avx2};
 
 }  // namespace
 

@@ -11,6 +11,7 @@
 // compute-bound. The row maxima are vertical max instructions into M; no score matrix is stored.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
@@ -232,8 +233,78 @@ CF_AVX512BF16 void doc_max_avx512_bf16(const TileArgs& a, const DocRows& doc) {
   return doc_max_bf16<2>(a, doc);
 }
 
-const IsaKernels kAvx512{"avx512", 16, 32, false, &doc_max_avx512};
-const IsaKernels kAvx512Bf16{"avx512_bf16", 16, 32, true, &doc_max_avx512_bf16};
+// ---- compressed stores: 16 dims per step, decoded in registers (csrc/codes_params.h) -------------
+
+// Stores 16 (or m's) fp32 values as `out`: fp32, fp16 (vcvtps2ph, nearest even) or bf16 (nearest
+// even by integer rounding, which needs no AVX512_BF16).
+CF_AVX512 inline void store_as(DType out, void* dst, int64_t at, __mmask16 m, __m512 v) {
+  if (out == DType::f32) return _mm512_mask_storeu_ps(static_cast<float*>(dst) + at, m, v);
+  __m256i h;
+  if (out == DType::f16) {
+    h = _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  } else {
+    __m512i u = _mm512_castps_si512(v);
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    u = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), odd));
+    h = _mm512_cvtepi32_epi16(_mm512_srli_epi32(u, 16));
+  }
+  _mm256_mask_storeu_epi16(static_cast<uint16_t*>(dst) + at, m, h);
+}
+
+CF_AVX512 void decode_avx512(const CodesParams& c, int64_t row, int64_t n, DType out, void* dst, int64_t dst_stride) {
+  const int nb = c.nbits;
+  const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  // Field of lane l among 16 consecutive dims: bit l * nb of their bits, which 4-bit codes take
+  // from two 32-bit words (lanes 8-15 from the second); fields never straddle a word.
+  const __m512i shift = nb == 4 ? _mm512_slli_epi32(_mm512_and_si512(lanes, _mm512_set1_epi32(7)), 2)
+                                : _mm512_mullo_epi32(lanes, _mm512_set1_epi32(nb == 8 ? 0 : nb));
+  const __m512i field_mask = _mm512_set1_epi32(nb == 8 ? 0 : (1 << nb) - 1);
+  const __m512 weights = nb == 8 ? _mm512_setzero_ps()
+                                 : _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << (1 << nb)) - 1), c.bucket_weights);
+  for (int64_t j = 0; j < n; ++j) {
+    const int64_t r = row + j;
+    if (nb != 8 && j + 2 < n) {  // centroid rows come from a table larger than L2: ask early
+      const char* next = reinterpret_cast<const char*>(c.centroids + static_cast<int64_t>(c.centroid_ids[r + 2]) * c.dim);
+      for (int64_t b = 0; b < c.dim * 4; b += 64) _mm_prefetch(next + b, _MM_HINT_T0);
+    }
+    const __m512 scale = _mm512_set1_ps(_cvtsh_ss(c.scales[r]));
+    const uint8_t* code = c.codes + r * c.code_bytes;
+    const float* centroid = nb == 8 ? nullptr : c.centroids + static_cast<int64_t>(c.centroid_ids[r]) * c.dim;
+    for (int64_t k = 0; k < c.dim; k += 16) {
+      const __mmask16 m = c.dim - k >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (c.dim - k)) - 1);
+      __m512 v;
+      if (nb == 8) {
+        v = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, code + k)));
+      } else {
+        // The 2 * nb bytes of these 16 fields, as fixed-size loads (inlined); a last group shorter
+        // than 16 dims reads only the bytes the row has.
+        const uint8_t* at = code + k * nb / 8;
+        uint64_t bits = 0;
+        if (c.dim - k < 16) {
+          std::memcpy(&bits, at, static_cast<size_t>(c.code_bytes - k * nb / 8));
+        } else if (nb == 2) {
+          uint32_t w;
+          std::memcpy(&w, at, 4);
+          bits = w;
+        } else if (nb == 4) {
+          std::memcpy(&bits, at, 8);
+        } else {
+          uint16_t w;
+          std::memcpy(&w, at, 2);
+          bits = w;
+        }
+        const __m512i lo = _mm512_set1_epi32(static_cast<int32_t>(bits));
+        const __m512i words = nb == 4 ? _mm512_mask_blend_epi32(0xff00, lo, _mm512_set1_epi32(static_cast<int32_t>(bits >> 32))) : lo;
+        const __m512i idx = _mm512_and_si512(_mm512_srlv_epi32(words, shift), field_mask);
+        v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, centroid + k), _mm512_permutexvar_ps(idx, weights));
+      }
+      store_as(out, dst, j * dst_stride + k, m, _mm512_mul_ps(v, scale));
+    }
+  }
+}
+
+const IsaKernels kAvx512{"avx512", 16, 32, false, &doc_max_avx512, &decode_avx512};
+const IsaKernels kAvx512Bf16{"avx512_bf16", 16, 32, true, &doc_max_avx512_bf16, &decode_avx512};
 
 }  // namespace
 

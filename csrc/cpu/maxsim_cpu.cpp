@@ -162,14 +162,17 @@ QueryLayout query_layout(const MaxSimParams& p, const IsaKernels& isa) {
 void pack_queries(const MaxSimParams& p, const QueryLayout& l, void* out) {
   at::parallel_for(0, p.B, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
-      const char* qb_base = static_cast<const char*>(p.Q) + b * p.q_stride_b * elem_size(p.dtype);
+      const char* qb_base = static_cast<const char*>(p.Q) + b * p.q_stride_b * elem_size(p.q_dtype);
       if (l.pair) {
         uint16_t* dst = static_cast<uint16_t*>(out) + b * l.query_elems;
         std::memset(dst, 0, l.query_elems * sizeof(uint16_t));
         for (int64_t i = 0; i < p.Lq; ++i) {
-          const auto* row = reinterpret_cast<const uint16_t*>(qb_base) + i * p.q_stride_l;
+          const int64_t row = i * p.q_stride_l;
+          const auto* bits = reinterpret_cast<const uint16_t*>(qb_base) + row;
           uint16_t* blk = dst + (i / l.qb) * l.block_elems + (i % l.qb) * 2;
-          for (int64_t k = 0; k < p.dim; ++k) blk[(k / 2) * l.qb * 2 + (k & 1)] = row[k];
+          for (int64_t k = 0; k < p.dim; ++k)  // fp32 queries of a compressed store: rounded to bf16
+            blk[(k / 2) * l.qb * 2 + (k & 1)] =
+                p.q_dtype == DType::bf16 ? bits[k] : float_to_bf16(load_float(qb_base, p.q_dtype, row + k));
         }
       } else {
         float* dst = static_cast<float*>(out) + b * l.query_elems;
@@ -177,7 +180,7 @@ void pack_queries(const MaxSimParams& p, const QueryLayout& l, void* out) {
         for (int64_t i = 0; i < p.Lq; ++i) {
           const int64_t row = i * p.q_stride_l;
           float* blk = dst + (i / l.qb) * l.block_elems + (i % l.qb);
-          for (int64_t k = 0; k < p.dim; ++k) blk[k * l.qb] = load_float(qb_base, p.dtype, row + k);
+          for (int64_t k = 0; k < p.dim; ++k) blk[k * l.qb] = load_float(qb_base, p.q_dtype, row + k);
         }
       }
     }
@@ -226,6 +229,7 @@ struct ItemShape {
 
 struct DocRef {
   const char* base;       // the doc's first (padded) row
+  int64_t row0;           // packed: the doc's first row in the store (a compressed store's row index)
   bool empty_slot;        // pid -1: scores -inf
   float floor;            // where every running max starts (-inf: no floor)
   int64_t n_rows;         // rows to consider (valid prefix length, or Ld with a mask)
@@ -259,7 +263,8 @@ DocRef resolve(const MaxSimParams& p, const ItemShape& s, int64_t item) {
     const int64_t pid = p.pids[item];
     r.empty_slot = pid < 0;
     if (!r.empty_slot) {
-      r.base = D + p.offsets[pid] * p.d_stride_l * esz;
+      r.row0 = p.offsets[pid];
+      r.base = p.codes ? nullptr : D + r.row0 * p.d_stride_l * esz;
       r.n_rows = p.lengths[pid];
     }
     return r;
@@ -279,8 +284,12 @@ void prefetch_rows(const char* base, int64_t n_rows, int64_t row_stride_bytes, i
 
 }  // namespace
 
-void maxsim_cpu(const MaxSimParams& p) {
+void maxsim_cpu(const MaxSimParams& params) {
   const IsaKernels& isa = select_isa();
+  MaxSimParams p = params;
+  // A compressed store is decoded into tiles the ISA computes fastest: bf16 pairs (vdpbf16ps)
+  // where it has them, else fp32 (no per-tile conversion on top of the decode).
+  if (p.codes != nullptr) p.dtype = isa.pair_bf16 ? DType::bf16 : DType::f32;
   if (p.B == 0 || p.K == 0) return;
   const QueryLayout l = query_layout(p, isa);
   AlignedBuffer qbuf(static_cast<size_t>(p.B * l.query_elems * l.elem_bytes));
@@ -310,9 +319,14 @@ void maxsim_cpu(const MaxSimParams& p) {
   const int64_t m_floats = l.nblk * l.qb;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
+  // A compressed store's docs are decoded this many rows at a time: at dim 128 a tile of 32 rows
+  // is 16 KB in fp32, 8 KB in bf16, so it stays in L1 while every query lane reads it.
+  constexpr int64_t kDecodeRows = 2 * kMaxTileRows;
+
   at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
     AlignedBuffer mbuf(static_cast<size_t>(group * m_floats) * sizeof(float));
     AlignedBuffer scratch(static_cast<size_t>(tile_scratch_floats(p.dim)) * sizeof(float));
+    AlignedBuffer decoded(p.codes ? static_cast<size_t>(kDecodeRows * p.dim) * esz : 0);
     std::vector<char> compact;
     std::vector<const void*> qptrs(group);
     std::vector<float*> mptrs(group);
@@ -336,7 +350,8 @@ void maxsim_cpu(const MaxSimParams& p) {
         return;
       }
       DocRows doc;
-      if (!valid_rows(d.base, d.n_rows, d.mask, p.d_stride_l, p.dim, esz, compact, doc)) {
+      const bool has_rows = p.codes ? d.n_rows > 0 : valid_rows(d.base, d.n_rows, d.mask, p.d_stride_l, p.dim, esz, compact, doc);
+      if (!has_rows) {
         // No valid token: every query token's max is the floor itself (0 without one).
         for (int64_t q = 0; q < d.nq; ++q) write_sum(d, q, &d.floor, 0);
         return;
@@ -347,7 +362,15 @@ void maxsim_cpu(const MaxSimParams& p) {
         std::fill(mptrs[q], mptrs[q] + m_floats, d.floor);  // the floor is where every max starts
       }
       a.nq = d.nq;
-      isa.doc_max(a, doc);
+      if (p.codes) {
+        for (int64_t j0 = 0; j0 < d.n_rows; j0 += kDecodeRows) {
+          const int64_t nj = std::min(kDecodeRows, d.n_rows - j0);
+          isa.decode(*p.codes, d.row0 + j0, nj, p.dtype, decoded.as<void>(), p.dim);
+          isa.doc_max(a, DocRows{decoded.as<void>(), p.dim, nj});
+        }
+      } else {
+        isa.doc_max(a, doc);
+      }
       for (int64_t q = 0; q < d.nq; ++q) write_sum(d, q, mptrs[q], 1);
     };
 
@@ -358,8 +381,11 @@ void maxsim_cpu(const MaxSimParams& p) {
         DocRef following{};
         if (item + 1 < end) {  // start the next doc's first rows on their way from memory
           following = resolve(p, item_shape, item + 1);
-          if (!following.empty_slot && following.mask == nullptr)
+          if (!following.empty_slot && following.mask == nullptr && following.base != nullptr)
             prefetch_rows(following.base, following.n_rows, p.d_stride_l * esz, p.dim * esz);
+          else if (!following.empty_slot && p.codes != nullptr)
+            prefetch_rows(reinterpret_cast<const char*>(p.codes->codes) + following.row0 * p.codes->code_bytes, 1, 0,
+                          std::min(following.n_rows, kDecodeRows) * p.codes->code_bytes);
         }
         score(cur);
         cur = following;

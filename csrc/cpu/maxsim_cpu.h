@@ -9,6 +9,9 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+#include <string>
+
+#include "../codes_params.h"
 
 namespace colbert_fast {
 namespace cpu {
@@ -23,7 +26,8 @@ enum class DocLayout : int {
 };
 
 struct MaxSimParams {
-  DType dtype;  // Q and D share it
+  DType dtype;    // D's dtype, which the tiles compute in (a compressed store: f32, or bf16 pairs)
+  DType q_dtype;  // Q's dtype: D's, except for a compressed store (f32 queries)
   DocLayout layout;
   int64_t B, Lq, dim;
   int64_t K;   // docs per query (per_query, packed); N docs for all_pairs
@@ -45,6 +49,10 @@ struct MaxSimParams {
   const int64_t* pids;     // packed: [B, K] contiguous, -1 = empty
 
   const float* floor;  // one per doc, contiguous (all_pairs: [N]; per_query, packed: [B, K]), or null
+
+  // packed only: a compressed store instead of D's rows. Each doc is decoded a few dozen rows at
+  // a time into a per-thread tile (L1-resident, in `dtype`) that every query lane then reads.
+  const CodesParams* codes;
 
   float* out;  // [B, K] contiguous
 };
@@ -80,7 +88,15 @@ struct IsaKernels {
   bool pair_bf16;    // bf16 docs use the paired-dim layout and dot-product instructions
   // Updates M[q] with the maxima of every packed query against every row of `doc`.
   void (*doc_max)(const TileArgs& a, const DocRows& doc);
+  // Decodes rows [row, row + n) of a compressed store into dst (row stride dst_stride elements)
+  // as `out` (f32, or f16 / bf16 rounded to nearest even): bit-identical to the reference decode.
+  void (*decode)(const CodesParams& c, int64_t row, int64_t n, DType out, void* dst, int64_t dst_stride);
 };
+
+// Portable decode (the scalar ISA's, and the reference the SIMD decoders are tested against).
+void decode_rows_scalar(const CodesParams& c, int64_t row, int64_t n, DType out, void* dst, int64_t dst_stride);
+uint16_t float_to_bf16(float f);  // round to nearest even (finite inputs)
+uint16_t float_to_half(float f);  // round to nearest even
 
 constexpr int64_t kMaxTileRows = 16;
 
@@ -102,6 +118,31 @@ const IsaKernels& select_isa();
 const char* cpu_isa_name();
 
 void maxsim_cpu(const MaxSimParams& p);
+
+// The packed -> padded gather of a compressed store: out [num_slots, max_len, dim] in out_dtype,
+// mask [num_slots, max_len]; padding rows are zero.
+struct CodesGatherParams {
+  const CodesParams* codes;
+  const int64_t* offsets;
+  const int64_t* lengths;
+  const int64_t* pids;  // [num_slots], -1 = empty
+  void* out;
+  bool* mask;
+  DType out_dtype;
+  int64_t num_slots, max_len;
+};
+void gather_codes_cpu(const CodesGatherParams& p);
+
+// The CPU's measured arithmetic peak (peak_cpu.cpp): kind "fp32" (vector FMA of the ISA in use)
+// or "bf16" (vdpbf16ps; throws std::runtime_error where the kernels in use have none), on
+// at::get_num_threads() threads for about `seconds`.
+struct PeakResult {
+  double gflops;      // all threads together
+  int64_t threads;
+  const char* loop;   // which instructions were timed, e.g. "avx512 vfmadd"
+  float checksum;     // the loops' results (keeps them from being optimised away)
+};
+PeakResult peak_flops(const std::string& kind, double seconds);
 
 // Scalar conversions shared by the packing code and the scalar kernel.
 float half_to_float(uint16_t h);

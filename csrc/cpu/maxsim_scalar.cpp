@@ -62,7 +62,7 @@ void doc_max_scalar(const TileArgs& a, const DocRows& doc) {
   }
 }
 
-const IsaKernels kScalar{"scalar", kLanes, kLanes, false, &doc_max_scalar};
+const IsaKernels kScalar{"scalar", kLanes, kLanes, false, &doc_max_scalar, &decode_rows_scalar};
 
 }  // namespace
 

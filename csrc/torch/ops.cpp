@@ -68,6 +68,15 @@ TORCH_LIBRARY(colbert_fast, m) {
   m.def(
       "maxsim_packed(Tensor Q, Tensor embeddings, Tensor offsets, Tensor lengths, Tensor pids, Tensor? q_mask, "
       "int max_len, Tensor? floor=None) -> Tensor");
+  // A compressed store (colbert_fast/compressed.py, csrc/codes_params.h): nbits 1/2/4 residual
+  // (centroid_ids, centroids, bucket_weights given) or 8 (int8 codes, none given). Q is float32.
+  m.def(
+      "maxsim_packed_codes(Tensor Q, Tensor codes, Tensor scales, Tensor? centroid_ids, Tensor? centroids, "
+      "Tensor? bucket_weights, Tensor offsets, Tensor lengths, Tensor pids, Tensor? q_mask, int max_len, int nbits, "
+      "Tensor? floor=None) -> Tensor");
+  m.def(
+      "gather_codes(Tensor codes, Tensor scales, Tensor? centroid_ids, Tensor? centroids, Tensor? bucket_weights, "
+      "Tensor offsets, Tensor lengths, Tensor pids, int max_len, int nbits, ScalarType dtype) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(colbert_fast, CPU, m) { m.impl("gather", &gather_cpu_op); }
@@ -82,6 +91,20 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "colbert_fast compiled kernels (ops are registered under torch.ops.colbert_fast)";
   m.def("cpu_isa", [] { return std::string(colbert_fast::cpu::cpu_isa_name()); },
         "SIMD kernels the CPU ops use now: avx512_bf16, avx512, avx2 or scalar (COLBERT_FAST_CPU_ISA overrides)");
+  m.def(
+      "cpu_peak_gflops",
+      [](const std::string& kind, double seconds) {
+        colbert_fast::cpu::PeakResult r{};
+        try {
+          r = colbert_fast::cpu::peak_flops(kind, seconds);
+        } catch (const std::runtime_error& e) {
+          throw pybind11::value_error(e.what());
+        }
+        return std::make_tuple(r.gflops, r.threads, std::string(r.loop));
+      },
+      pybind11::arg("kind"), pybind11::arg("seconds") = 0.3,
+      "Measured arithmetic peak of this CPU on torch's threads: (GFLOP/s, threads, loop). kind 'fp32' "
+      "(vector FMA) or 'bf16' (bf16 dot products; ValueError where the CPU kernels have none)");
   m.def("torch_version", [] { return std::string(COLBERT_FAST_TORCH_VERSION); }, "torch version this was built against");
 #ifdef _OPENMP
   m.def("with_openmp", [] { return true; }, "whether the CPU kernels were compiled with OpenMP (parallel_for runs threads)");

@@ -75,6 +75,42 @@ def test_torch_compile_traces_the_ops(triton_backend, device):
     torch.testing.assert_close(Qg.grad, Qe.grad, atol=0, rtol=0)
 
 
+def test_inductor_compiles_the_ops_fullgraph(triton_backend, device):
+    """torch.compile with the default backend (Inductor), no graph break, forward and backward.
+
+    On a GPU, Inductor copies each kernel's source and the globals it uses into a module of its
+    own and compiles that (a module-level tl.constexpr(float("-inf")) once broke the load with
+    NameError); on CPU the ops are opaque custom ops that Inductor calls as externs, the kernels
+    running under the interpreter. tests/backends/test_triton_compile.py rebuilds the GPU modules on CPU."""
+    if not hasattr(torch.library, "triton_op"):
+        pytest.skip("torch without torch.library.triton_op")
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(10)
+    Q = normalized((2, 7, 64), torch.float16, device, g)
+    D = normalized((3, 9, 64), torch.float16, device, g)
+    lengths = torch.tensor([9, 0, 4], device=device)
+    docs = cf.PackedDocs(D.reshape(-1, 64), torch.tensor([9, 9, 9], device=device))
+    pids = torch.tensor([[0, 2, -1], [1, 1, 0]], device=device)
+
+    def score(q, d, p):
+        pairs = triton_backend.maxsim(q, d, None, None, lengths)
+        packed = triton_backend.maxsim_packed(q, docs.embeddings, docs.offsets, docs.lengths, p, None, 9)
+        rows, mask = triton_backend.gather(docs.embeddings, docs.offsets, docs.lengths, p, 9)
+        return pairs, packed, rows, mask
+
+    compiled = torch.compile(score, fullgraph=True)
+    for got, want in zip(compiled(Q, D, pids), score(Q, D, pids)):
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+    def pairs(q, d):  # the op with a backward (the packed op and gather have none)
+        return triton_backend.maxsim(q, d, None, None, lengths)
+
+    Qg, Qe = Q.clone().requires_grad_(True), Q.clone().requires_grad_(True)
+    torch.compile(pairs, fullgraph=True)(Qg, D).sum().backward()
+    pairs(Qe, D).sum().backward()
+    torch.testing.assert_close(Qg.grad, Qe.grad, atol=0, rtol=0)
+
+
 def test_saved_argmax_is_the_first_winning_token(triton_backend, device):
     from colbert_fast.kernels.maxsim import maxsim_fwd
 

@@ -33,6 +33,7 @@ def test_json_has_every_field(results):
     assert doc["versions"]["torch"] == torch.__version__
     assert "sha" in doc["git"]
     assert doc["peaks"]["copy_GBps"] > 0 and doc["peaks"]["matmul_TFLOPs"]["fp32"] > 0
+    assert doc["peaks"]["compute_TFLOPs"]["fp32"] > 0 and doc["peaks"]["compute_source"]["fp32"]
     assert [w["name"] for w in doc["workloads"]] == ["R1", "X1", "T1", "S10", "S30", "S100"]
     assert all(w["size"] == "tiny" and w["scaled"] for w in doc["workloads"])
     assert any("threads" in n for n in doc["notes"]), "CPU runs state the thread count"
@@ -51,6 +52,10 @@ def test_json_has_every_field(results):
         assert 0 < r["frac_roofline"] and r["frac_peak_bw"] > 0 and r["frac_peak_flops"] > 0
         assert r["max_err"] <= r["tolerance"]
         assert r["speedup"] > 0
+        # kernel-only time beside the per-call one (on CPU: the calls back to back)
+        assert r["kernel_ms"] > 0 and r["kernel_warm_ms"] > 0 and r["kernel_method"] == "back-to-back", r
+        assert r["kernel_frac_roofline"] > 0 and r["kernel_GBps"] > 0
+        assert r["frac_gemm"] > 0
     ref = [r for r in timed if r["impl"] == "baseline"]
     assert all(r["speedup"] == 1.0 for r in ref)
     # every row that did not run says why
@@ -152,6 +157,56 @@ def test_wrong_or_crashing_peer_is_flagged_not_timed(monkeypatch):
     assert rows["partial-peer"]["status"] == "skipped" and rows["partial-peer"]["note"] == "does not do this"
     assert rows["crashing-peer"]["status"] == "error" and "RuntimeError: boom" in rows["crashing-peer"]["note"]
     assert rows["baseline"]["status"] == "ok"
+
+
+def _lazy_options(impls, workload="R1"):
+    return runner.Options(
+        device=torch.device("cpu"),
+        workloads=[workload],
+        dtypes=[torch.float32],
+        size="tiny",
+        impls=impls,
+        reps=3,
+        budget_s=0.01,
+        compile=False,
+        kernel_timing=False,
+        log=lambda m: None,
+    )
+
+
+@pytest.mark.parametrize("workload", ["R1", "R3", "X1", "X2"])
+def test_an_implementation_that_writes_nothing_is_flagged(monkeypatch, workload):
+    # torch.empty hands back freed memory: without poisoning, the baseline's freed scores can sit
+    # there (seen on X1 with glibc here: the row passed). Poisoned, the unwritten scores read NaN.
+    def writes_nothing(case):
+        return lambda: torch.empty(case.spec.B, case.spec.K)
+
+    monkeypatch.setitem(peers.PEERS, "lazy-peer", ("torch", writes_nothing))
+    rows = {r["impl"]: r for r in runner.run(_lazy_options(["lazy-peer"], workload)).rows}
+    assert rows["baseline"]["status"] == "ok"
+    assert rows["lazy-peer"]["status"] == "wrong" and rows["lazy-peer"]["median_ms"] is None, rows["lazy-peer"]
+
+
+def test_every_score_is_checked_not_only_the_first_block(monkeypatch):
+    """The check covers the whole grid: NaN (an unwritten score) anywhere fails, and the values are
+    compared on rows and columns spread over the grid, the last ones included."""
+    torch.manual_seed(0)
+    case = runner.workloads.build("X1", "quick", torch.float32, "cpu")  # 16 queries x 250 docs
+    exact, low, subset = runner.oracle(case)
+    rows, cols = subset
+    assert rows[0] == 0 and rows[-1] == case.spec.B - 1 and cols[0] == 0 and cols[-1] == case.spec.K - 1
+    full = runner.baselines.case_fn(case)()
+    assert runner.check(full, exact, low, subset, case)[0]
+    unsampled = sorted(set(range(case.spec.B)) - set(rows.tolist()))
+    assert unsampled, "the oracle samples some of X1's queries, not all of them"
+    hole = full.clone()
+    hole[unsampled[0], 3] = float("nan")  # one unwritten score, in a query the oracle does not sample
+    ok, _, _, msg = runner.check(hole, exact, low, subset, case)
+    assert not ok and "NaN in 1 of" in msg
+    off = full.clone()
+    off[:, -1] += 1.0  # the last candidate of every query wrong: the old first-block check missed it
+    ok, _, _, msg = runner.check(off, exact, low, subset, case)
+    assert not ok and "disagrees with the reference" in msg
 
 
 def test_every_available_backend_gets_a_row(monkeypatch):

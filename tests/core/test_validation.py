@@ -167,7 +167,7 @@ def test_packed_dim_mismatch(docs):
 
 
 def test_docs_not_packed():
-    with pytest.raises(TypeError, match="docs must be a colbert_fast.PackedDocs, got Tensor"):
+    with pytest.raises(TypeError, match="docs must be a colbert_fast.PackedDocs or CompressedDocs, got Tensor"):
         cf.maxsim_packed(torch.randn(1, 4, 8), torch.randn(3, 8), torch.tensor([0]))
 
 
