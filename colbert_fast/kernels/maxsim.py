@@ -255,7 +255,7 @@ def _tuned(kernel: str, arch, block_m: int, dim_pad: int, elsize: int, save_argm
     """The autotuned kernel for one launch; bucket from settings.shape_bucket ("tiny": one fixed
     small config, never benchmarked: Triton's autotuner skips tuning a single config). codec
     (a compressed store's CODEC, 1 or 2) gets tuners of its own: decoding changes the best tile."""
-    key = (kernel, arch, block_m, dim_pad, elsize, save_argmax, bucket, codec)
+    key = (kernel, arch, block_m, dim_pad, elsize, save_argmax, codec, bucket)
     tuner = _TUNERS.get(key)
     if tuner is None:
         fn = _maxsim_all_pairs_kernel if kernel == "all_pairs" else _maxsim_segmented_kernel
