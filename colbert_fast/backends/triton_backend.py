@@ -6,6 +6,7 @@ without triton_op):
     colbert_fast::triton_maxsim_bwd     dQ, dD from the saved argmax
     colbert_fast::triton_maxsim_packed  MaxSim straight from the packed store
     colbert_fast::triton_gather         packed -> padded copy
+    colbert_fast::triton_maxsim_packed_codes, triton_gather_codes   the same from a CompressedDocs
 
 maxsim() runs through a torch.autograd.Function when Q or D requires grad: the forward saves the
 argmax (int32 [B, N, Lq]) and the backward uses it. dD is accumulated with atomics unless
@@ -116,18 +117,57 @@ def _gather_impl(
     return gather_kernels.gather(embeddings, offsets, lengths, pids, max_len)
 
 
+def _packed_codes_impl(
+    Q: torch.Tensor,
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    centroid_ids: Optional[torch.Tensor],
+    centroids: Optional[torch.Tensor],
+    bucket_weights: Optional[torch.Tensor],
+    offsets: torch.Tensor,
+    lengths: torch.Tensor,
+    pids: torch.Tensor,
+    q_mask: Optional[torch.Tensor],
+    nbits: int,
+    floor: Optional[torch.Tensor],
+) -> torch.Tensor:
+    _, maxsim_kernels, _, _ = _import_kernels()
+    return maxsim_kernels.maxsim_packed_codes_fwd(
+        Q, codes, scales, centroid_ids, centroids, bucket_weights, offsets, lengths, pids, nbits, q_mask, floor
+    )
+
+
+def _gather_codes_impl(
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    centroid_ids: Optional[torch.Tensor],
+    centroids: Optional[torch.Tensor],
+    bucket_weights: Optional[torch.Tensor],
+    offsets: torch.Tensor,
+    lengths: torch.Tensor,
+    pids: torch.Tensor,
+    max_len: int,
+    nbits: int,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    gather_kernels, _, _, _ = _import_kernels()
+    return gather_kernels.gather_codes(
+        codes, scales, centroid_ids, centroids, bucket_weights, offsets, lengths, pids, max_len, nbits, dtype
+    )
+
+
 def _register_ops():
     """torch.library.triton_op where torch has it (>= 2.6); otherwise the plain functions.
 
     Under the Triton interpreter the kernels cannot be traced (wrap_triton hands back the
     interpreted kernel, and triton_op would let torch.compile inline a body whose launches it
     cannot see), so there the ops are opaque custom ops whose fake implementation is the same
-    body with the launches skipped (kernels/_launch.py).
+    body with the launches skipped (kernels/launch.py).
     """
     try:
         from torch.library import custom_op, triton_op
     except ImportError:
-        return _fwd_impl, _bwd_impl, _packed_impl, _gather_impl
+        return _fwd_impl, _bwd_impl, _packed_impl, _gather_impl, _packed_codes_impl, _gather_codes_impl
     _, _, _, settings = _import_kernels()
     ops = []
     for name, fn in (
@@ -135,6 +175,8 @@ def _register_ops():
         ("triton_maxsim_bwd", _bwd_impl),
         ("triton_maxsim_packed", _packed_impl),
         ("triton_gather", _gather_impl),
+        ("triton_maxsim_packed_codes", _packed_codes_impl),
+        ("triton_gather_codes", _gather_codes_impl),
     ):
         qualname = f"colbert_fast::{name}"
         try:
@@ -149,7 +191,7 @@ def _register_ops():
     return tuple(ops)
 
 
-_maxsim_fwd_op, _maxsim_bwd_op, _maxsim_packed_op, _gather_op = _register_ops()
+_maxsim_fwd_op, _maxsim_bwd_op, _maxsim_packed_op, _gather_op, _packed_codes_op, _gather_codes_op = _register_ops()
 
 
 class _MaxSimFunction(torch.autograd.Function):
@@ -176,7 +218,7 @@ def _too_wide(dim: int) -> bool:
     return dim > settings.MAX_DIM
 
 
-# ---- backend interface (arguments arrive normalized, see colbert_fast/_checks.py) --------------
+# ---- backend interface (arguments arrive normalized, see colbert_fast/validation.py) ----------
 
 
 def maxsim(Q, D, q_mask, d_mask, d_lengths, floor=None):
@@ -196,3 +238,26 @@ def maxsim_packed(Q, embeddings, offsets, lengths, pids, q_mask, max_len, floor=
 
 def gather(embeddings, offsets, lengths, pids, max_len):
     return _gather_op(embeddings, offsets, lengths, pids, max_len)
+
+
+# ---- compressed stores (colbert_fast.compressed): decoded in registers inside the kernels -------
+
+
+def supports_codes(device: torch.device) -> bool:
+    return unavailable_reason(device) is None
+
+
+def maxsim_packed_codes(Q, view, pids, q_mask, max_len, floor=None):
+    if _too_wide(view.dim):
+        return torch_backend.maxsim_packed_codes(Q, view, pids, q_mask, max_len, floor)
+    return _packed_codes_op(
+        Q, view.codes, view.scales, view.centroid_ids, view.centroids, view.bucket_weights, view.offsets,
+        view.lengths, pids, q_mask, view.nbits, floor,
+    )  # fmt: skip
+
+
+def gather_codes(view, pids, max_len, dtype):
+    return _gather_codes_op(
+        view.codes, view.scales, view.centroid_ids, view.centroids, view.bucket_weights, view.offsets,
+        view.lengths, pids, max_len, view.nbits, dtype,
+    )  # fmt: skip

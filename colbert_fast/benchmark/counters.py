@@ -55,6 +55,17 @@ def packed_counts(
     return Counts(useful, padded, nbytes)
 
 
+def codes_counts(
+    B: int, K: int, lq: int, dim: int, real_tokens: int, pad_len: int, bytes_per_token: float, q_elem: int
+) -> Counts:
+    """packed_counts for a compressed store: each real token costs its codes (+ scale, centroid id)
+    instead of dim elements; the shared codebook is not counted (it stays in cache)."""
+    useful = 2 * lq * dim * real_tokens
+    padded = 2 * B * K * lq * pad_len * dim
+    nbytes = int(real_tokens * bytes_per_token) + B * lq * dim * q_elem + B * K * (PID_BYTES + META_BYTES + SCORE_BYTES)
+    return Counts(useful, padded, nbytes)
+
+
 def pairs_counts(
     B: int,
     N: int,

@@ -7,6 +7,11 @@ Implementations (rows), per workload and dtype:
                         API (cf.maxsim / cf.maxsim_packed with backend=...): new backends appear
                         here as soon as they are registered and report themselves available
     <peer>              peers.py, when importable
+    <backend>:<codec>   packed workloads scored from a compressed store of the same docs
+                        (workloads.codes_store: residual2, int8, ...), by every backend with
+                        compressed-store kernels; "torch:<codec>" decodes with PyTorch first
+                        (decompress, then score: what engines without such kernels do). Checked
+                        against the oracle over the decoded vectors; bytes are the codes'.
 
 Every row's scores are first checked against the fp32 oracle (colbert_fast.reference) with
 the tolerance rule of docs/spec.md: the allocator's next blocks are poisoned with NaN before the checked
@@ -33,7 +38,7 @@ import torch
 import colbert_fast as cf
 
 from .. import backends, reference
-from . import baselines, peers, workloads
+from . import baselines, counters, peers, workloads
 from .timing import CacheFlusher, measure, measure_kernel, poison_allocator
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -58,6 +63,7 @@ class Options:
     peers: bool = True
     kernel_timing: bool = True  # also time the device work alone (timing.measure_kernel)
     sweep: bool = False  # add the S<K> latency-vs-docs sweep (first dtype only)
+    codecs: list[str] = field(default_factory=lambda: list(workloads.DEFAULT_CODECS))  # packed workloads
     seed: int = 0
     log: Callable[[str], None] = print
 
@@ -65,7 +71,7 @@ class Options:
 @dataclass
 class Impl:
     name: str
-    kind: str  # "baseline" | "backend" | "peer"
+    kind: str  # "baseline" | "backend" | "peer" | "codes"
     make: Callable[[workloads.Case], Callable[[], torch.Tensor]] | None
     skip: str | None = None  # reason this row is not run at all
 
@@ -90,6 +96,11 @@ def _backend_fn(name: str, case: workloads.Case) -> Callable[[], torch.Tensor]:
     if not backends.load(name).SUPPORTS_BACKWARD:
         raise peers.Unsupported(f"backend {name!r} has no backward")
     return _train_fn(lambda Q, D: cf.maxsim(Q, D, d_lengths=case.d_lengths, backend=name), case)
+
+
+def _codes_fn(name: str, codec: str, case: workloads.Case) -> Callable[[], torch.Tensor]:
+    store = case.codes(codec)
+    return lambda: cf.maxsim_packed(case.Q, store, case.pids, backend=name)
 
 
 def _train_fn(score, case: workloads.Case) -> Callable[[], torch.Tensor]:
@@ -128,6 +139,20 @@ def implementations(opts: Options) -> list[Impl]:
         if reason is None and name == "triton" and device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
             reason = "TRITON_INTERPRET=1: the interpreter is a correctness tool, not a benchmark"
         impls.append(Impl(name, "backend", functools.partial(_backend_fn, name), skip=reason))
+    for codec in opts.codecs:
+        if codec not in workloads.CODECS:
+            raise ValueError(f"unknown codec {codec!r}; choose from {', '.join(workloads.CODECS)}")
+        for name, reason in backends.available(device).items():
+            if reason is None and not backends.load(name).supports_codes(device):
+                reason = "no compressed-store kernels"
+            if (
+                reason is None
+                and name == "triton"
+                and device.type == "cpu"
+                and os.environ.get("TRITON_INTERPRET") == "1"
+            ):
+                reason = "TRITON_INTERPRET=1: the interpreter is a correctness tool, not a benchmark"
+            impls.append(Impl(f"{name}:{codec}", "codes", functools.partial(_codes_fn, name, codec), skip=reason))
     if opts.peers:
         for name in peers.PEERS:
             impls.append(Impl(name, "peer", functools.partial(peers.adapter, name), skip=peers.installed(name)))
@@ -163,6 +188,27 @@ def _check_subset(case: workloads.Case) -> tuple[torch.Tensor, torch.Tensor]:
     return _spread(s.B, b), _spread(s.K, k)
 
 
+def codes_oracle(case: workloads.Case, store) -> tuple[torch.Tensor, torch.Tensor]:
+    """A compressed store's oracle on the checked subset: reference MaxSim over the decoded vectors
+    (reference.decode_*), fp32, and in fp16 (the low dtype of a compressed store's tolerance)."""
+    rows, cols = _check_subset(case)
+    Q = case.Q[rows.to(case.device)].float()
+    pids = case.pids[rows.to(case.device)][:, cols.to(case.device)]
+    picked = pids.clamp(min=0).reshape(-1).unique()
+    starts, lens = store.offsets[picked], store.lengths[picked]
+    token_rows = torch.cat([torch.arange(int(a), int(a) + int(n), device=case.device) for a, n in zip(starts, lens)])
+    decoded = store.decode_rows(token_rows)
+    local = torch.full((store.num_docs,), -1, dtype=torch.int64, device=case.device)
+    local[picked] = torch.arange(picked.numel(), device=case.device)
+    offsets = torch.zeros(picked.numel() + 1, dtype=torch.int64, device=case.device)
+    offsets[1:] = torch.cumsum(lens, 0)
+    sub = torch.where(pids >= 0, local[pids.clamp(min=0)], -1)
+    D, mask = reference.gather(decoded, offsets, lens, sub)
+    exact = reference.maxsim(Q, D, d_mask=mask).masked_fill(pids < 0, float("-inf"))
+    low = reference.maxsim(Q.half(), D.half(), d_mask=mask, upcast=False).masked_fill(pids < 0, float("-inf"))
+    return exact.cpu(), low.cpu()
+
+
 def oracle(case: workloads.Case) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """fp32 oracle and same-low-dtype scores on the checked subset, and the subset (rows, cols)."""
     rows, cols = _check_subset(case)
@@ -182,15 +228,18 @@ def oracle(case: workloads.Case) -> tuple[torch.Tensor, torch.Tensor, tuple[torc
     return exact.cpu(), low.cpu(), (rows, cols)
 
 
-def check(out: torch.Tensor, exact: torch.Tensor, low: torch.Tensor, subset, case) -> tuple[bool, float, float, str]:
+def check(
+    out: torch.Tensor, exact: torch.Tensor, low: torch.Tensor, subset, case, low_dtype: torch.dtype | None = None
+) -> tuple[bool, float, float, str]:
     """(ok, max error, tolerance, message) for out [B, K]: every element written (no NaN: the
-    allocator was poisoned before the call), and the values on the subset against the oracle."""
+    allocator was poisoned before the call), and the values on the subset against the oracle.
+    low_dtype: the dtype `low` was computed in (default the workload's)."""
     rows, cols = subset
     want = (case.spec.B, case.spec.K)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         return False, float("inf"), 0.0, f"returned {shape}, expected {want}"
-    tol = reference.tolerance(exact, low, case.dtype, case.spec.Lq)
+    tol = reference.tolerance(exact, low, low_dtype or case.dtype, case.spec.Lq)
     unwritten = torch.isnan(out.detach()).sum()
     if int(unwritten):
         return False, float("nan"), tol, f"NaN in {int(unwritten)} of {out.numel()} scores (unwritten or computed NaN)"
@@ -274,10 +323,25 @@ def _new_row(case: workloads.Case, impl: Impl, dtype_name: str, counts) -> dict:
 
 def run_case(case: workloads.Case, impls: list[Impl], opts: Options, peaks: dict, flush, state: dict) -> list[dict]:
     dtype_name = DTYPE_NAMES[case.dtype]
-    counts = case.counts()
-    exact, low, subset = oracle(case)
+    case_counts = case.counts()
+    case_oracle = oracle(case)
+    codes_oracles: dict[str, tuple] = {}
     rows = []
     for impl in impls:
+        counts, (exact, low, subset), low_dtype = case_counts, case_oracle, None
+        if impl.kind == "codes":
+            if case.mode != "packed" or case.dtype != opts.dtypes[0]:  # packed workloads, once per run
+                continue
+            codec = impl.name.split(":", 1)[1]
+            store = case.codes(codec)
+            if codec not in codes_oracles:
+                codes_oracles[codec] = codes_oracle(case, store)
+            exact, low = codes_oracles[codec]
+            s = case.spec
+            counts = counters.codes_counts(
+                s.B, s.K, s.Lq, workloads.DIM, int(case.lengths_cpu.sum()), case.pad_len, store.bytes_per_token, 4
+            )
+            low_dtype = torch.float16
         row = _new_row(case, impl, dtype_name, counts)
         rows.append(row)
         if impl.skip is not None:  # listed once in the notes; the table hides these rows
@@ -317,7 +381,7 @@ def run_case(case: workloads.Case, impls: list[Impl], opts: Options, peaks: dict
         if impl.name == COMPILED:
             state["compile_s"] += first_s
             state["compile_max_s"] = max(state["compile_max_s"], first_s)
-        ok, err, tol, msg = check(out, exact, low, subset, case)
+        ok, err, tol, msg = check(out, exact, low, subset, case, low_dtype)
         row["max_err"], row["tolerance"] = err, tol
         if not ok:
             row["status"], row["note"] = "wrong", msg + " (not timed)"

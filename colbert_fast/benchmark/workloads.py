@@ -18,11 +18,13 @@ are drawn without replacement, so every doc a query scores is a distinct read.
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass, field
 
 import torch
 
+from ..compressed import CompressedDocs
 from ..packed import PackedDocs
 from . import counters
 
@@ -72,6 +74,9 @@ TINY = {
     "T1": {"B": 4, "K": 4, "Ld": 40},
 }
 WORKLOADS = tuple(FULL)
+# Compressed stores scored beside the float store in the packed workloads (name -> codec, nbits).
+CODECS = {"residual1": ("residual", 1), "residual2": ("residual", 2), "residual4": ("residual", 4), "int8": ("int8", 8)}
+DEFAULT_CODECS = ("residual2", "int8")
 # The latency-vs-number-of-docs sweep: R1's shape (1 query, same store) at K candidates, named S<K>.
 SWEEP = {
     "full": (100, 300, 1_000, 3_000, 10_000, 30_000, 100_000),
@@ -129,6 +134,16 @@ class Case:
     d_lengths: torch.Tensor | None = None  # pairs/train: int64 [N], None = every token valid
     lengths_cpu: torch.Tensor = field(default=None)  # host copy: [B, K] candidate lengths or [N]
     pad_len: int = 0  # the padded baseline's Ld (longest doc it must pad to)
+    codes_cache: dict | None = None  # packed mode: codec name -> CompressedDocs of the same docs (shared)
+    seed: int = 0
+
+    def codes(self, codec: str) -> CompressedDocs:
+        """The packed store as a compressed store (codes_store), built once per store and codec."""
+        if self.codes_cache is None:
+            self.codes_cache = {}
+        if codec not in self.codes_cache:
+            self.codes_cache[codec] = codes_store(self.docs, codec, self.seed)
+        return self.codes_cache[codec]
 
     @property
     def name(self) -> str:
@@ -205,15 +220,46 @@ def build(name: str, size: str, dtype: torch.dtype, device, seed: int = 0, store
             docs = build_store(s.store, dtype, device, seed)
             if store_cache is not None:
                 store_cache[key] = docs
+        codes_cache = store_cache.setdefault(("codes", *key), {}) if store_cache is not None else None
         if s.B * s.K > docs.num_docs:
             raise ValueError(f"{name}: {s.B} x {s.K} distinct candidates need a store of >= {s.B * s.K} docs")
         perm = torch.randperm(docs.num_docs, generator=gen, device=device)[: s.B * s.K]
         pids = perm.view(s.B, s.K).contiguous()
         lengths_cpu = docs.lengths[pids].cpu()
-        return Case(s, size, dtype, device, Q, docs=docs, pids=pids, lengths_cpu=lengths_cpu, pad_len=docs.max_length)
+        return Case(
+            s, size, dtype, device, Q, docs=docs, pids=pids, lengths_cpu=lengths_cpu, pad_len=docs.max_length,
+            codes_cache=codes_cache, seed=seed,
+        )  # fmt: skip
     if s.Ld is None:  # padded to 180 with uniform valid lengths
         d_lengths = torch.randint(LEN_LO, LEN_HI + 1, (s.K,), generator=gen, device=device)
         D = normalized_rows(s.K * LEN_HI, DIM, dtype, device, gen).view(s.K, LEN_HI, DIM)
         return Case(s, size, dtype, device, Q, D=D, d_lengths=d_lengths, lengths_cpu=d_lengths.cpu(), pad_len=LEN_HI)
     D = normalized_rows(s.K * s.Ld, DIM, dtype, device, gen).view(s.K, s.Ld, DIM)
     return Case(s, size, dtype, device, Q, D=D, lengths_cpu=torch.full((s.K,), s.Ld), pad_len=s.Ld)
+
+
+def codes_store(docs: PackedDocs, name: str, seed: int = 0) -> CompressedDocs:
+    """A compressed store (codec `name` of CODECS) of the same docs and lengths as `docs`, with its
+    codes drawn at random: scoring speed does not depend on which codes a token has, and encoding a
+    10M-token store (k-means) would dominate a benchmark run. Decoded rows have norm ~1, as real
+    ones do; quality is measured where it means something (`colbert-fast experiment`). Residual
+    stores get PLAID's codebook size, 2**floor(log2(16 sqrt(tokens))), so the centroid table is as
+    large (and as uncached) as a real index's."""
+    codec, nbits = CODECS[name]
+    device = docs.device
+    T = docs.num_tokens
+    gen = torch.Generator(device=device).manual_seed(seed_for("codes-" + name, seed))
+    if codec == "int8":
+        codes = torch.randint(-127, 128, (T, DIM), generator=gen, device=device, dtype=torch.int8)
+        scales = torch.full((T,), (3.0 / DIM) ** 0.5 / 127, dtype=torch.float16, device=device)
+        return CompressedDocs("int8", 8, docs.lengths, codes, scales)
+    num_centroids = 2 ** int(math.floor(math.log2(max(1.0, 16 * math.sqrt(T)))))
+    centroids = normalized_rows(num_centroids, DIM, torch.float32, device, gen)
+    levels = 1 << nbits
+    weights = torch.linspace(-0.05, 0.05, levels, device=device)
+    cutoffs = (weights[1:] + weights[:-1]) / 2
+    ids = torch.randint(0, num_centroids, (T,), generator=gen, device=device, dtype=torch.int32)
+    width = -(-DIM * nbits // 8)
+    codes = torch.randint(0, 256, (T, width), generator=gen, device=device, dtype=torch.uint8)
+    scales = torch.ones(T, dtype=torch.float16, device=device)
+    return CompressedDocs("residual", nbits, docs.lengths, codes, scales, ids, centroids, cutoffs, weights)

@@ -28,7 +28,7 @@ def _csv(text: str) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from colbert_fast.benchmark.workloads import WORKLOADS
+    from colbert_fast.benchmark.workloads import CODECS, DEFAULT_CODECS, WORKLOADS
 
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when a GPU is visible)")
     parser.add_argument("--workload", default=",".join(WORKLOADS), help=f"comma list of {','.join(WORKLOADS)}")
@@ -89,6 +89,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also run the 1-query rerank at 100..100k candidates (S<K> rows; first dtype only) "
         "for the latency-vs-docs plot",
     )
+    parser.add_argument(
+        "--codecs",
+        default=",".join(DEFAULT_CODECS),
+        help=f"compressed stores scored beside the float store in packed workloads: a comma list of "
+        f"{','.join(CODECS)}, or none (default {','.join(DEFAULT_CODECS)})",
+    )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-plots", dest="plots", action="store_false")
@@ -136,6 +142,7 @@ def _options(args):
         peers=args.peers,
         kernel_timing=args.kernel_timing,
         sweep=args.sweep,
+        codecs=[] if args.codecs.strip().lower() == "none" else _csv(args.codecs),
         seed=args.seed,
         log=lambda m: print(m, file=sys.stderr, flush=True),
     )

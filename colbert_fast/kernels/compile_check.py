@@ -44,6 +44,7 @@ def _kernel(name: str):
         "bwd_dd_atomic": maxsim_bwd._maxsim_bwd_dd_atomic_kernel,
         "bwd_dd_onehot": maxsim_bwd._maxsim_bwd_dd_onehot_kernel,
         "gather": gather._gather_kernel,
+        "gather_codes": gather._gather_codes_kernel,
     }[name]
 
 
@@ -59,12 +60,20 @@ def _pointer_type(kernel: str, arg: str, data: str) -> str | None:
         return "*i64"
     if arg == "ARGMAX":
         return "*i32"
+    if arg == "CODES":
+        return "*u8"
+    if arg == "SCALES":
+        return "*fp16"
+    if arg == "CIDS":
+        return "*i32"
+    if arg in ("CENT", "WEIGHTS"):
+        return "*fp32"
     if arg == "FLOOR":
         return "*fp32"
     if arg == "GRAD":
         return "*fp32"
     if arg == "OUT":
-        return f"*{data}" if kernel == "gather" else "*fp32"
+        return f"*{data}" if kernel in ("gather", "gather_codes") else "*fp32"
     if arg == "DD":
         return "*fp32" if kernel == "bwd_dd_atomic" else f"*{data}"
     return None

@@ -38,6 +38,7 @@ import triton
 import triton.language as tl
 
 from . import settings
+from .codes import decoded_rows
 from .launch import device_guard, wrap
 
 # -inf is written float("-inf") inside the kernels, never as a module-level tl.constexpr: Inductor copies
@@ -134,13 +135,14 @@ def _maxsim_all_pairs_kernel(
 @triton.jit(do_not_specialize=["B", "K", "Lq", "Ld"])
 def _maxsim_segmented_kernel(
     Q, D, QMASK, DMASK, DLEN, PIDS, OFFSETS, FLOOR, OUT, ARGMAX,
-    B, K, Lq, Ld, dim,
+    CODES, SCALES, CIDS, CENT, WEIGHTS,
+    B, K, Lq, Ld, dim, code_bytes,
     stride_qb, stride_qt, stride_db, stride_dk, stride_dt,
     stride_qmb, stride_qmt, stride_dmb, stride_dmk, stride_dmt,
     stride_lb, stride_lk, stride_pb, stride_pk,
     has_qmask, has_dmask, has_len, packed, has_floor,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOCS: tl.constexpr, DIM_PAD: tl.constexpr,
-    SAVE_ARGMAX: tl.constexpr, UPCAST: tl.constexpr,
+    SAVE_ARGMAX: tl.constexpr, UPCAST: tl.constexpr, CODEC: tl.constexpr = 0, NBITS: tl.constexpr = 0,
 ):  # fmt: skip
     pid = tl.program_id(0).to(tl.int64)
     n_kb = tl.cdiv(K, DOCS)
@@ -193,9 +195,13 @@ def _maxsim_segmented_kernel(
             # Multiply by the strides after the per-row selection: the compiler then knows each
             # row starts 16-element aligned (strides are specialised on divisibility), so the row
             # loads vectorise and pipeline (cp.async / TMA-free async copies).
-            row_off = b * stride_db + k_row * stride_dk + r_row * stride_dt
-            k_ptrs = D + row_off[:, None] + offs_d[None, :]
-            kt = tl.load(k_ptrs, mask=v_ok[:, None] & d_ok[None, :], other=0.0)
+            if CODEC == 0:
+                row_off = b * stride_db + k_row * stride_dk + r_row * stride_dt
+                k_ptrs = D + row_off[:, None] + offs_d[None, :]
+                kt = tl.load(k_ptrs, mask=v_ok[:, None] & d_ok[None, :], other=0.0)
+            else:  # a compressed store (packed only): decoded here, scored in Q's dtype (fp16)
+                kt = decoded_rows(CODES, SCALES, CIDS, CENT, WEIGHTS, code_bytes, dim, r_row, v_ok, offs_d, d_ok,
+                                  CODEC, NBITS).to(q.dtype)  # fmt: skip
             s = _dot(q, tl.trans(kt), UPCAST)
             mrow = tl.sum(tl.where(onehot, mbase[None, :], 0), axis=1)
             keep = tl.load(DMASK + mrow + tok * stride_dmt, mask=v_ok & (has_dmask != 0), other=1)
@@ -245,17 +251,18 @@ def _maxsim_segmented_kernel(
 _TUNERS: dict[tuple, object] = {}
 
 
-def _tuned(kernel: str, arch, block_m: int, dim_pad: int, elsize: int, save_argmax: bool, bucket: str):
+def _tuned(kernel: str, arch, block_m: int, dim_pad: int, elsize: int, save_argmax: bool, bucket: str, codec=0):
     """The autotuned kernel for one launch; bucket from settings.shape_bucket ("tiny": one fixed
-    small config, never benchmarked: Triton's autotuner skips tuning a single config)."""
-    key = (kernel, arch, block_m, dim_pad, elsize, save_argmax, bucket)
+    small config, never benchmarked: Triton's autotuner skips tuning a single config). codec
+    (a compressed store's CODEC, 1 or 2) gets tuners of its own: decoding changes the best tile."""
+    key = (kernel, arch, block_m, dim_pad, elsize, save_argmax, codec, bucket)
     tuner = _TUNERS.get(key)
     if tuner is None:
         fn = _maxsim_all_pairs_kernel if kernel == "all_pairs" else _maxsim_segmented_kernel
         configs = [
             triton.Config(c.as_dict(), num_warps=c.num_warps, num_stages=c.num_stages)
             for c in settings.autotune_configs(
-                kernel, arch, block_m, dim_pad, elsize, save_argmax, tiny=bucket == "tiny"
+                kernel, arch, block_m, dim_pad, elsize, save_argmax, tiny=bucket == "tiny", codec=codec
             )
         ]
         tuner = _TUNERS[key] = triton.autotune(configs=configs, key=["SAVE_ARGMAX"])(fn)
@@ -265,6 +272,17 @@ def _tuned(kernel: str, arch, block_m: int, dim_pad: int, elsize: int, save_argm
 def _placeholder(like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     # Pointer arguments a launch does not use: one element, never read (their loads are masked).
     return torch.empty(1, dtype=dtype, device=like.device)
+
+
+def _no_codes(like: torch.Tensor) -> tuple:
+    """The compressed-store pointers of a launch over token rows (never read: CODEC is 0)."""
+    return (
+        _placeholder(like, torch.uint8),
+        _placeholder(like, torch.float16),
+        _placeholder(like, torch.int32),
+        _placeholder(like, torch.float32),
+        _placeholder(like, torch.float32),
+    )
 
 
 def _mask_lengths(mask: torch.Tensor) -> torch.Tensor:
@@ -361,8 +379,8 @@ def maxsim_fwd(
     has_qmask, has_dmask, has_len, has_floor = flags
     with device_guard(Q.device):
         kernel[lambda meta: (B * triton.cdiv(K, meta["DOCS"]),)](
-            Q, D, qm, dm, dl, dl, dl, fl, out, am,
-            B, K, Lq, Ld, dim,
+            Q, D, qm, dm, dl, dl, dl, fl, out, am, *_no_codes(Q),
+            B, K, Lq, Ld, dim, 0,
             Q.stride(0), Q.stride(1), D.stride(0), D.stride(1), D.stride(2),
             *qm_strides, *(d_mask.stride() if d_mask is not None else (0, 0, 0)),
             *(d_lengths.stride() if d_lengths is not None else (0, 0)), 0, 0,
@@ -406,12 +424,76 @@ def maxsim_packed_fwd(
     fl = _contiguous_floor(floor, (B, K), Q)
     with device_guard(Q.device):
         kernel[lambda meta: (B * triton.cdiv(K, meta["DOCS"]),)](
-            Q, emb, qm, qm, lengths, pids, offsets, fl, out, _placeholder(Q, torch.int32),
-            B, K, Lq, 0, dim,
+            Q, emb, qm, qm, lengths, pids, offsets, fl, out, _placeholder(Q, torch.int32), *_no_codes(Q),
+            B, K, Lq, 0, dim, 0,
             Q.stride(0), Q.stride(1), 0, 0, embeddings.stride(0),
             *(q_mask.stride() if q_mask is not None else (0, 0)), 0, 0, 0,
             0, 0, pids.stride(0), pids.stride(1),
             int(q_mask is not None), 0, 1, 1, int(floor is not None),
             BLOCK_M=bm, DIM_PAD=dp, SAVE_ARGMAX=False, UPCAST=settings.upcast_dot(embeddings.dtype),
+        )  # fmt: skip
+    return out
+
+
+def maxsim_packed_codes_fwd(
+    Q: torch.Tensor,
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    centroid_ids: torch.Tensor | None,
+    centroids: torch.Tensor | None,
+    bucket_weights: torch.Tensor | None,
+    offsets: torch.Tensor,
+    lengths: torch.Tensor,
+    pids: torch.Tensor,
+    nbits: int,
+    q_mask: torch.Tensor | None = None,
+    floor: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Packed MaxSim over a compressed store (colbert_fast.compressed), decoded in registers.
+
+    Q [B, Lq, dim] (any float dtype: scored in fp16, the tensor-core input, as the decoded rows
+    are); codes uint8 [T, ceil(dim * nbits / 8)] (residual, nbits 1/2/4) or int8 [T, dim]
+    (nbits 8); scales fp16 [T]; centroid_ids int32 [T], centroids fp32 [C, dim], bucket_weights
+    fp32 [2**nbits] (residual; None for int8); offsets, lengths int64; pids int64 [B, K].
+    Returns fp32 [B, K] (pid -1: -inf). One launch, no host sync.
+    """
+    if pids.dtype != torch.int64 or offsets.dtype != torch.int64 or lengths.dtype != torch.int64:
+        raise TypeError(f"pids, offsets and lengths must be int64, got {pids.dtype}, {offsets.dtype}, {lengths.dtype}")
+    residual = nbits != 8
+    if residual and (centroid_ids is None or centroids is None or bucket_weights is None):
+        raise ValueError("a residual store needs centroid_ids, centroids and bucket_weights")
+    B, Lq, dim = Q.shape
+    K = pids.shape[1]
+    out = torch.empty((B, K), dtype=torch.float32, device=Q.device)
+    if B == 0 or K == 0:
+        return out
+    Q = Q.to(torch.float16)
+    if Q.stride(-1) != 1:
+        Q = Q.contiguous()
+    qm = q_mask.view(torch.uint8) if q_mask is not None else _placeholder(Q, torch.uint8)
+    lengths, offsets = lengths.contiguous(), offsets.contiguous()
+    no = _no_codes(Q)
+    code_ptrs = (
+        codes.view(torch.uint8) if codes.numel() else no[0],
+        scales if scales.numel() else no[1],
+        centroid_ids if residual and centroid_ids.numel() else no[2],
+        centroids if residual else no[3],
+        bucket_weights if residual else no[4],
+    )
+    bm = settings.per_query_block_m(Lq)
+    dp = settings.dim_pad(dim)
+    bucket = settings.shape_bucket("segmented", B * K, 0)
+    codec = 1 if residual else 2
+    kernel = wrap(_tuned("segmented", settings.device_arch(Q.device), bm, dp, 2, False, bucket, codec))
+    fl = _contiguous_floor(floor, (B, K), Q)
+    with device_guard(Q.device):
+        kernel[lambda meta: (B * triton.cdiv(K, meta["DOCS"]),)](
+            Q, no[3], qm, qm, lengths, pids, offsets, fl, out, _placeholder(Q, torch.int32), *code_ptrs,
+            B, K, Lq, 0, dim, codes.shape[1],
+            Q.stride(0), Q.stride(1), 0, 0, 0,
+            *(q_mask.stride() if q_mask is not None else (0, 0)), 0, 0, 0,
+            0, 0, pids.stride(0), pids.stride(1),
+            int(q_mask is not None), 0, 1, 1, int(floor is not None),
+            BLOCK_M=bm, DIM_PAD=dp, SAVE_ARGMAX=False, UPCAST=False, CODEC=codec, NBITS=nbits,
         )  # fmt: skip
     return out

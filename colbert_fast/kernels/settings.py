@@ -37,6 +37,9 @@ BWD_BLOCK_J = 64  # doc tokens per deterministic-dD program
 BWD_BLOCK_R = 32  # query-token rows per step of the deterministic-dD one-hot product
 GATHER_BLOCK_T = 32  # doc rows per gather program
 GATHER_BLOCK_D = 128  # dim chunk per gather step
+# Compressed stores (colbert_fast.compressed) as the kernels' CODEC/NBITS constexprs: residual at 1,
+# 2 and 4 bits, and int8. (CODEC 0 = rows of a float store.)
+CODES_VARIANTS = ((1, 1), (1, 2), (1, 4), (2, 8))
 
 
 def interpreting() -> bool:
@@ -118,8 +121,27 @@ def shape_bucket(kernel: str, work: int, ld: int) -> str:
     return f"{kernel}-w{log4(work)}-l{log4(ld)}"
 
 
+# Compressed stores: the decoded fp32 tile [BLOCK_N, DIM_PAD] and its centroid rows and code fields
+# live in registers too, so the segmented kernel's tiles are smaller. Chosen by compiling every
+# candidate for sm_80 and sm_90: these are the ones without spills for every codec (the compile
+# check holds them to it), per (BLOCK_M, DIM_PAD).
+_CODES_CONFIGS = {
+    (32, 64): ((4, 3, 16, 4),),
+    (32, 128): ((8, 3, 32, 4), (8, 2, 64, 4)),
+    (128, 64): ((8, 3, 32, 4), (4, 3, 16, 4)),
+    (128, 128): ((8, 2, 32, 2),),
+}
+
+
 def autotune_configs(
-    kernel: str, arch: int | None, block_m: int, dim_pad_: int, elsize: int, save_argmax: bool, tiny: bool = False
+    kernel: str,
+    arch: int | None,
+    block_m: int,
+    dim_pad_: int,
+    elsize: int,
+    save_argmax: bool,
+    tiny: bool = False,
+    codec: int = 0,
 ) -> list[Config]:
     """Autotune configs for `kernel` ("all_pairs" or "segmented") on sm_<arch>.
 
@@ -134,6 +156,9 @@ def autotune_configs(
         return [_cfg(4, 1, BLOCK_N=32, DOCS=4)] if kernel == "segmented" else [_cfg(4, 1, BLOCK_N=32)]
     if kernel not in ("all_pairs", "segmented"):
         raise ValueError(f"no autotune configs for kernel {kernel!r}")
+    if codec:
+        cands = [_cfg(w, st, BLOCK_N=bn, DOCS=docs) for w, st, bn, docs in _CODES_CONFIGS[(block_m, dim_pad_)]]
+        return cands[:1] if tiny else cands
     big = arch in (90, 100, 103)  # 227 KB of shared memory per block; consumer parts have ~99 KB
     if elsize == 4:
         # tf32x3 keeps a hi and a lo part of each operand: 16-row doc tiles, and 8 warps wherever
@@ -198,11 +223,11 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def _configs(kernel: str, arch: int, bm: int, dp: int, elsize: int, save: bool) -> list[Config]:
+def _configs(kernel: str, arch: int, bm: int, dp: int, elsize: int, save: bool, codec: int = 0) -> list[Config]:
     """Every config a launch can use: the tuned candidates and the tiny-grid one, without repeats."""
     out = []
     for tiny in (False, True):
-        for cfg in autotune_configs(kernel, arch, bm, dp, elsize, save, tiny):
+        for cfg in autotune_configs(kernel, arch, bm, dp, elsize, save, tiny, codec):
             if cfg not in out:
                 out.append(cfg)
     return out
@@ -235,12 +260,31 @@ def variants(arch: int):
                             "DIM_PAD": dp,
                             "SAVE_ARGMAX": save,
                             "UPCAST": False,
+                            "CODEC": 0,
+                            "NBITS": 0,
                             **cfg.as_dict(),
                         }
                         yield ("segmented", constexprs, cfg.num_warps, cfg.num_stages, dtype)
+            if dtype == torch.float16:  # compressed stores: fp16 queries, rows decoded in the kernel
+                for bm in PER_QUERY_BLOCK_MS:
+                    for codec, nbits in CODES_VARIANTS:
+                        for cfg in _configs("segmented", arch, bm, dp, 2, False, codec):
+                            constexprs = {
+                                "BLOCK_M": bm,
+                                "DIM_PAD": dp,
+                                "SAVE_ARGMAX": False,
+                                "UPCAST": False,
+                                "CODEC": codec,
+                                "NBITS": nbits,
+                                **cfg.as_dict(),
+                            }
+                            yield ("segmented", constexprs, cfg.num_warps, cfg.num_stages, dtype)
             per_token = {"BLOCK_T": BWD_BLOCK_T, "DIM_PAD": dp}
             yield ("bwd_dq", per_token, bwd_num_warps(), 2, dtype)
             yield ("bwd_dd_atomic", per_token, bwd_num_warps(), 2, dtype)
             onehot = {"BLOCK_J": BWD_BLOCK_J, "BLOCK_R": BWD_BLOCK_R, "DIM_PAD": dp}
             yield ("bwd_dd_onehot", onehot, bwd_num_warps("bwd_dd_onehot"), 2, dtype)
         yield ("gather", {"BLOCK_T": GATHER_BLOCK_T, "BLOCK_D": GATHER_BLOCK_D}, 4, 2, dtype)
+        for codec, nbits in CODES_VARIANTS:  # decoding into this dtype
+            constexprs = {"BLOCK_T": GATHER_BLOCK_T, "BLOCK_D": GATHER_BLOCK_D, "CODEC": codec, "NBITS": nbits}
+            yield ("gather_codes", constexprs, 4, 2, dtype)

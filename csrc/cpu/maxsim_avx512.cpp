@@ -237,10 +237,17 @@ CF_AVX512BF16 void doc_max_avx512_bf16(const TileArgs& a, const DocRows& doc) {
 
 // Stores 16 (or m's) fp32 values as `out`: fp32, fp16 (vcvtps2ph, nearest even) or bf16 (nearest
 // even by integer rounding, which needs no AVX512_BF16).
-CF_AVX512 inline void store_as(DType out, void* dst, int64_t at, __mmask16 m, __m512 v) {
-  if (out == DType::f32) return _mm512_mask_storeu_ps(static_cast<float*>(dst) + at, m, v);
+// Stores 16 fp32 values (the first m's lanes when MASKED: the row's last, short group) as OUT:
+// fp32, fp16 (vcvtps2ph, nearest even) or bf16 (nearest even by integer rounding, which needs no
+// AVX512_BF16). Full groups store unmasked: masked stores are slow on some cores (Zen 4).
+template <DType OUT, bool MASKED>
+CF_AVX512 inline void store_as(void* dst, int64_t at, __mmask16 m, __m512 v) {
+  if constexpr (OUT == DType::f32) {
+    if constexpr (MASKED) return _mm512_mask_storeu_ps(static_cast<float*>(dst) + at, m, v);
+    return _mm512_storeu_ps(static_cast<float*>(dst) + at, v);
+  }
   __m256i h;
-  if (out == DType::f16) {
+  if constexpr (OUT == DType::f16) {
     h = _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   } else {
     __m512i u = _mm512_castps_si512(v);
@@ -248,58 +255,91 @@ CF_AVX512 inline void store_as(DType out, void* dst, int64_t at, __mmask16 m, __
     u = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), odd));
     h = _mm512_cvtepi32_epi16(_mm512_srli_epi32(u, 16));
   }
-  _mm256_mask_storeu_epi16(static_cast<uint16_t*>(dst) + at, m, h);
+  if constexpr (MASKED) return _mm256_mask_storeu_epi16(static_cast<uint16_t*>(dst) + at, m, h);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<uint16_t*>(dst) + at), h);
 }
 
-CF_AVX512 void decode_avx512(const CodesParams& c, int64_t row, int64_t n, DType out, void* dst, int64_t dst_stride) {
-  const int nb = c.nbits;
+// The 16 fields of dims k .. k + 15 (2 * NB bytes from byte k * NB / 8), as fixed-size loads; a
+// last group shorter than 16 dims reads only the bytes the row has.
+template <int NB, bool TAIL>
+CF_AVX512 inline uint64_t field_bits(const uint8_t* code, int64_t k, int64_t code_bytes) {
+  const uint8_t* at = code + k * NB / 8;
+  uint64_t bits = 0;
+  if constexpr (TAIL) {
+    std::memcpy(&bits, at, static_cast<size_t>(code_bytes - k * NB / 8));
+  } else {
+    std::memcpy(&bits, at, 2 * NB);
+  }
+  return bits;
+}
+
+// 16 decoded dims k .. k + 15 of one row, before the scale.
+template <int NB, bool TAIL>
+CF_AVX512 inline __m512 unscaled16(const uint8_t* code, const float* centroid, int64_t k, int64_t code_bytes,
+                                   __mmask16 m, __m512i shift, __m512i field_mask, __m512 weights) {
+  if constexpr (NB == 8) {
+    const __m128i b = TAIL ? _mm_maskz_loadu_epi8(m, code + k) : _mm_loadu_si128(reinterpret_cast<const __m128i*>(code + k));
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
+  } else {
+    const uint64_t bits = field_bits<NB, TAIL>(code, k, code_bytes);
+    const __m512i lo = _mm512_set1_epi32(static_cast<int32_t>(bits));
+    // 4-bit fields of lanes 8-15 are in the second 32-bit word; fields never straddle a word.
+    const __m512i words =
+        NB == 4 ? _mm512_mask_blend_epi32(0xff00, lo, _mm512_set1_epi32(static_cast<int32_t>(bits >> 32))) : lo;
+    const __m512i idx = _mm512_and_si512(_mm512_srlv_epi32(words, shift), field_mask);
+    const __m512 c = TAIL ? _mm512_maskz_loadu_ps(m, centroid + k) : _mm512_loadu_ps(centroid + k);
+    return _mm512_add_ps(c, _mm512_permutexvar_ps(idx, weights));
+  }
+}
+
+template <int NB, DType OUT>
+CF_AVX512 void decode_t(const CodesParams& c, int64_t row, int64_t n, void* dst, int64_t dst_stride) {
   const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  // Field of lane l among 16 consecutive dims: bit l * nb of their bits, which 4-bit codes take
-  // from two 32-bit words (lanes 8-15 from the second); fields never straddle a word.
-  const __m512i shift = nb == 4 ? _mm512_slli_epi32(_mm512_and_si512(lanes, _mm512_set1_epi32(7)), 2)
-                                : _mm512_mullo_epi32(lanes, _mm512_set1_epi32(nb == 8 ? 0 : nb));
-  const __m512i field_mask = _mm512_set1_epi32(nb == 8 ? 0 : (1 << nb) - 1);
-  const __m512 weights = nb == 8 ? _mm512_setzero_ps()
-                                 : _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << (1 << nb)) - 1), c.bucket_weights);
+  // Field of lane l among 16 consecutive dims: bit l * NB of their bits (4-bit: of its word).
+  const __m512i shift = NB == 4 ? _mm512_slli_epi32(_mm512_and_si512(lanes, _mm512_set1_epi32(7)), 2)
+                                : _mm512_mullo_epi32(lanes, _mm512_set1_epi32(NB == 8 ? 0 : NB));
+  const __m512i field_mask = _mm512_set1_epi32(NB == 8 ? 0 : (1 << NB) - 1);
+  __m512 weights = _mm512_setzero_ps();
+  if constexpr (NB != 8) weights = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << (1 << NB)) - 1), c.bucket_weights);
+  const int64_t full = c.dim / 16 * 16;
+  const __mmask16 tail = static_cast<__mmask16>((1u << (c.dim - full)) - 1);
   for (int64_t j = 0; j < n; ++j) {
     const int64_t r = row + j;
-    if (nb != 8 && j + 2 < n) {  // centroid rows come from a table larger than L2: ask early
-      const char* next = reinterpret_cast<const char*>(c.centroids + static_cast<int64_t>(c.centroid_ids[r + 2]) * c.dim);
-      for (int64_t b = 0; b < c.dim * 4; b += 64) _mm_prefetch(next + b, _MM_HINT_T0);
+    const float* centroid = nullptr;
+    if constexpr (NB != 8) {
+      if (j + 2 < n) {  // centroid rows come from a table larger than L2: ask early
+        const auto* next = reinterpret_cast<const char*>(c.centroids + static_cast<int64_t>(c.centroid_ids[r + 2]) * c.dim);
+        for (int64_t b = 0; b < c.dim * 4; b += 64) _mm_prefetch(next + b, _MM_HINT_T0);
+      }
+      centroid = c.centroids + static_cast<int64_t>(c.centroid_ids[r]) * c.dim;
     }
     const __m512 scale = _mm512_set1_ps(_cvtsh_ss(c.scales[r]));
     const uint8_t* code = c.codes + r * c.code_bytes;
-    const float* centroid = nb == 8 ? nullptr : c.centroids + static_cast<int64_t>(c.centroid_ids[r]) * c.dim;
-    for (int64_t k = 0; k < c.dim; k += 16) {
-      const __mmask16 m = c.dim - k >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (c.dim - k)) - 1);
-      __m512 v;
-      if (nb == 8) {
-        v = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, code + k)));
-      } else {
-        // The 2 * nb bytes of these 16 fields, as fixed-size loads (inlined); a last group shorter
-        // than 16 dims reads only the bytes the row has.
-        const uint8_t* at = code + k * nb / 8;
-        uint64_t bits = 0;
-        if (c.dim - k < 16) {
-          std::memcpy(&bits, at, static_cast<size_t>(c.code_bytes - k * nb / 8));
-        } else if (nb == 2) {
-          uint32_t w;
-          std::memcpy(&w, at, 4);
-          bits = w;
-        } else if (nb == 4) {
-          std::memcpy(&bits, at, 8);
-        } else {
-          uint16_t w;
-          std::memcpy(&w, at, 2);
-          bits = w;
-        }
-        const __m512i lo = _mm512_set1_epi32(static_cast<int32_t>(bits));
-        const __m512i words = nb == 4 ? _mm512_mask_blend_epi32(0xff00, lo, _mm512_set1_epi32(static_cast<int32_t>(bits >> 32))) : lo;
-        const __m512i idx = _mm512_and_si512(_mm512_srlv_epi32(words, shift), field_mask);
-        v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, centroid + k), _mm512_permutexvar_ps(idx, weights));
-      }
-      store_as(out, dst, j * dst_stride + k, m, _mm512_mul_ps(v, scale));
+    const int64_t out_row = j * dst_stride;
+    for (int64_t k = 0; k < full; k += 16) {
+      const __m512 v = unscaled16<NB, false>(code, centroid, k, c.code_bytes, 0xffff, shift, field_mask, weights);
+      store_as<OUT, false>(dst, out_row + k, 0xffff, _mm512_mul_ps(v, scale));
     }
+    if (full < c.dim) {
+      const __m512 v = unscaled16<NB, true>(code, centroid, full, c.code_bytes, tail, shift, field_mask, weights);
+      store_as<OUT, true>(dst, out_row + full, tail, _mm512_mul_ps(v, scale));
+    }
+  }
+}
+
+template <int NB>
+CF_AVX512 void decode_nb(const CodesParams& c, int64_t row, int64_t n, DType out, void* dst, int64_t dst_stride) {
+  if (out == DType::f32) return decode_t<NB, DType::f32>(c, row, n, dst, dst_stride);
+  if (out == DType::f16) return decode_t<NB, DType::f16>(c, row, n, dst, dst_stride);
+  return decode_t<NB, DType::bf16>(c, row, n, dst, dst_stride);
+}
+
+CF_AVX512 void decode_avx512(const CodesParams& c, int64_t row, int64_t n, DType out, void* dst, int64_t dst_stride) {
+  switch (c.nbits) {
+    case 1: return decode_nb<1>(c, row, n, out, dst, dst_stride);
+    case 2: return decode_nb<2>(c, row, n, out, dst, dst_stride);
+    case 4: return decode_nb<4>(c, row, n, out, dst, dst_stride);
+    default: return decode_nb<8>(c, row, n, out, dst, dst_stride);
   }
 }
 

@@ -230,3 +230,24 @@ def test_unknown_backend_row_is_an_error():
     )
     with pytest.raises(ValueError, match="unknown --backend"):
         runner.implementations(opts)
+
+
+def test_codec_rows_score_the_codes_and_count_their_bytes(monkeypatch):
+    """Packed workloads get <backend>:<codec> rows: checked against the oracle over the decoded
+    vectors, their bytes the codes'; a row that scores the float store instead is caught."""
+    import colbert_fast as cf
+
+    opts = _lazy_options(["cpu", "cpu:residual2", "torch:int8", "cpu:int8"], "R1")
+    rows = {r["impl"]: r for r in runner.run(opts).rows}
+    assert rows["cpu:residual2"]["status"] == "ok" and rows["torch:int8"]["status"] == "ok", rows
+    assert rows["cpu:residual2"]["max_err"] <= rows["cpu:residual2"]["tolerance"]
+    assert rows["cpu:residual2"]["min_bytes"] < rows["cpu:int8"]["min_bytes"] < rows["cpu"]["min_bytes"]
+    x1 = {r["impl"] for r in runner.run(_lazy_options(["cpu:residual2"], "X1")).rows}
+    assert "cpu:residual2" not in x1, "codec rows belong to packed workloads only"
+
+    def scores_the_float_store(name, codec, case):
+        return lambda: cf.maxsim_packed(case.Q, case.docs, case.pids, backend=name)
+
+    monkeypatch.setattr(runner, "_codes_fn", scores_the_float_store)
+    rows = {r["impl"]: r for r in runner.run(_lazy_options(["cpu:residual2"], "R1")).rows}
+    assert rows["cpu:residual2"]["status"] == "wrong", rows["cpu:residual2"]
