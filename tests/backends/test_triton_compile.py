@@ -44,7 +44,7 @@ def test_every_kernel_variant_compiles_for_sm80_and_sm90(tmp_path):
 
     # The sweep covered every kernel on both archs in every dtype.
     seen = {(r["kernel"], r["arch"], r["dtype"]) for r in records}
-    kernels = {"all_pairs", "segmented", "bwd_dq", "bwd_dd_atomic", "bwd_dd_onehot", "gather"}
+    kernels = {"all_pairs", "segmented", "bwd_dq", "bwd_dd_atomic", "bwd_dd_onehot", "gather", "gather_codes"}
     assert seen == {(k, a, d) for k in kernels for a in (80, 90) for d in ("fp32", "fp16", "bf16")}
 
     # ptxas reported registers and spills for every variant (the spill check saw them all).
