@@ -8,7 +8,7 @@
 //     decode (decode_group), rounded to the output dtype to nearest even.
 //   codes_tc_kernel<NBITS, KS> (dim <= 128): tensor cores. As maxsim_tc_kernel: one warp per item
 //     (query, candidate, pass of 32 query rows), 4 independent warps per block (4 short docs in
-//     flight, no block barrier in the loop), A fragments in registers (Q rounded to fp16). Each
+//     flight, no block barrier), A fragments in registers (Q rounded to fp16). Each
 //     16-row chunk of the doc is decoded in registers into a per-warp fp16 tile of *unscaled*
 //     values (centroid + weight, or the int8 code) and multiplied with mma.sync m16n8k16; every
 //     product is scaled by its doc row's fp32 scale before the max. Residual centroid rows arrive

@@ -230,7 +230,7 @@ CF_HD SlotView slot_view(const Store& s, int64_t slot) {
 CF_HD bool centroid_ok(const Store& s, int32_t id) { return id >= 0 && id < s.num_centroids; }
 
 // The exact decoded values of group g of row r (reference.decode_residual / decode_int8), dims past
-// dim as 0. `weights`: the bucket weights (global or a shared-memory copy). Returns false when the
+// dim as 0. `weights`: the bucket weights (2^nbits floats; unused for int8). Returns false when the
 // row's centroid id is out of range (the values are then NaN).
 CF_HD bool decode_group(const Store& s, const float* weights, int64_t r, int64_t g, float (&v)[8]) {
   const CodesParams& c = s.c;
