@@ -21,50 +21,13 @@
 #include <cstdint>
 
 #include "maxsim_params.h"
+#include "mma_ptx.cuh"
 
 namespace colbert_fast {
 namespace maxsim {
 namespace {
 
 #define kNegInf (-__int_as_float(0x7f800000))
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr)
-               : "memory");
-}
-
-// c += a * b for one m16n8k16 tile, fp32 accumulators.
-template <bool kBf16>
-__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  if constexpr (kBf16) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-}
 
 __device__ __forceinline__ bool doc_row_valid(const Params& p, const DocView& dv, int64_t row) {
   return row < dv.nrows && (dv.mask0 < 0 || p.d_mask[dv.mask0 + row]);
@@ -385,16 +348,6 @@ __global__ void __launch_bounds__(kWarps * 32) maxsim_fma_kernel(const Params p)
   if (lane == 0) p.out[oidx] = sum;
 }
 
-// out[i] = sum over passes of partial[pass][i], in pass order (deterministic).
-__global__ void reduce_partials_kernel(const float* __restrict__ partial, float* __restrict__ out, int64_t n,
-                                       int64_t npass) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= n) return;
-  float s = 0.f;
-  for (int64_t pass = 0; pass < npass; ++pass) s += partial[pass * n + i];
-  out[i] = s;
-}
-
 // Above 48 KB dynamic smem needs an opt-in per kernel and device; raise it only when needed
 // (use_tensor_cores() already checked smem against the device's limit).
 template <typename Kernel>
@@ -461,7 +414,7 @@ void launch(Params p, float* out, float* workspace, void* stream_ptr) {
   }
   if (p.npass > 1) {
     const unsigned rblocks = static_cast<unsigned>(ceil_div(n_out, 256));
-    reduce_partials_kernel<<<rblocks, 256, 0, stream>>>(workspace, out, n_out, p.npass);
+    reduce_partials_kernel<><<<rblocks, 256, 0, stream>>>(workspace, out, n_out, p.npass);
   }
 }
 

@@ -1,6 +1,8 @@
 """The CUDA kernels compile for sm_80 and sm_90a without a GPU: no register spills, small stack
-frames, tensor-core instructions where they belong; and the host unit test of their index/tile
-arithmetic (csrc/cuda/test/tile_math_test.cpp) passes. Runs in CI; needs nvcc (skipped without)."""
+frames, tensor-core instructions where they belong, exact (non-ftz) decode arithmetic in the
+compressed-store kernels; and the host unit tests of their index/tile arithmetic
+(csrc/cuda/test/tile_math_test.cpp, csrc/cuda/test/codes_test.cpp) pass. Runs in CI; needs nvcc
+(skipped without) for the compile tests and a host C++ compiler for the host tests."""
 
 from __future__ import annotations
 
@@ -12,6 +14,9 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+import torch
+
+from colbert_fast import reference
 
 ROOT = Path(__file__).resolve().parents[2]
 CUDA_DIR = ROOT / "csrc" / "cuda"
@@ -154,3 +159,166 @@ def test_host_tile_math(tmp_path):
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "all tile math tests passed" in run.stdout
+
+
+def _entries(ptx: str) -> list[tuple[str, str]]:
+    """(entry name, body) of every kernel in a PTX file."""
+    bodies = re.split(r"\n\s*\.visible \.entry |\n\s*\.entry ", ptx)[1:]
+    return [(b.split("(", 1)[0], b) for b in bodies]
+
+
+# codes_tc_kernel<NBITS, KS>: one per codec width and k-step bucket.
+CODES_TC = [f"codes_tc_kernelILi{nbits}ELi{ks}EE" for nbits in (1, 2, 4, 8) for ks in (4, 8)]
+# gather_codes_kernel<out dtype>: maxsim::DType 0 fp32, 1 fp16, 2 bf16, and the rounding it must use.
+CODES_GATHER = {"gather_codes_kernelILi0EE": None, "gather_codes_kernelILi1EE": "cvt.rn.f16.f32",
+                "gather_codes_kernelILi2EE": "cvt.rn.bf16.f32"}  # fmt: skip
+FTZ_ARITHMETIC = re.compile(r"\b(?:add|sub|mul|fma)(?:\.rn)?\.ftz\.f32\b")
+
+
+@needs_nvcc
+@pytest.mark.parametrize("arch", ARCHS)
+def test_codes_kernels_use_tensor_cores_and_exact_decode(arch, build_dir):
+    _, ptx = _compile("codes_cuda.cu", arch, build_dir)
+    entries = _entries(ptx)
+    for fragment in CODES_TC:
+        bodies = [b for name, b in entries if fragment in name]
+        assert len(bodies) == 1, f"expected one {fragment} in the PTX, found {len(bodies)}"
+        body = bodies[0]
+        assert "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32" in body, f"{fragment}: no mma.sync"
+        assert "ldmatrix.sync.aligned.m8n8.x4.shared.b16" in body
+        assert "cvt.rn.f16x2.f32" in body, f"{fragment}: Q is not rounded to fp16 to nearest"
+        if "ILi8E" not in fragment:  # residual: centroid rows by cp.async, centroid + weight unfused
+            assert "cp.async.cg.shared.global" in body and "cp.async.wait_group" in body
+            assert "add.rn.f32" in body
+    # The gather must reproduce the reference's fp32 values bit for bit: --use_fast_math turns plain
+    # float arithmetic into .ftz (subnormals flushed), so no ftz add/mul/fma may appear in it.
+    for fragment, rounding in CODES_GATHER.items():
+        bodies = [b for name, b in entries if fragment in name]
+        assert len(bodies) == 1, f"expected one {fragment} in the PTX"
+        body = bodies[0]
+        assert "add.rn.f32" in body and "mul.rn.f32" in body
+        assert not FTZ_ARITHMETIC.search(body), f"{fragment}: {FTZ_ARITHMETIC.search(body).group(0)} in the decode"
+        assert "mma.sync" not in body
+        if rounding is not None:
+            assert rounding in body
+    fma = [b for name, b in entries if "codes_fma_kernel" in name]
+    assert len(fma) == 1 and "mma.sync" not in fma[0]
+
+
+def _host_binary(tmp_path, source: str, name: str) -> Path:
+    """Builds a host test with g++ (AddressSanitizer + UBSan where the toolchain has them)."""
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no host C++ compiler")
+    exe = tmp_path / name
+    base = [cxx, "-std=c++17", "-O1", "-Wall", "-Werror", "-o", str(exe), str(CUDA_DIR / "test" / source)]
+    res = subprocess.run(base[:1] + ["-fsanitize=address,undefined"] + base[1:], capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    if res.returncode != 0:  # no sanitizer runtime: build plain
+        res = subprocess.run(base, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    return exe
+
+
+def _float_bits(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous().view(torch.int32)
+
+
+def _conversion_values() -> torch.Tensor:
+    """fp32 values whose fp16/bf16 rounding is worth checking: boundaries, ties, subnormals, random."""
+    special = [0.0, -0.0, 1.0, -1.0, 65504.0, 65519.996, 65520.0, 65536.0, 1e30, -1e30, 2.0**-14, 2.0**-24,
+               2.0**-25, 3 * 2.0**-26, 2.0**-25 * 1.0000001, 5.9604645e-8, 6.097555e-5, 1e-45, 1.1754944e-38,
+               float("inf"), float("-inf"), 3.4028235e38, 1 + 2.0**-11, 1 + 3 * 2.0**-11, 1 + 2.0**-8,
+               1 + 3 * 2.0**-8, 1 + 2.0**-8 + 2.0**-20]  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    mant = torch.randint(0, 1 << 23, (20000,), generator=g, dtype=torch.int64)
+    exp = torch.randint(90, 160, (20000,), generator=g, dtype=torch.int64)  # fp16 subnormals to overflow
+    sign = torch.randint(0, 2, (20000,), generator=g, dtype=torch.int64)
+    rand = ((sign << 31) | (exp << 23) | mant).to(torch.int32).view(torch.float32)
+    return torch.cat([torch.tensor(special, dtype=torch.float32), rand])
+
+
+def _decode_cases() -> list[dict]:
+    """Small stores with edge values, decoded by colbert_fast.reference (the definition)."""
+    g = torch.Generator().manual_seed(1)
+    cases = []
+    for nbits in (1, 2, 4, 8):
+        for dim in (1, 5, 8, 13, 64, 100, 128):
+            T, C = 37, 7
+            scales = (torch.rand(T, generator=g) * 2 + 0.1).half()
+            scales[:6] = torch.tensor([0.0, 6e-8, 3e-5, 60000.0, 1.0, 0.5]).half()  # zero, fp16 subnormals, huge
+            if nbits == 8:
+                codes = torch.randint(-128, 128, (T, dim), generator=g, dtype=torch.int8)
+                codes[0, 0], codes[1, 0] = -128, 127
+                dec = reference.decode_int8(codes, scales)
+                cases.append(dict(nbits=8, dim=dim, T=T, C=0, codes=codes.view(torch.uint8), scales=scales, dec=dec))
+                continue
+            width = (dim * nbits + 7) // 8
+            codes = torch.randint(0, 256, (T, width), generator=g, dtype=torch.int64).to(torch.uint8)
+            ids = torch.randint(0, C, (T,), generator=g, dtype=torch.int32)
+            centroids = torch.randn(C, dim, generator=g) * 0.2
+            centroids.view(-1)[:4] = torch.tensor([1e-40, -0.0, 1e35, -3e-39])  # subnormals; 1e35 * 60000 = inf
+            ids[:6] = 0  # rows with the special scales read the special centroid
+            weights = torch.randn(1 << nbits, generator=g) * 0.05
+            weights[0] = 1e-41
+            dec = reference.decode_residual(ids, codes, scales, centroids, weights, nbits)
+            cases.append(dict(nbits=nbits, dim=dim, T=T, C=C, codes=codes, scales=scales, ids=ids,
+                              centroids=centroids, weights=weights, dec=dec))  # fmt: skip
+    return cases
+
+
+def write_reference_file(path: Path) -> None:
+    """The binary file codes_test.cpp reads (test_against_torch); little-endian, torch's results."""
+    out = [b"CFCT"]
+
+    def i64(v):
+        out.append(int(v).to_bytes(8, "little", signed=True))
+
+    def raw(t: torch.Tensor):
+        out.append(t.contiguous().numpy().tobytes())
+
+    halves = torch.arange(1 << 16, dtype=torch.int32).to(torch.int16).view(torch.float16).float()
+    i64(halves.numel())
+    raw(halves)
+    conv = _conversion_values()
+    i64(conv.numel())
+    raw(_float_bits(conv))
+    raw(conv.to(torch.float16).view(torch.int16))
+    raw(conv.to(torch.bfloat16).view(torch.int16))
+    cases = _decode_cases()
+    i64(len(cases))
+    for c in cases:
+        for key in ("nbits", "dim", "T", "C"):
+            i64(c[key])
+        raw(c["codes"])
+        raw(c["scales"].view(torch.int16))
+        if c["nbits"] != 8:
+            raw(c["ids"])
+            raw(c["centroids"])
+            raw(c["weights"])
+        raw(c["dec"])
+        raw(c["dec"].to(torch.float16).view(torch.int16))
+        raw(c["dec"].to(torch.bfloat16).view(torch.int16))
+    path.write_bytes(b"".join(out))
+
+
+def test_reference_file_has_the_edge_cases():
+    """The decode cases reach what they are there for: subnormal, infinite and fp16-overflowing values."""
+    dec = torch.cat([c["dec"].flatten() for c in _decode_cases()])
+    finite = dec[torch.isfinite(dec)]
+    assert torch.isinf(dec).any(), "no decoded value overflows fp32"
+    assert ((finite != 0) & (finite.abs() < 1.1754944e-38)).any(), "no fp32 subnormal decoded value"
+    assert torch.isinf(finite.to(torch.float16)).any(), "no value overflows fp16"
+    sub16 = (finite.abs() < 6.1e-5) & (finite != 0)
+    assert sub16.any(), "no value in fp16's subnormal range"
+
+
+def test_host_codes_math(tmp_path):
+    """Decode helpers bit-identical to the reference (torch), gather and scoring kernels emulated."""
+    exe = _host_binary(tmp_path, "codes_test.cpp", "codes_test")
+    ref = tmp_path / "codes_reference.bin"
+    write_reference_file(ref)
+    run = subprocess.run([str(exe), str(ref)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-6000:]
+    assert "all codes tests passed" in run.stdout and "against torch:" in run.stdout, run.stdout
+    print(run.stdout)
