@@ -39,6 +39,17 @@ def add_build_arguments(parser, partitions_help: str = "IVF partitions (default 
         default="auto",
         help="pq: 16 sub-vectors x 8 bits (paper); flat: exact; auto: pq from 10k vectors up",
     )
+    parser.add_argument(
+        "--store",
+        choices=("fp16", "residual", "int8"),
+        default="fp16",
+        help="token store: fp16 (256 B/token at dim 128), residual (ColBERTv2 codes, 38 B/token at 2 bits), "
+        "int8 (130 B/token); compressed stores are scored from their codes (default fp16)",
+    )
+    parser.add_argument("--nbits", type=int, choices=(1, 2, 4), default=2, help="bits per dim of --store residual (2)")
+    parser.add_argument(
+        "--keep-fp16", action="store_true", help="keep the fp16 vectors on disk beside a compressed store"
+    )
     parser.add_argument("--restart", action="store_true", help="ignore the chunks of an interrupted run")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -59,6 +70,9 @@ def index_config(args):
         codec=args.codec,
         batch_size=args.batch_size,
         chunk_size=args.chunk_size,
+        store=args.store,
+        store_nbits=args.nbits,
+        keep_fp16=args.keep_fp16,
     )
 
 

@@ -43,6 +43,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--partitions", type=int, help="IVF partitions (default ~8*sqrt(#token vectors))")
     parser.add_argument("--codec", choices=("auto", "pq", "flat"), default="auto", help="faiss codec (auto)")
     parser.add_argument("--no-exhaustive", action="store_true", help="skip the exactness check against the reference")
+    parser.add_argument(
+        "--stores",
+        default="int8,residual4,residual2,residual1",
+        help="compressed token stores to compare with fp16 by exhaustive scoring (comma list, or none)",
+    )
     emb = parser.add_argument_group("embedded model options (ColBERT's choices; off by default)")
     emb.add_argument("--markers", action="store_true", help="insert [Q]/[D] ([unused0]/[unused1]) after [CLS]")
     emb.add_argument("--mask-augmentation", action="store_true", help="pad queries to query_maxlen with [MASK]")
@@ -68,7 +73,7 @@ def run(args) -> int:
     from colbert_fast.retrieval.embedded import EMBEDDED, load_embedded
     from colbert_fast.retrieval.encoder import ColBERT
     from colbert_fast.retrieval.experiment import ExperimentConfig, ablation, run_experiment
-    from colbert_fast.retrieval.report import format_ablation, format_table, plot
+    from colbert_fast.retrieval.report import format_ablation, format_stores, format_table, plot, plot_stores
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     if args.threads:
@@ -99,9 +104,18 @@ def run(args) -> int:
         encoder, checkpoint = load_embedded(**overrides), EMBEDDED
     slug = "".join(c if c.isalnum() else "_" for c in dataset.name).strip("_")
     out = Path(args.out or Path("out") / "experiment" / slug)
+    from colbert_fast.retrieval.experiment import STORES
+
+    stores = (
+        () if args.stores.strip().lower() == "none" else tuple(x.strip() for x in args.stores.split(",") if x.strip())
+    )
+    unknown = [x for x in stores if x not in STORES]
+    if unknown:
+        print(f"error: --stores: unknown {unknown}; choose from {', '.join(STORES)} or none", file=sys.stderr)
+        return 2
     config = ExperimentConfig(
         k=args.k, nprobe=args.nprobe, neighbors_per_token=args.neighbors_per_token, codec=args.codec,
-        partitions=args.partitions, exhaustive=not args.no_exhaustive, device=args.device,
+        partitions=args.partitions, exhaustive=not args.no_exhaustive, device=args.device, stores=stores,
     )  # fmt: skip
     results = run_experiment(
         dataset, out, encoder, checkpoint=checkpoint, config=config, progress=not args.quiet, runs_dir=out / "runs"
@@ -119,6 +133,9 @@ def run(args) -> int:
     (out / "results.json").write_text(json.dumps(results, indent=2))
     png = plot(results, out / "quality_vs_latency.png")
     print(format_table(results))
+    if "stores" in results:
+        print(format_stores(results["stores"]))
+        plot_stores(results, out / "quality_vs_bytes.png")
     if "ablation" in results:
         print(format_ablation(results["ablation"]))
     print(f"wrote {out / 'results.json'} and {png}")

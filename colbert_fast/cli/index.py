@@ -59,8 +59,10 @@ def run(args) -> int:
     )
     s = index.manifest["stats"]
     ivf = index.manifest["ivf"]
+    store = s["store"]
     print(
         f"indexed {s['num_docs']} docs, {s['num_tokens']} token vectors (dim {s['dim']}) into {args.index}: "
+        f"{store['codec']} store ({store['bytes_per_token']:g} bytes/token), "
         f"{ivf['codec']} IVF with {ivf['partitions']} partitions"
     )
     return 0

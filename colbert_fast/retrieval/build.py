@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 import colbert_fast
-from colbert_fast import PackedDocs
+from colbert_fast import CompressedDocs, PackedDocs
 from colbert_fast.files import atomic_path, fsync_dir, sha256, write_bytes_atomic
 from colbert_fast.packed import write_store
 
@@ -36,6 +36,9 @@ from .index import INDEX_FORMAT, MANIFEST, OUR_FILES, Index, require_faiss
 from .tsv import read_collection
 
 __all__ = ["IndexConfig", "build_index", "build_index_from_embeddings", "choose_partitions", "encode_docs"]
+
+
+STORES = ("fp16", "residual", "int8")
 
 
 @dataclasses.dataclass
@@ -54,6 +57,13 @@ class IndexConfig:
         batch_size: docs per encoder batch (batches are length-sorted).
         chunk_size: docs per resumable chunk.
         seed: sampling seed.
+        store: how the token vectors are kept for scoring: "fp16" (256 bytes per token at dim
+            128), "residual" (ColBERTv2's codes: centroid id + store_nbits per dimension + a
+            scale; 38 bytes at 2 bits) or "int8" (130 bytes). Compressed stores are scored from
+            their codes (colbert_fast.CompressedDocs); faiss is still trained on the fp16 vectors,
+            which are deleted after the build unless keep_fp16.
+        store_nbits: bits per dimension of a residual store: 1, 2 or 4.
+        keep_fp16: keep the fp16 store on disk beside a compressed one (never read by search).
     """
 
     partitions: int | None = None
@@ -65,6 +75,9 @@ class IndexConfig:
     batch_size: int = 64
     chunk_size: int = 10_000
     seed: int = 0
+    store: str = "fp16"
+    store_nbits: int = 2
+    keep_fp16: bool = False
 
     def __post_init__(self) -> None:
         if self.codec not in ("auto", "pq", "flat"):
@@ -74,6 +87,10 @@ class IndexConfig:
                 raise ValueError(f"IndexConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.partitions is not None and self.partitions < 1:
             raise ValueError(f"partitions must be >= 1, got {self.partitions}")
+        if self.store not in STORES:
+            raise ValueError(f"store must be one of {STORES}, got {self.store!r}")
+        if self.store == "residual" and self.store_nbits not in (1, 2, 4):
+            raise ValueError(f"store_nbits must be 1, 2 or 4 for a residual store, got {self.store_nbits!r}")
 
 
 def choose_partitions(num_vectors: int, train_samples: int) -> int:
@@ -312,6 +329,13 @@ def finish_build(faiss, index_dir: Path, tag: str, docs: PackedDocs, pids, confi
     (the commit point), then removal of what the old manifest named."""
     files = {"docs": f"docs-{tag}.safetensors", "ivf": f"ivf-{tag}.faiss", "ids": f"ids-{tag}.json"}
     ivf, ivf_info = train_ivf(faiss, docs, config)  # faiss ids are token rows of the store
+    store = {"codec": "fp16", "bytes_per_token": docs.dim * 2}
+    if config.store != "fp16":  # the codes become the store; the fp16 file stays only if asked
+        codes = write_compressed_store(docs, config, index_dir / f"codes-{tag}.safetensors")
+        store = {"codec": config.store, "nbits": codes.nbits, "bytes_per_token": codes.bytes_per_token}
+        if config.keep_fp16:
+            files["fp16"] = files["docs"]
+        files["docs"] = f"codes-{tag}.safetensors"
     with atomic_path(index_dir / files["ivf"]) as tmp:  # faiss's own (pickle-free) format
         faiss.write_index(ivf, str(tmp))
     write_bytes_atomic(index_dir / files["ids"], json.dumps(list(pids)).encode())
@@ -323,7 +347,13 @@ def finish_build(faiss, index_dir: Path, tag: str, docs: PackedDocs, pids, confi
         "collection": source,
         "index_config": dataclasses.asdict(config),
         "ivf": ivf_info,
-        "stats": {"num_docs": docs.num_docs, "num_tokens": docs.num_tokens, "dim": docs.dim, "dtype": "float16"},
+        "stats": {
+            "num_docs": docs.num_docs,
+            "num_tokens": docs.num_tokens,
+            "dim": docs.dim,
+            "dtype": "float16",
+            "store": store,
+        },
         "files": {
             key: {"name": name, "bytes": (index_dir / name).stat().st_size, "sha256": sha256(index_dir / name)}
             for key, name in files.items()
@@ -336,6 +366,15 @@ def finish_build(faiss, index_dir: Path, tag: str, docs: PackedDocs, pids, confi
         if path.is_file() and path.name not in live and OUR_FILES.fullmatch(path.name):
             path.unlink()
     return Index.load(index_dir, verify=False)
+
+
+def write_compressed_store(docs: PackedDocs, config: IndexConfig, path: Path) -> CompressedDocs:
+    """Encode the fp16 store with config.store's codec (residual: a codebook trained on it) and
+    write it atomically to `path`."""
+    nbits = config.store_nbits if config.store == "residual" else 8
+    codes = CompressedDocs.from_packed(docs, config.store, nbits, seed=config.seed)
+    codes.save(path)
+    return codes
 
 
 def write_manifest(index_dir: Path, manifest: dict) -> None:

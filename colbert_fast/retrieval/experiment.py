@@ -63,6 +63,8 @@ class ExperimentConfig:
         single_maxlen: truncation for the single-vector baseline (the model's own max_seq_length).
         exhaustive: also run the exhaustive searcher and compare it with the reference.
         device: where the encoder, store and scoring run (default cuda when available).
+        stores: token stores to compare by exhaustive scoring against the fp16 one (quality, top-10
+            overlap, bytes per token): "int8", "residual4", "residual2", "residual1"; () skips it.
     """
 
     k: int = 100
@@ -74,6 +76,7 @@ class ExperimentConfig:
     single_maxlen: int = 256
     exhaustive: bool = True
     device: str | None = None
+    stores: tuple = ("int8", "residual4", "residual2", "residual1")
 
     def __post_init__(self) -> None:
         if self.k < 10:
@@ -134,12 +137,14 @@ def mean_pooled(encoder, texts: Sequence[str], maxlen: int, batch_size: int = 64
 
 @torch.inference_mode()
 def exact_maxsim_scores(Q: torch.Tensor, q_mask: torch.Tensor, docs, chunk: int = 256) -> torch.Tensor:
-    """Reference MaxSim of every query against every doc of a PackedDocs: fp32 [B, N].
+    """Reference MaxSim of every query against every doc of a PackedDocs (or CompressedDocs): fp32 [B, N].
 
     colbert_fast.reference over the stored vectors (its gather, then its all-pairs maxsim), docs in
     chunks so the [B, n, Lq, Ld] similarity tensor stays small.
     """
     docs = docs.to("cpu")
+    if isinstance(docs, cf.CompressedDocs):  # the stored vectors are the decoded ones
+        docs = docs.decode()
     Q, q_mask = Q.cpu(), q_mask.cpu()
     out = []
     for s in range(0, docs.num_docs, chunk):
@@ -211,9 +216,64 @@ def run_experiment(
         results["exactness"], runs["exact MaxSim (reference)"] = _exactness_step(
             index, encoder, queries, config.k, device, systems["ColBERT e2e"], runs["ColBERT e2e"], say
         )
+    if config.stores and isinstance(index.docs, cf.PackedDocs):  # compressed stores are encoded from fp16
+        results["stores"] = store_quality(index.docs, encoder, queries, config.stores, device, say)
     if runs_dir is not None:
         write_runs(runs, runs_dir)
     return results
+
+
+# Compressed token stores compared in the experiment: name -> (codec, nbits) of colbert_fast.CompressedDocs.
+STORES = {"int8": ("int8", 8), "residual4": ("residual", 4), "residual2": ("residual", 2), "residual1": ("residual", 1)}
+
+
+def store_quality(docs, encoder, queries: _Queries, stores, device, say, seed: int = 0) -> dict:
+    """Exhaustive scoring (every doc, cf.maxsim_packed) from the fp16 store and from each compressed
+    store encoded from it: quality (MRR@10, nDCG@10, Recall@10/100), the mean overlap of each
+    query's top 10 with the fp16 store's, bytes per token, and per-query scoring latency."""
+    Q, q_mask = encoder.encode_queries(queries.texts)
+    out = {}
+    for name in ("fp16", *stores):
+        if name == "fp16":
+            store, bytes_per_token = docs.to(device), docs.dim * 2
+        else:
+            codec, nbits = STORES[name]
+            t0 = time.perf_counter()
+            store = cf.CompressedDocs.from_packed(docs, codec, nbits, seed=seed).to(device)
+            encode_s = time.perf_counter() - t0
+            bytes_per_token = store.bytes_per_token
+        t0 = time.perf_counter()
+        scores = _score_all(Q, q_mask, store)
+        score_ms = 1000 * (time.perf_counter() - t0) / max(len(queries.qids), 1)
+        top = _top(scores, 100)
+        run = {q: [queries.pids[d] for d in row] for q, row in zip(queries.qids, top)}
+        row = {"bytes_per_token": bytes_per_token, "quality": _quality(run, queries.qrels), "score_ms": score_ms}
+        if name == "fp16":
+            fp16_top10 = [set(t[:10]) for t in top]
+        else:
+            row["top10_overlap"] = sum(len(set(t[:10]) & f) / 10 for t, f in zip(top, fp16_top10)) / len(top)
+            row["encode_seconds"] = encode_s
+            row["nbits"] = store.nbits
+        out[name] = row
+        q = row["quality"]
+        say(
+            f"store {name:<9} {bytes_per_token:>5g} B/token  nDCG@10 {q['nDCG@10']:.4f}  MRR@10 {q['MRR@10']:.4f}"
+            + (f"  top-10 overlap with fp16 {row['top10_overlap']:.3f}" if "top10_overlap" in row else "")
+        )
+    return out
+
+
+@torch.inference_mode()
+def _score_all(Q, q_mask, store, pairs_per_call: int = 1 << 16) -> torch.Tensor:
+    """fp32 [B, N]: every query against every doc of `store`, in chunks of docs."""
+    B, n = Q.shape[0], store.num_docs
+    step = max(1, pairs_per_call // B)
+    Q, q_mask = Q.to(store.device), q_mask.to(store.device)
+    cols = []
+    for s in range(0, n, step):
+        rows = torch.arange(s, min(n, s + step), device=store.device).expand(B, -1).contiguous()
+        cols.append(cf.maxsim_packed(Q, store, rows, q_mask).cpu())
+    return torch.cat(cols, dim=1)
 
 
 def _index_step(dataset, workdir: Path, encoder, checkpoint, config: ExperimentConfig, progress, say):

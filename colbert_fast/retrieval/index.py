@@ -3,7 +3,9 @@
 An index is a directory:
 
     manifest.json            the commit point: config, versions, file names, sizes, sha256
-    docs-<tag>.safetensors   PackedDocs, fp16, every doc's kept tokens in collection order
+    docs-<tag>.safetensors   the token store, every doc's kept tokens in collection order: a
+                             PackedDocs (fp16), or a CompressedDocs (codes-<tag>.safetensors:
+                             residual or int8, IndexConfig.store) scored from its codes
     ivf-<tag>.faiss          faiss IVFPQ (or IVFFlat for small collections) over every token row;
                              faiss id = token row in docs, so token_to_doc is lengths repeated
     ids-<tag>.json           the collection's pids, in order (row i -> pid string)
@@ -27,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from colbert_fast import PackedDocs
+from colbert_fast import CompressedDocs, PackedDocs
 from colbert_fast.files import sha256
 
 __all__ = ["CorruptIndexError", "Index", "RowLookup", "read_manifest", "require_faiss"]
@@ -35,7 +37,11 @@ __all__ = ["CorruptIndexError", "Index", "RowLookup", "read_manifest", "require_
 INDEX_FORMAT = "colbert_fast.index/1"
 MANIFEST = "manifest.json"
 # Data files of a build (and their temp names): the only files a new build may delete.
-OUR_FILES = re.compile(r"(docs-[0-9a-f]{12}\.safetensors|ivf-[0-9a-f]{12}\.faiss|ids-[0-9a-f]{12}\.json)(\.tmp\d+)?")
+OUR_FILES = re.compile(
+    r"((docs|codes)-[0-9a-f]{12}\.safetensors|ivf-[0-9a-f]{12}\.faiss|ids-[0-9a-f]{12}\.json)(\.tmp\d+)?"
+)
+# What the manifest's stats.store says the store is: "fp16" (a PackedDocs), else a CompressedDocs.
+FLOAT_STORE = "fp16"
 
 
 class CorruptIndexError(ValueError):
@@ -76,8 +82,9 @@ class RowLookup:
 
 
 class Index:
-    """A loaded index: docs (PackedDocs), pids (row -> the collection's pid string), ivf (faiss,
-    or None until open_ivf()), token_to_doc (token row -> doc row, built on first use), manifest."""
+    """A loaded index: docs (PackedDocs, or CompressedDocs for a compressed store), pids (row -> the
+    collection's pid string), ivf (faiss, or None until open_ivf()), token_to_doc (token row -> doc
+    row, built on first use), manifest."""
 
     def __init__(self, path: Path, manifest: dict, docs: PackedDocs, pids: list[str], ivf, verify: bool = True):
         self.path = path
@@ -139,6 +146,8 @@ class Index:
         manifest = read_manifest(mpath, INDEX_FORMAT)
         try:
             files = {k: manifest["files"][k] for k in ("docs", "ivf", "ids")}
+            if "fp16" in manifest["files"]:  # a compressed store's fp16 vectors, kept on request
+                files["fp16"] = manifest["files"]["fp16"]
             stats = manifest["stats"]
         except (KeyError, TypeError) as e:
             raise CorruptIndexError(f"{mpath} lacks entry {e}") from None
@@ -158,9 +167,13 @@ class Index:
         if verify:
             for key in ("docs", "ids"):
                 _check_sha(path / files[key]["name"], files[key]["sha256"])
+        store = (
+            stats.get("store", {}).get("codec", FLOAT_STORE) if isinstance(stats.get("store"), dict) else FLOAT_STORE
+        )
         try:
             pids = json.loads((path / files["ids"]["name"]).read_text())
-            docs = PackedDocs.load(path / files["docs"]["name"], mmap=mmap)
+            store_type = PackedDocs if store == FLOAT_STORE else CompressedDocs
+            docs = store_type.load(path / files["docs"]["name"], mmap=mmap)
         except (ValueError, UnicodeDecodeError) as e:
             raise CorruptIndexError(f"index at {path} is corrupt: {e}") from None
         if not isinstance(pids, list) or len(pids) != docs.num_docs or docs.num_docs != stats.get("num_docs"):

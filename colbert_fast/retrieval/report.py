@@ -90,5 +90,50 @@ def plot(results: dict, path: str | os.PathLike) -> Path:
     return path
 
 
+def format_stores(stores: dict) -> str:
+    """The token stores' table: bytes per token, quality under exhaustive scoring, overlap with fp16."""
+    head = f"{'store':<10}{'B/token':>9}" + "".join(f"{m:>11}" for m in ("nDCG@10", "MRR@10", "Recall@100"))
+    head += f"{'d nDCG@10':>11}{'d MRR@10':>10}{'top10 ovl':>11}{'score ms':>10}"
+    lines = ["token stores, exhaustive scoring (d = change against fp16)", head, "-" * len(head)]
+    base = stores["fp16"]["quality"]
+    for name, row in stores.items():
+        q = row["quality"]
+        lines.append(
+            f"{name:<10}{row['bytes_per_token']:>9g}"
+            + "".join(f"{q[m]:>11.4f}" for m in ("nDCG@10", "MRR@10", "Recall@100"))
+            + f"{q['nDCG@10'] - base['nDCG@10']:>+11.4f}{q['MRR@10'] - base['MRR@10']:>+10.4f}"
+            + f"{row.get('top10_overlap', 1.0):>11.3f}{row['score_ms']:>10.2f}"
+        )
+    return "\n".join(lines)
+
+
+def plot_stores(results: dict, path: str | os.PathLike) -> Path:
+    """PNG: nDCG@10 and MRR@10 against bytes per token, one point per token store."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stores = results["stores"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for metric, marker in (("nDCG@10", "o"), ("MRR@10", "s")):
+        xs = [row["bytes_per_token"] for row in stores.values()]
+        ax.plot(xs, [row["quality"][metric] for row in stores.values()], marker=marker, label=metric)
+    for name, row in stores.items():
+        ax.annotate(name, (row["bytes_per_token"], row["quality"]["nDCG@10"]), textcoords="offset points",
+                    xytext=(4, 6), fontsize=8)  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("bytes per token (log scale)")
+    ax.set_ylabel("quality, exhaustive scoring")
+    ax.set_title(f"{results['dataset']}: quality vs store size")
+    ax.legend()
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def _color(name: str) -> str:
     return {"BM25": "tab:gray", "single-vector": "tab:orange", "ColBERT rerank": "tab:blue"}.get(name, "tab:green")

@@ -248,6 +248,10 @@ def test_bad_configs():
         IndexConfig(codec="hnsw")
     with pytest.raises(ValueError, match="chunk_size"):
         IndexConfig(chunk_size=0)
+    with pytest.raises(ValueError, match="store must be one of"):
+        IndexConfig(store="pq")
+    with pytest.raises(ValueError, match="store_nbits must be 1, 2 or 4"):
+        IndexConfig(store="residual", store_nbits=3)
 
 
 def test_package_imports_without_faiss():
@@ -260,3 +264,49 @@ def test_package_imports_without_faiss():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "ERR faiss is needed" in out and "faiss-cpu" in out
+
+
+@pytest.mark.parametrize("store,nbits", [("residual", 2), ("int8", 8), ("residual", 1)])
+def test_compressed_stores(enc, built, tmp_path, store, nbits):
+    """store='residual'/'int8': the codes are the store (loaded as a CompressedDocs, scored from
+    the codes); the fp16 file is gone unless keep_fp16; every score equals MaxSim over the decoded
+    vectors; the manifest records codec, bits and bytes per token."""
+    from colbert_fast import CompressedDocs, reference
+    from colbert_fast.retrieval.search import Searcher
+
+    root, texts, fp16 = built
+    cfg = IndexConfig(chunk_size=32, batch_size=16, store=store, store_nbits=nbits if store == "residual" else 2)
+    index = build_index(root / "collection.tsv", tmp_path / "idx", enc, cfg, progress=False)
+    assert isinstance(index.docs, CompressedDocs) and index.docs.codec == store and index.docs.nbits == nbits
+    info = index.manifest["stats"]["store"]
+    assert info == {"codec": store, "nbits": nbits, "bytes_per_token": index.docs.bytes_per_token}
+    names = {f.name for f in (tmp_path / "idx").iterdir()}
+    assert not any(n.startswith("docs-") for n in names) and any(n.startswith("codes-") for n in names)
+    again = Index.load(tmp_path / "idx")  # sha256 verified, loaded by the manifest's store codec
+    assert isinstance(again.docs, CompressedDocs) and torch.equal(again.docs.codes, index.docs.codes)
+    # same lengths and token rows as the fp16 store of the same collection
+    assert torch.equal(again.docs.lengths, fp16.docs.lengths)
+    queries = ["the cat and the dog", "blue river"]
+    Q, q_mask = enc.encode_queries(queries)
+    searcher = Searcher(again, enc, device="cpu", mode="exhaustive", load_ivf=False)
+    ranking = searcher.search(queries, k=N_DOCS)
+    dec = again.docs.decode()
+    exact = reference.maxsim_packed(
+        Q, dec.embeddings, dec.offsets, dec.lengths, torch.arange(N_DOCS).expand(2, -1), q_mask
+    )
+    for b, r in enumerate(ranking):
+        got = torch.tensor([s for _, s in r])
+        want = exact[b, again.rows_of([p for p, _ in r])]
+        torch.testing.assert_close(got, want, atol=0.05, rtol=0)
+    assert Searcher(again, enc, device="cpu").search(queries, k=5)  # the faiss path scores the codes too
+
+
+def test_keep_fp16_beside_a_compressed_store(enc, built, tmp_path):
+    root, _, fp16 = built
+    cfg = IndexConfig(chunk_size=32, batch_size=16, store="int8", keep_fp16=True)
+    index = build_index(root / "collection.tsv", tmp_path / "idx", enc, cfg, progress=False)
+    kept = index.path / index.manifest["files"]["fp16"]["name"]
+    assert torch.equal(PackedDocs.load(kept).embeddings, fp16.docs.embeddings)
+    kept.write_bytes(kept.read_bytes()[:-10])
+    with pytest.raises(CorruptIndexError, match="truncated"):
+        Index.load(tmp_path / "idx")
