@@ -70,7 +70,7 @@ else
     BENCH_SIZE=${BENCH_SIZE:---tiny}
     REQUIRE=${REQUIRE_BACKENDS:-triton}
 fi
-CORE_ARGS=${CORE_ARGS:---workload R1,R3,X1,X2,P1,T1 --dtype bf16 --no-compile --no-peers --reps 20 --budget 0.3}
+CORE_ARGS=${CORE_ARGS:---workload R1,R3,X1,X2,P1,T1 --dtype bf16 --no-compile --no-peers --reps 20 --budget 0.3 --codecs residual2}
 REST_ARGS=${REST_ARGS:---workload R1,R2,R3,X1,X2,P1,T1 --dtype fp16 --sweep --compile --compile-budget 60 --reps 10 --budget 0.2}
 
 mkdir -p "$OUT"
