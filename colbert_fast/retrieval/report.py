@@ -108,26 +108,32 @@ def format_stores(stores: dict) -> str:
 
 
 def plot_stores(results: dict, path: str | os.PathLike) -> Path:
-    """PNG: nDCG@10 and MRR@10 against bytes per token, one point per token store."""
+    """PNG, two panels against bytes per token (one point per token store): nDCG@10 and MRR@10
+    under exhaustive scoring, and the mean overlap of each query's top 10 with the fp16 store's."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     stores = results["stores"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    xs = [row["bytes_per_token"] for row in stores.values()]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for metric, marker in (("nDCG@10", "o"), ("MRR@10", "s")):
-        xs = [row["bytes_per_token"] for row in stores.values()]
-        ax.plot(xs, [row["quality"][metric] for row in stores.values()], marker=marker, label=metric)
+        left.plot(xs, [row["quality"][metric] for row in stores.values()], marker=marker, label=metric)
+    right.plot(xs, [row.get("top10_overlap", 1.0) for row in stores.values()], marker="o", color="tab:green")
     for name, row in stores.items():
-        ax.annotate(name, (row["bytes_per_token"], row["quality"]["nDCG@10"]), textcoords="offset points",
-                    xytext=(4, 6), fontsize=8)  # fmt: skip
-    ax.set_xscale("log")
-    ax.set_xlabel("bytes per token (log scale)")
-    ax.set_ylabel("quality, exhaustive scoring")
-    ax.set_title(f"{results['dataset']}: quality vs store size")
-    ax.legend()
-    ax.grid(True, alpha=0.3)
+        left.annotate(name, (row["bytes_per_token"], row["quality"]["nDCG@10"]), textcoords="offset points",
+                      xytext=(4, 6), fontsize=8)  # fmt: skip
+        right.annotate(name, (row["bytes_per_token"], row.get("top10_overlap", 1.0)), textcoords="offset points",
+                       xytext=(4, -12), fontsize=8)  # fmt: skip
+    for ax in (left, right):
+        ax.set_xscale("log")
+        ax.set_xlabel("bytes per token (log scale)")
+        ax.grid(True, alpha=0.3)
+    left.set_ylabel("quality, exhaustive scoring")
+    left.legend()
+    right.set_ylabel("top-10 overlap with the fp16 store")
+    fig.suptitle(f"{results['dataset']}: quality vs store size")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)
