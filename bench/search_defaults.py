@@ -45,7 +45,10 @@ import json, sys, time, torch
 index_dir, queries_file, mode, k = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 Q, q_mask = torch.load(queries_file)
 t0 = time.perf_counter()
-from colbert_fast.retrieval.search import Searcher
+try:
+    from colbert_fast.retrieval.search import Searcher
+except ImportError:  # a checkout from before the package's retrieval/ layout (--before)
+    from colbert_fast.search import Searcher
 s = Searcher(index_dir, device="cpu")
 if hasattr(s, "budget"):                       # this change: search by embeddings, no encoder
     for b in range(Q.shape[0]):
@@ -194,6 +197,8 @@ def markdown(results: dict) -> str:
         for r in results["rss"]:
             mods = ", ".join(r["heavy_modules_loaded"])
             lines.append(f"| {r['code']} | {r['mode']} | {r['peak_rss_mb']:.0f} | {mods} |")
+        if results.get("rss_note"):
+            lines += ["", results["rss_note"] + "."]
     return "\n".join(lines) + "\n"
 
 
