@@ -94,7 +94,7 @@ def e1_index(
     index_dir = workdir / f"e1_{num_docs}_p{partitions or 'default'}_index"
     if not (index_dir / "manifest.json").exists():
         t0 = time.perf_counter()
-        build_index_from_embeddings(docs, index_dir, IndexConfig(partitions=partitions))
+        build_index_from_embeddings(docs, index_dir, IndexConfig(partitions=partitions, store="fp16"))
         print(f"built {index_dir} in {time.perf_counter() - t0:.0f} s", flush=True)
     return index_dir, Q, torch.ones(Q.shape[:2], dtype=torch.bool)
 

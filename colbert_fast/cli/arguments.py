@@ -42,9 +42,9 @@ def add_build_arguments(parser, partitions_help: str = "IVF partitions (default 
     parser.add_argument(
         "--store",
         choices=("fp16", "residual", "int8"),
-        default="fp16",
-        help="token store: fp16 (256 B/token at dim 128), residual (ColBERTv2 codes, 38 B/token at 2 bits), "
-        "int8 (130 B/token); compressed stores are scored from their codes (default fp16)",
+        default="residual",
+        help="token store: residual (ColBERTv2 codes, 38 B/token at dim 128 and 2 bits; the default), "
+        "int8 (130 B/token), fp16 (256 B/token, the paper's); compressed stores are scored from their codes",
     )
     parser.add_argument("--nbits", type=int, choices=(1, 2, 4), default=2, help="bits per dim of --store residual (2)")
     parser.add_argument(

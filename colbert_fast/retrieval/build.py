@@ -57,11 +57,11 @@ class IndexConfig:
         batch_size: docs per encoder batch (batches are length-sorted).
         chunk_size: docs per resumable chunk.
         seed: sampling seed.
-        store: how the token vectors are kept for scoring: "fp16" (256 bytes per token at dim
-            128), "residual" (ColBERTv2's codes: centroid id + store_nbits per dimension + a
-            scale; 38 bytes at 2 bits) or "int8" (130 bytes). Compressed stores are scored from
-            their codes (colbert_fast.CompressedDocs); faiss is still trained on the fp16 vectors,
-            which are deleted after the build unless keep_fp16.
+        store: how the token vectors are kept for scoring: "residual" (the default: ColBERTv2's
+            codes, centroid id + store_nbits per dimension + a scale; 38 bytes per token at dim
+            128 and 2 bits), "int8" (130 bytes) or "fp16" (256 bytes, the paper's store).
+            Compressed stores are scored from their codes (colbert_fast.CompressedDocs); faiss is
+            still trained on the fp16 vectors, which are deleted after the build unless keep_fp16.
         store_nbits: bits per dimension of a residual store: 1, 2 or 4.
         keep_fp16: keep the fp16 store on disk beside a compressed one (never read by search).
     """
@@ -75,7 +75,7 @@ class IndexConfig:
     batch_size: int = 64
     chunk_size: int = 10_000
     seed: int = 0
-    store: str = "fp16"
+    store: str = "residual"  # 2-bit: within the quality bar on Cranfield (bench/results/cranfield)
     store_nbits: int = 2
     keep_fp16: bool = False
 

@@ -284,7 +284,12 @@ def _index_step(dataset, workdir: Path, encoder, checkpoint, config: ExperimentC
         collection,
         workdir / "index",
         encoder,
-        IndexConfig(partitions=config.partitions, codec=config.codec, batch_size=config.batch_size),
+        IndexConfig(
+            partitions=config.partitions,
+            codec=config.codec,
+            batch_size=config.batch_size,
+            store="fp16",  # the paper's store; the compressed ones are compared against it (--stores)
+        ),
         checkpoint=checkpoint,
         resume=False,
         progress=progress,

@@ -21,7 +21,7 @@ from colbert_fast.retrieval.tsv import read_collection
 from colbert_fast.testing import tiny_encoder, write_collection
 
 N_DOCS = 90
-CFG = IndexConfig(chunk_size=32, batch_size=16)
+CFG = IndexConfig(chunk_size=32, batch_size=16, store="fp16")  # the fp16 store: compared bit for bit
 
 
 @pytest.fixture(scope="module")
@@ -270,6 +270,21 @@ def test_package_imports_without_faiss():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "ERR faiss is needed" in out and "faiss-cpu" in out
+
+
+def test_the_default_store_is_residual_2bit():
+    """Residual 2-bit met the quality bar on Cranfield (bench/results/cranfield): it is what an
+    index gets unless it asks for another store, from Python and from the command line."""
+    import argparse
+
+    from colbert_fast.cli.arguments import add_build_arguments, index_config
+
+    assert (IndexConfig().store, IndexConfig().store_nbits) == ("residual", 2)
+    parser = argparse.ArgumentParser()
+    add_build_arguments(parser)
+    cfg = index_config(parser.parse_args([]))
+    assert (cfg.store, cfg.store_nbits, cfg.keep_fp16) == ("residual", 2, False)
+    assert index_config(parser.parse_args(["--store", "fp16"])).store == "fp16"
 
 
 @pytest.mark.parametrize("store,nbits", [("residual", 2), ("int8", 8), ("residual", 1)])

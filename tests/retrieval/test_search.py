@@ -32,7 +32,7 @@ def world(tmp_path_factory):
         root / "collection.tsv",
         root / "index",
         enc,
-        IndexConfig(chunk_size=50),
+        IndexConfig(chunk_size=50, store="fp16"),  # fp16: scores compared with the reference on the same vectors
         checkpoint=str(root / "model"),
         progress=False,
     )
@@ -46,7 +46,7 @@ def pq_index(world, tmp_path_factory):
         root / "collection.tsv",
         tmp_path_factory.mktemp("pq") / "index",
         enc,
-        IndexConfig(codec="pq", partitions=8),
+        IndexConfig(codec="pq", partitions=8, store="fp16"),
         progress=False,
     )
 

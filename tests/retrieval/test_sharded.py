@@ -41,7 +41,7 @@ from colbert_fast.testing import tiny_encoder, write_collection, write_queries  
 N_DOCS = 60
 # batch_size=1: every doc is encoded alone, so the global index and the shards hold the very same
 # vectors (length-sorted batches would pad differently and change low bits): exact comparison is fair.
-CONFIG = IndexConfig(codec="flat", batch_size=1, chunk_size=40)
+CONFIG = IndexConfig(codec="flat", batch_size=1, chunk_size=40, store="fp16")  # shards compared with one fp16 store
 EXHAUSTIVE = {"nprobe": 1 << 20, "neighbors_per_token": 1 << 20}  # every partition, every token vector (capped)
 CANDIDATES = [["3", "30", "59", "3"], ["29", "30"], ["0", "1", "2", "58"], ["31"], ["10", "50"]]
 SPAWN_TIMEOUT = 150  # seconds for one multi-process run, start-up included (loaded 2-core machine)
@@ -453,9 +453,9 @@ def test_cli_local_and_torchrun(world, two_ranks, tmp_path):
     common = ["--checkpoint", str(root / "model"), "--device", "cpu"]
     coll = str(root / "collection.tsv")
     assert cli.main(["sharded", "index", "--index", index, "--collection", coll, "--num-shards", "2", "--codec", "flat",
-                     "--batch-size", "1", "--quiet", *common]) == 0  # fmt: skip
+                     "--store", "fp16", "--batch-size", "1", "--quiet", *common]) == 0  # fmt: skip
     assert cli.main(["sharded", "index", "--index", index, "--collection", coll, "--shards", "0", "--codec", "flat",
-                     "--batch-size", "1", "--quiet", *common]) == 0  # fmt: skip
+                     "--store", "fp16", "--batch-size", "1", "--quiet", *common]) == 0  # fmt: skip
     qfile = str(root / "queries.tsv")
     local_run = tmp_path / "local.tsv"
     args = ["--queries", qfile, "--k", "15", "--nprobe", "100000", "--ncandidates", "100000"]
