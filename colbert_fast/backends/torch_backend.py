@@ -12,6 +12,7 @@ import torch
 
 NAME = "torch"
 SUPPORTS_BACKWARD = True
+BACKWARD_OPS = ("maxsim", "maxsim_packed", "gather", "maxsim_packed_codes", "gather_codes")  # plain autograd
 CHUNK_ELEMENTS = 1 << 24  # 16M similarities per chunk: 64 MB in fp32
 
 
@@ -86,12 +87,13 @@ def _gather_rows(embeddings, offsets, lengths, pids, max_len):
 
     Padding rows hold whatever row 0 holds: callers mask them (MaxSim) or zero them (gather).
     """
+    pos = torch.arange(max_len, device=embeddings.device)
+    if embeddings.shape[0] == 0:  # no rows (an empty store: every pid is -1): nothing to index
+        mask = torch.zeros((*pids.shape, max_len), dtype=torch.bool, device=embeddings.device)
+        return embeddings.new_zeros((*pids.shape, max_len, embeddings.shape[1])), mask
     safe = pids.clamp(min=0)
     sel_len = torch.where(pids >= 0, lengths[safe], torch.zeros_like(safe))
-    pos = torch.arange(max_len, device=embeddings.device)
     mask = pos < sel_len.unsqueeze(-1)
-    if embeddings.shape[0] == 0:
-        return embeddings.new_zeros((*pids.shape, max_len, embeddings.shape[1])), mask
     rows = torch.where(mask, offsets[safe].unsqueeze(-1) + pos, torch.zeros_like(pos))
     return embeddings[rows], mask
 
@@ -144,9 +146,12 @@ def _decode(view, rows: torch.Tensor) -> torch.Tensor:
 
 def _rows_of(view, pids, max_len):
     """Token rows [*pids.shape, max_len] (padding points at row 0) and the valid mask."""
+    pos = torch.arange(max_len, device=pids.device)
+    if view.lengths.numel() == 0:  # an empty store: every pid is -1
+        mask = torch.zeros((*pids.shape, max_len), dtype=torch.bool, device=pids.device)
+        return torch.zeros((*pids.shape, max_len), dtype=torch.int64, device=pids.device), mask
     safe = pids.clamp(min=0)
     sel_len = torch.where(pids >= 0, view.lengths[safe], torch.zeros_like(safe))
-    pos = torch.arange(max_len, device=pids.device)
     mask = pos < sel_len.unsqueeze(-1)
     rows = torch.where(mask, view.offsets[safe].unsqueeze(-1) + pos, torch.zeros_like(pos))
     return rows, mask
