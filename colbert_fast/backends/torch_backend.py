@@ -28,7 +28,14 @@ def _reduce(
     sims: torch.Tensor, d_valid: torch.Tensor | None, q_valid: torch.Tensor | None, floor: torch.Tensor | None
 ) -> torch.Tensor:
     """sims [..., Lq, Ld] -> fp32 [...]: masked max over doc tokens, raised to floor [..., 1] when
-    given; a max still -inf (empty doc, no floor) -> 0; masked query token -> 0."""
+    given; a max still -inf (empty doc, no floor) -> 0; masked query token -> 0 (whatever it holds);
+    a NaN or infinite similarity of a valid pair -> the doc scores NaN (docs/spec.md section 10)."""
+    bad = ~torch.isfinite(sims)
+    if d_valid is not None:
+        bad = bad & d_valid.unsqueeze(-2)
+    if q_valid is not None:
+        bad = bad & q_valid.unsqueeze(-1)
+    nonfinite = bad.flatten(-2).any(dim=-1)
     if sims.shape[-1] == 0:
         best = sims.new_full(sims.shape[:-1], float("-inf"), dtype=torch.float32)
     else:
@@ -37,11 +44,10 @@ def _reduce(
         best = sims.amax(dim=-1).float()
     if floor is not None:
         best = torch.maximum(best, floor)
-    if d_valid is not None or floor is not None or sims.shape[-1] == 0:
-        best = torch.where(torch.isneginf(best), torch.zeros_like(best), best)
+    best = torch.where(torch.isneginf(best), torch.zeros_like(best), best)
     if q_valid is not None:
-        best = best * q_valid.to(best.dtype)
-    return best.sum(dim=-1)
+        best = torch.where(q_valid, best, torch.zeros_like(best))  # not best * mask: NaN * 0 is NaN
+    return best.sum(dim=-1).masked_fill(nonfinite, float("nan"))
 
 
 def _doc_valid(D, d_mask, d_lengths):
