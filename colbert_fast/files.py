@@ -44,6 +44,7 @@ __all__ = [
     "WriterLock",
     "atomic_path",
     "check_free_space",
+    "check_output_file",
     "fsync_dir",
     "open_regular",
     "sha256",
@@ -150,6 +151,17 @@ def _check_target(path: Path) -> Path:
             errno.EINVAL, f"refusing to write {path}: it is {_kind(st.st_mode)}, not a regular file", str(path)
         )
     return path
+
+
+def check_output_file(path: str | os.PathLike) -> Path:
+    """Where a file written to `path` by atomic_path lands (a symbolic link is followed), checked up
+    front so a command can refuse a bad output path before hours of work: NotRegularFileError for a
+    FIFO, device node, socket or dangling link, IsADirectoryError for a directory. atomic_path
+    checks again when it writes (the path may change meanwhile)."""
+    target = _check_target(Path(path))
+    if target.is_dir():
+        raise IsADirectoryError(errno.EISDIR, f"refusing to write {path}: it is a directory", str(path))
+    return target
 
 
 def _remove(path: Path) -> None:
