@@ -31,7 +31,7 @@ from typing import NamedTuple, Sequence
 import torch
 
 from . import reference
-from .packed import PackedDocs, read_safetensors, write_safetensors
+from .packed import MappedFile, PackedDocs, checked_lengths, open_safetensors, write_safetensors
 
 __all__ = ["CODECS", "CodesView", "CompressedDocs", "ResidualCodec", "kmeans"]
 
@@ -296,17 +296,69 @@ class CompressedDocs:
         _expect("scales", scales, torch.float16, (T,))
         _check(scales.device == device, f"scales is on {scales.device} but codes are on {device}")
         _check(T == 0 or bool(torch.isfinite(scales).all()), "scales must be finite")
-        lengths = _checked_lengths(lengths, T, device)
+        lengths = checked_lengths(lengths, T, device)
         self.codec, self.nbits, self.dim = codec, int(nbits), int(dim)
-        self.codes, self.scales = codes.contiguous(), scales.contiguous()
-        self.centroid_ids = None if centroid_ids is None else centroid_ids.contiguous()
-        self.centroids = None if centroids is None else centroids.contiguous()
-        self.bucket_cutoffs = None if bucket_cutoffs is None else bucket_cutoffs.contiguous()
-        self.bucket_weights = None if bucket_weights is None else bucket_weights.contiguous()
-        self.lengths = lengths
-        self.offsets = torch.zeros(lengths.numel() + 1, dtype=torch.int64, device=device)
-        torch.cumsum(lengths, 0, out=self.offsets[1:])
-        self.max_length = int(lengths.max()) if lengths.numel() else 0
+        # What the kernels read is the store's own, as in PackedDocs: the tensors are reachable
+        # only through read-only properties (views: values may change, shapes and storage may not;
+        # centroid ids are re-checked by the CPU op and guarded in the GPU kernels), lengths and
+        # offsets only as copies.
+        self._codes, self._scales = codes.contiguous(), scales.contiguous()
+        self._centroid_ids = None if centroid_ids is None else centroid_ids.contiguous()
+        self._centroids = None if centroids is None else centroids.contiguous()
+        self._bucket_cutoffs = None if bucket_cutoffs is None else bucket_cutoffs.contiguous()
+        self._bucket_weights = None if bucket_weights is None else bucket_weights.contiguous()
+        self._lengths = lengths
+        self._offsets = torch.zeros(lengths.numel() + 1, dtype=torch.int64, device=device)
+        torch.cumsum(lengths, 0, out=self._offsets[1:])
+        self._max_length = int(lengths.max()) if lengths.numel() else 0
+        self._mapping: MappedFile | None = None  # the file under a memory-mapped store (load)
+
+    @staticmethod
+    def _view(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.view(t.shape)
+
+    @property
+    def codes(self) -> torch.Tensor:
+        return self._view(self._codes)
+
+    @property
+    def scales(self) -> torch.Tensor:
+        return self._view(self._scales)
+
+    @property
+    def centroid_ids(self) -> torch.Tensor | None:
+        return self._view(self._centroid_ids)
+
+    @property
+    def centroids(self) -> torch.Tensor | None:
+        return self._view(self._centroids)
+
+    @property
+    def bucket_cutoffs(self) -> torch.Tensor | None:
+        return self._view(self._bucket_cutoffs)
+
+    @property
+    def bucket_weights(self) -> torch.Tensor | None:
+        return self._view(self._bucket_weights)
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """int64 [N]: a copy (the store's own lengths cannot be changed from outside)."""
+        return self._lengths.clone()
+
+    @property
+    def offsets(self) -> torch.Tensor:
+        """int64 [N + 1]: a copy, as lengths."""
+        return self._offsets.clone()
+
+    @property
+    def max_length(self) -> int:
+        return self._max_length
+
+    def check_mapping(self) -> None:
+        """As PackedDocs.check_mapping: ValueError when the mapped file has shrunk since loading."""
+        if self._mapping is not None:
+            self._mapping.check()
 
     # ---- building ----------------------------------------------------------------------------
 
@@ -359,15 +411,15 @@ class CompressedDocs:
 
     @property
     def num_docs(self) -> int:
-        return self.lengths.numel()
+        return self._lengths.numel()
 
     @property
     def num_tokens(self) -> int:
-        return self.codes.shape[0]
+        return self._codes.shape[0]
 
     @property
     def device(self) -> torch.device:
-        return self.codes.device
+        return self._codes.device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -377,29 +429,30 @@ class CompressedDocs:
     @property
     def bytes_per_token(self) -> float:
         """Per-token bytes: codes + scale (+ centroid id); the shared codebook not counted."""
-        per = self.codes.shape[1] * self.codes.element_size() + 2
+        per = self._codes.shape[1] * self._codes.element_size() + 2
         return per + (4 if self.codec == "residual" else 0)
 
     def __len__(self) -> int:
         return self.num_docs
 
     def __repr__(self) -> str:
-        extra = f", centroids={self.centroids.shape[0]}" if self.centroids is not None else ""
+        extra = f", centroids={self._centroids.shape[0]}" if self._centroids is not None else ""
         return (
             f"CompressedDocs(codec={self.codec!r}, nbits={self.nbits}, num_docs={self.num_docs}, "
             f"num_tokens={self.num_tokens}, dim={self.dim}{extra}, device={self.device})"
         )
 
     def codes_view(self) -> CodesView:
-        """The tensors a scoring kernel reads (see CodesView)."""
-        return CodesView(self.codes, self.scales, self.centroid_ids, self.centroids, self.bucket_weights,
-                         self.offsets, self.lengths, self.nbits, self.dim)  # fmt: skip
+        """The tensors a scoring kernel reads (see CodesView): the store's own, for the backends
+        (after check_mapping). Not for changing: see the class doc."""
+        return CodesView(self._codes, self._scales, self._centroid_ids, self._centroids, self._bucket_weights,
+                         self._offsets, self._lengths, self.nbits, self.dim)  # fmt: skip
 
     def _tensors(self) -> dict[str, torch.Tensor]:
-        out = {"codes": self.codes, "scales": self.scales}
+        out = {"codes": self._codes, "scales": self._scales}
         if self.codec == "residual":
-            out.update(centroid_ids=self.centroid_ids, centroids=self.centroids,
-                       bucket_cutoffs=self.bucket_cutoffs, bucket_weights=self.bucket_weights)  # fmt: skip
+            out.update(centroid_ids=self._centroid_ids, centroids=self._centroids,
+                       bucket_cutoffs=self._bucket_cutoffs, bucket_weights=self._bucket_weights)  # fmt: skip
         return out
 
     def to(self, device) -> CompressedDocs:
@@ -407,44 +460,48 @@ class CompressedDocs:
         device = torch.device(device)
         if device == self.device:
             return self
+        self.check_mapping()
         moved = {k: v.to(device) for k, v in self._tensors().items()}
-        return CompressedDocs(self.codec, self.nbits, self.lengths.to(device), **moved)
+        return CompressedDocs(self.codec, self.nbits, self._lengths.to(device), **moved)
 
     def decode_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """fp32 [len(rows), dim]: the decoded vectors of token rows `rows` (reference definition)."""
+        self.check_mapping()
         rows = rows.to(torch.int64)
         if self.codec == "int8":
-            return reference.decode_int8(self.codes[rows], self.scales[rows])
-        return reference.decode_residual(self.centroid_ids[rows], self.codes[rows], self.scales[rows],
-                                         self.centroids, self.bucket_weights, self.nbits)  # fmt: skip
+            return reference.decode_int8(self._codes[rows], self._scales[rows])
+        return reference.decode_residual(self._centroid_ids[rows], self._codes[rows], self._scales[rows],
+                                         self._centroids, self._bucket_weights, self.nbits)  # fmt: skip
 
     def decode(self, dtype: torch.dtype = torch.float32) -> PackedDocs:
         """Every token decoded, as a PackedDocs (for checks and small collections: this is the
         memory the codes save)."""
         rows = torch.arange(self.num_tokens, device=self.device)
-        return PackedDocs(self.decode_rows(rows).to(dtype), self.lengths)
+        return PackedDocs(self.decode_rows(rows).to(dtype), self._lengths)
 
     def doc(self, pid: int) -> torch.Tensor:
         """Doc pid's decoded token vectors, fp32 [L, dim]."""
         if not -self.num_docs <= pid < self.num_docs:
             raise IndexError(f"pid {pid} out of range for {self.num_docs} docs")
         pid %= self.num_docs
-        start = int(self.offsets[pid])
-        return self.decode_rows(torch.arange(start, start + int(self.lengths[pid]), device=self.device))
+        start = int(self._offsets[pid])
+        return self.decode_rows(torch.arange(start, start + int(self._lengths[pid]), device=self.device))
 
     # ---- files -------------------------------------------------------------------------------
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write a safetensors file atomically (temp file + rename)."""
-        tensors = {"lengths": self.lengths.cpu(), **{k: v.cpu() for k, v in self._tensors().items()}}
+    def save(self, path: str | os.PathLike) -> dict:
+        """Write a safetensors file atomically (temp file + rename), verified (read back and
+        compared); returns its {"bytes", "sha256"}."""
+        self.check_mapping()
+        tensors = {"lengths": self._lengths.cpu(), **{k: v.cpu() for k, v in self._tensors().items()}}
         meta = {"format": _FORMAT, "codec": self.codec, "nbits": str(self.nbits), "dim": str(self.dim)}
-        write_safetensors(path, {k: [v] for k, v in tensors.items()}, meta)
+        return write_safetensors(path, {k: [v] for k, v in tensors.items()}, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike, mmap: bool = True, device=None) -> CompressedDocs:
         """Read a store written by save(); raises ValueError for a truncated, foreign or tampered file."""
         path = Path(path)
-        meta, tensors = read_safetensors(path, mmap)
+        meta, tensors, mapping = open_safetensors(path, mmap)
         _check(
             meta.get("format") == _FORMAT, f"{path} is not a colbert_fast CompressedDocs file (no '{_FORMAT}' metadata)"
         )
@@ -465,25 +522,5 @@ class CompressedDocs:
             docs = cls(codec, nbits, **{n: tensors[n] for n in names})
         except (TypeError, IndexError) as e:
             raise ValueError(f"{path} is inconsistent: {e}") from None
+        docs._mapping = mapping
         return docs.to(device) if device is not None else docs
-
-
-def _checked_lengths(lengths, num_tokens: int, device: torch.device) -> torch.Tensor:
-    """lengths as int64 [N] on device, each >= 0, summing to num_tokens without int64 wrap-around."""
-    lengths = torch.as_tensor(lengths)
-    _check(not (lengths.dtype.is_floating_point or lengths.dtype == torch.bool or lengths.is_complex()),
-           f"lengths must be an integer tensor, got dtype {lengths.dtype}", TypeError)  # fmt: skip
-    _check(lengths.dim() == 1, f"lengths must be [N], got shape {tuple(lengths.shape)}")
-    host = lengths.to("cpu", torch.int64)
-    if host.numel():
-        _check(int(host.min()) >= 0, f"lengths must be >= 0, got {int(host.min())}")
-        # Each step is <= num_tokens (< 2^62 for any real file), so a running sum that wrapped past
-        # 2^63 would first have to exceed num_tokens: checking every partial sum catches it.
-        running = host.cumsum(0)
-        adds_up = (
-            int(host.max()) <= num_tokens and bool((running <= num_tokens).all()) and int(running[-1]) == num_tokens
-        )
-        _check(adds_up, f"offsets do not add up: lengths sum to {int(host.sum())} rows but the store has {num_tokens}")
-    else:
-        _check(num_tokens == 0, f"offsets do not add up: no docs but {num_tokens} rows")
-    return host.to(device)

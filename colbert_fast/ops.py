@@ -78,12 +78,21 @@ def maxsim_packed(
         fp32 [B, K]; empty slots score -inf so they sort last (whatever their floor).
     """
     Q, pids, q_mask, floor = check_packed(Q, docs, pids, q_mask, floor)
-    needs_grad = torch.is_grad_enabled() and Q.requires_grad
+    needs_grad = torch.is_grad_enabled() and (Q.requires_grad or _store_requires_grad(docs))
     if isinstance(docs, CompressedDocs):
-        impl = backends.select(backend, docs.device, needs_grad, codes=True)
+        impl = backends.select(backend, docs.device, needs_grad, codes=True, op="maxsim_packed_codes")
         return impl.maxsim_packed_codes(Q, docs.codes_view(), pids, q_mask, docs.max_length, floor)
-    impl = backends.select(backend, docs.device, needs_grad)
-    return impl.maxsim_packed(Q, docs.embeddings, docs.offsets, docs.lengths, pids, q_mask, docs.max_length, floor)
+    impl = backends.select(backend, docs.device, needs_grad, op="maxsim_packed")
+    view = docs.packed_view()
+    return impl.maxsim_packed(Q, view.embeddings, view.offsets, view.lengths, pids, q_mask, view.max_length, floor)
+
+
+def _store_requires_grad(docs: PackedDocs | CompressedDocs) -> bool:
+    """A store whose float tensors require grad: the call needs a backend with a backward too."""
+    if isinstance(docs, CompressedDocs):
+        view = docs.codes_view()
+        return any(t is not None and t.requires_grad for t in (view.scales, view.centroids, view.bucket_weights))
+    return docs.packed_view().embeddings.requires_grad
 
 
 def gather(
@@ -112,13 +121,15 @@ def gather(
     out_dtype = dtype if dtype is not None else (torch.float16 if compressed else docs.dtype)
     if out_dtype not in (torch.float16, torch.bfloat16, torch.float32) or (not compressed and out_dtype != docs.dtype):
         raise TypeError(f"gather: dtype must be float16, bfloat16 or float32 (a PackedDocs: its own), got {dtype}")
+    needs_grad = torch.is_grad_enabled() and _store_requires_grad(docs)
+    view = docs.codes_view() if compressed else docs.packed_view()
     # Sizing the output needs the longest selected doc: one small host read.
-    sel = docs.lengths[pids.clamp(min=0)].masked_fill(pids < 0, 0)
+    sel = view.lengths[pids.clamp(min=0)].masked_fill(pids < 0, 0) if docs.num_docs else pids.new_zeros(pids.shape)
     max_len = int(sel.max()) if sel.numel() else 0
     if compressed:
-        impl = backends.select(backend, docs.device, codes=True)
-        D, mask = impl.gather_codes(docs.codes_view(), pids, max_len, out_dtype)
+        impl = backends.select(backend, docs.device, needs_grad, codes=True, op="gather_codes")
+        D, mask = impl.gather_codes(view, pids, max_len, out_dtype)
     else:
-        impl = backends.select(backend, docs.device)
-        D, mask = impl.gather(docs.embeddings, docs.offsets, docs.lengths, pids, max_len)
+        impl = backends.select(backend, docs.device, needs_grad, op="gather")
+        D, mask = impl.gather(view.embeddings, view.offsets, view.lengths, pids, max_len)
     return (D[0], mask[0]) if squeeze else (D, mask)

@@ -12,9 +12,11 @@ Two precisions:
   upcast=False the "same low dtype" computation the tolerance rule measures against: the
                similarities are computed and maximised in D's dtype, then summed in fp32.
 
-Semantics (docs/spec.md, sections 1-3): masked doc tokens are -inf before the max (never multiplied by 0);
-a doc with no valid token contributes 0 per query token; a masked query token contributes 0;
-an empty candidate slot (pid -1) scores -inf.
+Semantics (docs/spec.md, sections 1-3 and 10): masked doc tokens are -inf before the max (never
+multiplied by 0); a doc with no valid token contributes 0 per query token; a masked query token
+contributes 0; an empty candidate slot (pid -1) scores -inf. Masked tokens are ignored whatever
+they hold; a NaN or infinite similarity between a valid query token and a valid doc token (a NaN
+or an infinity in either) makes the doc's score NaN.
 
 Optional per-doc floor (colbert_fast's extension, used to reproduce other libraries' padding
 rules): each query token's max is max(floor_d, max over valid doc tokens), so a doc with no valid
@@ -48,6 +50,9 @@ def _reduce(
     sims: torch.Tensor, q_mask_b: torch.Tensor, d_mask_b: torch.Tensor, floor_b: torch.Tensor | None
 ) -> torch.Tensor:
     """sims [..., Lq, Ld] -> scores [...] in fp32, masking docs before the max; floor_b [..., 1]."""
+    # Section 10: any non-finite similarity of a valid (query token, doc token) pair -> NaN score.
+    valid_pair = q_mask_b.unsqueeze(-1) & d_mask_b.unsqueeze(-2)
+    nonfinite = (~torch.isfinite(sims) & valid_pair).flatten(-2).any(dim=-1)
     sims = sims.masked_fill(~d_mask_b.unsqueeze(-2), float("-inf"))
     if sims.shape[-1] == 0:
         best = torch.full(sims.shape[:-1], float("-inf"), dtype=torch.float32, device=sims.device)
@@ -57,8 +62,8 @@ def _reduce(
         best = torch.maximum(best, floor_b.float())
     # A doc with no valid token (and no floor): every max is -inf; it contributes 0 instead.
     best = torch.where(torch.isneginf(best), torch.zeros_like(best), best)
-    best = best * q_mask_b.to(best.dtype)
-    return best.sum(dim=-1)
+    best = torch.where(q_mask_b, best, torch.zeros_like(best))  # not best * mask: NaN * 0 is NaN
+    return best.sum(dim=-1).masked_fill(nonfinite, float("nan"))
 
 
 def maxsim(

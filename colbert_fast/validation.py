@@ -184,6 +184,7 @@ def check_maxsim(Q, D, q_mask, d_mask, d_lengths, floor=None):
 def check_docs(docs) -> None:
     if not isinstance(docs, (PackedDocs, CompressedDocs)):
         raise TypeError(f"docs must be a colbert_fast.PackedDocs or CompressedDocs, got {type(docs).__name__}")
+    docs.check_mapping()  # a memory-mapped store whose file shrank: an error, not SIGBUS
 
 
 def _check_on_docs_device(name: str, t: torch.Tensor, docs) -> None:

@@ -22,13 +22,19 @@ struct GatherParams {
   int64_t max_len;
   int64_t dim;
   int64_t elem_size;  // bytes per element (2 or 4)
+  int64_t num_docs;   // N: pids index [0, N)
+  int64_t num_rows;   // T: rows of embeddings
 };
 
 // Rows of slot `slot` that hold real tokens: the doc's length, clipped to max_len; 0 for pid -1.
+// A pid or a doc whose rows lie outside the store (possible only through a direct torch.ops call
+// with inconsistent offsets: the CPU op rejects it first, the Python API never passes one) gives
+// an all-padding slot, never a read out of bounds (the GPU kernel cannot raise).
 CF_HOST_DEVICE inline int64_t gather_slot_rows(const GatherParams& p, int64_t slot) {
   const int64_t pid = p.pids[slot];
-  if (pid < 0) return 0;
-  const int64_t n = p.lengths[pid];
+  if (pid < 0 || pid >= p.num_docs) return 0;
+  const int64_t off = p.offsets[pid], n = p.lengths[pid];
+  if (off < 0 || n < 0 || off > p.num_rows || n > p.num_rows - off) return 0;
   return n < p.max_len ? n : p.max_len;
 }
 

@@ -3,7 +3,9 @@
 A backend is a module named <name>_backend in this package exposing:
 
     NAME: str
-    SUPPORTS_BACKWARD: bool
+    SUPPORTS_BACKWARD: bool                                  maxsim has a backward
+    BACKWARD_OPS: tuple[str, ...]                            (optional) every op with a backward;
+                                                             default ("maxsim",) when SUPPORTS_BACKWARD
     unavailable_reason(device: torch.device) -> str | None   None when usable on that device
     maxsim(Q, D, q_mask, d_mask, d_lengths, floor) -> fp32 [B, N] or [B, K]
     maxsim_packed(Q, embeddings, offsets, lengths, pids, q_mask, max_len, floor) -> fp32 [B, K]
@@ -50,9 +52,18 @@ def _supports_codes(module, device: torch.device) -> bool:
     return bool(getattr(module, "supports_codes", lambda device: False)(device))
 
 
-def select(backend: str, device: torch.device, needs_grad: bool = False, codes: bool = False):
+def has_backward(module, op: str = "maxsim") -> bool:
+    """Whether `module`'s `op` (maxsim, maxsim_packed, gather, maxsim_packed_codes, gather_codes)
+    lets gradients flow."""
+    ops = getattr(module, "BACKWARD_OPS", ("maxsim",) if module.SUPPORTS_BACKWARD else ())
+    return op in ops
+
+
+def select(backend: str, device: torch.device, needs_grad: bool = False, codes: bool = False, op: str = "maxsim"):
     """The backend module to run on `device`; RuntimeError saying why when a forced one can't.
 
+    needs_grad: an input of the call requires grad, so only a backend whose `op` has a backward
+    qualifies: "auto" skips the others, a forced one raises (never a result silently detached).
     codes: the call scores or gathers a CompressedDocs (only backends with those kernels qualify).
     """
     if backend != "auto":
@@ -60,9 +71,10 @@ def select(backend: str, device: torch.device, needs_grad: bool = False, codes: 
         if module_reason is not None:
             raise RuntimeError(f"backend {backend!r} is unavailable for {device} tensors: {module_reason}")
         module = load(backend)
-        if needs_grad and not module.SUPPORTS_BACKWARD:
+        if needs_grad and not has_backward(module, op):
             raise RuntimeError(
-                f"backend {backend!r} has no backward; inputs require grad: use backend='torch' or 'auto'"
+                f"backend {backend!r} has no backward for {op}; inputs require grad: use backend='torch' or 'auto' "
+                "(or torch.no_grad() when no gradient is wanted)"
             )
         if codes and not _supports_codes(module, device):
             raise RuntimeError(f"backend {backend!r} has no compressed-store kernels for {device} tensors")
@@ -70,7 +82,7 @@ def select(backend: str, device: torch.device, needs_grad: bool = False, codes: 
     for name in AUTO_ORDER.get(device.type, ("torch",)):
         if unavailable_reason(name, device) is None:
             module = load(name)
-            if needs_grad and not module.SUPPORTS_BACKWARD:
+            if needs_grad and not has_backward(module, op):
                 continue
             if codes and not _supports_codes(module, device):
                 continue

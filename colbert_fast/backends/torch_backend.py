@@ -12,6 +12,7 @@ import torch
 
 NAME = "torch"
 SUPPORTS_BACKWARD = True
+BACKWARD_OPS = ("maxsim", "maxsim_packed", "gather", "maxsim_packed_codes", "gather_codes")  # plain autograd
 CHUNK_ELEMENTS = 1 << 24  # 16M similarities per chunk: 64 MB in fp32
 
 
@@ -27,7 +28,14 @@ def _reduce(
     sims: torch.Tensor, d_valid: torch.Tensor | None, q_valid: torch.Tensor | None, floor: torch.Tensor | None
 ) -> torch.Tensor:
     """sims [..., Lq, Ld] -> fp32 [...]: masked max over doc tokens, raised to floor [..., 1] when
-    given; a max still -inf (empty doc, no floor) -> 0; masked query token -> 0."""
+    given; a max still -inf (empty doc, no floor) -> 0; masked query token -> 0 (whatever it holds);
+    a NaN or infinite similarity of a valid pair -> the doc scores NaN (docs/spec.md section 10)."""
+    bad = ~torch.isfinite(sims)
+    if d_valid is not None:
+        bad = bad & d_valid.unsqueeze(-2)
+    if q_valid is not None:
+        bad = bad & q_valid.unsqueeze(-1)
+    nonfinite = bad.flatten(-2).any(dim=-1)
     if sims.shape[-1] == 0:
         best = sims.new_full(sims.shape[:-1], float("-inf"), dtype=torch.float32)
     else:
@@ -36,11 +44,10 @@ def _reduce(
         best = sims.amax(dim=-1).float()
     if floor is not None:
         best = torch.maximum(best, floor)
-    if d_valid is not None or floor is not None or sims.shape[-1] == 0:
-        best = torch.where(torch.isneginf(best), torch.zeros_like(best), best)
+    best = torch.where(torch.isneginf(best), torch.zeros_like(best), best)
     if q_valid is not None:
-        best = best * q_valid.to(best.dtype)
-    return best.sum(dim=-1)
+        best = torch.where(q_valid, best, torch.zeros_like(best))  # not best * mask: NaN * 0 is NaN
+    return best.sum(dim=-1).masked_fill(nonfinite, float("nan"))
 
 
 def _doc_valid(D, d_mask, d_lengths):
@@ -86,12 +93,13 @@ def _gather_rows(embeddings, offsets, lengths, pids, max_len):
 
     Padding rows hold whatever row 0 holds: callers mask them (MaxSim) or zero them (gather).
     """
+    pos = torch.arange(max_len, device=embeddings.device)
+    if embeddings.shape[0] == 0:  # no rows (an empty store: every pid is -1): nothing to index
+        mask = torch.zeros((*pids.shape, max_len), dtype=torch.bool, device=embeddings.device)
+        return embeddings.new_zeros((*pids.shape, max_len, embeddings.shape[1])), mask
     safe = pids.clamp(min=0)
     sel_len = torch.where(pids >= 0, lengths[safe], torch.zeros_like(safe))
-    pos = torch.arange(max_len, device=embeddings.device)
     mask = pos < sel_len.unsqueeze(-1)
-    if embeddings.shape[0] == 0:
-        return embeddings.new_zeros((*pids.shape, max_len, embeddings.shape[1])), mask
     rows = torch.where(mask, offsets[safe].unsqueeze(-1) + pos, torch.zeros_like(pos))
     return embeddings[rows], mask
 
@@ -144,9 +152,12 @@ def _decode(view, rows: torch.Tensor) -> torch.Tensor:
 
 def _rows_of(view, pids, max_len):
     """Token rows [*pids.shape, max_len] (padding points at row 0) and the valid mask."""
+    pos = torch.arange(max_len, device=pids.device)
+    if view.lengths.numel() == 0:  # an empty store: every pid is -1
+        mask = torch.zeros((*pids.shape, max_len), dtype=torch.bool, device=pids.device)
+        return torch.zeros((*pids.shape, max_len), dtype=torch.int64, device=pids.device), mask
     safe = pids.clamp(min=0)
     sel_len = torch.where(pids >= 0, view.lengths[safe], torch.zeros_like(safe))
-    pos = torch.arange(max_len, device=pids.device)
     mask = pos < sel_len.unsqueeze(-1)
     rows = torch.where(mask, view.offsets[safe].unsqueeze(-1) + pos, torch.zeros_like(pos))
     return rows, mask

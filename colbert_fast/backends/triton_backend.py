@@ -30,6 +30,7 @@ from . import torch_backend
 
 NAME = "triton"
 SUPPORTS_BACKWARD = True
+BACKWARD_OPS = ("maxsim",)  # the packed and gather ops have no backward kernel
 
 
 def _import_kernels():

@@ -3,36 +3,90 @@
 from __future__ import annotations
 
 import argparse
+import math
+
+# ---- argument types: a bad number or output path is an argparse error (exit 2) before any work ----
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (k, batch sizes, recall cut-offs, nprobe, repetitions, ...)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0 (shard numbers)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (seconds: timeouts and budgets). NaN and inf are refused: a NaN timeout
+    never fires and compares false everywhere."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def output_file(text: str) -> str:
+    """A path a file may be written to: new, a regular file, or a symbolic link to one (followed).
+    A FIFO, device node, socket, dangling link or directory is refused here, before the command
+    works for hours, and again when the file is written (colbert_fast.files.atomic_path)."""
+    from colbert_fast.files import check_output_file
+
+    try:
+        check_output_file(text)
+    except OSError as e:
+        raise argparse.ArgumentTypeError(e.strerror or str(e)) from None
+    return text
 
 
 def add_searcher_arguments(parser) -> None:
     """What `search` and `rerank` both take: the index, queries, output file and search options."""
     parser.add_argument("--index", required=True, help="index directory written by `colbert-fast index`")
     parser.add_argument("--queries", required=True, help="queries TSV: one 'qid<TAB>query text' per line")
-    parser.add_argument("--output", required=True, help="run file to write: 'qid<TAB>pid<TAB>rank<TAB>score' lines")
+    parser.add_argument(
+        "--output", required=True, type=output_file, help="run file to write: 'qid<TAB>pid<TAB>rank<TAB>score' lines"
+    )
     parser.add_argument(
         "--checkpoint", help="model directory (default: the one recorded in the index manifest at build time)"
     )
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--batch-size", type=int, default=32, help="queries per batch (default 32)")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="queries per batch (default 32)")
     parser.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the index files")
     parser.add_argument("--timings", action="store_true", help="print the per-stage latency breakdown")
 
 
 def add_budget_arguments(parser, nprobe_help: str, neighbors_help: str) -> None:
     """--nprobe and --neighbors-per-token (alias --ncandidates): a candidate budget that overrides the default."""
-    parser.add_argument("--nprobe", type=int, help=nprobe_help)
+    parser.add_argument("--nprobe", type=positive_int, help=nprobe_help)
     parser.add_argument(
-        "--neighbors-per-token", "--ncandidates", dest="neighbors_per_token", type=int, help=neighbors_help
+        "--neighbors-per-token", "--ncandidates", dest="neighbors_per_token", type=positive_int, help=neighbors_help
     )
 
 
 def add_build_arguments(parser, partitions_help: str = "IVF partitions (default ~8*sqrt(#token vectors))") -> None:
     """What `index` and `sharded index` both take to build (IndexConfig, resume, progress)."""
-    parser.add_argument("--batch-size", type=int, default=64, help="docs per encoder batch (default 64)")
-    parser.add_argument("--chunk-size", type=int, default=10_000, help="docs per resumable chunk (default 10000)")
-    parser.add_argument("--partitions", type=int, help=partitions_help)
-    parser.add_argument("--nprobe", type=int, default=10, help="default partitions probed at search time (10)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="docs per encoder batch (default 64)")
+    parser.add_argument(
+        "--chunk-size", type=positive_int, default=10_000, help="docs per resumable chunk (default 10000)"
+    )
+    parser.add_argument("--partitions", type=positive_int, help=partitions_help)
+    parser.add_argument("--nprobe", type=positive_int, default=10, help="default partitions probed at search time (10)")
     parser.add_argument(
         "--codec",
         choices=("auto", "pq", "flat"),

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from .arguments import positive_float, positive_int
+
 HELP = "benchmark every backend against the padded plain-PyTorch baseline and peers on the docs/perf.md workloads"
 
 
@@ -58,9 +60,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--results", default=None, metavar="JSON", help="load these results instead of running (use with --compare)"
     )
-    parser.add_argument("--reps", type=int, default=20, help="timed repetitions per row (fewer if --budget runs out)")
     parser.add_argument(
-        "--budget", type=float, default=None, help="seconds of timed repetitions per row (default 2 on GPU, 0.5 on CPU)"
+        "--reps", type=positive_int, default=20, help="timed repetitions per row (fewer if --budget runs out)"
+    )
+    parser.add_argument(
+        "--budget",
+        type=positive_float,
+        default=None,
+        help="seconds of timed repetitions per row (default 2 on GPU, 0.5 on CPU)",
     )
     parser.add_argument(
         "--compile",
@@ -72,7 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-compile", dest="compile", action="store_false")
     parser.add_argument(
         "--compile-budget",
-        type=float,
+        type=positive_float,
         default=None,
         help="seconds torch.compile may take in total (default: none on GPU, 15 on CPU)",
     )
@@ -95,7 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"compressed stores scored beside the float store in packed workloads: a comma list of "
         f"{','.join(CODECS)}, or none (default {','.join(DEFAULT_CODECS)})",
     )
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-plots", dest="plots", action="store_false")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .arguments import with_epilog
+from .arguments import positive_int, with_epilog
 
 HELP = "score a run file against qrels: MRR@10, nDCG@10, Recall@50/200/1000"
 
@@ -20,7 +20,7 @@ def add_arguments(parser) -> None:
     with_epilog(parser, EPILOG)
     parser.add_argument("--qrels", required=True, help="relevance judgements file")
     parser.add_argument("--run", required=True, help="run file to evaluate")
-    parser.add_argument("--recall", type=int, nargs="+", default=[50, 200, 1000], help="Recall@k cut-offs")
+    parser.add_argument("--recall", type=positive_int, nargs="+", default=[50, 200, 1000], help="Recall@k cut-offs")
     parser.add_argument("--json", action="store_true", help="print JSON")
 
 

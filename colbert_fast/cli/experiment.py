@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .arguments import add_budget_arguments, with_epilog
+from .arguments import add_budget_arguments, positive_int, with_epilog
 
 HELP = "index a collection and compare BM25, single-vector, ColBERT re-rank and end-to-end (quality + latency)"
 
@@ -30,17 +30,17 @@ def add_arguments(parser) -> None:
     src.add_argument("--collection", help="MS MARCO collection TSV: 'pid<TAB>text'")
     src.add_argument("--queries", help="queries TSV: 'qid<TAB>text'")
     src.add_argument("--qrels", help="qrels: 'qid 0 pid grade'")
-    src.add_argument("--max-docs", type=int, help="use only the first N docs and the queries judged on them")
+    src.add_argument("--max-docs", type=positive_int, help="use only the first N docs and the queries judged on them")
     parser.add_argument("--checkpoint", help="ColBERT checkpoint directory (default: the embedded model)")
     parser.add_argument("--out", help="output directory (default out/experiment/<dataset>)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--k", type=int, default=100, help="results per query and BM25 re-ranking depth (100)")
+    parser.add_argument("--k", type=positive_int, default=100, help="results per query and BM25 re-ranking depth (100)")
     add_budget_arguments(
         parser,
         "IVF cells probed per query token (default: the accurate budget)",
         "k': faiss neighbours per query token (default: the accurate budget for --k)",
     )
-    parser.add_argument("--partitions", type=int, help="IVF partitions (default ~8*sqrt(#token vectors))")
+    parser.add_argument("--partitions", type=positive_int, help="IVF partitions (default ~8*sqrt(#token vectors))")
     parser.add_argument("--codec", choices=("auto", "pq", "flat"), default="auto", help="faiss codec (auto)")
     parser.add_argument("--no-exhaustive", action="store_true", help="skip the exactness check against the reference")
     parser.add_argument(
@@ -54,7 +54,7 @@ def add_arguments(parser) -> None:
     emb.add_argument("--skiplist", action="store_true", help="drop punctuation tokens from docs")
     parser.add_argument("--ablation", action="store_true", help="also run exact MaxSim + re-rank for each choice")
     parser.add_argument(
-        "--threads", type=int, help="torch CPU threads (default torch's; 1 is faster on a busy machine)"
+        "--threads", type=positive_int, help="torch CPU threads (default torch's; 1 is faster on a busy machine)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .arguments import add_build_arguments, index_config, with_epilog
+from .arguments import add_build_arguments, index_config, positive_int, with_epilog
 
 HELP = "encode a collection (MS MARCO TSV) with a ColBERT checkpoint into an index directory"
 
@@ -26,7 +26,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--collection", required=True, help="collection TSV: 'pid<TAB>text' per line")
     parser.add_argument("--index", required=True, help="index directory to write (created if needed)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--doc-maxlen", type=int, help="override the checkpoint's doc_maxlen (default 180)")
+    parser.add_argument("--doc-maxlen", type=positive_int, help="override the checkpoint's doc_maxlen (default 180)")
     parser.add_argument("--fp16", action="store_true", help="run the encoder in fp16 (GPU)")
     add_build_arguments(parser)
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from .arguments import positive_int
+
 HELP = "profile one workload (torch.profiler + NVTX ranges per stage): Chrome trace, kernel table, ncu command"
 
 
@@ -26,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     size.add_argument("--quick", action="store_true", help="scaled-down workload (the CPU default)")
     size.add_argument("--full", action="store_true", help="docs/perf.md size (the GPU default)")
     size.add_argument("--tiny", action="store_true", help="smoke size")
-    parser.add_argument("--reps", type=int, default=3, help="profiled repetitions of each stage")
+    parser.add_argument("--reps", type=positive_int, default=3, help="profiled repetitions of each stage")
     parser.add_argument(
         "--no-baseline",
         "--no-reference",  # its name before the padded PyTorch row was called the baseline
@@ -36,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", default="out/profile", help="directory for the Chrome trace (default: out/profile)")
     parser.add_argument("--no-trace", dest="trace", action="store_false", help="skip the profiler (for ncu/nsys runs)")
-    parser.add_argument("--rows", type=int, default=25, help="rows of the kernel table")
+    parser.add_argument("--rows", type=positive_int, default=25, help="rows of the kernel table")
 
 
 def run(args) -> int:

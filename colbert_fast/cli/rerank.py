@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .arguments import add_searcher_arguments, print_timings, with_epilog
+from .arguments import add_searcher_arguments, positive_int, print_timings, with_epilog
 
 HELP = "re-rank each query's candidates from a run file (e.g. BM25's top 1000) with exact MaxSim"
 
@@ -21,7 +21,7 @@ def add_arguments(parser) -> None:
     with_epilog(parser, EPILOG)
     add_searcher_arguments(parser)
     parser.add_argument("--run", required=True, help="candidate run file to re-rank")
-    parser.add_argument("--k", type=int, help="keep the best k per query (default: all candidates)")
+    parser.add_argument("--k", type=positive_int, help="keep the best k per query (default: all candidates)")
 
 
 def run(args) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .arguments import add_budget_arguments, add_searcher_arguments, print_timings, with_epilog
+from .arguments import add_budget_arguments, add_searcher_arguments, positive_int, print_timings, with_epilog
 
 HELP = "retrieve the top k passages for each query from an index (exact MaxSim over faiss candidates, or every doc)"
 
@@ -22,7 +22,7 @@ the budget.
 def add_arguments(parser) -> None:
     with_epilog(parser, EPILOG)
     add_searcher_arguments(parser)
-    parser.add_argument("--k", type=int, default=1000, help="passages per query (default 1000)")
+    parser.add_argument("--k", type=positive_int, default=1000, help="passages per query (default 1000)")
     parser.add_argument(
         "--mode", choices=("accurate", "fast", "exhaustive"), default="accurate", help="search mode (accurate)"
     )

@@ -5,7 +5,16 @@ Run under torchrun for several ranks; without torchrun it is one process serving
 
 from __future__ import annotations
 
-from .arguments import add_budget_arguments, add_build_arguments, index_config, with_epilog
+from .arguments import (
+    add_budget_arguments,
+    add_build_arguments,
+    index_config,
+    non_negative_int,
+    output_file,
+    positive_float,
+    positive_int,
+    with_epilog,
+)
 
 HELP = "sharded index / search / rerank across processes and machines (run under torchrun)"
 
@@ -31,30 +40,35 @@ def add_arguments(parser) -> None:
         p.add_argument("--checkpoint", help="model directory (default: the one in the index manifest)")
         p.add_argument("--device", help="cpu or cuda (default: cuda:LOCAL_RANK under NCCL, else cpu)")
         p.add_argument("--dist-backend", choices=("gloo", "nccl"), help="default nccl with CUDA, else gloo")
-        p.add_argument("--timeout", type=float, default=600.0, help="seconds before a silent rank is reported")
+        p.add_argument("--timeout", type=positive_float, default=600.0, help="seconds before a silent rank is reported")
 
     p = sub.add_parser("index", help="encode a collection into a sharded index (each rank its shards)")
     common(p)
     p.add_argument("--collection", required=True, help="collection TSV: 'pid<TAB>text' per line")
-    p.add_argument("--num-shards", type=int, help="default: the number of ranks")
-    p.add_argument("--shards", type=int, nargs="+", help="build only these shards (rebuild one alone)")
+    p.add_argument("--num-shards", type=positive_int, help="default: the number of ranks")
+    p.add_argument("--shards", type=non_negative_int, nargs="+", help="build only these shards (rebuild one alone)")
     add_build_arguments(p, partitions_help="IVF partitions per shard (default ~8*sqrt(#vectors))")
     p.add_argument(
-        "--build-timeout", type=float, default=7 * 24 * 3600.0, help="seconds to wait for the other ranks' shards"
+        "--build-timeout",
+        type=positive_float,
+        default=7 * 24 * 3600.0,
+        help="seconds to wait for the other ranks' shards",
     )
 
     for name, text in (("search", "retrieve the global top k per query"), ("rerank", "re-rank a run's candidates")):
         p = sub.add_parser(name, help=text)
         common(p)
         p.add_argument("--queries", required=True, help="queries TSV: 'qid<TAB>query text' per line")
-        p.add_argument("--output", required=True, help="run file rank 0 writes: 'qid<TAB>pid<TAB>rank<TAB>score'")
-        p.add_argument("--batch-size", type=int, default=32, help="queries per batch (default 32)")
+        p.add_argument(
+            "--output", required=True, type=output_file, help="run file rank 0 writes: 'qid<TAB>pid<TAB>rank<TAB>score'"
+        )
+        p.add_argument("--batch-size", type=positive_int, default=32, help="queries per batch (default 32)")
         p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the shard files")
         p.add_argument("--allow-partial", action="store_true", help="answer from the shards that answered")
         p.add_argument("--timings", action="store_true", help="print throughput, latency and per-stage times")
-        p.add_argument("--repeat", type=int, default=1, help="run the queries this many times (benchmarking)")
+        p.add_argument("--repeat", type=positive_int, default=1, help="run the queries this many times (benchmarking)")
         if name == "search":
-            p.add_argument("--k", type=int, default=1000, help="passages per query (default 1000)")
+            p.add_argument("--k", type=positive_int, default=1000, help="passages per query (default 1000)")
             add_budget_arguments(
                 p,
                 "IVF partitions probed per shard (default: the accurate budget)",
@@ -65,7 +79,7 @@ def add_arguments(parser) -> None:
             )
         else:
             p.add_argument("--run", required=True, help="candidate run file to re-rank")
-            p.add_argument("--k", type=int, help="keep the best k per query (default: all candidates)")
+            p.add_argument("--k", type=positive_int, help="keep the best k per query (default: all candidates)")
 
 
 def _cluster(args):

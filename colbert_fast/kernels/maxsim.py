@@ -4,10 +4,13 @@
 
 with masked doc tokens excluded before the max (-inf), a doc with no valid token giving 0 per
 query token, and (packed) an empty slot pid = -1 scoring -inf. With a per-doc FLOOR each query
-token's max is max(floor_d, max_j ...) and only a max still at -inf counts 0. Products are tl.dot with fp16/bf16
-operands and fp32 accumulation (fp32 inputs use tf32x3, which keeps fp32 accuracy); the running
-row maximum lives in registers and the per-token maxima are summed in fp32. No similarity matrix
-ever reaches device memory.
+token's max is max(floor_d, max_j ...) and only a max still at -inf counts 0. A NaN or infinite
+similarity of a valid (query token, doc token) pair makes the doc's score NaN (docs/spec.md
+section 10): `s - s` is 0 for a finite similarity and NaN otherwise, and those are summed per query
+row beside the max (tl.maximum's NaN handling differs between the GPU and the interpreter).
+Products are tl.dot with fp16/bf16 operands and fp32 accumulation (fp32 inputs use tf32x3, which
+keeps fp32 accuracy); the running row maximum lives in registers and the per-token maxima are
+summed in fp32. No similarity matrix ever reaches device memory.
 
 Design (what the workloads of docs/perf.md need):
 
@@ -96,6 +99,7 @@ def _maxsim_all_pairs_kernel(
         q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
 
         m = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        nonfinite = tl.zeros([BLOCK_M], dtype=tl.float32)  # 0, or NaN once a valid similarity was NaN/inf
         am = tl.full([BLOCK_M], -1, dtype=tl.int32)
         for j0 in range(0, length, BLOCK_N):
             j = j0 + offs_n
@@ -105,7 +109,9 @@ def _maxsim_all_pairs_kernel(
             s = _dot(q, tl.trans(k), UPCAST)
             # has_dmask == 0 masks the load off entirely: no traffic, no branch in the loop.
             keep = tl.load(DMASK + n * stride_dmn + j.to(tl.int64) * stride_dmt, mask=j_ok & (has_dmask != 0), other=1)
-            s = tl.where((j_ok & (keep != 0))[None, :], s, float("-inf"))
+            valid = (j_ok & (keep != 0))[None, :]
+            nonfinite += tl.sum(tl.where(valid, s - s, 0.0), axis=1)
+            s = tl.where(valid, s, float("-inf"))
             if SAVE_ARGMAX:
                 tile_max, tile_arg = tl.max(s, axis=1, return_indices=True)
                 better = tile_max > m  # strict: the first maximum wins, as in torch.max
@@ -122,7 +128,7 @@ def _maxsim_all_pairs_kernel(
             qm = tl.load(QMASK + b.to(tl.int64) * stride_qmb + t.to(tl.int64) * stride_qmt, mask=row_ok, other=0)
             q_ok = q_ok & (qm != 0)
         won = q_ok & (m != float("-inf"))  # an empty doc (no floor) contributes 0, a masked query token 0
-        best = tl.where(won, m, 0.0)
+        best = tl.where(won, m, 0.0) + tl.where(q_ok, nonfinite, 0.0)
         acc += tl.sum(tl.where(g[:, None] == offs_r[None, :], best[:, None], 0.0), axis=0)
         if SAVE_ARGMAX:
             a_ptrs = ARGMAX + (b.to(tl.int64) * N + n) * Lq + t
@@ -182,6 +188,7 @@ def _maxsim_segmented_kernel(
         q_ptrs = Q + b * stride_qb + t.to(tl.int64)[:, None] * stride_qt + offs_d[None, :]
         q = tl.load(q_ptrs, mask=t_ok[:, None] & d_ok[None, :], other=0.0)
         M = tl.full([BLOCK_M, DOCS], float("-inf"), dtype=tl.float32)
+        NONFINITE = tl.zeros([BLOCK_M, DOCS], dtype=tl.float32)  # per (query row, slot): 0 or NaN
         AM = tl.full([BLOCK_M, DOCS], -1, dtype=tl.int32)
 
         for v0 in range(0, total, BLOCK_N):
@@ -205,7 +212,9 @@ def _maxsim_segmented_kernel(
             s = _dot(q, tl.trans(kt), UPCAST)
             mrow = tl.sum(tl.where(onehot, mbase[None, :], 0), axis=1)
             keep = tl.load(DMASK + mrow + tok * stride_dmt, mask=v_ok & (has_dmask != 0), other=1)
-            s = tl.where((v_ok & (keep != 0))[None, :], s, float("-inf"))
+            valid = (v_ok & (keep != 0))[None, :]
+            z = tl.where(valid, s - s, 0.0)  # 0, or NaN where a valid similarity is NaN or +-inf
+            s = tl.where(valid, s, float("-inf"))
             # Slots whose rows this tile holds: [first, last]. The others are skipped (a uniform
             # branch), so the per-slot max costs about (rows per tile / doc length + 1) passes.
             first = tl.sum((v0 >= ends).to(tl.int32), axis=0)
@@ -223,6 +232,14 @@ def _maxsim_segmented_kernel(
                     else:
                         mx = tl.max(ss, axis=1)
                     M = tl.where(in_slot, tl.maximum(M, mx[:, None]), M)
+            # Non-finite similarities are rare: their per-slot attribution runs only for a tile that
+            # has one (a uniform branch), so the common path adds one sum per tile row.
+            zt = tl.sum(tl.sum(z, axis=1), axis=0)
+            if zt != zt:
+                for sl in tl.static_range(DOCS):
+                    if (sl >= first) & (sl <= last):
+                        zs = tl.sum(tl.where((slot == sl)[None, :], z, 0.0), axis=1)
+                        NONFINITE = tl.where(slots[None, :] == sl, NONFINITE + zs[:, None], NONFINITE)
         if SAVE_ARGMAX:
             AM = tl.where(floors[None, :] > M, -1, AM)  # the floor won: no doc token gets the gradient
         M = tl.maximum(M, floors[None, :])
@@ -232,7 +249,7 @@ def _maxsim_segmented_kernel(
             qm = tl.load(QMASK + b * stride_qmb + t.to(tl.int64) * stride_qmt, mask=t_ok, other=0)
             q_ok = q_ok & (qm != 0)
         won = q_ok[:, None] & (M != float("-inf"))
-        score += tl.sum(tl.where(won, M, 0.0), axis=0)
+        score += tl.sum(tl.where(won, M, 0.0) + tl.where(q_ok[:, None], NONFINITE, 0.0), axis=0)
         if SAVE_ARGMAX:
             a_ptrs = ARGMAX + (b * K + k[None, :]) * Lq + t[:, None]
             tl.store(a_ptrs, tl.where(won, AM, -1), mask=t_ok[:, None] & k_ok[None, :])

@@ -8,7 +8,9 @@ The steps of build_index, one function each:
     4. train faiss over every token row, write the other files, then the manifest (finish_build)
 
 build_index_from_embeddings skips 1-2: the caller brings the token vectors. The layout on disk
-and the crash guarantees are described in colbert_fast.retrieval.index.
+and the crash guarantees are described in colbert_fast.retrieval.index; every step writes through
+colbert_fast.retrieval.writer.IndexWriter (one writer per index, held for the whole build;
+verified files; a commit that never deletes the previous generation before the new one is whole).
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ import torch
 
 import colbert_fast
 from colbert_fast import CompressedDocs, PackedDocs
-from colbert_fast.files import atomic_path, fsync_dir, sha256, write_bytes_atomic
+from colbert_fast.files import sha256
 from colbert_fast.packed import write_store
 
-from .index import INDEX_FORMAT, MANIFEST, OUR_FILES, Index, require_faiss
+from .index import INDEX_FORMAT, Index, require_faiss
 from .tsv import read_collection
+from .writer import IndexWriter
 
 __all__ = ["IndexConfig", "build_index", "build_index_from_embeddings", "choose_partitions", "encode_docs"]
 
@@ -134,21 +137,22 @@ def build_index(
     faiss = require_faiss()
     config = config or IndexConfig()
     index_dir = Path(index_dir)
-    index_dir.mkdir(parents=True, exist_ok=True)
     collection = Path(collection)
     pids, texts = read_collection(collection)
     collection_sha = sha256(collection)
     model_fingerprint = _model_fingerprint(encoder)
-    partial = _partial_dir(index_dir, _build_fingerprint(collection_sha, model_fingerprint, config), resume)
-    chunk_files = encode_chunks(encoder, texts, config, partial, progress, on_chunk)
-    tag = uuid.uuid4().hex[:12]
-    # One store for the whole collection, streamed from the chunk files (never all in memory).
-    docs = concat_stores(chunk_files, index_dir / f"docs-{tag}.safetensors")
-    model = {"checkpoint": checkpoint, "config": encoder.config.to_dict(), "fingerprint": model_fingerprint}
-    source = {"path": str(collection.resolve()), "sha256": collection_sha}
-    index = finish_build(faiss, index_dir, tag, docs, pids, config, model, source)
+    fingerprint = _build_fingerprint(collection_sha, model_fingerprint, config)
+    with IndexWriter(index_dir, keep=(f"partial-{fingerprint}",)) as writer:
+        partial = _partial_dir(index_dir, fingerprint, resume)
+        chunk_files = encode_chunks(encoder, texts, config, partial, progress, on_chunk)
+        tag = uuid.uuid4().hex[:12]
+        # One store for the whole collection, streamed from the chunk files (never all in memory).
+        docs = concat_stores(chunk_files, writer, f"docs-{tag}.safetensors")
+        model = {"checkpoint": checkpoint, "config": encoder.config.to_dict(), "fingerprint": model_fingerprint}
+        source = {"path": str(collection.resolve()), "sha256": collection_sha}
+        finish_build(faiss, writer, tag, docs, pids, config, model, source)
     shutil.rmtree(partial, ignore_errors=True)
-    return index
+    return Index.load(index_dir, verify=False)
 
 
 def build_index_from_embeddings(
@@ -184,23 +188,25 @@ def build_index_from_embeddings(
         raise ValueError(f"got {len(ids)} ids for {docs.num_docs} docs")
     if len(set(ids)) != len(ids):
         raise ValueError("ids must be unique")
-    index_dir = Path(index_dir)
-    index_dir.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:12]
-    docs_file = index_dir / f"docs-{tag}.safetensors"
-    step = max(1, (64 << 20) // max(1, docs.dim * 4))  # converted to fp16 a piece at a time
-    emb = docs.embeddings
-    write_store(
-        docs_file,
-        docs.lengths.cpu(),
-        (emb[s : s + step].to(device="cpu", dtype=torch.float16) for s in range(0, docs.num_tokens, step)),
-        docs.dim,
-        torch.float16,
-    )
-    stored = PackedDocs.load(docs_file, mmap=True)
-    model = {"checkpoint": None, "config": {"dim": docs.dim, "similarity": similarity}, "fingerprint": None}
-    source = {"embeddings": True, "sha256": sha256(docs_file)}
-    return finish_build(faiss, index_dir, tag, stored, ids, config, model, source)
+    with IndexWriter(index_dir) as writer:
+        tag = uuid.uuid4().hex[:12]
+        name = f"docs-{tag}.safetensors"
+        writer.check_space(docs.num_tokens * docs.dim * 2, "the fp16 token store")
+        step = max(1, (64 << 20) // max(1, docs.dim * 4))  # converted to fp16 a piece at a time
+        emb = docs.embeddings
+        record = write_store(
+            writer.path(name),
+            docs.lengths.cpu(),
+            (emb[s : s + step].to(device="cpu", dtype=torch.float16) for s in range(0, docs.num_tokens, step)),
+            docs.dim,
+            torch.float16,
+        )
+        writer.add(name, record)
+        stored = PackedDocs.load(writer.path(name), mmap=True)
+        model = {"checkpoint": None, "config": {"dim": docs.dim, "similarity": similarity}, "fingerprint": None}
+        source = {"embeddings": True, "sha256": record["sha256"]}
+        finish_build(faiss, writer, tag, stored, ids, config, model, source)
+    return Index.load(index_dir, verify=False)
 
 
 def _as_packed(embeddings) -> PackedDocs:
@@ -308,8 +314,9 @@ def encode_chunks(encoder, texts, config: IndexConfig, partial: Path, progress: 
 # ---- step 3: one store -----------------------------------------------------------------------------
 
 
-def concat_stores(parts: list[Path], out: Path) -> PackedDocs:
-    """Write the chunk stores back to back as one PackedDocs safetensors file; return it memory-mapped.
+def concat_stores(parts: list[Path], writer: IndexWriter, name: str) -> PackedDocs:
+    """Write the chunk stores back to back as one PackedDocs safetensors file `name` of the writer's
+    generation; return it memory-mapped.
 
     Streams chunk by chunk, so building never needs the whole collection's vectors in memory.
     """
@@ -317,28 +324,37 @@ def concat_stores(parts: list[Path], out: Path) -> PackedDocs:
     dim, dtype = stores[0].dim, stores[0].dtype
     if any(s.dim != dim or s.dtype != dtype for s in stores):
         raise ValueError("chunk stores disagree on dim or dtype")
-    write_store(out, torch.cat([s.lengths for s in stores]), (s.embeddings for s in stores), dim, dtype)
-    return PackedDocs.load(out, mmap=True)
+    writer.check_space(sum(p.stat().st_size for p in parts), "the token store")
+    lengths = torch.cat([s.lengths for s in stores])
+    writer.add(name, write_store(writer.path(name), lengths, (s.embeddings for s in stores), dim, dtype))
+    return PackedDocs.load(writer.path(name), mmap=True)
 
 
 # ---- step 4: faiss, the other files, the manifest ---------------------------------------------------
 
 
-def finish_build(faiss, index_dir: Path, tag: str, docs: PackedDocs, pids, config, model, source) -> Index:
-    """faiss over the store's token rows, the other files under the store's tag, then the manifest
-    (the commit point), then removal of what the old manifest named."""
+def finish_build(faiss, writer: IndexWriter, tag: str, docs: PackedDocs, pids, config, model, source) -> dict:
+    """faiss over the store's token rows, the other files under the store's tag (each verified),
+    then the manifest (the commit point), then removal of what the old manifest named. Returns the
+    manifest written."""
     files = {"docs": f"docs-{tag}.safetensors", "ivf": f"ivf-{tag}.faiss", "ids": f"ids-{tag}.json"}
+    ids_blob = json.dumps(list(pids)).encode()
+    writer.check_space(_estimated_bytes(docs, config) + len(ids_blob), "the faiss index and the other index files")
     ivf, ivf_info = train_ivf(faiss, docs, config)  # faiss ids are token rows of the store
     store = {"codec": "fp16", "bytes_per_token": docs.dim * 2}
     if config.store != "fp16":  # the codes become the store; the fp16 file stays only if asked
-        codes = write_compressed_store(docs, config, index_dir / f"codes-{tag}.safetensors")
+        codes_name = f"codes-{tag}.safetensors"
+        codes, record = write_compressed_store(docs, config, writer.path(codes_name))
+        writer.add(codes_name, record)
         store = {"codec": config.store, "nbits": codes.nbits, "bytes_per_token": codes.bytes_per_token}
         if config.keep_fp16:
             files["fp16"] = files["docs"]
-        files["docs"] = f"codes-{tag}.safetensors"
-    with atomic_path(index_dir / files["ivf"]) as tmp:  # faiss's own (pickle-free) format
-        faiss.write_index(ivf, str(tmp))
-    write_bytes_atomic(index_dir / files["ids"], json.dumps(list(pids)).encode())
+        files["docs"] = codes_name
+    # faiss's own (pickle-free) format, streamed through our verified writer rather than written by
+    # faiss to a path: a full disk then raises here (faiss's own file writer only prints "close
+    # error" and returns), and the bytes on disk are checked against the bytes faiss produced.
+    writer.write(files["ivf"], lambda f: faiss.write_index(ivf, faiss.PyCallbackIOWriter(f.write)))
+    writer.write(files["ids"], lambda f: f.write(ids_blob))
     manifest = {
         "format": INDEX_FORMAT,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -354,32 +370,34 @@ def finish_build(faiss, index_dir: Path, tag: str, docs: PackedDocs, pids, confi
             "dtype": "float16",
             "store": store,
         },
-        "files": {
-            key: {"name": name, "bytes": (index_dir / name).stat().st_size, "sha256": sha256(index_dir / name)}
-            for key, name in files.items()
-        },
     }
-    write_manifest(index_dir, manifest)
-    fsync_dir(index_dir)
-    live = set(files.values()) | {MANIFEST}
-    for path in index_dir.iterdir():  # only files this module names: never a user's file
-        if path.is_file() and path.name not in live and OUR_FILES.fullmatch(path.name):
-            path.unlink()
-    return Index.load(index_dir, verify=False)
+    return write_manifest(writer, manifest, files)
 
 
-def write_compressed_store(docs: PackedDocs, config: IndexConfig, path: Path) -> CompressedDocs:
+def _estimated_bytes(docs: PackedDocs, config: IndexConfig) -> int:
+    """Bytes the rest of a build writes after the fp16 store: the faiss index (codes and ids of
+    every token vector, plus the coarse centroids) and a compressed store."""
+    n, dim = docs.num_tokens, docs.dim
+    per_vector = 8 + (config.pq_subvectors * config.pq_bits // 8 if config.codec == "pq" else dim * 4)
+    total = n * per_vector + (config.partitions or choose_partitions(max(n, 1), max(n, 1))) * dim * 4
+    if config.store == "residual":
+        total += n * (4 + 2 + -(-dim * config.store_nbits // 8))
+    elif config.store == "int8":
+        total += n * (dim + 2)
+    return total
+
+
+def write_compressed_store(docs: PackedDocs, config: IndexConfig, path: Path) -> tuple[CompressedDocs, dict]:
     """Encode the fp16 store with config.store's codec (residual: a codebook trained on it) and
-    write it atomically to `path`."""
+    write it atomically and verified to `path`; returns the store and the file's record."""
     nbits = config.store_nbits if config.store == "residual" else 8
     codes = CompressedDocs.from_packed(docs, config.store, nbits, seed=config.seed)
-    codes.save(path)
-    return codes
+    return codes, codes.save(path)
 
 
-def write_manifest(index_dir: Path, manifest: dict) -> None:
-    """The commit point of a build: one atomic replace of manifest.json."""
-    write_bytes_atomic(index_dir / MANIFEST, json.dumps(manifest, indent=2).encode())
+def write_manifest(writer: IndexWriter, manifest: dict, files: dict[str, str]) -> dict:
+    """The commit point of a build: every file checked, then one atomic replace of manifest.json."""
+    return writer.commit(manifest, files)
 
 
 def train_ivf(faiss, docs: PackedDocs, config: IndexConfig):

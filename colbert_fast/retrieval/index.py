@@ -11,11 +11,13 @@ An index is a directory:
     ids-<tag>.json           the collection's pids, in order (row i -> pid string)
     partial-<fingerprint>/   only while building: finished chunks, so a killed run resumes
 
-Every file is written under a temporary name and renamed into place; the manifest is replaced
-last, atomically, and names the files of exactly one finished build. A crash at any point leaves
-the previous manifest (and its files) or no index, plus partial chunks a rerun picks up: never a
-manifest that points at a half-written file. Loading checks sizes and sha256 before reading a
-byte of the data, and nothing is unpickled (faiss reads its own serialization format).
+Every file is written under a temporary name, read back and checked (size, sha256), and renamed
+into place; the manifest is replaced last, atomically, and names the files of exactly one
+finished build (colbert_fast.retrieval.writer: one writer at a time, under a lock file `.lock`).
+A crash or a failed write at any point leaves the previous manifest (and its files) or no index,
+plus partial chunks a rerun picks up: never a manifest that points at a half-written file.
+Loading checks sizes and sha256 before reading a byte of the data, reads only regular files, and
+nothing is unpickled (faiss reads its own serialization format).
 Building: colbert_fast.retrieval.build.
 """
 
@@ -24,22 +26,22 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from colbert_fast import CompressedDocs, PackedDocs
-from colbert_fast.files import sha256
+from colbert_fast.files import NotRegularFileError, read_regular, sha256
 
-__all__ = ["CorruptIndexError", "Index", "RowLookup", "read_manifest", "require_faiss"]
+__all__ = ["CorruptIndexError", "Index", "RowLookup", "parse_manifest", "read_manifest", "require_faiss"]
 
 INDEX_FORMAT = "colbert_fast.index/1"
 MANIFEST = "manifest.json"
-# Data files of a build (and their temp names): the only files a new build may delete.
-OUR_FILES = re.compile(
-    r"((docs|codes)-[0-9a-f]{12}\.safetensors|ivf-[0-9a-f]{12}\.faiss|ids-[0-9a-f]{12}\.json)(\.tmp\d+)?"
-)
+# Data files of a generation, "<kind>-<12 hex tag>.<ext>" (docs-, codes-, ivf-, ids-, and any kind
+# a later writer adds), and their temp names: the only files a writer may delete.
+OUR_FILES = re.compile(r"[a-z][a-z0-9_]*-[0-9a-f]{12}\.[a-z0-9]+(\.tmp\d+)?")
 # What the manifest's stats.store says the store is: "fp16" (a PackedDocs), else a CompressedDocs.
 FLOAT_STORE = "fp16"
 
@@ -71,7 +73,10 @@ class RowLookup:
     def rows_of(self, pids: Sequence[str]) -> list[int]:
         """Rows of collection pids; KeyError naming the first unknown one."""
         if self._row_of is None:
-            self._row_of = {p: i for i, p in enumerate(self.pids)}
+            row_of = {p: i for i, p in enumerate(self.pids)}
+            if len(row_of) != len(self.pids):  # one pid, two rows: which one would a lookup mean?
+                raise CorruptIndexError(f"{self.where} lists some pid twice")
+            self._row_of = row_of
         out = []
         for p in pids:
             i = self._row_of.get(str(p))
@@ -131,61 +136,109 @@ class Index:
             mmap: memory-map the doc store instead of reading it into memory.
             load_ivf: also load the faiss index (rerank needs only the doc store).
 
-        Raises CorruptIndexError (a ValueError) naming the file for a missing, truncated, tampered or
-        inconsistent index; FileNotFoundError when there is no index at `path`.
+        Raises CorruptIndexError (a ValueError) naming the file for a missing, truncated, tampered,
+        malformed or inconsistent index, or one that is not a regular file; FileNotFoundError when
+        there is no index at `path`. A writer committing a new generation meanwhile (and removing
+        the files of the one being read) is noticed and the new one is read instead.
         """
         path = Path(path)
         mpath = path / MANIFEST
-        if not mpath.exists():
-            hint = (
-                " (an interrupted build left partial chunks: rerun `index` to resume)"
-                if any(path.glob("partial-*"))
-                else ""
-            )
-            raise FileNotFoundError(f"no index at {path}: {MANIFEST} is missing{hint}")
-        manifest = read_manifest(mpath, INDEX_FORMAT)
-        try:
-            files = {k: manifest["files"][k] for k in ("docs", "ivf", "ids")}
-            if "fp16" in manifest["files"]:  # a compressed store's fp16 vectors, kept on request
-                files["fp16"] = manifest["files"]["fp16"]
-            stats = manifest["stats"]
-        except (KeyError, TypeError) as e:
-            raise CorruptIndexError(f"{mpath} lacks entry {e}") from None
+        for attempt in range(3):
+            raw = _read_manifest_bytes(path, mpath)
+            try:
+                return cls._load(path, mpath, raw, verify, mmap, load_ivf)
+            except CorruptIndexError:
+                try:
+                    changed = _read_manifest_bytes(path, mpath) != raw
+                except (FileNotFoundError, CorruptIndexError):
+                    changed = False
+                if not changed or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _load(cls, path: Path, mpath: Path, raw: bytes, verify: bool, mmap: bool, load_ivf: bool) -> Index:
+        manifest = parse_manifest(raw, mpath, INDEX_FORMAT)
+        files, stats = _checked_entries(manifest, mpath)
         for info in files.values():
-            fpath = path / str(info["name"])
-            if fpath.name != info["name"] or fpath.parent != path:
+            fpath = path / info["name"]
+            try:
+                st = fpath.stat()
+            except FileNotFoundError:
+                raise CorruptIndexError(f"index file {fpath} is missing") from None
+            if not stat.S_ISREG(st.st_mode):
+                raise CorruptIndexError(f"index file {fpath} is not a regular file")
+            if st.st_size != info["bytes"]:
                 raise CorruptIndexError(
-                    f"{mpath}: file name {info['name']!r} is not a plain name in the index directory"
-                )
-            if not fpath.exists():
-                raise CorruptIndexError(f"index file {fpath} is missing")
-            size = fpath.stat().st_size
-            if size != info["bytes"]:
-                raise CorruptIndexError(
-                    f"index file {fpath} is truncated or altered: {size} bytes, the manifest says {info['bytes']}"
+                    f"index file {fpath} is truncated or altered: {st.st_size} bytes, the manifest says {info['bytes']}"
                 )
         if verify:
             for key in ("docs", "ids"):
                 _check_sha(path / files[key]["name"], files[key]["sha256"])
-        store = (
-            stats.get("store", {}).get("codec", FLOAT_STORE) if isinstance(stats.get("store"), dict) else FLOAT_STORE
-        )
+        store = stats["store"].get("codec", FLOAT_STORE) if isinstance(stats.get("store"), dict) else FLOAT_STORE
         try:
-            pids = json.loads((path / files["ids"]["name"]).read_text())
+            pids = json.loads(read_regular(path / files["ids"]["name"], "index file"))
             store_type = PackedDocs if store == FLOAT_STORE else CompressedDocs
             docs = store_type.load(path / files["docs"]["name"], mmap=mmap)
-        except (ValueError, UnicodeDecodeError) as e:
+        except FileNotFoundError as e:
+            raise CorruptIndexError(f"index file {e.filename} is missing") from None
+        except (ValueError, UnicodeDecodeError) as e:  # NotRegularFileError and JSONDecodeError included
             raise CorruptIndexError(f"index at {path} is corrupt: {e}") from None
-        if not isinstance(pids, list) or len(pids) != docs.num_docs or docs.num_docs != stats.get("num_docs"):
+        if not isinstance(pids, list) or not all(isinstance(p, str) for p in pids):
+            raise CorruptIndexError(f"index file {files['ids']['name']} is not a list of pid strings")
+        if len(pids) != docs.num_docs or docs.num_docs != stats["num_docs"]:
             raise CorruptIndexError(
                 f"index at {path} is inconsistent: pid list, doc store and manifest disagree on #docs"
             )
-        if docs.num_tokens != stats.get("num_tokens") or docs.dim != stats.get("dim"):
+        if docs.num_tokens != stats["num_tokens"] or docs.dim != stats["dim"]:
             raise CorruptIndexError(f"index at {path} is inconsistent: doc store shape differs from the manifest")
-        index = cls(path, manifest, docs, [str(p) for p in pids], None, verify)
+        index = cls(path, manifest, docs, pids, None, verify)
         if load_ivf:
             index.open_ivf()
         return index
+
+
+def _read_manifest_bytes(path: Path, mpath: Path) -> bytes:
+    try:
+        return read_regular(mpath, "index manifest")
+    except FileNotFoundError:
+        hint = (
+            " (an interrupted build left partial chunks: rerun `index` to resume)"
+            if any(path.glob("partial-*"))
+            else ""
+        )
+        raise FileNotFoundError(f"no index at {path}: {MANIFEST} is missing{hint}") from None
+    except NotRegularFileError as e:
+        raise CorruptIndexError(str(e)) from None
+
+
+def _checked_entries(manifest: dict, mpath: Path) -> tuple[dict, dict]:
+    """The manifest's file entries and stats, each of the expected type (CorruptIndexError naming
+    what is malformed, never a KeyError or TypeError from deep inside the loader)."""
+    files_in = manifest.get("files")
+    stats = manifest.get("stats")
+    if not isinstance(files_in, dict) or not isinstance(stats, dict):
+        raise CorruptIndexError(f"{mpath} is malformed: 'files' and 'stats' must be objects")
+    keys = ("docs", "ivf", "ids") + (("fp16",) if "fp16" in files_in else ())  # fp16: kept beside codes
+    files = {}
+    for key in keys:
+        info = files_in.get(key)
+        ok = (
+            isinstance(info, dict)
+            and isinstance(info.get("name"), str)
+            and type(info.get("bytes")) is int
+            and isinstance(info.get("sha256"), str)
+        )
+        if not ok:
+            raise CorruptIndexError(f"{mpath} is malformed: files.{key} needs a name, bytes (int) and sha256")
+        name = info["name"]
+        if Path(name).name != name or name in ("", ".", ".."):
+            raise CorruptIndexError(f"{mpath}: file name {name!r} is not a plain name in the index directory")
+        files[key] = info
+    for key in ("num_docs", "num_tokens", "dim"):
+        if type(stats.get(key)) is not int:
+            raise CorruptIndexError(f"{mpath} is malformed: stats.{key} must be an int")
+    return files, stats
 
 
 def _read_ivf(path: Path, manifest: dict, docs: PackedDocs, verify: bool):
@@ -194,6 +247,8 @@ def _read_ivf(path: Path, manifest: dict, docs: PackedDocs, verify: bool):
     ivf_path = path / info["name"]
     if verify:  # before faiss parses a byte: its reader trusts its input
         _check_sha(ivf_path, info["sha256"])
+    elif not ivf_path.is_file():  # faiss would block on a FIFO
+        raise CorruptIndexError(f"index file {ivf_path} is not a regular file")
     try:
         ivf = faiss.read_index(str(ivf_path))
     except RuntimeError as e:
@@ -206,7 +261,15 @@ def _read_ivf(path: Path, manifest: dict, docs: PackedDocs, verify: bool):
 def read_manifest(mpath: Path, expected_format: str) -> dict:
     """A manifest's JSON, checked to be a dict of the expected format (CorruptIndexError if not)."""
     try:
-        manifest = json.loads(mpath.read_text())
+        raw = read_regular(mpath, "manifest")
+    except NotRegularFileError as e:
+        raise CorruptIndexError(str(e)) from None
+    return parse_manifest(raw, mpath, expected_format)
+
+
+def parse_manifest(raw: bytes, mpath: Path, expected_format: str) -> dict:
+    try:
+        manifest = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CorruptIndexError(f"{mpath} is corrupt: {e}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != expected_format:
@@ -215,5 +278,9 @@ def read_manifest(mpath: Path, expected_format: str) -> dict:
 
 
 def _check_sha(path: Path, expected: str) -> None:
-    if sha256(path) != expected:
+    try:
+        found = sha256(path)
+    except NotRegularFileError as e:
+        raise CorruptIndexError(str(e)) from None
+    if found != expected:
         raise CorruptIndexError(f"index file {path} fails its sha256 check: tampered or corrupt")

@@ -19,12 +19,21 @@ Qrels = Mapping[str, Mapping[str, int]]
 Run = Mapping[str, Sequence[str]]
 
 
+def _cutoff(k) -> int:
+    """A rank cut-off: an int >= 1. run[:k] with k <= 0 would silently cut from the end (eval
+    --recall -5 printed Recall@-5 = 1.0)."""
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"a rank cut-off must be an int >= 1, got {k!r}")
+    return k
+
+
 def _judged(qrels: Qrels) -> dict[str, dict[str, int]]:
     return {q: {p: g for p, g in rel.items() if g > 0} for q, rel in qrels.items() if any(g > 0 for g in rel.values())}
 
 
 def mrr_at(run: Run, qrels: Qrels, k: int = 10) -> float:
     """Mean reciprocal rank of the first relevant doc within the top k."""
+    _cutoff(k)
     judged = _judged(qrels)
     if not judged:
         raise ValueError("the qrels hold no relevant doc")
@@ -39,6 +48,7 @@ def mrr_at(run: Run, qrels: Qrels, k: int = 10) -> float:
 
 def recall_at(run: Run, qrels: Qrels, k: int) -> float:
     """Mean fraction of each query's relevant docs found in its top k."""
+    _cutoff(k)
     judged = _judged(qrels)
     if not judged:
         raise ValueError("the qrels hold no relevant doc")
@@ -50,6 +60,7 @@ def recall_at(run: Run, qrels: Qrels, k: int) -> float:
 
 def ndcg_at(run: Run, qrels: Qrels, k: int = 10) -> float:
     """Mean nDCG@k with linear gains (the grade) and log2(rank + 1) discounts (trec_eval's ndcg_cut)."""
+    _cutoff(k)
     judged = _judged(qrels)
     if not judged:
         raise ValueError("the qrels hold no relevant doc")
@@ -76,7 +87,7 @@ def evaluate(run: Run, qrels: Qrels, recall_ks: Sequence[int] = (50, 200, 1000))
 def recall_against(run: Run, truth: Run, cutoffs: Iterable[int]) -> dict[str, float]:
     """Mean fraction of each query's top-c in `truth` that `run` has in its top-c, per cutoff c."""
     out = {}
-    for c in sorted(set(cutoffs)):
+    for c in sorted({_cutoff(c) for c in cutoffs}):
         fractions = [len(set(run.get(q, [])[:c]) & set(t[:c])) / len(t[:c]) for q, t in truth.items() if t]
         out[str(c)] = sum(fractions) / max(len(fractions), 1)
     return out

@@ -45,9 +45,13 @@ CF_AVX2 inline void tile_f32(const float* qp, int64_t dim, const float* rows, in
 #pragma GCC unroll 4
   for (int v = 0; v < NV; ++v) {
     __m256 m = _mm256_loadu_ps(M + 8 * v);
+    __m256 nonfinite = _mm256_setzero_ps();  // stays 0, or NaN once a product was NaN or +-inf (spec section 10)
 #pragma GCC unroll 16
-    for (int j = 0; j < NJ; ++j) m = _mm256_max_ps(m, acc[v][j]);
-    _mm256_storeu_ps(M + 8 * v, m);
+    for (int j = 0; j < NJ; ++j) {
+      m = _mm256_max_ps(acc[v][j], m);  // a NaN m is kept (maxps returns its 2nd operand on NaN)
+      nonfinite = _mm256_add_ps(nonfinite, _mm256_sub_ps(acc[v][j], acc[v][j]));  // x - x: 0, or NaN for NaN/inf
+    }
+    _mm256_storeu_ps(M + 8 * v, _mm256_add_ps(m, nonfinite));
   }
 }
 

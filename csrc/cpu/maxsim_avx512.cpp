@@ -61,9 +61,13 @@ CF_AVX512 inline void tile_f32(const float* qp, int64_t dim, const float* rows, 
 #pragma GCC unroll 4
   for (int v = 0; v < NV; ++v) {
     __m512 m = _mm512_loadu_ps(M + 16 * v);
+    __m512 nonfinite = _mm512_setzero_ps();  // stays 0, or NaN once a product was NaN or +-inf (spec section 10)
 #pragma GCC unroll 16
-    for (int j = 0; j < NJ; ++j) m = _mm512_max_ps(m, acc[v][j]);
-    _mm512_storeu_ps(M + 16 * v, m);
+    for (int j = 0; j < NJ; ++j) {
+      m = _mm512_max_ps(acc[v][j], m);  // a NaN m is kept (maxps returns its 2nd operand on NaN)
+      nonfinite = _mm512_add_ps(nonfinite, _mm512_sub_ps(acc[v][j], acc[v][j]));  // x - x: 0, or NaN for NaN/inf
+    }
+    _mm512_storeu_ps(M + 16 * v, _mm512_add_ps(m, nonfinite));
   }
 }
 
@@ -109,9 +113,13 @@ CF_AVX512BF16 inline void tile_bf16(const uint16_t* qp, int64_t dim, const uint1
 #pragma GCC unroll 4
   for (int v = 0; v < NV; ++v) {
     __m512 m = _mm512_loadu_ps(M + 16 * v);
+    __m512 nonfinite = _mm512_setzero_ps();  // stays 0, or NaN once a product was NaN or +-inf (spec section 10)
 #pragma GCC unroll 16
-    for (int j = 0; j < NJ; ++j) m = _mm512_max_ps(m, acc[v][j]);
-    _mm512_storeu_ps(M + 16 * v, m);
+    for (int j = 0; j < NJ; ++j) {
+      m = _mm512_max_ps(acc[v][j], m);  // a NaN m is kept (maxps returns its 2nd operand on NaN)
+      nonfinite = _mm512_add_ps(nonfinite, _mm512_sub_ps(acc[v][j], acc[v][j]));  // x - x: 0, or NaN for NaN/inf
+    }
+    _mm512_storeu_ps(M + 16 * v, _mm512_add_ps(m, nonfinite));
   }
 }
 

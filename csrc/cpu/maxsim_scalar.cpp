@@ -22,8 +22,10 @@ void tile_f32(const float* qp, int64_t dim, const float* rows, int64_t rs, float
       for (int l = 0; l < kLanes; ++l) acc[j][l] += q[l] * b;
     }
   }
+  // A NaN or infinite product makes the lane NaN for good (docs/spec.md section 10): the compare
+  // keeps a NaN M, and x - x (0 for finite x, NaN otherwise) carries a NaN or infinite product in.
   for (int j = 0; j < NJ; ++j)
-    for (int l = 0; l < kLanes; ++l) M[l] = acc[j][l] > M[l] ? acc[j][l] : M[l];
+    for (int l = 0; l < kLanes; ++l) M[l] = (acc[j][l] > M[l] ? acc[j][l] : M[l]) + (acc[j][l] - acc[j][l]);
 }
 
 void tile_f32_n(int nj, const float* qp, int64_t dim, const float* rows, int64_t rs, float* M) {

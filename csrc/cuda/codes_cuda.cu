@@ -319,8 +319,8 @@ __global__ void __launch_bounds__(kWarps * 32) codes_tc_kernel(const ScoreParams
         if (ch * kChunkRows + drow < nrows) {
 #pragma unroll
           for (int mt = 0; mt < 2; ++mt) {
-            best[mt][0] = fmaxf(best[mt][0], acc[mt][nt][j] * s);
-            best[mt][1] = fmaxf(best[mt][1], acc[mt][nt][2 + j] * s);
+            best[mt][0] = maxsim::row_max(best[mt][0], acc[mt][nt][j] * s);
+            best[mt][1] = maxsim::row_max(best[mt][1], acc[mt][nt][2 + j] * s);
           }
         }
       }
@@ -340,8 +340,8 @@ __global__ void __launch_bounds__(kWarps * 32) codes_tc_kernel(const ScoreParams
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       float v = best[mt][h];
-      v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
-      v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+      v = maxsim::merge_max(v, __shfl_xor_sync(0xffffffffu, v, 1));
+      v = maxsim::merge_max(v, __shfl_xor_sync(0xffffffffu, v, 2));
       if (tig == 0) sum += maxsim::row_value(p.m, it, mt * 16 + g + 8 * h, qrows, v);
     }
   }
@@ -397,7 +397,7 @@ __global__ void __launch_bounds__(kWarps * 32) codes_fma_kernel(const ScoreParam
       }
     }
 #pragma unroll
-    for (int i = 0; i < kRows; ++i) best[i] = fmaxf(best[i], acc[i]);
+    for (int i = 0; i < kRows; ++i) best[i] = maxsim::row_max(best[i], acc[i]);
   }
 
   float sum = 0.f;
@@ -405,7 +405,7 @@ __global__ void __launch_bounds__(kWarps * 32) codes_fma_kernel(const ScoreParam
   for (int i = 0; i < kRows; ++i) {
     float v = best[i];
 #pragma unroll
-    for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+    for (int off = 16; off > 0; off >>= 1) v = maxsim::merge_max(v, __shfl_xor_sync(0xffffffffu, v, off));
     sum += maxsim::row_value(p.m, it, i, qrows, v);
   }
   bad = __any_sync(0xffffffffu, bad);

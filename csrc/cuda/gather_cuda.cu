@@ -17,7 +17,8 @@ __global__ void gather_kernel(GatherParams p) {
   const int64_t slot_bytes = p.max_len * row_bytes;
   const int64_t real_bytes = rows * row_bytes;
   char* out = static_cast<char*>(p.out) + slot * slot_bytes;
-  const char* src = pid >= 0 ? static_cast<const char*>(p.embeddings) + p.offsets[pid] * row_bytes : nullptr;
+  // rows > 0 only for a pid whose rows lie inside the store (gather_slot_rows guards them).
+  const char* src = rows > 0 ? static_cast<const char*>(p.embeddings) + p.offsets[pid] * row_bytes : nullptr;
   const bool vec = (row_bytes % 16 == 0) && (reinterpret_cast<uintptr_t>(p.embeddings) % 16 == 0) &&
                    (reinterpret_cast<uintptr_t>(p.out) % 16 == 0);
   if (vec) {

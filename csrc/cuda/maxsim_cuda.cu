@@ -131,8 +131,8 @@ __device__ __forceinline__ void mma_rows16(const Params& p, const DocView& dv, c
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
         if (valid) {
-          best[mt][0] = fmaxf(best[mt][0], acc[mt][nt][j]);
-          best[mt][1] = fmaxf(best[mt][1], acc[mt][nt][2 + j]);
+          best[mt][0] = row_max(best[mt][0], acc[mt][nt][j]);
+          best[mt][1] = row_max(best[mt][1], acc[mt][nt][2 + j]);
         }
       }
     }
@@ -151,8 +151,8 @@ __device__ __forceinline__ void write_score(const Params& p, const Item& it, int
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       float v = best[mt][h];
-      v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
-      v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+      v = merge_max(v, __shfl_xor_sync(0xffffffffu, v, 1));
+      v = merge_max(v, __shfl_xor_sync(0xffffffffu, v, 2));
       if (tig == 0) sum += row_value(p, it, mt * 16 + g + 8 * h, qrows, v);
     }
   }
@@ -173,7 +173,7 @@ __global__ void __launch_bounds__(kWarps * 32) maxsim_tc_kernel(const Params p) 
   const Item it = decode_item(p, item_idx);
   const DocView dv = doc_view(p, it);
   if (dv.empty_slot) {
-    if (lane == 0) p.out[out_index(p, it)] = kNegInf;
+    if (lane == 0) p.out[out_index(p, it)] = dv.invalid ? nan_value() : kNegInf;
     return;
   }
   const int ksteps = static_cast<int>(tc_ksteps(p.dim));
@@ -223,7 +223,7 @@ __global__ void __launch_bounds__(kWarps * 32) maxsim_tc_shared_kernel(const Par
   const bool active = decode_shared(p, blk, warp, &it);
   const DocView dv = doc_view(p, shared_doc_item(p, blk));
   if (dv.empty_slot) {  // block-uniform
-    if (active && lane == 0) p.out[out_index(p, it)] = kNegInf;
+    if (active && lane == 0) p.out[out_index(p, it)] = dv.invalid ? nan_value() : kNegInf;
     return;
   }
   const int ksteps = static_cast<int>(tc_ksteps(p.dim));
@@ -308,7 +308,7 @@ __global__ void __launch_bounds__(kWarps * 32) maxsim_fma_kernel(const Params p)
   const int64_t oidx = out_index(p, it);
   const DocView dv = doc_view(p, it);
   if (dv.empty_slot) {
-    if (lane == 0) p.out[oidx] = kNegInf;
+    if (lane == 0) p.out[oidx] = dv.invalid ? nan_value() : kNegInf;
     return;
   }
   const int qrows = static_cast<int>(pass_nrows(p, it));
@@ -334,7 +334,7 @@ __global__ void __launch_bounds__(kWarps * 32) maxsim_fma_kernel(const Params p)
       }
     }
 #pragma unroll
-    for (int i = 0; i < kFmaPassRows; ++i) best[i] = fmaxf(best[i], acc[i]);
+    for (int i = 0; i < kFmaPassRows; ++i) best[i] = row_max(best[i], acc[i]);
   }
 
   float sum = 0.f;
@@ -342,7 +342,7 @@ __global__ void __launch_bounds__(kWarps * 32) maxsim_fma_kernel(const Params p)
   for (int i = 0; i < kFmaPassRows; ++i) {
     float v = best[i];
 #pragma unroll
-    for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+    for (int off = 16; off > 0; off >>= 1) v = merge_max(v, __shfl_xor_sync(0xffffffffu, v, off));
     sum += row_value(p, it, i, qrows, v);
   }
   if (lane == 0) p.out[oidx] = sum;

@@ -175,6 +175,8 @@ at::Tensor maxsim_packed_cuda_op(const at::Tensor& Q, const at::Tensor& embeddin
   p.lengths = lengths_c.data_ptr<int64_t>();
   p.pids = pids_c.data_ptr<int64_t>();
   p.max_len = max_len;
+  p.num_docs = lengths.numel();
+  p.num_rows = embeddings.size(0);
   p.ncols = pids.size(1);
   const at::Tensor qm = set_q_mask(op, p, q_mask, Q);
   const at::Tensor fl = set_floor(op, p, floor, pids.sizes());

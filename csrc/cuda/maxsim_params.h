@@ -5,6 +5,7 @@
 // the host. All offsets are int64: a packed store of more than 2^31 elements is normal.
 #pragma once
 #include <cstdint>
+#include <cstring>
 #include <limits>
 
 #if defined(__CUDACC__)
@@ -49,6 +50,8 @@ struct Params {
   const int64_t* lengths;
   const int64_t* pids;
   int64_t max_len;
+  int64_t num_docs;  // N: lengths / offsets hold N (+1) entries
+  int64_t num_rows;  // T: rows of embeddings
 
   // nullptr, or one fp32 per doc (contiguous D.shape[:-2]; packed: [B, K]): every query row's max
   // over the doc starts there instead of at -inf (see row_value).
@@ -112,8 +115,34 @@ struct DocView {
   int64_t row_stride;  // elements between consecutive rows
   int64_t nrows;     // rows to read: loop bound, never past the real tokens (or Ld with a mask)
   int64_t mask0;     // element offset of the doc's row mask in d_mask, -1 without a mask
-  bool empty_slot;   // pid -1: the score is -inf
+  bool empty_slot;   // pid -1: the score is -inf; or an invalid slot (below): NaN
+  bool invalid;      // a pid or rows outside the store: the score is NaN, nothing is read
 };
+
+// ---- non-finite values (docs/spec.md section 10) ----
+// A NaN or infinite similarity between a valid query row and a valid doc row makes the doc's score
+// NaN. fmaxf would drop a NaN operand, so the running maxima go through these instead; the bit
+// tests cannot be folded away by fast-math flags.
+
+CF_HD uint32_t float_bits(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof(u));
+  return u;
+}
+CF_HD bool is_nan(float x) { return (float_bits(x) & 0x7fffffffu) > 0x7f800000u; }
+CF_HD bool is_finite(float x) { return (float_bits(x) & 0x7f800000u) != 0x7f800000u; }
+CF_HD float nan_value() {
+  const uint32_t u = 0x7fc00000u;
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+// A query row's running max after similarity s: NaN for good once any s was NaN or +-inf.
+CF_HD float row_max(float best, float s) {
+  return (!is_finite(s) || is_nan(best)) ? nan_value() : (s > best ? s : best);
+}
+// Two partial maxima of one row (lanes): NaN if either is.
+CF_HD float merge_max(float a, float b) { return (is_nan(a) || is_nan(b)) ? nan_value() : (a > b ? a : b); }
 
 // Flat index of the item's doc in D.shape[:-2] (padded) or in pids (packed): lengths, mask rows and
 // floors are per doc.
@@ -122,11 +151,18 @@ CF_HD int64_t doc_index(const Params& p, const Item& it) {
 }
 
 CF_HD DocView doc_view(const Params& p, const Item& it) {
-  DocView v{0, 0, 0, -1, false};
+  DocView v{0, 0, 0, -1, false, false};
   if (p.mode == kPacked) {
     const int64_t pid = p.pids[it.b * p.ncols + it.col];
     if (pid < 0) {
       v.empty_slot = true;
+      return v;
+    }
+    // The Python API passes only checked pids and the store's own offsets; a direct torch.ops call
+    // may not, and a kernel cannot raise: such a slot scores NaN and reads nothing.
+    if (pid >= p.num_docs || p.offsets[pid] < 0 || p.lengths[pid] < 0 || p.offsets[pid] > p.num_rows ||
+        p.lengths[pid] > p.num_rows - p.offsets[pid]) {
+      v.empty_slot = v.invalid = true;
       return v;
     }
     const int64_t n = p.lengths[pid];

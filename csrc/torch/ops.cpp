@@ -44,6 +44,8 @@ GatherParams make_gather_params(const at::Tensor& embeddings, const at::Tensor& 
   p.max_len = max_len;
   p.dim = dim;
   p.elem_size = embeddings.element_size();
+  p.num_docs = lengths.numel();
+  p.num_rows = embeddings.size(0);
   return p;
 }
 
@@ -52,8 +54,21 @@ namespace {
 std::tuple<at::Tensor, at::Tensor> gather_cpu_op(const at::Tensor& embeddings, const at::Tensor& offsets,
                                                  const at::Tensor& lengths, const at::Tensor& pids, int64_t max_len) {
   const auto pids_c = pids.contiguous();
+  for (const auto* t : {&embeddings, &offsets, &lengths, &pids})
+    TORCH_CHECK(t->device().is_cpu(), "gather: every tensor must be on the CPU, got ", t->device());
   at::Tensor out, mask;
   const GatherParams p = make_gather_params(embeddings, offsets, lengths, pids_c, max_len, out, mask);
+  // O(slots): every selected doc's rows lie inside embeddings (the op may be called directly
+  // through torch.ops with offsets that do not match the store) and fit max_len.
+  for (int64_t i = 0; i < p.num_slots; ++i) {
+    const int64_t d = p.pids[i];
+    TORCH_CHECK_INDEX(d >= -1 && d < p.num_docs, "gather: pid ", d, " out of range for ", p.num_docs, " docs");
+    if (d < 0) continue;
+    const int64_t o = p.offsets[d], n = p.lengths[d];
+    TORCH_CHECK_INDEX(o >= 0 && n >= 0 && o <= p.num_rows - n, "gather: doc ", d, " (offset ", o, ", length ", n,
+                      ") lies outside embeddings ", embeddings.sizes());
+    TORCH_CHECK(n <= max_len, "gather: doc ", d, " has ", n, " rows but max_len is ", max_len);
+  }
   gather_cpu(p);
   return {out, mask};
 }

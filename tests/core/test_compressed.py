@@ -258,8 +258,8 @@ def test_files_that_are_not_whole_or_not_ours(tmp_path):
     # A centroid id pointing past the codebook, written by hand.
     bad = CompressedDocs.__new__(CompressedDocs)
     bad.__dict__.update(store.__dict__)
-    bad.centroid_ids = store.centroid_ids.clone()
-    bad.centroid_ids[3] = store.centroids.shape[0]
+    bad._centroid_ids = store.centroid_ids.clone()
+    bad._centroid_ids[3] = store.centroids.shape[0]
     bad.save(tmp_path / "bad")
     with pytest.raises(ValueError, match="out of range"):
         CompressedDocs.load(tmp_path / "bad")

@@ -79,3 +79,14 @@ def test_bad_files(tmp_path, loader, content, message):
     (tmp_path / "f").write_text(content)
     with pytest.raises(ValueError, match=message):
         loader(tmp_path / "f")
+
+
+@pytest.mark.parametrize("k", [0, -5, 2.5, True])
+def test_a_cutoff_below_one_is_refused(k):
+    """Issue 16, item 7: run[:k] with k <= 0 cut from the end (eval --recall -5 printed Recall@-5 = 1.0);
+    the library refuses it as the command line does."""
+    for metric in (recall_at, mrr_at, ndcg_at):
+        with pytest.raises(ValueError, match="cut-off must be an int >= 1"):
+            metric(RUN, QRELS, k)
+    with pytest.raises(ValueError, match="cut-off"):
+        evaluate(RUN, QRELS, (10, k))

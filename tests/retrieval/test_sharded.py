@@ -55,6 +55,9 @@ def _worker(spec: dict) -> None:
     from colbert_fast.retrieval.encoder import ColBERT
 
     cluster = Cluster.init("gloo", timeout=spec["timeout"])
+    if spec.get("collective_fault"):
+        _collective_fault(cluster, spec)
+        os._exit(0)  # the process group is broken on purpose: no teardown
     out: dict = {"rank": cluster.rank, "world": cluster.world_size}
     if spec.get("build"):
         encoder = ColBERT.load(spec["model"])
@@ -143,6 +146,36 @@ def _faults(cluster: Cluster, spec: dict, out: dict, save) -> None:
     fail_on_rank1("die")
     cluster.timeout = spec["timeout_short"]
     attempt("die")
+
+
+def _collective_fault(cluster: Cluster, spec: dict) -> None:
+    """Rank 1 dies or stalls inside a collective, after its status said "ok" (issue 16, item 8):
+    the status exchanges cannot see it; the collective's timeout and the blame round must."""
+    searcher = ShardedSearcher(spec["index"], cluster)
+    queries = spec["queries"] if cluster.rank == 0 else None
+    out: dict = {"healthy": searcher.search(queries, k=5)}
+    kind, where = spec["collective_fault"]
+    real = getattr(cluster, where)
+
+    def faulty(tensor):
+        if cluster.rank == 1:
+            if kind == "die":
+                os._exit(3)
+            time.sleep(spec["hang"])
+        return real(tensor)
+
+    setattr(cluster, where, faulty)
+    cluster.timeout = spec["timeout_short"]
+    t0 = time.monotonic()
+    try:
+        searcher.search(queries, k=5)
+        out["fault"] = {"result": "no error"}
+    except ShardError as e:
+        out["fault"] = {"error": str(e), "failures": {str(r): v for r, v in e.failures.items()}}
+    except Exception as e:  # the defect: a raw gloo RuntimeError naming no rank
+        out["fault"] = {"raw": f"{type(e).__name__}: {e}"}
+    out["fault"]["seconds"] = time.monotonic() - t0
+    Path(spec["out"], f"rank{cluster.rank}.json").write_text(json.dumps(out))
 
 
 # ---- spawning ------------------------------------------------------------------------------------------
@@ -433,6 +466,34 @@ def test_failing_hanging_and_dead_rank(world, two_ranks):
     die = got["die"]
     assert "rank 1 (shards [1]): no answer" in die["error"], die
     assert die["seconds"] < 30
+
+
+@pytest.mark.parametrize("fault", [("die", "all_gather"), ("stall", "all_gather")], ids=lambda f: f"{f[0]}-in-{f[1]}")
+def test_a_rank_dying_or_stalling_inside_a_collective_is_named(world, two_ranks, fault):
+    """Before: rank 0 got a raw gloo RuntimeError naming no rank (a death), or blocked for the process
+    group's own timeout and then got one (a stall)."""
+    root, _, _, queries = world
+    spec = {
+        "index": str(two_ranks[0].path),
+        "queries": queries,
+        "collective_fault": list(fault),
+        "timeout": 60.0,
+        "timeout_short": 3.0,
+        "hang": 20.0,
+    }
+    outputs, codes, log = spawn(2, spec, root)
+    got = outputs[0]
+    assert len(got["healthy"]) == len(queries), log
+    err = got["fault"]
+    assert "error" in err, (err, log)
+    assert "search failed on 1 rank(s): rank 1 (shards [1]): no answer in all_gather" in err["error"], err
+    assert list(err["failures"]) == ["1"]
+    assert err["seconds"] < 15, "the collective's timeout (3 s) plus the blame grace (3 s), not the hang"
+    if fault[0] == "die":
+        assert codes[1] == 3, log
+    else:  # the late rank wakes into a broken collective and names itself, never a raw error
+        late = outputs[1]["fault"]
+        assert "error" in late and "rank 1 (shards [1])" in late["error"], (late, log)
 
 
 if __name__ == "__main__":

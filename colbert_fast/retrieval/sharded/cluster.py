@@ -4,6 +4,13 @@ Data moves by torch.distributed collectives (gloo on CPU, NCCL on GPU). Control 
 rendezvous store: before and after each collective step every rank posts its status and rank 0
 publishes a verdict (Cluster.exchange), so a rank that raises, hangs or dies is named (rank and
 shard) within `timeout` seconds instead of leaving the others blocked in a collective.
+
+A rank can still die or stall inside a collective, after its status said "ok". So every
+collective runs with a timeout (Work.wait), and a failing one (a timeout, or gloo's "connection
+closed by peer") is diagnosed through the store: each rank that saw it fail says so; the ranks
+that do not within a grace period are the ones that died or stalled (CollectiveError names them).
+After that the process group cannot be trusted (a late rank may pair with a later collective):
+the cluster is marked broken and every later collective raises at once; restart the job.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-__all__ = ["Cluster", "ShardError", "error_text", "owned_shards", "raise_failures"]
+__all__ = ["Cluster", "CollectiveError", "ShardError", "error_text", "owned_shards", "raise_failures"]
 
 
 class ShardError(RuntimeError):
@@ -28,6 +35,16 @@ class ShardError(RuntimeError):
     def __init__(self, message: str, failures: dict[int, str] | None = None):
         super().__init__(message)
         self.failures = failures or {}
+
+
+class CollectiveError(ShardError):
+    """A collective failed or timed out; `failures` names the ranks that died or stalled in it (or
+    this rank, when it arrived after the others gave up)."""
+
+
+# Seconds the ranks that saw a collective fail wait for each other's word before naming the silent
+# ones (at most the cluster's timeout).
+BLAME_GRACE = 10.0
 
 
 def owned_shards(num_shards: int, rank: int, world_size: int) -> list[int]:
@@ -58,6 +75,8 @@ class Cluster:
     timeout: float = 600.0
     _seq: int = 0
     _last_complete: str | None = None
+    _collectives: int = 0
+    broken: str | None = None  # why the process group can no longer be used (a collective failed)
 
     @classmethod
     def init(cls, backend: str | None = None, *, device: str | None = None, timeout: float = 600.0) -> Cluster:
@@ -172,7 +191,7 @@ class Cluster:
         if self.world_size == 1:
             return tensor
         t = tensor.to(self.comm_device).contiguous()
-        dist.broadcast(t, src=0)
+        self._collective("broadcast", lambda: dist.broadcast(t, src=0, async_op=True))
         return t
 
     def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
@@ -180,8 +199,52 @@ class Cluster:
             return [tensor]
         t = tensor.to(self.comm_device).contiguous()
         out = [torch.empty_like(t) for _ in range(self.world_size)]
-        dist.all_gather(out, t)
+        self._collective("all_gather", lambda: dist.all_gather(out, t, async_op=True))
         return out
+
+    def _collective(self, what: str, start) -> None:
+        """Run start() (an async collective) and wait at most `timeout` seconds for it; on failure
+        raise CollectiveError naming the ranks that died or stalled in it (see the module doc)."""
+        if self.broken is not None:
+            raise CollectiveError(
+                f"{what}: the process group is unusable since {self.broken}; restart the job",
+                {self.rank: f"process group broken ({self.broken})"},
+            )
+        self._collectives += 1
+        n = self._collectives
+        try:
+            if not start().wait(timeout=datetime.timedelta(seconds=self.timeout)):
+                raise RuntimeError(f"timed out after {self.timeout:g} s")
+        except RuntimeError as e:  # gloo/NCCL errors and timeouts (DistError is a RuntimeError)
+            self.broken = f"{what} #{n} failed on rank {self.rank}"
+            failures = self._blame(what, n, e)
+            raise CollectiveError(f"{what} failed: {error_text(e)}", failures) from None
+
+    def _blame(self, what: str, n: int, error: BaseException) -> dict[int, str]:
+        """The ranks to name for collective `n` failing here with `error`: those that do not say
+        within the grace period that they saw it fail too; this rank alone when every other did
+        (it was the late one)."""
+        key = f"collective{n}/failed"
+        heard: set[int] = set()
+        try:
+            self.store.set(f"{key}/{self.rank}", error_text(error))
+            deadline = time.monotonic() + min(self.timeout, BLAME_GRACE)
+            for r in range(self.world_size):
+                if r == self.rank:
+                    continue
+                try:
+                    self.store.wait([f"{key}/{r}"], datetime.timedelta(seconds=max(0.001, deadline - time.monotonic())))
+                    heard.add(r)
+                except RuntimeError:
+                    pass
+        except RuntimeError as e:  # the store itself is gone: its host (rank 0 or the agent) died
+            return {0: f"no answer in {what} (the rendezvous store is unreachable: {e})"}
+        silent = {
+            r: f"no answer in {what} (died or stalled in the collective)"
+            for r in range(self.world_size)
+            if r != self.rank and r not in heard
+        }
+        return silent or {self.rank: f"{what} failed here after the others gave up: {error_text(error)}"}
 
 
 def error_text(e: BaseException) -> str:

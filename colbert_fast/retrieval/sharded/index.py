@@ -22,11 +22,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from colbert_fast.files import sha256, write_bytes_atomic
+from colbert_fast.files import NotRegularFileError, WriterLock, read_regular, sha256, verified_file
 
 from .. import tsv
 from ..build import IndexConfig, build_index
-from ..index import CorruptIndexError, Index, RowLookup, read_manifest
+from ..index import INDEX_FORMAT, CorruptIndexError, Index, RowLookup, read_manifest
 from .cluster import Cluster, error_text, raise_failures
 
 __all__ = ["Shard", "ShardedIndex", "build_sharded_index", "shard_dir_name", "shard_ranges"]
@@ -104,7 +104,11 @@ class ShardedIndex:
         mpath = shard_path / "manifest.json"
         if not mpath.exists():
             raise CorruptIndexError(f"shard {s.shard} at {shard_path} has no manifest: rebuild it (shards=[{s.shard}])")
-        if sha256(mpath) != s.manifest_sha256:
+        try:
+            found = sha256(mpath)
+        except NotRegularFileError as e:
+            raise CorruptIndexError(str(e)) from None
+        if found != s.manifest_sha256:
             raise CorruptIndexError(
                 f"shard {s.shard} at {shard_path} differs from {TOP_MANIFEST} (manifest sha256): "
                 "it was rebuilt or altered without updating the top-level manifest"
@@ -124,14 +128,24 @@ class ShardedIndex:
             out: list[str] = []
             for s in self.shards:
                 shard_path = self._check_shard_manifest(s)
-                info = json.loads((shard_path / "manifest.json").read_text())["files"]["ids"]
+                info = read_manifest(shard_path / "manifest.json", INDEX_FORMAT).get("files", {})
+                info = info.get("ids") if isinstance(info, dict) else None
+                if not isinstance(info, dict) or not isinstance(info.get("name"), str) or "/" in info["name"]:
+                    raise CorruptIndexError(f"shard {s.shard}: its manifest has no valid files.ids entry")
                 ids_path = shard_path / info["name"]
-                if verify and sha256(ids_path) != info["sha256"]:
-                    raise CorruptIndexError(f"shard {s.shard}: {ids_path} fails its sha256 check")
-                ids = json.loads(ids_path.read_text())
+                try:
+                    if verify and sha256(ids_path) != info.get("sha256"):
+                        raise CorruptIndexError(f"shard {s.shard}: {ids_path} fails its sha256 check")
+                    ids = json.loads(read_regular(ids_path, "index file"))
+                except (OSError, ValueError) as e:  # missing, not a regular file, not JSON
+                    if isinstance(e, CorruptIndexError):
+                        raise
+                    raise CorruptIndexError(f"shard {s.shard}: cannot read {ids_path}: {e}") from None
+                if not isinstance(ids, list) or not all(isinstance(p, str) for p in ids):
+                    raise CorruptIndexError(f"shard {s.shard}: {ids_path} is not a list of pid strings")
                 if len(ids) != s.num_docs:
                     raise CorruptIndexError(f"shard {s.shard}: {len(ids)} pids, expected {s.num_docs}")
-                out.extend(str(p) for p in ids)
+                out.extend(ids)
             self._pids = out
         return self._pids
 
@@ -258,13 +272,22 @@ def _build_shards(mine, ranges, pids, texts, index_dir: Path, encoder, config, c
 def _write_top_manifest(
     index_dir: Path, collection: Path, collection_sha: str, num_docs: int, ranges, config, checkpoint
 ) -> None:
-    """sharded.json (the commit point), from the shards' own manifests: they must agree on the model."""
+    """sharded.json (the commit point), from the shards' own manifests: they must agree on the model.
+    Written under the directory's writer lock (a rebuild of one shard alone may run beside a job),
+    verified like every index file."""
+    with WriterLock(index_dir, "sharded index"):
+        _write_top_manifest_locked(index_dir, collection, collection_sha, num_docs, ranges, config, checkpoint)
+
+
+def _write_top_manifest_locked(
+    index_dir: Path, collection: Path, collection_sha: str, num_docs: int, ranges, config, checkpoint
+) -> None:
     shards, fingerprint = [], None
     for s, (start, end) in enumerate(ranges):
         mpath = index_dir / shard_dir_name(s) / "manifest.json"
         if not mpath.exists():
             raise FileNotFoundError(f"shard {s} is not built yet ({mpath} is missing): build it (shards=[{s}])")
-        sub = json.loads(mpath.read_text())
+        sub = read_manifest(mpath, INDEX_FORMAT)
         fp = sub["model"]["fingerprint"]
         if fingerprint is not None and fp != fingerprint:
             raise ValueError(f"shard {s} was built with another model than shard 0: rebuild it")
@@ -291,4 +314,5 @@ def _write_top_manifest(
         "num_shards": len(ranges),
         "shards": shards,
     }
-    write_bytes_atomic(index_dir / TOP_MANIFEST, json.dumps(manifest, indent=2).encode())
+    with verified_file(index_dir / TOP_MANIFEST) as f:
+        f.write(json.dumps(manifest, indent=2).encode())

@@ -27,7 +27,7 @@ from ..embedded import load_encoder
 from ..padding import pad_ids
 from ..search import Ranking, Searcher
 from ..timing import StageTimer
-from .cluster import Cluster, ShardError, error_text, owned_shards, raise_failures
+from .cluster import Cluster, CollectiveError, ShardError, error_text, owned_shards, raise_failures
 from .index import Shard, ShardedIndex
 
 __all__ = ["SearchReport", "ShardedSearcher", "merge_topk"]
@@ -217,8 +217,8 @@ class ShardedSearcher:
                 if self._follow(until_stop=True) is None:
                     return
             except ShardError as e:
-                if e.failures.get(0) == "no answer":
-                    raise  # rank 0 is gone
+                if e.failures.get(0) == "no answer" or self.cluster.broken is not None:
+                    raise  # rank 0 is gone, or a collective failed: the job must be restarted
                 # a failed call (bad input, a failing shard) was reported to rank 0's caller: go on
 
     def _refuse(self, error: Exception):
@@ -292,7 +292,7 @@ class ShardedSearcher:
         if B == 0:
             return []
         with self.timer.stage("broadcast"):
-            Q, q_mask, rows = self._broadcast(header, payload)
+            Q, q_mask, rows = self._named(header["op"], lambda: self._broadcast(header, payload))
         with self.timer.stage("local"):
             status, local = "ok", None
             try:
@@ -309,7 +309,7 @@ class ShardedSearcher:
                     scores.cpu().numpy().astype("<f4").tobytes() + ids.cpu().numpy().astype("<i8").tobytes()
                 )
         with self.timer.stage("gather"):
-            parts = self._gather(header["op"], status, local, B, k)
+            parts = self._named(header["op"], lambda: self._gather(header["op"], status, local, B, k))
         with self.timer.stage("merge"):
             top_s, top_i = merge_topk(
                 torch.cat([p[0].cpu() for p in parts], 1), torch.cat([p[1].cpu() for p in parts], 1), k
@@ -319,6 +319,15 @@ class ShardedSearcher:
                 [(pids[i], s) for i, s in zip(irow, srow) if i >= 0]
                 for irow, srow in zip(top_i.tolist(), top_s.tolist())
             ]
+
+    def _named(self, op: str, step):
+        """step(), with a collective's failure re-raised as the documented ShardError naming the
+        rank and its shards ("search failed on 1 rank(s): rank 1 (shards [1]): ...")."""
+        try:
+            return step()
+        except CollectiveError as e:
+            raise_failures(e.failures, op, self._shards_of(), cause=e)
+            raise  # not reached: a CollectiveError always names a rank
 
     def _broadcast(self, header: dict, payload):
         """Rank 0's queries (and re-rank candidates) to every rank: (Q, q_mask, rows or None) on this rank's device."""

@@ -328,6 +328,8 @@ static World make_world(std::mt19937& rng, int mode, int64_t B, int64_t Lq, int6
     p.offsets = w.offsets.data();
     p.lengths = w.lengths.data();
     p.pids = w.pids.data();
+    p.num_docs = ndocs;
+    p.num_rows = w.offsets[ndocs];
     p.max_len = Ld > 3 ? Ld - 3 : Ld;  // clips some docs, like the gather does
     p.Ld = 0;
   } else {
@@ -451,6 +453,8 @@ static void test_doc_view() {
   p.offsets = offsets;
   p.lengths = lengths;
   p.pids = pids;
+  p.num_docs = 3;
+  p.num_rows = 6000000000LL;
   p.B = 2;
   p.ncols = 2;
   p.max_len = 300;
@@ -462,6 +466,25 @@ static void test_doc_view() {
   // offsets past 2^31 rows * dim stay exact
   offsets[2] = 3000000000LL;
   CHECK(doc_view(p, Item{0, 0, 0}).row0 == 3000000000LL * 128, "int64 row offset");
+  // rows outside the store (a direct torch.ops call with inconsistent offsets): NaN, nothing read
+  p.num_rows = 5000000000LL;
+  CHECK(doc_view(p, Item{0, 0, 0}).invalid && doc_view(p, Item{0, 0, 0}).empty_slot, "rows past the store");
+  p.num_rows = 6000000000LL;
+  lengths[0] = -1;
+  CHECK(doc_view(p, Item{1, 0, 0}).invalid, "negative length");
+  lengths[0] = 5;
+  pids[0] = 3;
+  CHECK(doc_view(p, Item{0, 0, 0}).invalid, "pid past num_docs");
+  CHECK(!doc_view(p, Item{0, 1, 0}).invalid && doc_view(p, Item{0, 1, 0}).empty_slot, "pid -1 is empty, not invalid");
+  pids[0] = 2;
+
+  // docs/spec.md section 10: a NaN or infinite similarity makes the row NaN for good; -inf from no
+  // valid row (the start value) is not one.
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  CHECK(row_max(-inf, 1.f) == 1.f && row_max(2.f, 1.f) == 2.f, "row_max of finite values");
+  CHECK(is_nan(row_max(1.f, nan)) && is_nan(row_max(1.f, inf)) && is_nan(row_max(1.f, -inf)), "row_max of NaN/inf");
+  CHECK(is_nan(row_max(nan, 5.f)), "row_max keeps a NaN");
+  CHECK(merge_max(-inf, 3.f) == 3.f && is_nan(merge_max(nan, 3.f)) && is_nan(merge_max(3.f, nan)), "merge_max");
 
   Params q{};
   q.mode = kPerQuery;
