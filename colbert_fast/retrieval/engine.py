@@ -17,7 +17,7 @@ and searches a batch of queries Q [B, Lq, dim] in five vectorised steps (Centroi
     3. approximate pass  PLAID's centroid interaction with WARP's imputation: per candidate and query
                          token, the best probed centroid score among the doc's centroids, or theta_i
                          when the doc has no token in a probed centroid; summed over query tokens.
-                         The best `ncandidates` per query survive
+                         The best `ncandidates` per query survive (at least k)
     4. exact scoring     cf.maxsim_packed over the survivors, straight from the codes; top k
     5. certificate       an upper bound on every doc not scored exactly (below); certified when the
                          k-th exact score is above all of them
@@ -31,26 +31,29 @@ smin_d x for x < 0 (increasing in x, and >= s_t x for every token t of d),
 A probed centroid's score is >= theta_i and an unprobed one's is <= theta_i, so M_d(q_i) is the best
 probed score among d's centroids when d holds a probed centroid of token i, and at most theta_i
 otherwise: step 3's value is an upper bound of M_d(q_i) either way. Summed over the valid query
-tokens, plus a margin for fp32 rounding (kernel and bound), this bounds every pruned candidate; a doc
-that was never a candidate has M_d(q_i) <= theta_i for every i, so its bound is
-smax_d P + smin_d N + rmax_d R with P = sum max(theta_i, 0), N = sum min(theta_i, 0), R = sum |q_i|: one
-[B, 3] x [3, N] product. An empty doc has smin = smax = rmax = 0 and bound 0 (it scores exactly 0).
+tokens, plus a margin for rounding (engine_margin), this bounds every candidate; a doc that was
+never a candidate has M_d(q_i) <= theta_i for every i, so its bound is smax_d P + smin_d N + rmax_d R
+with P = sum max(theta_i, 0), N = sum min(theta_i, 0), R = sum |q_i|: one [B, 3] x [3, N] product.
+An empty doc has smin = smax = rmax = 0 and bound 0 (it scores exactly 0).
 
-Certified: the k-th exact score is > every bound (strictly: then no doc left out can tie or beat it).
-`exact=True` scores the remaining docs best bound first until that holds, so it always ends
-certified and equal to exhaustive scoring. Each query reports the fraction of (doc, query token)
-cells it scored exactly (docs scored / docs: every valid query token of a scored doc is scored).
+Certified: the k-th exact score is > every bound of a doc not scored (strictly: then no doc left out
+can tie or beat it). Equal scores are ranked by ascending doc row (best_k), so a certified answer is
+exactly what exhaustive scoring returns. `exact=True` scores the remaining docs of an uncertified
+query, best bound first, until it is certified, so it always equals exhaustive scoring. Each query
+reports the fraction of (doc, query token) cells it scored exactly (docs scored / docs: every valid
+query token of a scored doc is scored).
 
 GPU: steps 1-5 are torch ops on the store's device; the sizes of steps 2-3 depend on the data, so
-this version reads them on the host (two small syncs per batch). A capturable variant needs fixed
-capacities per probed list (docs/spec.md section 12, "GPU").
+this version reads them on the host (two small syncs per batch), and exact=True widens query by query.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -58,29 +61,37 @@ import colbert_fast as cf
 from colbert_fast import reference
 from colbert_fast.packed import read_safetensors, write_safetensors
 
-__all__ = ["ENGINE_FORMAT", "CentroidEngine", "SearchStats", "build_engine", "engine_margin"]
+__all__ = ["ENGINE_FORMAT", "CentroidEngine", "SearchStats", "best_k", "build_engine", "engine_margin",
+           "load_engine", "save_engine"]  # fmt: skip
 
 ENGINE_FORMAT = "colbert_fast.engine/1"
 _ROWS = 1 << 16  # tokens whose residual norms are computed at once (64k x dim int64 fields)
-# Relative rounding allowance of one fp32 dot product of length dim, per unit of |q| |d|: the kernels
-# and the bound each round (decode, products, sums); 2^-22 per element is 4 ulps, far above what
-# any order of fp32 accumulation loses (<= dim * 2^-24 relative, first order).
+# Relative rounding allowance of one fp32 dot product of length dim, per unit of |q| |d|: the kernel
+# and the bound each round (decode: 2 roundings, products and sums: <= dim + Lq roundings, first
+# order, in any order of accumulation); 2^-22 is 4 ulps per step, twice what both together need.
 _ULPS = 2.0**-22
+# Kernels that round the decoded vectors or the queries to fp16 before the product (the CUDA codes
+# kernel, docs/spec.md section 11) are off by up to 2^-11 relative per operand: 2^-9 covers both.
+_FP16_OPERANDS = 2.0**-9
+# Relative error of an fp32 matmul under torch.set_float32_matmul_precision (TF32: 10-bit mantissa;
+# bf16 passes: 8 bits), per element of the centroid scores.
+_MATMUL_ULP = {"highest": 2.0**-24, "high": 2.0**-11, "medium": 2.0**-8}
+# Docs scored at once per query when exact=True widens a search.
+_WIDEN_BLOCK = 1024
 
 
 def build_engine(codes: cf.CompressedDocs) -> dict[str, torch.Tensor]:
     """The engine's tensors for a residual store (see the module doc): ivf_offsets, ivf_docs, doc_stats."""
-    if not isinstance(codes, cf.CompressedDocs) or codes.codec != "residual":
-        raise ValueError("the centroid engine needs a residual store (centroids): build with IndexConfig(store='residual')")
+    _require_residual(codes)
     codes = codes.to("cpu")
     n, num_c = codes.num_docs, codes.centroids.shape[0]
     lengths = codes.lengths
     owner = torch.repeat_interleave(torch.arange(n, dtype=torch.int64), lengths)
     ids = codes.centroid_ids.to(torch.int64)
     # (centroid, doc) pairs, unique and sorted: centroid-major, doc rows ascending within a centroid.
-    keys = torch.unique(ids * n + owner)
-    ivf_docs = (keys % n).to(torch.int32)
-    counts = torch.bincount(keys // n, minlength=num_c)
+    keys = torch.unique(ids * max(n, 1) + owner)
+    ivf_docs = (keys % max(n, 1)).to(torch.int32)
+    counts = torch.bincount(keys // max(n, 1), minlength=num_c)
     ivf_offsets = torch.zeros(num_c + 1, dtype=torch.int64)
     torch.cumsum(counts, 0, out=ivf_offsets[1:])
     # Per token s_t |r_t|, r_t = the bucket weights its codes select (the decoded residual before scaling).
@@ -89,7 +100,8 @@ def build_engine(codes: cf.CompressedDocs) -> dict[str, torch.Tensor]:
     for s in range(0, codes.num_tokens, _ROWS):
         fields = reference.unpack_bits(codes.codes[s : s + _ROWS], codes.nbits, codes.dim)
         res[s : s + _ROWS] = codes.bucket_weights[fields].norm(dim=1)
-    res *= scales
+    # Rounded up by a few ulps: the norm is computed in fp32, and the bound must not fall below it.
+    res = res * scales * (1 + 4 * codes.dim * _ULPS)
     stats = torch.zeros(n, 3, dtype=torch.float32)  # an empty doc keeps 0, 0, 0: its bound is 0
     if codes.num_tokens:
         stats[:, 0] = torch.full((n,), float("inf")).scatter_reduce(0, owner, scales, "amin")
@@ -100,7 +112,7 @@ def build_engine(codes: cf.CompressedDocs) -> dict[str, torch.Tensor]:
 
 
 def save_engine(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> None:
-    """Write build_engine's tensors as one safetensors file (atomic)."""
+    """Write build_engine's tensors as one safetensors file (atomic: temp file + rename)."""
     write_safetensors(path, {k: [v.contiguous()] for k, v in tensors.items()}, {"format": ENGINE_FORMAT})
 
 
@@ -130,19 +142,57 @@ def load_engine(path: str | os.PathLike, codes: cf.CompressedDocs) -> dict[str, 
 
 
 def engine_margin(Q: torch.Tensor, q_mask: torch.Tensor, dmax: float) -> torch.Tensor:
-    """fp32 [B]: the rounding allowance added to every bound of a query (see _ULPS).
+    """fp32 [B]: the rounding allowance added to every bound of a query.
 
-    dmax bounds every decoded norm and every |centroid| + |residual| the bound multiplies; the
-    allowance is (dim + Lq) ulps-of-4 of |q_i| dmax per valid query token (products, then the sum).
+    dmax bounds every decoded norm and every |centroid| + |residual| the bound multiplies. Per valid
+    query token the kernel's score and the bound's value are each within (dim + Lq + few) roundings
+    of |q_i| dmax of the true value (see _ULPS); more where the centroid matmul or the scoring kernel
+    runs in reduced precision (TF32, fp16 operands on the GPU).
     """
     dim, lq = Q.shape[-1], Q.shape[-2]
+    rel = (dim + lq + 8) * _ULPS + dim * _MATMUL_ULP.get(torch.get_float32_matmul_precision(), 2.0**-8)
+    if Q.device.type != "cpu":
+        rel += _FP16_OPERANDS
     qn = (Q.float().norm(dim=-1) * q_mask).sum(dim=1)
-    return qn * (dmax * (dim + lq + 8) * _ULPS)
+    return qn * (dmax * rel)
+
+
+def best_k(scores: torch.Tensor, rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best (score, row) per query [B, min(k, K)], best first; equal scores in ascending row order.
+
+    The tie rule makes the answer a function of the scores alone, so a search and exhaustive scoring
+    that compute the same scores return the same rows. Empty slots (row -1, score -inf) come last.
+    """
+    key = torch.where(rows < 0, torch.iinfo(torch.int64).max, rows)
+    by_row = torch.argsort(key, dim=1, stable=True)
+    s, r = torch.gather(scores, 1, by_row), torch.gather(rows, 1, by_row)
+    by_score = torch.argsort(s, dim=1, descending=True, stable=True)[:, : min(k, s.shape[1])]
+    return torch.gather(s, 1, by_score), torch.gather(r, 1, by_score)
+
+
+def _require_residual(codes) -> None:
+    if not isinstance(codes, cf.CompressedDocs) or codes.codec != "residual":
+        kind = f"a {codes.codec} CompressedDocs" if isinstance(codes, cf.CompressedDocs) else type(codes).__name__
+        raise ValueError(
+            f"the centroid engine needs a residual store (its centroids), got {kind}: "
+            "build the index with IndexConfig(store='residual')"
+        )
+
+
+@contextlib.contextmanager
+def _untimed(name: str):
+    yield
+
+
+def _positive(name: str, value) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
 
 
 @dataclasses.dataclass
 class SearchStats:
-    """Per query of the last search (fp32/bool tensors [B] on the CPU).
+    """Per query of a search (fp32/bool tensors [B] on the CPU).
 
     certified: the top k is provably the top k of the whole collection under the stored vectors.
     cells_scored: fraction of (doc, query token) cells scored exactly (docs scored / docs).
@@ -171,6 +221,16 @@ class SearchStats:
         }
 
 
+class Candidates(NamedTuple):
+    """Step 2-3's output: every (query, doc) candidate once, grouped by query, docs ascending."""
+
+    query: torch.Tensor  # int64 [U]
+    doc: torch.Tensor  # int64 [U]
+    approx: torch.Tensor  # fp32 [U]: the centroid-interaction score (step 3)
+    upper: torch.Tensor  # fp32 [U]: the doc's bound, before the rounding margin
+    theta: torch.Tensor  # fp32 [B, Lq]: best unprobed centroid score per query token (-inf: none)
+
+
 class CentroidEngine:
     """Centroid-interaction candidates + exact scoring + certificate over a residual store.
 
@@ -181,8 +241,7 @@ class CentroidEngine:
     """
 
     def __init__(self, codes: cf.CompressedDocs, tensors: dict[str, torch.Tensor], backend: str = "auto"):
-        if codes.codec != "residual":
-            raise ValueError("the centroid engine needs a residual store")
+        _require_residual(codes)
         device = codes.device
         self.codes, self.backend = codes, backend
         self.num_docs = codes.num_docs
@@ -191,6 +250,7 @@ class CentroidEngine:
         self.ivf_offsets = tensors["ivf_offsets"].to(device)
         self.ivf_docs = tensors["ivf_docs"].to(device, torch.int64)
         self.doc_stats = tensors["doc_stats"].to(device)
+        self.empty_docs = codes.lengths == 0
         # Largest decoded norm and |c| + |r| any bound multiplies: the rounding margin's scale.
         cmax = float(codes.centroids.norm(dim=1).max())
         wmax = float(codes.bucket_weights.abs().max()) * codes.dim**0.5
@@ -199,11 +259,10 @@ class CentroidEngine:
 
     # ---- the pieces ---------------------------------------------------------------------------------
 
-    def probe(self, Q: torch.Tensor, q_mask: torch.Tensor, nprobe: int):
+    def probe(self, Q: torch.Tensor, nprobe: int):
         """Step 1: (probed centroid ids [B, Lq, p] int64, their scores [B, Lq, p], theta [B, Lq]).
 
-        theta is the best score of an unprobed centroid (-inf when every centroid is probed); masked
-        query tokens probe nothing (their lists are skipped by the caller through q_mask).
+        theta is the best score of an unprobed centroid (-inf when every centroid is probed).
         """
         scores = torch.matmul(Q, self.centroids.T)  # [B, Lq, C]: the only matmul of the candidate stage
         p = min(nprobe, self.num_centroids)
@@ -214,17 +273,14 @@ class CentroidEngine:
             theta = torch.full(Q.shape[:2], float("-inf"), device=Q.device)
         return top.indices[..., :p], top.values[..., :p], theta
 
-    def candidates(self, Q, q_mask, nprobe: int):
-        """Steps 1-3: every candidate (query b, doc row) once, with its approximate score and bound.
-
-        Returns (b [U], doc [U], approx [U], upper [U], theta [B, Lq]), grouped by query, docs ascending.
-        """
+    def candidates(self, Q: torch.Tensor, q_mask: torch.Tensor, nprobe: int) -> Candidates:
+        """Steps 1-3 (masked query tokens probe nothing and count for nothing)."""
         B, Lq, _ = Q.shape
-        ids, vals, theta = self.probe(Q, q_mask, nprobe)
+        n = max(self.num_docs, 1)
+        ids, vals, theta = self.probe(Q, nprobe)
         p = ids.shape[2]
         starts = self.ivf_offsets[ids]  # [B, Lq, p]
-        counts = (self.ivf_offsets[ids + 1] - starts) * q_mask[:, :, None]
-        counts = counts.reshape(-1)
+        counts = ((self.ivf_offsets[ids + 1] - starts) * q_mask[:, :, None]).reshape(-1)
         total = int(counts.sum())  # host read: the size of the expansion
         probe_of = torch.repeat_interleave(torch.arange(counts.numel(), device=Q.device), counts, output_size=total)
         first = torch.cumsum(counts, 0) - counts
@@ -232,125 +288,133 @@ class CentroidEngine:
         docs = self.ivf_docs[pos]
         b_of = probe_of // (Lq * p)
         tok_of = (probe_of // p) % Lq
-        keys, inverse = torch.unique(b_of * self.num_docs + docs, return_inverse=True)
-        U = keys.numel()
-        qb, qd = keys // self.num_docs, keys % self.num_docs
+        keys, inverse = torch.unique(b_of * n + docs, return_inverse=True)
+        qb, qd = keys // n, keys % n
         # M[u, i]: the best probed centroid score of token i among doc u's centroids, else theta_i.
         M = theta[qb].clone()  # [U, Lq]
         M.view(-1).scatter_reduce_(0, inverse * Lq + tok_of, vals.reshape(-1)[probe_of], "amax")
+        M = M.clamp(min=-1e30)  # -inf (all probed, masked token) * 0 would be NaN below
         mask = q_mask[qb]
-        approx = (M.clamp(min=-1e30) * mask).sum(dim=1)
+        approx = (M * mask).sum(dim=1)
         st = self.doc_stats[qd]  # [U, 3]
-        f = torch.where(M >= 0, st[:, 1:2] * M, st[:, 0:1] * M.clamp(min=-1e30))
-        qn = Q.norm(dim=-1) * q_mask  # [B, Lq]
-        upper = (f * mask).sum(dim=1) + st[:, 2] * qn.sum(dim=1)[qb]
-        return qb, qd, approx, upper, theta, U
+        f = torch.where(M >= 0, st[:, 1:2] * M, st[:, 0:1] * M)
+        qn = (Q.norm(dim=-1) * q_mask).sum(dim=1)  # [B]
+        upper = (f * mask).sum(dim=1) + st[:, 2] * qn[qb]
+        return Candidates(qb, qd, approx, upper, theta)
 
-    def never_candidate_bound(self, Q, q_mask, theta, cand_b, cand_d) -> torch.Tensor:
-        """fp32 [B]: the largest bound of a doc outside every probed list (-inf when there is none)."""
+    def unprobed_bounds(self, Q: torch.Tensor, q_mask: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """fp32 [B, N]: each doc's bound if it held no probed centroid of any query token (no margin)."""
         th = torch.where(q_mask, theta, torch.zeros_like(theta))
-        finite = torch.isfinite(th)
-        pos = torch.where(finite, th.clamp(min=0), torch.zeros_like(th)).sum(dim=1)
-        neg = torch.where(finite, th.clamp(max=0), torch.zeros_like(th)).sum(dim=1)
-        allprobed = ~finite.all(dim=1)  # theta = -inf: every centroid probed, only empty docs are left
+        all_probed = torch.isneginf(th).any(dim=1)  # theta = -inf: every centroid probed
+        th = torch.where(torch.isfinite(th), th, torch.zeros_like(th))
         qn = (Q.norm(dim=-1) * q_mask).sum(dim=1)
-        coef = torch.stack([neg, pos, qn], dim=1)  # [B, 3] against (smin, smax, rmax)
-        lin = coef @ self.doc_stats.T  # [B, N]
-        empty = self.codes.lengths == 0
-        lin[allprobed] = torch.where(empty, 0.0, float("-inf")).to(lin.dtype)
-        lin[cand_b, cand_d] = float("-inf")
-        return lin.max(dim=1).values if lin.shape[1] else torch.full((Q.shape[0],), float("-inf"), device=Q.device)
+        coef = torch.stack([th.clamp(max=0).sum(dim=1), th.clamp(min=0).sum(dim=1), qn], dim=1)  # [B, 3]
+        bounds = coef @ self.doc_stats.T  # [B, N] against (smin, smax, rmax)
+        # With every centroid probed, a doc with a token is a candidate: only empty docs are left (score 0).
+        left = torch.where(self.empty_docs, 0.0, float("-inf")).to(bounds.dtype)
+        return torch.where(all_probed[:, None], left[None, :], bounds)
 
-    def score(self, Q, q_mask, rows) -> torch.Tensor:
+    def doc_bounds(self, Q: torch.Tensor, q_mask: torch.Tensor, nprobe: int) -> tuple[torch.Tensor, Candidates]:
+        """fp32 [B, N]: an upper bound of every doc's exact score (margin included), and the candidates."""
+        Q, q_mask = self._checked(Q, q_mask)
+        _positive("nprobe", nprobe)
+        cand = self.candidates(Q, q_mask, nprobe)
+        bounds = self.unprobed_bounds(Q, q_mask, cand.theta)
+        bounds[cand.query, cand.doc] = cand.upper
+        return bounds + engine_margin(Q, q_mask, self.dmax)[:, None], cand
+
+    def score(self, Q: torch.Tensor, q_mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         return cf.maxsim_packed(Q, self.codes, rows, q_mask, backend=self.backend)
+
+    def _checked(self, Q, q_mask) -> tuple[torch.Tensor, torch.Tensor]:
+        if not isinstance(Q, torch.Tensor) or Q.dim() != 3 or Q.shape[2] != self.codes.dim:
+            shape = tuple(Q.shape) if isinstance(Q, torch.Tensor) else type(Q).__name__
+            raise ValueError(f"Q must be a [B, Lq, {self.codes.dim}] tensor, got {shape}")
+        if q_mask is None:
+            q_mask = torch.ones(Q.shape[:2], dtype=torch.bool)
+        if not isinstance(q_mask, torch.Tensor) or q_mask.dtype != torch.bool or q_mask.shape != Q.shape[:2]:
+            raise ValueError(f"q_mask must be a bool tensor {list(Q.shape[:2])}")
+        dev = self.codes.device
+        return Q.to(dev, torch.float32), q_mask.to(dev)
 
     # ---- search -------------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def search(self, Q, q_mask, k: int, nprobe: int, ncandidates: int, exact: bool = False):
+    def search(self, Q, q_mask, k: int, nprobe: int, ncandidates: int, exact: bool = False, timer=None):
         """Top k per query: (scores fp32 [B, k'], rows int64 [B, k'] (-1 = none), SearchStats).
 
-        Q fp32 [B, Lq, dim], q_mask bool [B, Lq] on the store's device. exact=True keeps scoring the
-        docs left, best bound first, until every query is certified.
+        Q [B, Lq, dim] (converted to fp32), q_mask bool [B, Lq] or None. Equal scores rank by
+        ascending row (best_k). ncandidates: docs scored exactly per query (at least k). exact=True
+        keeps scoring the docs left, best bound first, until every query is certified. timer: an
+        object with .stage(name) context managers (retrieval.timing.StageTimer) to time steps 1-3
+        and the certificate as "candidates", exact scoring as "score", the top k as "topk".
         """
-        B, dev = Q.shape[0], Q.device
-        n = self.num_docs
-        qb, qd, approx, upper, theta, U = self.candidates(Q, q_mask, nprobe)
+        _positive("k", k)
+        _positive("ncandidates", ncandidates)
+        stage = timer.stage if timer is not None else _untimed
+        with stage("candidates"):
+            bounds, cand = self.doc_bounds(Q, q_mask, nprobe)
+            Q, q_mask = self._checked(Q, q_mask)
+            B, dev = Q.shape[0], Q.device
+            rows = self._survivors(cand, B, max(ncandidates, k))
+        with stage("score"):
+            scores = self.score(Q, q_mask, rows) if rows.shape[1] else torch.empty(B, 0, device=dev)
+        with stage("topk"):
+            top, top_rows = best_k(scores, rows, k)
+        with stage("candidates"):
+            scored = (rows >= 0).sum(dim=1)
+            qi = torch.arange(B, device=dev)[:, None].expand_as(rows)
+            bounds[qi[rows >= 0], rows[rows >= 0]] = float("-inf")  # scored docs need no bound
+        if exact:
+            with stage("score"):
+                top, top_rows, scored = self._widen(Q, q_mask, k, top, top_rows, bounds, scored)
+        with stage("candidates"):
+            kth = top[:, k - 1] if top.shape[1] == k else torch.full((B,), float("-inf"), device=dev)
+            left = bounds.max(dim=1).values if self.num_docs else torch.full((B,), float("-inf"), device=dev)
+            certified = (kth > left) | torch.isneginf(left)
+        cells = scored.float() / max(self.num_docs, 1)
+        return top, top_rows, SearchStats(certified.cpu(), cells.cpu(), kth.cpu(), left.cpu())
+
+    def _survivors(self, cand: Candidates, B: int, keep: int) -> torch.Tensor:
+        """int64 [B, W]: per query its best `keep` candidates by approximate score, -1 padded."""
+        dev = cand.query.device
+        U = cand.query.numel()
         # Rank the candidates of each query by approximate score: sort by score, then (stably) by query.
-        order = torch.sort(approx, descending=True, stable=True).indices
-        order = order[torch.sort(qb[order], stable=True).indices]
-        per_query = torch.bincount(qb, minlength=B)
+        order = torch.sort(cand.approx, descending=True, stable=True).indices
+        order = order[torch.sort(cand.query[order], stable=True).indices]
+        per_query = torch.bincount(cand.query, minlength=B)
         group_start = torch.cumsum(per_query, 0) - per_query
         rank = torch.empty_like(order)
-        rank[order] = torch.arange(U, device=dev) - group_start[qb[order]]
-        keep = rank < ncandidates
-        width = int(min(ncandidates, int(per_query.max()) if U else 0))  # host read: the scored width
-        rows = torch.full((B, max(width, 0)), -1, dtype=torch.int64, device=dev)
-        rows[qb[keep], rank[keep]] = qd[keep]
-        scores = self.score(Q, q_mask, rows) if width else torch.empty(B, 0, device=dev)
-        margin = engine_margin(Q, q_mask, self.dmax)
-        pruned = torch.full((B,), float("-inf"), device=dev)
-        pruned.scatter_reduce_(0, qb[~keep], upper[~keep], "amax")
-        never = self.never_candidate_bound(Q, q_mask, theta, qb, qd)
-        bound = torch.maximum(pruned, never) + margin
-        scored = keep.to(torch.int64).new_zeros(B).index_add_(0, qb, keep.to(torch.int64))
-        kk = min(k, scores.shape[1])
-        top, pos = torch.topk(scores, kk, dim=1) if kk else (scores[:, :0], rows[:, :0])
-        top_rows = torch.gather(rows, 1, pos)
-        kth = top[:, k - 1] if kk == k else torch.full((B,), float("-inf"), device=dev)
-        certified = (kth > bound) | torch.isneginf(bound)
-        if exact and not bool(certified.all()):
-            return self._widen(Q, q_mask, k, top, top_rows, rows, qb, qd, upper, theta, certified, scored, bound)
-        stats = SearchStats(certified.cpu(), (scored.float() / max(n, 1)).cpu(), kth.cpu(), bound.cpu())
-        return top, top_rows, stats
+        rank[order] = torch.arange(U, device=dev) - group_start[cand.query[order]]
+        kept = rank < keep
+        width = min(keep, int(per_query.max())) if U else 0  # host read: the scored width
+        rows = torch.full((B, width), -1, dtype=torch.int64, device=dev)
+        rows[cand.query[kept], rank[kept]] = cand.doc[kept]
+        return rows
 
-    def _widen(self, Q, q_mask, k, top, top_rows, rows, qb, qd, upper, theta, certified, scored, bound):
-        """exact=True: per uncertified query, score the docs not yet scored in decreasing bound order,
-        a block at a time, until the k-th score is above the next bound (then every doc left is below)."""
-        B, dev, n = Q.shape[0], Q.device, self.num_docs
-        margin = engine_margin(Q, q_mask, self.dmax)
+    def _widen(self, Q, q_mask, k, top, top_rows, bounds, scored):
+        """exact=True: per uncertified query, score the docs not scored yet in decreasing bound order,
+        a block at a time, until the k-th score is above the next bound (then it is above every doc
+        left). Marks the docs it scores in `bounds` (-inf); returns (top, top_rows, scored)."""
+        B, dev = Q.shape[0], Q.device
         out_s = torch.full((B, k), float("-inf"), device=dev)
         out_r = torch.full((B, k), -1, dtype=torch.int64, device=dev)
         out_s[:, : top.shape[1]], out_r[:, : top.shape[1]] = top, top_rows
-        kth = out_s[:, k - 1].clone()
-        bound_left = bound.clone()
-        cells = scored.clone()
-        th = torch.where(q_mask, theta, torch.zeros_like(theta))
-        finite = torch.isfinite(th)
-        pos = torch.where(finite, th.clamp(min=0), torch.zeros_like(th)).sum(dim=1)
-        neg = torch.where(finite, th.clamp(max=0), torch.zeros_like(th)).sum(dim=1)
-        qn = (Q.norm(dim=-1) * q_mask).sum(dim=1)
-        empty = self.codes.lengths == 0
-        for b in torch.nonzero(~certified).flatten().tolist():
-            # Every doc's bound: never-candidates by the linear form, pruned candidates by their own.
-            if bool(finite[b].all()):
-                ub = torch.stack([neg[b], pos[b], qn[b]]) @ self.doc_stats.T
-            else:
-                ub = torch.where(empty, 0.0, float("-inf")).to(torch.float32)
-            mine = qb == b
-            ub[qd[mine]] = upper[mine]
-            done = rows[b][rows[b] >= 0]
-            ub[done] = float("-inf")  # scored already
-            ub = ub + margin[b]
-            order = torch.argsort(ub, descending=True)
-            ub_sorted = ub[order]
-            best_s, best_r = out_s[b], out_r[b]
-            step = max(1024, rows.shape[1])
+        scored = scored.clone()
+        for b in range(B):
+            order = torch.argsort(bounds[b], descending=True)
+            ub = bounds[b][order]
             at = 0
-            while at < n and not bool(torch.isneginf(ub_sorted[at])) and not bool(best_s[k - 1] > ub_sorted[at]):
-                block = order[at : at + step]
-                block = block[torch.isfinite(ub[block])]
-                s = self.score(Q[b : b + 1], q_mask[b : b + 1], block[None])[0]
-                cells[b] += block.numel()
-                merged_s, merged_r = torch.cat([best_s, s]), torch.cat([best_r, block])
-                best_s, idx = torch.topk(merged_s, k)
-                best_r = merged_r[idx]
-                at += step
-            out_s[b], out_r[b] = best_s, best_r
-            kth[b] = best_s[k - 1]
-            bound_left[b] = ub_sorted[at] if at < n else float("-inf")
-            certified[b] = True
-        stats = SearchStats(certified.cpu(), (cells.float() / max(n, 1)).cpu(), kth.cpu(), bound_left.cpu())
-        valid = out_r >= 0
-        width = int(valid.sum(dim=1).max()) if B else 0
-        return out_s[:, :width], torch.where(valid, out_r, -1)[:, :width], stats
+            while at < order.numel() and not bool(torch.isneginf(ub[at])) and not bool(out_s[b, k - 1] > ub[at]):
+                block = order[at : at + _WIDEN_BLOCK]
+                block = block[torch.isfinite(bounds[b][block])]
+                s = self.score(Q[b : b + 1], q_mask[b : b + 1], block[None])
+                merged_s = torch.cat([out_s[b : b + 1], s], dim=1)
+                merged_r = torch.cat([out_r[b : b + 1], block[None]], dim=1)
+                best_s, best_r = best_k(merged_s, merged_r, k)
+                out_s[b, : best_s.shape[1]], out_r[b, : best_r.shape[1]] = best_s[0], best_r[0]
+                bounds[b, block] = float("-inf")
+                scored[b] += block.numel()
+                at += _WIDEN_BLOCK
+        found = int((out_r >= 0).sum(dim=1).max()) if B else 0
+        return out_s[:, :found], out_r[:, :found], scored
