@@ -32,6 +32,7 @@ from colbert_fast import CompressedDocs, PackedDocs
 from colbert_fast.files import atomic_path, fsync_dir, sha256, write_bytes_atomic
 from colbert_fast.packed import write_store
 
+from .engine import build_engine, save_engine
 from .index import INDEX_FORMAT, MANIFEST, OUR_FILES, Index, require_faiss
 from .tsv import read_collection
 
@@ -64,6 +65,10 @@ class IndexConfig:
             which are deleted after the build unless keep_fp16.
         store_nbits: bits per dimension of a residual store: 1, 2 or 4.
         keep_fp16: keep the fp16 store on disk beside a compressed one (never read by search).
+        ivf: build the faiss IVF over every token row (the "paper" search modes' candidates: a
+            second copy of the tokens). False needs store="residual": the centroid engine
+            (mode "centroid") finds candidates from the store's own centroids, and "exhaustive"
+            needs no candidates at all.
     """
 
     partitions: int | None = None
@@ -78,6 +83,7 @@ class IndexConfig:
     store: str = "fp16"
     store_nbits: int = 2
     keep_fp16: bool = False
+    ivf: bool = True
 
     def __post_init__(self) -> None:
         if self.codec not in ("auto", "pq", "flat"):
@@ -91,6 +97,11 @@ class IndexConfig:
             raise ValueError(f"store must be one of {STORES}, got {self.store!r}")
         if self.store == "residual" and self.store_nbits not in (1, 2, 4):
             raise ValueError(f"store_nbits must be 1, 2 or 4 for a residual store, got {self.store_nbits!r}")
+        if not self.ivf and self.store != "residual":
+            raise ValueError(
+                "IndexConfig(ivf=False) needs store='residual': without the faiss IVF, candidates come "
+                "from the residual store's centroids (the centroid engine)"
+            )
 
 
 def choose_partitions(num_vectors: int, train_samples: int) -> int:
@@ -131,8 +142,8 @@ def build_index(
     Returns:
         the loaded Index.
     """
-    faiss = require_faiss()
     config = config or IndexConfig()
+    faiss = require_faiss() if config.ivf else None
     index_dir = Path(index_dir)
     index_dir.mkdir(parents=True, exist_ok=True)
     collection = Path(collection)
@@ -174,8 +185,8 @@ def build_index_from_embeddings(
     Returns:
         the loaded Index. Search it with query embeddings (Searcher.search accepts tensors).
     """
-    faiss = require_faiss()
     config = config or IndexConfig()
+    faiss = require_faiss() if config.ivf else None
     if similarity not in ("cosine", "l2"):
         raise ValueError(f"similarity must be 'cosine' or 'l2', got {similarity!r}")
     docs = _as_packed(embeddings)
@@ -325,10 +336,18 @@ def concat_stores(parts: list[Path], out: Path) -> PackedDocs:
 
 
 def finish_build(faiss, index_dir: Path, tag: str, docs: PackedDocs, pids, config, model, source) -> Index:
-    """faiss over the store's token rows, the other files under the store's tag, then the manifest
+    """faiss over the store's token rows (unless config.ivf is False), the compressed store and the
+    centroid engine's file (residual), the other files under the store's tag, then the manifest
     (the commit point), then removal of what the old manifest named."""
-    files = {"docs": f"docs-{tag}.safetensors", "ivf": f"ivf-{tag}.faiss", "ids": f"ids-{tag}.json"}
-    ivf, ivf_info = train_ivf(faiss, docs, config)  # faiss ids are token rows of the store
+    files = {"docs": f"docs-{tag}.safetensors", "ids": f"ids-{tag}.json"}
+    if docs.num_tokens == 0:
+        raise ValueError("the collection has no token vectors to index (every doc is empty)")
+    ivf_info = None
+    if config.ivf:
+        ivf, ivf_info = train_ivf(faiss, docs, config)  # faiss ids are token rows of the store
+        files["ivf"] = f"ivf-{tag}.faiss"
+        with atomic_path(index_dir / files["ivf"]) as tmp:  # faiss's own (pickle-free) format
+            faiss.write_index(ivf, str(tmp))
     store = {"codec": "fp16", "bytes_per_token": docs.dim * 2}
     if config.store != "fp16":  # the codes become the store; the fp16 file stays only if asked
         codes = write_compressed_store(docs, config, index_dir / f"codes-{tag}.safetensors")
@@ -336,8 +355,9 @@ def finish_build(faiss, index_dir: Path, tag: str, docs: PackedDocs, pids, confi
         if config.keep_fp16:
             files["fp16"] = files["docs"]
         files["docs"] = f"codes-{tag}.safetensors"
-    with atomic_path(index_dir / files["ivf"]) as tmp:  # faiss's own (pickle-free) format
-        faiss.write_index(ivf, str(tmp))
+        if config.store == "residual":  # the centroid engine's lists and bounds (engine.py)
+            files["engine"] = f"engine-{tag}.safetensors"
+            save_engine(index_dir / files["engine"], build_engine(codes))
     write_bytes_atomic(index_dir / files["ids"], json.dumps(list(pids)).encode())
     manifest = {
         "format": INDEX_FORMAT,
@@ -385,8 +405,6 @@ def write_manifest(index_dir: Path, manifest: dict) -> None:
 def train_ivf(faiss, docs: PackedDocs, config: IndexConfig):
     """A trained and filled faiss IVF index over every token row of `docs`, and its manifest entry."""
     n, dim = docs.num_tokens, docs.dim
-    if n == 0:
-        raise ValueError("the collection has no token vectors to index (every doc is empty)")
     train_n = config.train_samples
     partitions = config.partitions
     if train_n is None:

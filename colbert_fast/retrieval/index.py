@@ -8,6 +8,9 @@ An index is a directory:
                              residual or int8, IndexConfig.store) scored from its codes
     ivf-<tag>.faiss          faiss IVFPQ (or IVFFlat for small collections) over every token row;
                              faiss id = token row in docs, so token_to_doc is lengths repeated
+                             (absent when built with IndexConfig(ivf=False))
+    engine-<tag>.safetensors residual stores only: the centroid engine's centroid -> docs lists
+                             and per-doc bounds (colbert_fast.retrieval.engine)
     ids-<tag>.json           the collection's pids, in order (row i -> pid string)
     partial-<fingerprint>/   only while building: finished chunks, so a killed run resumes
 
@@ -32,13 +35,15 @@ import torch
 from colbert_fast import CompressedDocs, PackedDocs
 from colbert_fast.files import sha256
 
+from .engine import load_engine
+
 __all__ = ["CorruptIndexError", "Index", "RowLookup", "read_manifest", "require_faiss"]
 
 INDEX_FORMAT = "colbert_fast.index/1"
 MANIFEST = "manifest.json"
 # Data files of a build (and their temp names): the only files a new build may delete.
 OUR_FILES = re.compile(
-    r"((docs|codes)-[0-9a-f]{12}\.safetensors|ivf-[0-9a-f]{12}\.faiss|ids-[0-9a-f]{12}\.json)(\.tmp\d+)?"
+    r"((docs|codes|engine)-[0-9a-f]{12}\.safetensors|ivf-[0-9a-f]{12}\.faiss|ids-[0-9a-f]{12}\.json)(\.tmp\d+)?"
 )
 # What the manifest's stats.store says the store is: "fp16" (a PackedDocs), else a CompressedDocs.
 FLOAT_STORE = "fp16"
@@ -84,14 +89,18 @@ class RowLookup:
 class Index:
     """A loaded index: docs (PackedDocs, or CompressedDocs for a compressed store), pids (row -> the
     collection's pid string), ivf (faiss, or None until open_ivf()), token_to_doc (token row -> doc
-    row, built on first use), manifest."""
+    row, built on first use), engine (the centroid engine's tensors for a residual store, else
+    None), manifest."""
 
-    def __init__(self, path: Path, manifest: dict, docs: PackedDocs, pids: list[str], ivf, verify: bool = True):
+    def __init__(
+        self, path: Path, manifest: dict, docs: PackedDocs, pids: list[str], ivf, verify: bool = True, engine=None
+    ):
         self.path = path
         self.manifest = manifest
         self.docs = docs
         self.pids = pids
         self.ivf = ivf
+        self.engine = engine
         self._verify = verify
         self._token_to_doc: torch.Tensor | None = None
         self._lookup = RowLookup(pids, f"the index ({len(pids)} docs at {path})")
@@ -107,8 +116,18 @@ class Index:
             )
         return self._token_to_doc
 
+    @property
+    def has_ivf(self) -> bool:
+        """Whether the build wrote a faiss IVF (IndexConfig.ivf)."""
+        return "ivf" in self.manifest["files"]
+
     def open_ivf(self):
         """The faiss index, read (and checked against the manifest) on first use."""
+        if not self.has_ivf:
+            raise ValueError(
+                f"the index at {self.path} was built without the faiss IVF (IndexConfig(ivf=False)): "
+                "search it with mode='centroid' or mode='exhaustive'"
+            )
         if self.ivf is None:
             self.ivf = _read_ivf(self.path, self.manifest, self.docs, self._verify)
         return self.ivf
@@ -129,7 +148,8 @@ class Index:
             verify: check every file's sha256 against the manifest before reading it (sizes are
                 always checked). Turn off only for a trusted index too large to hash each time.
             mmap: memory-map the doc store instead of reading it into memory.
-            load_ivf: also load the faiss index (rerank needs only the doc store).
+            load_ivf: also load the faiss index when the index has one (rerank needs only the doc
+                store; the centroid engine, loaded whenever the index has one, needs no faiss).
 
         Raises CorruptIndexError (a ValueError) naming the file for a missing, truncated, tampered or
         inconsistent index; FileNotFoundError when there is no index at `path`.
@@ -145,9 +165,10 @@ class Index:
             raise FileNotFoundError(f"no index at {path}: {MANIFEST} is missing{hint}")
         manifest = read_manifest(mpath, INDEX_FORMAT)
         try:
-            files = {k: manifest["files"][k] for k in ("docs", "ivf", "ids")}
-            if "fp16" in manifest["files"]:  # a compressed store's fp16 vectors, kept on request
-                files["fp16"] = manifest["files"]["fp16"]
+            files = {k: manifest["files"][k] for k in ("docs", "ids")}
+            # ivf: unless built with IndexConfig(ivf=False); fp16: a compressed store's fp16 vectors,
+            # kept on request; engine: a residual store's centroid engine.
+            files.update({k: manifest["files"][k] for k in ("ivf", "fp16", "engine") if k in manifest["files"]})
             stats = manifest["stats"]
         except (KeyError, TypeError) as e:
             raise CorruptIndexError(f"{mpath} lacks entry {e}") from None
@@ -165,8 +186,9 @@ class Index:
                     f"index file {fpath} is truncated or altered: {size} bytes, the manifest says {info['bytes']}"
                 )
         if verify:
-            for key in ("docs", "ids"):
-                _check_sha(path / files[key]["name"], files[key]["sha256"])
+            for key in ("docs", "ids", "engine"):
+                if key in files:
+                    _check_sha(path / files[key]["name"], files[key]["sha256"])
         store = (
             stats.get("store", {}).get("codec", FLOAT_STORE) if isinstance(stats.get("store"), dict) else FLOAT_STORE
         )
@@ -182,8 +204,14 @@ class Index:
             )
         if docs.num_tokens != stats.get("num_tokens") or docs.dim != stats.get("dim"):
             raise CorruptIndexError(f"index at {path} is inconsistent: doc store shape differs from the manifest")
-        index = cls(path, manifest, docs, [str(p) for p in pids], None, verify)
-        if load_ivf:
+        engine = None
+        if "engine" in files:
+            try:
+                engine = load_engine(path / files["engine"]["name"], docs)
+            except (ValueError, AttributeError) as e:
+                raise CorruptIndexError(f"index at {path}: engine file {files['engine']['name']}: {e}") from None
+        index = cls(path, manifest, docs, [str(p) for p in pids], None, verify, engine)
+        if load_ivf and index.has_ivf:
             index.open_ivf()
         return index
 

@@ -60,7 +60,10 @@ def test_manifest(built):
     root, _, index = built
     m = json.loads((root / "index" / "manifest.json").read_text())
     assert m["format"] == "colbert_fast.index/1"
-    assert m["stats"] == {"num_docs": N_DOCS, "num_tokens": index.docs.num_tokens, "dim": 128, "dtype": "float16"}
+    store = {"codec": "fp16", "bytes_per_token": 256}  # the default store (IndexConfig.store)
+    assert m["stats"] == {
+        "num_docs": N_DOCS, "num_tokens": index.docs.num_tokens, "dim": 128, "dtype": "float16", "store": store
+    }  # fmt: skip
     assert set(m["versions"]) >= {"colbert_fast", "torch", "faiss", "transformers"}
     assert m["model"]["config"]["doc_maxlen"] == 180
     for info in m["files"].values():
