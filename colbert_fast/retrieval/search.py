@@ -62,11 +62,13 @@ STAGES = ("encode", "candidates", "score", "topk")
 MODES = ("accurate", "fast", "paper", "centroid", "exhaustive")
 PAPER_MODES = ("accurate", "fast", "paper")  # faiss IVFPQ candidates (the paper's 3.6)
 # The centroid engine's defaults: centroids probed per query token, docs scored exactly per query
-# (at least CENTROID_CANDIDATES_PER_K * k). Measured in bench/engine_quality.py
-# (bench/results/engine/).
-CENTROID_NPROBE = 16
+# (at least CENTROID_CANDIDATES_PER_K * k). Measured in bench/engine_quality.py (results in
+# bench/results/engine/, residual 2-bit): nprobe 64 with 256 candidates has recall@10 0.992 on E1
+# 10k and 1.000 on Cranfield (nprobe 16: 0.913 on E1); k = 100 needs ~1,000 candidates (recall@100
+# 0.996 on E1 10k, 1.000 on Cranfield). Approximate: these answers are not certified (see the note there).
+CENTROID_NPROBE = 64
 CENTROID_CANDIDATES = 256
-CENTROID_CANDIDATES_PER_K = 4
+CENTROID_CANDIDATES_PER_K = 10
 # Encoder settings that shape the stored doc vectors: a searcher's encoder must agree on them.
 _DOC_SIDE = ("dim", "doc_maxlen", "doc_marker", "mask_punctuation", "skiplist")
 # Exhaustive mode scores at most this many (query, doc) pairs per kernel call: the scores, the row
