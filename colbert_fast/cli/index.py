@@ -63,6 +63,6 @@ def run(args) -> int:
     print(
         f"indexed {s['num_docs']} docs, {s['num_tokens']} token vectors (dim {s['dim']}) into {args.index}: "
         f"{store['codec']} store ({store['bytes_per_token']:g} bytes/token), "
-        f"{ivf['codec']} IVF with {ivf['partitions']} partitions"
+        + (f"{ivf['codec']} IVF with {ivf['partitions']} partitions" if ivf else "no IVF (centroid engine only)")
     )
     return 0

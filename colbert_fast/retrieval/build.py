@@ -34,6 +34,7 @@ from colbert_fast import CompressedDocs, PackedDocs
 from colbert_fast.files import sha256
 from colbert_fast.packed import write_store
 
+from .engine import build_engine, save_engine
 from .index import INDEX_FORMAT, Index, require_faiss
 from .tsv import read_collection
 from .writer import IndexWriter
@@ -67,6 +68,10 @@ class IndexConfig:
             still trained on the fp16 vectors, which are deleted after the build unless keep_fp16.
         store_nbits: bits per dimension of a residual store: 1, 2 or 4.
         keep_fp16: keep the fp16 store on disk beside a compressed one (never read by search).
+        ivf: build the faiss IVF over every token row (the "paper" search modes' candidates: a
+            second copy of the tokens). False needs store="residual": the centroid engine
+            (mode "centroid") finds candidates from the store's own centroids, and "exhaustive"
+            needs no candidates at all.
     """
 
     partitions: int | None = None
@@ -81,6 +86,7 @@ class IndexConfig:
     store: str = "residual"  # 2-bit: within the quality bar on Cranfield (bench/results/cranfield)
     store_nbits: int = 2
     keep_fp16: bool = False
+    ivf: bool = True
 
     def __post_init__(self) -> None:
         if self.codec not in ("auto", "pq", "flat"):
@@ -94,6 +100,11 @@ class IndexConfig:
             raise ValueError(f"store must be one of {STORES}, got {self.store!r}")
         if self.store == "residual" and self.store_nbits not in (1, 2, 4):
             raise ValueError(f"store_nbits must be 1, 2 or 4 for a residual store, got {self.store_nbits!r}")
+        if not self.ivf and self.store != "residual":
+            raise ValueError(
+                "IndexConfig(ivf=False) needs store='residual': without the faiss IVF, candidates come "
+                "from the residual store's centroids (the centroid engine)"
+            )
 
 
 def choose_partitions(num_vectors: int, train_samples: int) -> int:
@@ -134,8 +145,8 @@ def build_index(
     Returns:
         the loaded Index.
     """
-    faiss = require_faiss()
     config = config or IndexConfig()
+    faiss = require_faiss() if config.ivf else None
     index_dir = Path(index_dir)
     collection = Path(collection)
     pids, texts = read_collection(collection)
@@ -178,8 +189,8 @@ def build_index_from_embeddings(
     Returns:
         the loaded Index. Search it with query embeddings (Searcher.search accepts tensors).
     """
-    faiss = require_faiss()
     config = config or IndexConfig()
+    faiss = require_faiss() if config.ivf else None
     if similarity not in ("cosine", "l2"):
         raise ValueError(f"similarity must be 'cosine' or 'l2', got {similarity!r}")
     docs = _as_packed(embeddings)
@@ -334,13 +345,19 @@ def concat_stores(parts: list[Path], writer: IndexWriter, name: str) -> PackedDo
 
 
 def finish_build(faiss, writer: IndexWriter, tag: str, docs: PackedDocs, pids, config, model, source) -> dict:
-    """faiss over the store's token rows, the other files under the store's tag (each verified),
-    then the manifest (the commit point), then removal of what the old manifest named. Returns the
+    """faiss over the store's token rows (unless config.ivf is False), the compressed store and the
+    centroid engine's file (residual), the other files under the store's tag (each verified), then
+    the manifest (the commit point), then removal of what the old manifest named. Returns the
     manifest written."""
-    files = {"docs": f"docs-{tag}.safetensors", "ivf": f"ivf-{tag}.faiss", "ids": f"ids-{tag}.json"}
+    files = {"docs": f"docs-{tag}.safetensors", "ids": f"ids-{tag}.json"}
+    if docs.num_tokens == 0:
+        raise ValueError("the collection has no token vectors to index (every doc is empty)")
     ids_blob = json.dumps(list(pids)).encode()
     writer.check_space(_estimated_bytes(docs, config) + len(ids_blob), "the faiss index and the other index files")
-    ivf, ivf_info = train_ivf(faiss, docs, config)  # faiss ids are token rows of the store
+    ivf_info = None
+    if config.ivf:
+        ivf, ivf_info = train_ivf(faiss, docs, config)  # faiss ids are token rows of the store
+        files["ivf"] = f"ivf-{tag}.faiss"
     store = {"codec": "fp16", "bytes_per_token": docs.dim * 2}
     if config.store != "fp16":  # the codes become the store; the fp16 file stays only if asked
         codes_name = f"codes-{tag}.safetensors"
@@ -350,10 +367,14 @@ def finish_build(faiss, writer: IndexWriter, tag: str, docs: PackedDocs, pids, c
         if config.keep_fp16:
             files["fp16"] = files["docs"]
         files["docs"] = codes_name
-    # faiss's own (pickle-free) format, streamed through our verified writer rather than written by
-    # faiss to a path: a full disk then raises here (faiss's own file writer only prints "close
-    # error" and returns), and the bytes on disk are checked against the bytes faiss produced.
-    writer.write(files["ivf"], lambda f: faiss.write_index(ivf, faiss.PyCallbackIOWriter(f.write)))
+        if config.store == "residual":  # the centroid engine's lists and bounds (engine.py)
+            files["engine"] = f"engine-{tag}.safetensors"
+            writer.add(files["engine"], save_engine(writer.path(files["engine"]), build_engine(codes)))
+    if config.ivf:
+        # faiss's own (pickle-free) format, streamed through our verified writer rather than written
+        # by faiss to a path: a full disk then raises here (faiss's own file writer only prints
+        # "close error" and returns), and the bytes on disk are checked against the bytes faiss produced.
+        writer.write(files["ivf"], lambda f: faiss.write_index(ivf, faiss.PyCallbackIOWriter(f.write)))
     writer.write(files["ids"], lambda f: f.write(ids_blob))
     manifest = {
         "format": INDEX_FORMAT,
@@ -403,8 +424,6 @@ def write_manifest(writer: IndexWriter, manifest: dict, files: dict[str, str]) -
 def train_ivf(faiss, docs: PackedDocs, config: IndexConfig):
     """A trained and filled faiss IVF index over every token row of `docs`, and its manifest entry."""
     n, dim = docs.num_tokens, docs.dim
-    if n == 0:
-        raise ValueError("the collection has no token vectors to index (every doc is empty)")
     train_n = config.train_samples
     partitions = config.partitions
     if train_n is None:

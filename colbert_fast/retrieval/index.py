@@ -8,6 +8,9 @@ An index is a directory:
                              residual or int8, IndexConfig.store) scored from its codes
     ivf-<tag>.faiss          faiss IVFPQ (or IVFFlat for small collections) over every token row;
                              faiss id = token row in docs, so token_to_doc is lengths repeated
+                             (absent when built with IndexConfig(ivf=False))
+    engine-<tag>.safetensors residual stores only: the centroid engine's centroid -> docs lists
+                             and per-doc bounds (colbert_fast.retrieval.engine)
     ids-<tag>.json           the collection's pids, in order (row i -> pid string)
     partial-<fingerprint>/   only while building: finished chunks, so a killed run resumes
 
@@ -34,6 +37,8 @@ import torch
 
 from colbert_fast import CompressedDocs, PackedDocs
 from colbert_fast.files import NotRegularFileError, read_regular, sha256
+
+from .engine import load_engine
 
 __all__ = ["CorruptIndexError", "Index", "RowLookup", "parse_manifest", "read_manifest", "require_faiss"]
 
@@ -89,14 +94,18 @@ class RowLookup:
 class Index:
     """A loaded index: docs (PackedDocs, or CompressedDocs for a compressed store), pids (row -> the
     collection's pid string), ivf (faiss, or None until open_ivf()), token_to_doc (token row -> doc
-    row, built on first use), manifest."""
+    row, built on first use), engine (the centroid engine's tensors for a residual store, else
+    None), manifest."""
 
-    def __init__(self, path: Path, manifest: dict, docs: PackedDocs, pids: list[str], ivf, verify: bool = True):
+    def __init__(
+        self, path: Path, manifest: dict, docs: PackedDocs, pids: list[str], ivf, verify: bool = True, engine=None
+    ):
         self.path = path
         self.manifest = manifest
         self.docs = docs
         self.pids = pids
         self.ivf = ivf
+        self.engine = engine
         self._verify = verify
         self._token_to_doc: torch.Tensor | None = None
         self._lookup = RowLookup(pids, f"the index ({len(pids)} docs at {path})")
@@ -112,8 +121,18 @@ class Index:
             )
         return self._token_to_doc
 
+    @property
+    def has_ivf(self) -> bool:
+        """Whether the build wrote a faiss IVF (IndexConfig.ivf)."""
+        return "ivf" in self.manifest["files"]
+
     def open_ivf(self):
         """The faiss index, read (and checked against the manifest) on first use."""
+        if not self.has_ivf:
+            raise ValueError(
+                f"the index at {self.path} was built without the faiss IVF (IndexConfig(ivf=False)): "
+                "search it with mode='centroid' or mode='exhaustive'"
+            )
         if self.ivf is None:
             self.ivf = _read_ivf(self.path, self.manifest, self.docs, self._verify)
         return self.ivf
@@ -134,7 +153,8 @@ class Index:
             verify: check every file's sha256 against the manifest before reading it (sizes are
                 always checked). Turn off only for a trusted index too large to hash each time.
             mmap: memory-map the doc store instead of reading it into memory.
-            load_ivf: also load the faiss index (rerank needs only the doc store).
+            load_ivf: also load the faiss index when the index has one (rerank needs only the doc
+                store; the centroid engine, loaded whenever the index has one, needs no faiss).
 
         Raises CorruptIndexError (a ValueError) naming the file for a missing, truncated, tampered,
         malformed or inconsistent index, or one that is not a regular file; FileNotFoundError when
@@ -173,8 +193,9 @@ class Index:
                     f"index file {fpath} is truncated or altered: {st.st_size} bytes, the manifest says {info['bytes']}"
                 )
         if verify:
-            for key in ("docs", "ids"):
-                _check_sha(path / files[key]["name"], files[key]["sha256"])
+            for key in ("docs", "ids", "engine"):
+                if key in files:
+                    _check_sha(path / files[key]["name"], files[key]["sha256"])
         store = stats["store"].get("codec", FLOAT_STORE) if isinstance(stats.get("store"), dict) else FLOAT_STORE
         try:
             pids = json.loads(read_regular(path / files["ids"]["name"], "index file"))
@@ -192,8 +213,14 @@ class Index:
             )
         if docs.num_tokens != stats["num_tokens"] or docs.dim != stats["dim"]:
             raise CorruptIndexError(f"index at {path} is inconsistent: doc store shape differs from the manifest")
-        index = cls(path, manifest, docs, pids, None, verify)
-        if load_ivf:
+        engine = None
+        if "engine" in files:
+            try:
+                engine = load_engine(path / files["engine"]["name"], docs)
+            except (ValueError, AttributeError) as e:
+                raise CorruptIndexError(f"index at {path}: engine file {files['engine']['name']}: {e}") from None
+        index = cls(path, manifest, docs, pids, None, verify, engine)
+        if load_ivf and index.has_ivf:
             index.open_ivf()
         return index
 
@@ -219,7 +246,9 @@ def _checked_entries(manifest: dict, mpath: Path) -> tuple[dict, dict]:
     stats = manifest.get("stats")
     if not isinstance(files_in, dict) or not isinstance(stats, dict):
         raise CorruptIndexError(f"{mpath} is malformed: 'files' and 'stats' must be objects")
-    keys = ("docs", "ivf", "ids") + (("fp16",) if "fp16" in files_in else ())  # fp16: kept beside codes
+    # ivf: unless built with IndexConfig(ivf=False); fp16: a compressed store's fp16 vectors, kept on
+    # request; engine: a residual store's centroid engine (engine.py).
+    keys = ("docs", "ids") + tuple(k for k in ("ivf", "fp16", "engine") if k in files_in)
     files = {}
     for key in keys:
         info = files_in.get(key)

@@ -2,23 +2,34 @@
 
     rerank(queries, pids):  score each query's candidates (e.g. BM25's top 1000) exactly with
                             MaxSim against their stored embeddings, sort.
-    search(queries, k):     the top k docs of the collection per query, in one of three modes:
+    search(queries, k):     the top k docs of the collection per query, in one of these modes:
 
-        "accurate" (default)  paper 3.6 with a candidate budget measured to find the exact top k:
-                              for every query token faiss returns its `neighbors_per_token`
-                              nearest token vectors (probing `nprobe` IVF cells); their docs'
-                              union is scored exactly with MaxSim; the best k are kept.
-        "fast"                the same with the paper's own budget (k // 2 neighbours per token,
-                              the index's nprobe): less work, and approximate.
+        "paper"               paper 3.6: for every query token faiss returns its
+                              `neighbors_per_token` nearest token vectors (probing `nprobe` IVF
+                              cells) from an IVFPQ over every token (a second copy of the tokens);
+                              their docs' union is scored exactly with MaxSim; the best k are kept.
+                              Its default budget is "accurate"'s.
+        "accurate" (default)  the paper path with a candidate budget measured to find the exact top k.
+        "fast"                the paper path with the paper's own budget (k // 2 neighbours per
+                              token, the index's nprobe): less work, and approximate.
+        "centroid"            the centroid engine (colbert_fast.retrieval.engine; residual stores):
+                              candidates from the store's own centroids (`nprobe` per query token),
+                              `ncandidates` scored exactly, and a certificate per query; with
+                              exact=True it widens until certified, equal to exhaustive scoring.
         "exhaustive"          every doc scored with the fused packed kernel, in chunks that bound
                               memory: the exact top k under the stored vectors (no faiss needed).
+
+Every query's result is a Ranking (a list of (pid, score), best first) that also carries
+`certified` (True when it is provably the exact top k under the stored vectors: exhaustive, a
+paper-mode search that scored every doc, or a centroid search whose certificate holds) and
+`cells_scored` (the fraction of the collection's (doc, query token) cells scored exactly).
 
 A candidate mode whose budget could reach every doc anyway (query tokens x neighbours >= docs)
 scores every doc instead: exact, and no slower than the union it would have built.
 
 Queries are strings (encoded with the index's model, loaded on first use) or embeddings: a
 tensor [B, Lq, dim] with an optional q_mask, or a list of [Lq_i, dim] tensors/arrays. Searching by
-embeddings never loads an encoder, and exhaustive search never loads faiss.
+embeddings never loads an encoder, and exhaustive and centroid search never load faiss.
 
 All MaxSim scoring goes through cf.maxsim_packed (backend "auto": the fastest kernel available
 for the store's device). The store is moved to the GPU when there is one. Searcher.timings holds a
@@ -40,28 +51,49 @@ import colbert_fast as cf
 
 from .embedded import EMBEDDED, load_embedded
 from .encoder import ColBERT
+from .engine import CentroidEngine, best_k
 from .index import Index, require_faiss
 from .padding import pad_ids, pad_vectors
 from .timing import StageTimer
 
-__all__ = ["MODES", "Ranking", "Searcher", "candidate_budget"]
+__all__ = ["MODES", "PAPER_MODES", "Ranking", "Searcher", "candidate_budget"]
 
 STAGES = ("encode", "candidates", "score", "topk")
-MODES = ("accurate", "fast", "exhaustive")
+MODES = ("accurate", "fast", "paper", "centroid", "exhaustive")
+PAPER_MODES = ("accurate", "fast", "paper")  # faiss IVFPQ candidates (the paper's 3.6)
+# The centroid engine's defaults: centroids probed per query token, docs scored exactly per query
+# (at least CENTROID_CANDIDATES_PER_K * k). Measured in bench/engine_quality.py (results in
+# bench/results/engine/, residual 2-bit): nprobe 64 with 256 candidates has recall@10 0.992 on E1
+# 10k and 1.000 on Cranfield (nprobe 16: 0.913 on E1); k = 100 needs ~1,000 candidates (recall@100
+# 0.996 on E1 10k, 1.000 on Cranfield). Approximate: these answers are not certified (see the note there).
+CENTROID_NPROBE = 64
+CENTROID_CANDIDATES = 256
+CENTROID_CANDIDATES_PER_K = 10
 # Encoder settings that shape the stored doc vectors: a searcher's encoder must agree on them.
 _DOC_SIDE = ("dim", "doc_maxlen", "doc_marker", "mask_punctuation", "skiplist")
 # Exhaustive mode scores at most this many (query, doc) pairs per kernel call: the scores, the row
 # list and any backend scratch stay small whatever the collection's size.
 EXHAUSTIVE_PAIRS_PER_CALL = 1 << 16
 
-# One query's result: (pid, score) pairs, best first.
-Ranking = list[tuple[str, float]]
+
+class Ranking(list):
+    """One query's result: (pid, score) pairs, best first (a plain list of them), plus
+
+    certified: True when it is provably the exact top k of the collection under the stored vectors.
+    cells_scored: the fraction of (doc, query token) cells of the collection scored exactly.
+    """
+
+    def __init__(self, items=(), certified: bool = False, cells_scored: float = 0.0):
+        super().__init__(items)
+        self.certified = bool(certified)
+        self.cells_scored = float(cells_scored)
 
 
 def candidate_budget(k: int, mode: str, index_nprobe: int) -> tuple[int, int]:
-    """(nprobe, neighbors_per_token) of a candidate mode for top-k retrieval.
+    """(nprobe, neighbors_per_token) of a paper mode (faiss candidates) for top-k retrieval.
 
-    accurate: 20k neighbours per query token, at least 1,000, and the index's nprobe. Measured
+    accurate (and paper, which takes its budget from the arguments when given): 20k neighbours
+        per query token, at least 1,000, and the index's nprobe. Measured
         (bench/search_defaults.py; bench/results/search_defaults/): recall against exhaustive
         MaxSim depends on k' and hardly on nprobe (10 to 80 alike). recall@10 >= 0.99 needs
         k' >= 64 on Cranfield, 400 on the synthetic E1 collection at 10k docs and 1,000 at 30k;
@@ -71,11 +103,11 @@ def candidate_budget(k: int, mode: str, index_nprobe: int) -> tuple[int, int]:
     fast: the paper's k' = k // 2 and the index's nprobe (10 by default): approximate (recall@10
         0.78 on Cranfield, 0.26 on E1 10k).
     """
-    if mode == "accurate":
+    if mode in ("accurate", "paper"):
         return index_nprobe, max(1000, 20 * k)
     if mode == "fast":
         return index_nprobe, max(k // 2, 1)
-    raise ValueError(f"mode {mode!r} has no candidate budget (candidate modes: accurate, fast)")
+    raise ValueError(f"mode {mode!r} has no faiss candidate budget (paper modes: {', '.join(PAPER_MODES)})")
 
 
 def _positive_int(name: str, value) -> None:
@@ -98,13 +130,15 @@ class Searcher:
             checkpoint the index manifest names. Loaded only when text queries come in.
         device: where the doc store, the encoder and the scoring live; default cuda when
             available, else cpu.
-        mode: default search mode: "accurate", "fast" or "exhaustive" (see the module doc).
-        nprobe: IVF cells probed per query token (default: from the mode and k).
+        mode: default search mode: "accurate", "fast", "paper", "centroid" or "exhaustive" (see the
+            module doc).
+        nprobe: IVF cells (paper modes) or centroids (centroid mode) probed per query token
+            (default: from the mode and k).
         neighbors_per_token: k', token vectors faiss returns per query token (default: from the
             mode and k).
         verify: check the index checksums on load.
         backend: scoring backend for cf.maxsim_packed ("auto" picks the fastest).
-        load_ivf: False never opens the faiss index (re-ranking and exhaustive search only).
+        load_ivf: False never opens the faiss index (re-ranking, centroid and exhaustive search only).
         score_all_if_covered: in a candidate mode, score every doc when the budget could reach
             them all anyway (default True; False always goes through faiss, e.g. to measure it).
 
@@ -153,6 +187,7 @@ class Searcher:
         self.load_ivf = load_ivf
         self.score_all_if_covered = score_all_if_covered
         self._ivf = None
+        self._engine = None
         self.timer = StageTimer(STAGES, self.device)
         self.docs_scored = 0  # (query, doc) pairs scored exactly since the last reset_timings()
 
@@ -202,6 +237,18 @@ class Searcher:
                 )
             self._ivf = _maybe_gpu(self.index.open_ivf(), self.device)
         return self._ivf
+
+    @property
+    def engine(self) -> CentroidEngine:
+        """The centroid engine over the store (built on first use by mode "centroid")."""
+        if self._engine is None:
+            if self.index.engine is None:
+                raise ValueError(
+                    f"mode 'centroid' needs an index with a residual store (IndexConfig(store='residual')); "
+                    f"this one's store is {self.index.manifest['stats'].get('store', {}).get('codec', 'fp16')}"
+                )
+            self._engine = CentroidEngine(self.docs, self.index.engine, backend=self.backend)
+        return self._engine
 
     # ---- timing ------------------------------------------------------------------------------
 
@@ -282,17 +329,21 @@ class Searcher:
             scores = cf.maxsim_packed(Q, self.docs, rows, q_mask, backend=self.backend)
             return self._finish(scores, q_mask)
 
-    def _rank(self, scores: torch.Tensor, rows: torch.Tensor, k: int) -> list[Ranking]:
+    def _rank(self, scores: torch.Tensor, rows: torch.Tensor, k: int, certified=False, cells=0.0) -> list[Ranking]:
+        """Rankings of the best k per query; certified and cells: a bool/float or one per query."""
         with self.timer.stage("topk"):
-            k = min(k, scores.shape[1])
-            top, pos = torch.topk(scores, k, dim=1) if k > 0 else (scores[:, :0], scores[:, :0].long())
-            top_rows = torch.gather(rows, 1, pos).cpu().tolist()
-            top = top.cpu().tolist()
-            pids = self.index.pids
-            return [
-                [(pids[r], s) for r, s in zip(rrow, srow) if r >= 0 and s != float("-inf")]
-                for rrow, srow in zip(top_rows, top)
-            ]
+            top, top_rows = best_k(scores, rows, k)  # equal scores: ascending row, in every mode
+            return self._rankings(top, top_rows, certified, cells)
+
+    def _rankings(self, top: torch.Tensor, top_rows: torch.Tensor, certified, cells) -> list[Ranking]:
+        B = top.shape[0]
+        certified = certified.tolist() if isinstance(certified, torch.Tensor) else [certified] * B
+        cells = cells.tolist() if isinstance(cells, torch.Tensor) else [cells] * B
+        pids = self.index.pids
+        return [
+            Ranking([(pids[r], s) for r, s in zip(rrow, srow) if r >= 0 and s != float("-inf")], c, f)
+            for rrow, srow, c, f in zip(top_rows.cpu().tolist(), top.cpu().tolist(), certified, cells)
+        ]
 
     def _exhaustive(self, Q: torch.Tensor, q_mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Every doc scored, chunk by chunk, keeping a running top k: (scores [B, k'], rows [B, k'])."""
@@ -306,8 +357,7 @@ class Searcher:
             with self.timer.stage("topk"):
                 scores = torch.cat([best_scores, scores], dim=1)
                 rows = torch.cat([best_rows, rows], dim=1)
-                best_scores, pos = torch.topk(scores, min(k, scores.shape[1]), dim=1)
-                best_rows = torch.gather(rows, 1, pos)
+                best_scores, best_rows = best_k(scores, rows, k)
         return best_scores, best_rows
 
     def candidates(self, Q: torch.Tensor, q_mask: torch.Tensor, neighbors_per_token: int, nprobe: int) -> torch.Tensor:
@@ -342,11 +392,11 @@ class Searcher:
         return int(q_mask.sum(dim=1).max()) * neighbors >= self.index.num_docs
 
     def budget(self, k: int, mode: str | None = None) -> tuple[int, int]:
-        """(nprobe, neighbors_per_token) that a candidate-mode search for top k uses."""
+        """(nprobe, neighbors_per_token) that a paper-mode search for top k uses."""
         mode = _check_mode(mode or self.mode)
         index_nprobe = int(self.index.manifest["index_config"]["nprobe"])
         nprobe, neighbors = candidate_budget(k, mode, index_nprobe)
-        partitions = self.index.manifest.get("ivf", {}).get("partitions", nprobe)
+        partitions = (self.index.manifest.get("ivf") or {}).get("partitions", nprobe)
         return min(self.nprobe or nprobe, partitions), self.neighbors_per_token or neighbors
 
     # ---- public ------------------------------------------------------------------------------
@@ -379,7 +429,7 @@ class Searcher:
         if width == 0:
             return [[] for _ in range(rows.shape[0])]
         scores = self.score(Q, q_mask, rows)
-        return self._rank(scores, rows, width if k is None else k)
+        return self._rank(scores, rows, width if k is None else k, False, (rows >= 0).sum(dim=1) / self.index.num_docs)
 
     def search(
         self,
@@ -389,6 +439,8 @@ class Searcher:
         mode: str | None = None,
         nprobe: int | None = None,
         neighbors_per_token: int | None = None,
+        ncandidates: int | None = None,
+        exact: bool = False,
         q_mask: torch.Tensor | None = None,
         batch_size: int = 32,
     ) -> list[Ranking]:
@@ -398,29 +450,57 @@ class Searcher:
             queries: query strings, or their embeddings: a [B, Lq, dim] tensor (q_mask: bool
                 [B, Lq], True = real token; default all) or a list of [Lq_i, dim] tensors/arrays.
             k: results per query.
-            mode: "accurate", "fast" or "exhaustive" (default: the Searcher's).
-            nprobe, neighbors_per_token: override the candidate budget of the mode for this call.
+            mode: "accurate", "fast", "paper", "centroid" or "exhaustive" (default: the Searcher's).
+            nprobe: IVF cells (paper modes) or centroids (centroid) probed per query token.
+            neighbors_per_token: paper modes: token vectors faiss returns per query token.
+            ncandidates: centroid mode: docs scored exactly per query (at least k; default
+                max(CENTROID_CANDIDATES, CENTROID_CANDIDATES_PER_K * k)).
+            exact: centroid mode: widen each query's search until its top k is certified (then it
+                equals exhaustive search). Exhaustive search is exact anyway.
             batch_size: queries encoded and scored together.
+
+        Returns:
+            one Ranking per query, with .certified and .cells_scored (see the module doc).
         """
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k must be a positive int, got {k!r}")
         _positive_int("batch_size", batch_size)
         _positive_int("nprobe", nprobe)
         _positive_int("neighbors_per_token", neighbors_per_token)
+        _positive_int("ncandidates", ncandidates)
         mode = _check_mode(mode or self.mode)
+        if mode != "centroid" and ncandidates is not None:
+            raise ValueError(f"ncandidates goes with mode='centroid', not {mode!r}")
+        if mode in PAPER_MODES and exact:
+            raise ValueError(f"exact=True goes with mode='centroid' (or 'exhaustive', exact anyway), not {mode!r}")
+        if mode == "centroid" and neighbors_per_token is not None:
+            raise ValueError("neighbors_per_token goes with the paper modes, not mode='centroid'")
+        if mode == "centroid":
+            engine = self.engine  # fails here, before any encoding, for a store without centroids
         results: list[Ranking] = []
+        n = self.index.num_docs
         for Q, q_mask_b in self._query_batches(queries, q_mask, batch_size):
+            if mode == "centroid":
+                probe = nprobe or self.nprobe or CENTROID_NPROBE
+                wanted = ncandidates or max(CENTROID_CANDIDATES, CENTROID_CANDIDATES_PER_K * k)
+                top, top_rows, stats = engine.search(Q, q_mask_b, k, probe, wanted, exact=exact, timer=self.timer)
+                self.docs_scored += int(round(float(stats.cells_scored.sum()) * n))
+                results.extend(
+                    self._rankings(self._finish(top, q_mask_b), top_rows, stats.certified, stats.cells_scored)
+                )
+                continue
             probe, neighbors = (None, None) if mode == "exhaustive" else self.budget(k, mode)
             neighbors = neighbors_per_token or neighbors
             if mode == "exhaustive" or self._budget_covers_collection(q_mask_b, neighbors):
                 scores, rows = self._exhaustive(Q, q_mask_b, k)
-            else:
-                rows = self.candidates(Q, q_mask_b, neighbors, nprobe or probe)
-                if rows.shape[1] == 0:
-                    results.extend([] for _ in range(Q.shape[0]))
-                    continue
-                scores = self.score(Q, q_mask_b, rows)
-            results.extend(self._rank(scores, rows, k))
+                results.extend(self._rank(scores, rows, k, True, 1.0))
+                continue
+            rows = self.candidates(Q, q_mask_b, neighbors, nprobe or probe)
+            if rows.shape[1] == 0:
+                results.extend(Ranking() for _ in range(Q.shape[0]))
+                continue
+            scores = self.score(Q, q_mask_b, rows)
+            results.extend(self._rank(scores, rows, k, False, (rows >= 0).sum(dim=1) / max(n, 1)))
         return results
 
 

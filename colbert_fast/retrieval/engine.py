@@ -1,0 +1,421 @@
+"""The centroid engine: candidates from a residual store's centroids, exact scoring, certified top-k.
+
+End-to-end search without a second copy of the tokens (docs/spec.md section 12). A residual store
+(cf.CompressedDocs, codec "residual") decodes token t as d_t = s_t (c_t + r_t): centroid c_t, residual
+r_t (the bucket weights its codes pick), fp16 scale s_t >= 0. The engine adds two things at build
+time (build_engine, a safetensors file beside the codes):
+
+    ivf_offsets int64 [C+1], ivf_docs int32 [nnz]   centroid -> the docs holding a token of it (CSR;
+                                                    per centroid sorted and unique: doc rows, not token rows)
+    doc_stats fp32 [N, 3]                           per doc: min s_t, max s_t, max s_t |r_t| over its tokens
+
+and searches a batch of queries Q [B, Lq, dim] in five vectorised steps (CentroidEngine.search):
+
+    1. centroid scores   S = Q @ centroids.T  [B, Lq, C] (one matmul); per query token its top `nprobe`
+                         centroids, and theta_i, the best score of a centroid it did not probe
+    2. candidates        the docs of the probed centroids' lists, (query, doc) pairs made unique
+    3. approximate pass  PLAID's centroid interaction with WARP's imputation: per candidate and query
+                         token, the best probed centroid score among the doc's centroids, or theta_i
+                         when the doc has no token in a probed centroid; summed over query tokens.
+                         The best `ncandidates` per query survive (at least k)
+    4. exact scoring     cf.maxsim_packed over the survivors, straight from the codes; top k
+    5. certificate       an upper bound on every doc not scored exactly (below); certified when the
+                         k-th exact score is above all of them
+
+The bound (spec section 12). For query token q and doc token t, q.d_t = s_t (q.c_t) + s_t (q.r_t)
+<= s_t (q.c_t) + s_t |r_t| |q| (Cauchy-Schwarz, s_t >= 0). With f_d(x) = smax_d x for x >= 0 and
+smin_d x for x < 0 (increasing in x, and >= s_t x for every token t of d),
+
+    max_t q.d_t  <=  f_d(M_d(q)) + rmax_d |q|,      M_d(q) = the best score of a centroid d holds.
+
+A probed centroid's score is >= theta_i and an unprobed one's is <= theta_i, so M_d(q_i) is the best
+probed score among d's centroids when d holds a probed centroid of token i, and at most theta_i
+otherwise: step 3's value is an upper bound of M_d(q_i) either way. Summed over the valid query
+tokens, plus a margin for rounding (engine_margin), this bounds every candidate; a doc that was
+never a candidate has M_d(q_i) <= theta_i for every i, so its bound is smax_d P + smin_d N + rmax_d R
+with P = sum max(theta_i, 0), N = sum min(theta_i, 0), R = sum |q_i|: one [B, 3] x [3, N] product.
+An empty doc has smin = smax = rmax = 0 and bound 0 (it scores exactly 0).
+
+Certified: the k-th exact score is > every bound of a doc not scored (strictly: then no doc left out
+can tie or beat it). Equal scores are ranked by ascending doc row (best_k), so a certified answer is
+exactly what exhaustive scoring returns. `exact=True` scores the remaining docs of an uncertified
+query, best bound first, until it is certified, so it always equals exhaustive scoring. Each query
+reports the fraction of (doc, query token) cells it scored exactly (docs scored / docs: every valid
+query token of a scored doc is scored).
+
+GPU: steps 1-5 are torch ops on the store's device; the sizes of steps 2-3 depend on the data, so
+this version reads them on the host (two small syncs per batch), and exact=True widens query by query.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+import colbert_fast as cf
+from colbert_fast import reference
+from colbert_fast.packed import read_safetensors, write_safetensors
+
+__all__ = ["ENGINE_FORMAT", "CentroidEngine", "SearchStats", "best_k", "build_engine", "engine_margin",
+           "load_engine", "save_engine"]  # fmt: skip
+
+ENGINE_FORMAT = "colbert_fast.engine/1"
+_ROWS = 1 << 16  # tokens whose residual norms are computed at once (64k x dim int64 fields)
+# Relative rounding allowance of one fp32 dot product of length dim, per unit of |q| |d|: the kernel
+# and the bound each round (decode: 2 roundings, products and sums: <= dim + Lq roundings, first
+# order, in any order of accumulation); 2^-22 is 4 ulps per step, twice what both together need.
+_ULPS = 2.0**-22
+# Kernels that round the decoded vectors or the queries to fp16 before the product (the CUDA codes
+# kernel, docs/spec.md section 11) are off by up to 2^-11 relative per operand: 2^-9 covers both.
+_FP16_OPERANDS = 2.0**-9
+# Relative error of an fp32 matmul under torch.set_float32_matmul_precision (TF32: 10-bit mantissa;
+# bf16 passes: 8 bits), per element of the centroid scores.
+_MATMUL_ULP = {"highest": 2.0**-24, "high": 2.0**-11, "medium": 2.0**-8}
+# Docs scored at once per query when exact=True widens a search.
+_WIDEN_BLOCK = 1024
+
+
+def build_engine(codes: cf.CompressedDocs) -> dict[str, torch.Tensor]:
+    """The engine's tensors for a residual store (see the module doc): ivf_offsets, ivf_docs, doc_stats."""
+    _require_residual(codes)
+    codes = codes.to("cpu")
+    n, num_c = codes.num_docs, codes.centroids.shape[0]
+    lengths = codes.lengths
+    owner = torch.repeat_interleave(torch.arange(n, dtype=torch.int64), lengths)
+    ids = codes.centroid_ids.to(torch.int64)
+    # (centroid, doc) pairs, unique and sorted: centroid-major, doc rows ascending within a centroid.
+    keys = torch.unique(ids * max(n, 1) + owner)
+    ivf_docs = (keys % max(n, 1)).to(torch.int32)
+    counts = torch.bincount(keys // max(n, 1), minlength=num_c)
+    ivf_offsets = torch.zeros(num_c + 1, dtype=torch.int64)
+    torch.cumsum(counts, 0, out=ivf_offsets[1:])
+    # Per token s_t |r_t|, r_t = the bucket weights its codes select (the decoded residual before scaling).
+    scales = codes.scales.float()
+    res = torch.empty(codes.num_tokens, dtype=torch.float32)
+    for s in range(0, codes.num_tokens, _ROWS):
+        fields = reference.unpack_bits(codes.codes[s : s + _ROWS], codes.nbits, codes.dim)
+        res[s : s + _ROWS] = codes.bucket_weights[fields].norm(dim=1)
+    # Rounded up by a few ulps: the norm is computed in fp32, and the bound must not fall below it.
+    res = res * scales * (1 + 4 * codes.dim * _ULPS)
+    stats = torch.zeros(n, 3, dtype=torch.float32)  # an empty doc keeps 0, 0, 0: its bound is 0
+    if codes.num_tokens:
+        stats[:, 0] = torch.full((n,), float("inf")).scatter_reduce(0, owner, scales, "amin")
+        stats[:, 1] = torch.zeros(n).scatter_reduce(0, owner, scales, "amax", include_self=False)
+        stats[:, 2] = torch.zeros(n).scatter_reduce(0, owner, res, "amax", include_self=False)
+        stats[lengths == 0] = 0.0
+    return {"ivf_offsets": ivf_offsets, "ivf_docs": ivf_docs, "doc_stats": stats}
+
+
+def save_engine(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> dict:
+    """Write build_engine's tensors as one safetensors file (atomic: temp file + rename; read back
+    and verified). Returns the file's {"bytes", "sha256"} record."""
+    return write_safetensors(path, {k: [v.contiguous()] for k, v in tensors.items()}, {"format": ENGINE_FORMAT})
+
+
+def load_engine(path: str | os.PathLike, codes: cf.CompressedDocs) -> dict[str, torch.Tensor]:
+    """Read an engine file and check it against its store (ValueError naming the file if it does not fit)."""
+    path = Path(path)
+    meta, tensors = read_safetensors(path, mmap=True)
+    if meta.get("format") != ENGINE_FORMAT:
+        raise ValueError(f"{path} is not a colbert_fast engine file (no '{ENGINE_FORMAT}' metadata)")
+    want = {
+        "ivf_offsets": (torch.int64, (codes.centroids.shape[0] + 1,)),
+        "doc_stats": (torch.float32, (codes.num_docs, 3)),
+    }
+    for name, (dtype, shape) in want.items():
+        t = tensors.get(name)
+        if t is None or t.dtype != dtype or tuple(t.shape) != shape:
+            raise ValueError(f"{path}: {name} must be {dtype} {list(shape)}")
+    docs = tensors.get("ivf_docs")
+    if docs is None or docs.dtype != torch.int32 or docs.dim() != 1:
+        raise ValueError(f"{path}: ivf_docs must be int32 [nnz]")
+    offsets = tensors["ivf_offsets"]
+    if int(offsets[0]) != 0 or int(offsets[-1]) != docs.numel() or bool((offsets[1:] < offsets[:-1]).any()):
+        raise ValueError(f"{path}: ivf_offsets do not describe ivf_docs")
+    if docs.numel() and (int(docs.min()) < 0 or int(docs.max()) >= codes.num_docs):
+        raise ValueError(f"{path}: ivf_docs holds rows outside [0, {codes.num_docs})")
+    return {k: tensors[k] for k in ("ivf_offsets", "ivf_docs", "doc_stats")}
+
+
+def engine_margin(Q: torch.Tensor, q_mask: torch.Tensor, dmax: float) -> torch.Tensor:
+    """fp32 [B]: the rounding allowance added to every bound of a query.
+
+    dmax bounds every decoded norm and every |centroid| + |residual| the bound multiplies. Per valid
+    query token the kernel's score and the bound's value are each within (dim + Lq + few) roundings
+    of |q_i| dmax of the true value (see _ULPS); more where the centroid matmul or the scoring kernel
+    runs in reduced precision (TF32, fp16 operands on the GPU).
+    """
+    dim, lq = Q.shape[-1], Q.shape[-2]
+    rel = (dim + lq + 8) * _ULPS + dim * _MATMUL_ULP.get(torch.get_float32_matmul_precision(), 2.0**-8)
+    if Q.device.type != "cpu":
+        rel += _FP16_OPERANDS
+    qn = (Q.float().norm(dim=-1) * q_mask).sum(dim=1)
+    return qn * (dmax * rel)
+
+
+def best_k(scores: torch.Tensor, rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best (score, row) per query [B, min(k, K)], best first; equal scores in ascending row order.
+
+    The tie rule makes the answer a function of the scores alone, so a search and exhaustive scoring
+    that compute the same scores return the same rows. Empty slots (row -1, score -inf) come last.
+    """
+    key = torch.where(rows < 0, torch.iinfo(torch.int64).max, rows)
+    by_row = torch.argsort(key, dim=1, stable=True)
+    s, r = torch.gather(scores, 1, by_row), torch.gather(rows, 1, by_row)
+    by_score = torch.argsort(s, dim=1, descending=True, stable=True)[:, : min(k, s.shape[1])]
+    return torch.gather(s, 1, by_score), torch.gather(r, 1, by_score)
+
+
+def _require_residual(codes) -> None:
+    if not isinstance(codes, cf.CompressedDocs) or codes.codec != "residual":
+        kind = f"a {codes.codec} CompressedDocs" if isinstance(codes, cf.CompressedDocs) else type(codes).__name__
+        raise ValueError(
+            f"the centroid engine needs a residual store (its centroids), got {kind}: "
+            "build the index with IndexConfig(store='residual')"
+        )
+
+
+@contextlib.contextmanager
+def _untimed(name: str):
+    yield
+
+
+def _positive(name: str, value) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+@dataclasses.dataclass
+class SearchStats:
+    """Per query of a search (fp32/bool tensors [B] on the CPU).
+
+    certified: the top k is provably the top k of the whole collection under the stored vectors.
+    cells_scored: fraction of (doc, query token) cells scored exactly (docs scored / docs).
+    kth_score: the k-th exact score found (-inf when fewer than k docs were scored).
+    bound: the largest upper bound of a doc not scored exactly (-inf when every doc was scored).
+    """
+
+    certified: torch.Tensor
+    cells_scored: torch.Tensor
+    kth_score: torch.Tensor
+    bound: torch.Tensor
+
+    @classmethod
+    def cat(cls, parts: list[SearchStats]) -> SearchStats:
+        fields = [f.name for f in dataclasses.fields(cls)]
+        if not parts:
+            return cls(torch.zeros(0, dtype=torch.bool), *(torch.zeros(0) for _ in fields[1:]))
+        return cls(*(torch.cat([getattr(p, f) for p in parts]) for f in fields))
+
+    def summary(self) -> dict[str, float]:
+        n = max(self.certified.numel(), 1)
+        return {
+            "queries": self.certified.numel(),
+            "certified": float(self.certified.sum()) / n,
+            "cells_scored": float(self.cells_scored.sum()) / n,
+        }
+
+
+class Candidates(NamedTuple):
+    """Step 2-3's output: every (query, doc) candidate once, grouped by query, docs ascending."""
+
+    query: torch.Tensor  # int64 [U]
+    doc: torch.Tensor  # int64 [U]
+    approx: torch.Tensor  # fp32 [U]: the centroid-interaction score (step 3)
+    upper: torch.Tensor  # fp32 [U]: the doc's bound, before the rounding margin
+    theta: torch.Tensor  # fp32 [B, Lq]: best unprobed centroid score per query token (-inf: none)
+
+
+class CentroidEngine:
+    """Centroid-interaction candidates + exact scoring + certificate over a residual store.
+
+    Args:
+        codes: the residual CompressedDocs (on the device where search runs).
+        tensors: build_engine's output (any device; moved to codes' device).
+        backend: scoring backend for cf.maxsim_packed.
+    """
+
+    def __init__(self, codes: cf.CompressedDocs, tensors: dict[str, torch.Tensor], backend: str = "auto"):
+        _require_residual(codes)
+        device = codes.device
+        self.codes, self.backend = codes, backend
+        self.num_docs = codes.num_docs
+        self.num_centroids = codes.centroids.shape[0]
+        self.centroids = codes.centroids
+        self.ivf_offsets = tensors["ivf_offsets"].to(device)
+        self.ivf_docs = tensors["ivf_docs"].to(device, torch.int64)
+        self.doc_stats = tensors["doc_stats"].to(device)
+        self.empty_docs = codes.lengths == 0
+        # Largest decoded norm and |c| + |r| any bound multiplies: the rounding margin's scale.
+        cmax = float(codes.centroids.norm(dim=1).max())
+        wmax = float(codes.bucket_weights.abs().max()) * codes.dim**0.5
+        smax = float(self.doc_stats[:, 1].max()) if self.num_docs else 0.0
+        self.dmax = max(smax, 1.0) * (cmax + wmax)
+
+    # ---- the pieces ---------------------------------------------------------------------------------
+
+    def probe(self, Q: torch.Tensor, nprobe: int):
+        """Step 1: (probed centroid ids [B, Lq, p] int64, their scores [B, Lq, p], theta [B, Lq]).
+
+        theta is the best score of an unprobed centroid (-inf when every centroid is probed).
+        """
+        scores = torch.matmul(Q, self.centroids.T)  # [B, Lq, C]: the only matmul of the candidate stage
+        p = min(nprobe, self.num_centroids)
+        top = torch.topk(scores, min(p + 1, self.num_centroids), dim=2)
+        if p < self.num_centroids:
+            theta = top.values[..., p]
+        else:
+            theta = torch.full(Q.shape[:2], float("-inf"), device=Q.device)
+        return top.indices[..., :p], top.values[..., :p], theta
+
+    def candidates(self, Q: torch.Tensor, q_mask: torch.Tensor, nprobe: int) -> Candidates:
+        """Steps 1-3 (masked query tokens probe nothing and count for nothing)."""
+        B, Lq, _ = Q.shape
+        n = max(self.num_docs, 1)
+        ids, vals, theta = self.probe(Q, nprobe)
+        p = ids.shape[2]
+        starts = self.ivf_offsets[ids]  # [B, Lq, p]
+        counts = ((self.ivf_offsets[ids + 1] - starts) * q_mask[:, :, None]).reshape(-1)
+        total = int(counts.sum())  # host read: the size of the expansion
+        probe_of = torch.repeat_interleave(torch.arange(counts.numel(), device=Q.device), counts, output_size=total)
+        first = torch.cumsum(counts, 0) - counts
+        pos = starts.reshape(-1)[probe_of] + (torch.arange(total, device=Q.device) - first[probe_of])
+        docs = self.ivf_docs[pos]
+        b_of = probe_of // (Lq * p)
+        tok_of = (probe_of // p) % Lq
+        keys, inverse = torch.unique(b_of * n + docs, return_inverse=True)
+        qb, qd = keys // n, keys % n
+        # M[u, i]: the best probed centroid score of token i among doc u's centroids, else theta_i.
+        M = theta[qb].clone()  # [U, Lq]
+        M.view(-1).scatter_reduce_(0, inverse * Lq + tok_of, vals.reshape(-1)[probe_of], "amax")
+        M = M.clamp(min=-1e30)  # -inf (all probed, masked token) * 0 would be NaN below
+        mask = q_mask[qb]
+        approx = (M * mask).sum(dim=1)
+        st = self.doc_stats[qd]  # [U, 3]
+        f = torch.where(M >= 0, st[:, 1:2] * M, st[:, 0:1] * M)
+        qn = (Q.norm(dim=-1) * q_mask).sum(dim=1)  # [B]
+        upper = (f * mask).sum(dim=1) + st[:, 2] * qn[qb]
+        return Candidates(qb, qd, approx, upper, theta)
+
+    def unprobed_bounds(self, Q: torch.Tensor, q_mask: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """fp32 [B, N]: each doc's bound if it held no probed centroid of any query token (no margin)."""
+        th = torch.where(q_mask, theta, torch.zeros_like(theta))
+        all_probed = torch.isneginf(th).any(dim=1)  # theta = -inf: every centroid probed
+        th = torch.where(torch.isfinite(th), th, torch.zeros_like(th))
+        qn = (Q.norm(dim=-1) * q_mask).sum(dim=1)
+        coef = torch.stack([th.clamp(max=0).sum(dim=1), th.clamp(min=0).sum(dim=1), qn], dim=1)  # [B, 3]
+        bounds = coef @ self.doc_stats.T  # [B, N] against (smin, smax, rmax)
+        # With every centroid probed, a doc with a token is a candidate: only empty docs are left (score 0).
+        left = torch.where(self.empty_docs, 0.0, float("-inf")).to(bounds.dtype)
+        return torch.where(all_probed[:, None], left[None, :], bounds)
+
+    def doc_bounds(self, Q: torch.Tensor, q_mask: torch.Tensor, nprobe: int) -> tuple[torch.Tensor, Candidates]:
+        """fp32 [B, N]: an upper bound of every doc's exact score (margin included), and the candidates."""
+        Q, q_mask = self._checked(Q, q_mask)
+        _positive("nprobe", nprobe)
+        cand = self.candidates(Q, q_mask, nprobe)
+        bounds = self.unprobed_bounds(Q, q_mask, cand.theta)
+        bounds[cand.query, cand.doc] = cand.upper
+        return bounds + engine_margin(Q, q_mask, self.dmax)[:, None], cand
+
+    def score(self, Q: torch.Tensor, q_mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return cf.maxsim_packed(Q, self.codes, rows, q_mask, backend=self.backend)
+
+    def _checked(self, Q, q_mask) -> tuple[torch.Tensor, torch.Tensor]:
+        if not isinstance(Q, torch.Tensor) or Q.dim() != 3 or Q.shape[2] != self.codes.dim:
+            shape = tuple(Q.shape) if isinstance(Q, torch.Tensor) else type(Q).__name__
+            raise ValueError(f"Q must be a [B, Lq, {self.codes.dim}] tensor, got {shape}")
+        if q_mask is None:
+            q_mask = torch.ones(Q.shape[:2], dtype=torch.bool)
+        if not isinstance(q_mask, torch.Tensor) or q_mask.dtype != torch.bool or q_mask.shape != Q.shape[:2]:
+            raise ValueError(f"q_mask must be a bool tensor {list(Q.shape[:2])}")
+        dev = self.codes.device
+        return Q.to(dev, torch.float32), q_mask.to(dev)
+
+    # ---- search -------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def search(self, Q, q_mask, k: int, nprobe: int, ncandidates: int, exact: bool = False, timer=None):
+        """Top k per query: (scores fp32 [B, k'], rows int64 [B, k'] (-1 = none), SearchStats).
+
+        Q [B, Lq, dim] (converted to fp32), q_mask bool [B, Lq] or None. Equal scores rank by
+        ascending row (best_k). ncandidates: docs scored exactly per query (at least k). exact=True
+        keeps scoring the docs left, best bound first, until every query is certified. timer: an
+        object with .stage(name) context managers (retrieval.timing.StageTimer) to time steps 1-3
+        and the certificate as "candidates", exact scoring as "score", the top k as "topk".
+        """
+        _positive("k", k)
+        _positive("ncandidates", ncandidates)
+        stage = timer.stage if timer is not None else _untimed
+        with stage("candidates"):
+            bounds, cand = self.doc_bounds(Q, q_mask, nprobe)
+            Q, q_mask = self._checked(Q, q_mask)
+            B, dev = Q.shape[0], Q.device
+            rows = self._survivors(cand, B, max(ncandidates, k))
+        with stage("score"):
+            scores = self.score(Q, q_mask, rows) if rows.shape[1] else torch.empty(B, 0, device=dev)
+        with stage("topk"):
+            top, top_rows = best_k(scores, rows, k)
+        with stage("candidates"):
+            scored = (rows >= 0).sum(dim=1)
+            qi = torch.arange(B, device=dev)[:, None].expand_as(rows)
+            bounds[qi[rows >= 0], rows[rows >= 0]] = float("-inf")  # scored docs need no bound
+        if exact:
+            with stage("score"):
+                top, top_rows, scored = self._widen(Q, q_mask, k, top, top_rows, bounds, scored)
+        with stage("candidates"):
+            kth = top[:, k - 1] if top.shape[1] == k else torch.full((B,), float("-inf"), device=dev)
+            left = bounds.max(dim=1).values if self.num_docs else torch.full((B,), float("-inf"), device=dev)
+            certified = (kth > left) | torch.isneginf(left)
+        cells = scored.float() / max(self.num_docs, 1)
+        return top, top_rows, SearchStats(certified.cpu(), cells.cpu(), kth.cpu(), left.cpu())
+
+    def _survivors(self, cand: Candidates, B: int, keep: int) -> torch.Tensor:
+        """int64 [B, W]: per query its best `keep` candidates by approximate score, -1 padded."""
+        dev = cand.query.device
+        U = cand.query.numel()
+        # Rank the candidates of each query by approximate score: sort by score, then (stably) by query.
+        order = torch.sort(cand.approx, descending=True, stable=True).indices
+        order = order[torch.sort(cand.query[order], stable=True).indices]
+        per_query = torch.bincount(cand.query, minlength=B)
+        group_start = torch.cumsum(per_query, 0) - per_query
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(U, device=dev) - group_start[cand.query[order]]
+        kept = rank < keep
+        width = min(keep, int(per_query.max())) if U else 0  # host read: the scored width
+        rows = torch.full((B, width), -1, dtype=torch.int64, device=dev)
+        rows[cand.query[kept], rank[kept]] = cand.doc[kept]
+        return rows
+
+    def _widen(self, Q, q_mask, k, top, top_rows, bounds, scored):
+        """exact=True: per uncertified query, score the docs not scored yet in decreasing bound order,
+        a block at a time, until the k-th score is above the next bound (then it is above every doc
+        left). Marks the docs it scores in `bounds` (-inf); returns (top, top_rows, scored)."""
+        B, dev = Q.shape[0], Q.device
+        out_s = torch.full((B, k), float("-inf"), device=dev)
+        out_r = torch.full((B, k), -1, dtype=torch.int64, device=dev)
+        out_s[:, : top.shape[1]], out_r[:, : top.shape[1]] = top, top_rows
+        scored = scored.clone()
+        for b in range(B):
+            order = torch.argsort(bounds[b], descending=True)
+            ub = bounds[b][order]
+            at = 0
+            while at < order.numel() and not bool(torch.isneginf(ub[at])) and not bool(out_s[b, k - 1] > ub[at]):
+                block = order[at : at + _WIDEN_BLOCK]
+                block = block[torch.isfinite(bounds[b][block])]
+                s = self.score(Q[b : b + 1], q_mask[b : b + 1], block[None])
+                merged_s = torch.cat([out_s[b : b + 1], s], dim=1)
+                merged_r = torch.cat([out_r[b : b + 1], block[None]], dim=1)
+                best_s, best_r = best_k(merged_s, merged_r, k)
+                out_s[b, : best_s.shape[1]], out_r[b, : best_r.shape[1]] = best_s[0], best_r[0]
+                bounds[b, block] = float("-inf")
+                scored[b] += block.numel()
+                at += _WIDEN_BLOCK
+        found = int((out_r >= 0).sum(dim=1).max()) if B else 0
+        return out_s[:, :found], out_r[:, :found], scored
