@@ -104,6 +104,11 @@ def add_build_arguments(parser, partitions_help: str = "IVF partitions (default 
     parser.add_argument(
         "--keep-fp16", action="store_true", help="keep the fp16 vectors on disk beside a compressed store"
     )
+    parser.add_argument(
+        "--no-ivf",
+        action="store_true",
+        help="no faiss IVF over the tokens (needs --store residual): search by --mode centroid or exhaustive",
+    )
     parser.add_argument("--restart", action="store_true", help="ignore the chunks of an interrupted run")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -127,6 +132,7 @@ def index_config(args):
         store=args.store,
         store_nbits=args.nbits,
         keep_fp16=args.keep_fp16,
+        ivf=not args.no_ivf,
     )
 
 

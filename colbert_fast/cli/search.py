@@ -13,9 +13,12 @@ example:
 
 --mode accurate (default): for every query token faiss returns its nearest token vectors (a
 budget measured to find the exact top k); their passages are scored exactly with MaxSim and the
-best --k are written. --mode fast uses the paper's smaller budget (approximate); --mode
-exhaustive scores every passage (exact; no faiss). --nprobe and --neighbors-per-token override
-the budget.
+best --k are written. --mode fast uses the paper's smaller budget (approximate); --mode paper is
+the same faiss path with --nprobe and --neighbors-per-token as given. --mode exhaustive scores
+every passage (exact; no faiss). --mode centroid (a residual store: the default) takes candidates
+from the store's own centroids (--nprobe per query token), keeps the best --candidates by
+centroid scores and scores those exactly; --exact widens it until the top k is certified, which
+then equals exhaustive search (docs/spec.md section 12).
 """
 
 
@@ -24,7 +27,16 @@ def add_arguments(parser) -> None:
     add_searcher_arguments(parser)
     parser.add_argument("--k", type=positive_int, default=1000, help="passages per query (default 1000)")
     parser.add_argument(
-        "--mode", choices=("accurate", "fast", "exhaustive"), default="accurate", help="search mode (accurate)"
+        "--mode",
+        choices=("accurate", "fast", "paper", "centroid", "exhaustive"),
+        default="accurate",
+        help="search mode (accurate)",
+    )
+    parser.add_argument(
+        "--candidates", type=positive_int, help="centroid mode: docs scored exactly per query (default max(256, 10 k))"
+    )
+    parser.add_argument(
+        "--exact", action="store_true", help="centroid mode: widen until the top k is certified (= exhaustive)"
     )
     add_budget_arguments(
         parser,
@@ -47,7 +59,10 @@ def run(args) -> int:
         neighbors_per_token=args.neighbors_per_token,
         verify=not args.no_verify,
     )
-    rankings = searcher.search(texts, k=args.k, batch_size=args.batch_size)
+    if args.mode != "centroid" and (args.candidates is not None or args.exact):
+        raise SystemExit("colbert-fast search: --candidates and --exact apply to --mode centroid only")
+    engine = {"ncandidates": args.candidates, "exact": args.exact} if args.mode == "centroid" else {}
+    rankings = searcher.search(texts, k=args.k, batch_size=args.batch_size, **engine)
     write_run(args.output, zip(qids, rankings))
     print(f"wrote {sum(len(r) for r in rankings)} results for {len(qids)} queries to {args.output}")
     if args.timings:

@@ -407,3 +407,23 @@ def test_cli_help(command, capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "example:" in out and f"colbert-fast {command}" in out
+
+
+def test_cli_centroid_engine_without_ivf(world, tmp_path, capsys):
+    """`index --no-ivf` (residual store, no faiss IVF) then `search --mode centroid --exact`: the run
+    equals exhaustive search; --candidates/--exact outside centroid mode are refused."""
+    root, enc, _, queries = world
+    common = ["--device", "cpu"]
+    idx = str(tmp_path / "idx")
+    argv = ["index", "--checkpoint", str(root / "model"), "--collection", str(root / "collection.tsv"), "--index", idx]
+    assert cli.main([*argv, "--no-ivf", "--quiet", *common]) == 0
+    assert "no IVF (centroid engine only)" in capsys.readouterr().out
+    assert not any((tmp_path / "idx").glob("ivf-*"))
+    search = ["search", "--index", idx, "--queries", str(root / "queries.tsv"), "--k", "5", *common]
+    run_file = tmp_path / "run.tsv"
+    assert cli.main([*search, "--output", str(run_file), "--mode", "centroid", "--exact", "--candidates", "5"]) == 0
+    run = load_run(run_file)
+    exhaustive = Searcher(idx, enc, device="cpu").search(queries, k=5, mode="exhaustive")
+    assert [run[f"q{i}"] for i in range(6)] == [[p for p, _ in r] for r in exhaustive]
+    with pytest.raises(SystemExit, match="centroid only"):
+        cli.main([*search, "--output", str(tmp_path / "x.tsv"), "--mode", "exhaustive", "--exact"])

@@ -100,7 +100,7 @@ def test_centroid_mode_needs_a_residual_store(tmp_path):
     pytest.importorskip("faiss")
     docs, Q, _ = clustered_collection(120, num_queries=2, seed=1)
     path = tmp_path / "fp16"
-    build_index_from_embeddings(docs, path, IndexConfig(codec="flat"))
+    build_index_from_embeddings(docs, path, IndexConfig(codec="flat", store="fp16"))
     with pytest.raises(ValueError, match="residual"):
         Searcher(path, device="cpu").search(Q, k=3, mode="centroid")
 
@@ -136,7 +136,8 @@ def test_bad_arguments(e1):
         with pytest.raises(ValueError, match=name):
             searcher.search(Q, k=3, mode="centroid", **{name: 0})
     with pytest.raises(ValueError, match="store='residual'"):
-        IndexConfig(ivf=False)
+        IndexConfig(ivf=False, store="int8")
+    assert IndexConfig(ivf=False).store == "residual"  # the default store serves the engine
 
 
 def test_tampered_engine_file_is_caught(e1, tmp_path):
