@@ -9,6 +9,7 @@
 #   make build          rebuild the extension after editing csrc/
 #   make env            versions, GPU, build and backends
 #   make test-peers     the parity tests against colbert-ai and PyLate, in their own venv (make peers)
+#   make peers-engines  fast-plaid and xtr-warp-rs (torch 2.11) in .venv-engines, for colbert-fast bench --workload E1,E2
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -25,7 +26,7 @@ export MAX_JOBS ?= 2
 STAMP := $(VENV)/.colbert_fast-installed
 BUILD_INPUTS := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: setup build test test-gpu test-peers bench compile-check gpu-check-dry env peers lint clean
+.PHONY: setup build test test-gpu test-peers bench compile-check gpu-check-dry env peers peers-engines lint clean
 
 setup: $(STAMP)
 
@@ -91,6 +92,24 @@ $(PEERS_STAMP): $(STAMP) Makefile
 
 test-peers: peers
 	COLBERT_FAST_REQUIRE_PEERS=1 $(PEERS_PY) -m pytest tests -q -m peers
+
+# The end-to-end engines the E1/E2 benchmark compares with (colbert_fast/benchmark/engines.py):
+# fast-plaid (PLAID, the index behind PyLate) and xtr-warp-rs (WARP). Both pin torch 2.11, so they
+# live in a venv of their own and the benchmark drives them in a subprocess over embeddings it
+# exported to safetensors: the two torch versions never meet. Not part of `make test` or CI.
+ENGINES_VENV ?= .venv-engines
+ENGINES_PY := $(ENGINES_VENV)/bin/python
+ENGINES_STAMP := $(ENGINES_VENV)/.engines-installed
+ENGINES := fast-plaid==1.7.0.2110 xtr-warp-rs==2.1.0.2110
+
+peers-engines: $(ENGINES_STAMP)
+
+$(ENGINES_STAMP): Makefile
+	test -x $(ENGINES_PY) || $(PYTHON) -m venv $(ENGINES_VENV)
+	$(ENGINES_PY) -m pip install -q --upgrade pip
+	$(ENGINES_PY) -m pip install -q torch==2.11.0 numpy safetensors
+	$(ENGINES_PY) -m pip install -q $(ENGINES) "torch==2.11.0"
+	touch $@
 
 clean:
 	rm -rf build *.egg-info colbert_fast/_C*.so $(STAMP) $(PEERS_STAMP)
