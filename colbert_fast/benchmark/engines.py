@@ -185,6 +185,7 @@ class SubprocessEngine:
 
     def run(self, embeddings: Path, digest: str, workdir: Path, threads: Sequence[int], opts: dict) -> dict:
         """{"build": build phase output, "search": {threads: search phase output}}."""
+        workdir = Path(os.path.abspath(workdir))  # the subprocess runs in workdir: no relative paths
         workdir.mkdir(parents=True, exist_ok=True)
         index_dir = workdir / "index"
         base = {"engine": self.engine, "embeddings": str(embeddings.resolve()), "index_dir": str(index_dir.resolve())}

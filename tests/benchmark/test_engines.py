@@ -105,8 +105,10 @@ def test_a_failing_driver_is_an_error_row_not_a_crash(tiny, tmp_path):
     assert [r["status"] for r in doc["rows"]] == ["error"] and "exited 3" in doc["rows"][0]["note"]
 
 
-def test_cli_runs_colbert_fast_modes_on_tiny_e1(tmp_path, capsys):
+def test_cli_runs_colbert_fast_modes_on_tiny_e1(tmp_path, capsys, monkeypatch):
     from colbert_fast.cli import main
+
+    monkeypatch.chdir(tmp_path)  # relative --out and --engines-workdir, as a user types them
 
     cf = [
         {
@@ -131,9 +133,9 @@ def test_cli_runs_colbert_fast_modes_on_tiny_e1(tmp_path, capsys):
             "--cf-engines",
             json.dumps(cf),
             "--out",
-            str(tmp_path / "out"),
+            "out",
             "--engines-workdir",
-            str(tmp_path / "work"),
+            "work",
         ]
     )
     assert rc == 0
