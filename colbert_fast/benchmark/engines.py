@@ -427,6 +427,10 @@ def markdown(doc: dict) -> str:
         f"- load average (1, 5, 15 min) {doc['load_before']} before, {doc.get('load_after', '-')} after",
         f"- threads {doc['threads']}; batch throughput over batches of {doc['batch']} queries; latency one query at"
         " a time (p50/p95); recall against exhaustive MaxSim over the same embeddings",
+        "- every engine searches for the top 100 (its budget heuristics see k = 100); recall@10, nDCG@10 and"
+        " MRR@10 come from the first 10 of those 100",
+        "- build: once, at the largest thread count, in its own process; RSS: VmHWM of the build process and of"
+        " each search process (which loads the index and runs every setting)",
         "- ratios: p50 and q/s against colbert_fast accurate (the default mode) at the same thread count"
         " (p50 x > 1: slower than colbert_fast; q/s x < 1: less throughput)",
         "",
