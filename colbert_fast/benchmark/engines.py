@@ -54,6 +54,7 @@ __all__ = [
     "export",
     "markdown",
     "peer_engines",
+    "rewrite",
     "run",
     "write_plot",
 ]
@@ -383,6 +384,21 @@ def run(
     return doc
 
 
+def rewrite(out: Path, note: str | None = None) -> dict:
+    """Re-render engines.md and engines.png from out/engines.json (e.g. a run stopped part-way:
+    its rows up to the last finished engine are there; `note` says why, and the load average now
+    stands in for the missing one at the end)."""
+    doc = json.loads((out / "engines.json").read_text())
+    if "load_after" not in doc:
+        doc["load_after"] = [round(x, 2) for x in os.getloadavg()]
+        doc.setdefault("notes", []).append("load_after taken when the report was re-rendered (the run stopped early)")
+    if note:
+        doc.setdefault("notes", []).append(note)
+    doc["plot"] = write_plot(doc, out / "engines.png")
+    _write(doc, out)
+    return doc
+
+
 def _line(r: dict) -> str:
     if r["status"] != "ok":
         return f"{r['engine']} {r['setting']}: {r['status']} {r['note']}"
@@ -435,6 +451,7 @@ def markdown(doc: dict) -> str:
         " (p50 x > 1: slower than colbert_fast; q/s x < 1: less throughput)",
         "",
     ]
+    lines += [f"- {n}" for n in doc.get("notes", [])] + ([""] if doc.get("notes") else [])
     for name, info in doc["collections"].items():
         rows = [r for r in doc["rows"] if r["workload"] == name]
         lines += [

@@ -84,6 +84,10 @@ def test_fake_peer_protocol_recall_and_rows(tiny, tmp_path):
     assert saved["load_before"] and saved["load_after"] and saved["git"]["sha"]
     md = (out / "engines.md").read_text()
     assert "| fake-peer | shift1 | 1 | 0.900 | 0.990 |" in md and "load average" in md
+    # the report re-renders from the JSON alone (a run stopped part-way)
+    (out / "engines.md").unlink()
+    assert engines.rewrite(out, note="re-rendered")["notes"] == ["re-rendered"]
+    assert "- re-rendered" in (out / "engines.md").read_text()
     # a second run reuses the index it built (same embeddings, same build settings)
     again = engines.run([tiny], [fake_engine()], tmp_path / "out2", tmp_path / "work", threads=(1,))
     assert all(r["note"].startswith("index reused") for r in again["rows"])
