@@ -87,7 +87,7 @@ class Collection:
 
 
 def export(collection: Collection, path: Path) -> str:
-    """Write the collection's embeddings for the drivers (safetensors); returns its sha256 (16 hex)."""
+    """Write the collection's embeddings for the drivers (safetensors); returns the docs' sha256 (16 hex)."""
     from safetensors.torch import save_file
 
     tensors = {
@@ -100,10 +100,9 @@ def export(collection: Collection, path: Path) -> str:
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp))
     os.replace(tmp, path)
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    h = hashlib.sha256()  # of the docs alone: an index is reused whatever the queries
+    for name in ("doc_embeddings", "doc_lengths"):
+        h.update(tensors[name].view(torch.uint8).reshape(-1).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -193,7 +192,7 @@ class SubprocessEngine:
         key = json.dumps({"digest": digest, "build": self.build, "command": self.command}, sort_keys=True)
         build_file = workdir / "build.json"
         build = json.loads(build_file.read_text()) if build_file.exists() else None
-        if build is not None and build.get("key") == key and opts.get("reuse", True):
+        if build is not None and build.get("key") == key and index_dir.is_dir() and opts.get("reuse", True):
             build["reused"] = True
         else:
             import shutil

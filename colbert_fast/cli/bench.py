@@ -108,6 +108,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     e2e = parser.add_argument_group("end-to-end workloads (E1, E2)")
     e2e.add_argument("--e1-docs", default="10000", help="E1 collection sizes, a comma list (default 10000)")
     e2e.add_argument(
+        "--e2-queries", type=int, default=None, help="E2: the first N judged Cranfield queries (default all)"
+    )
+    e2e.add_argument(
         "--engines-python",
         default=".venv-engines/bin/python",
         help="the interpreter of fast-plaid and xtr-warp-rs (make peers-engines; default .venv-engines/bin/python)",

@@ -107,8 +107,11 @@ def e1(num_docs: int = 10_000, num_queries: int = 64) -> engines.Collection:
     )
 
 
-def e2(workdir: Path, cranfield: str | None = None) -> engines.Collection:
-    """Cranfield with the embedded model; the encoded docs and queries are cached in workdir."""
+def e2(workdir: Path, cranfield: str | None = None, num_queries: int | None = None) -> engines.Collection:
+    """Cranfield with the embedded model; the encoded docs and queries are cached in workdir.
+
+    num_queries: only the first N judged queries (all 225 by default), for every engine alike.
+    """
     from colbert_fast.retrieval import metrics
     from colbert_fast.retrieval.build import encode_docs
     from colbert_fast.retrieval.datasets import load_cranfield
@@ -128,6 +131,8 @@ def e2(workdir: Path, cranfield: str | None = None) -> engines.Collection:
             Q, q_mask = encoder.encode_queries([qtext[q] for q in qids])
         workdir.mkdir(parents=True, exist_ok=True)
         torch.save((docs.embeddings, docs.lengths, Q.cpu(), q_mask.cpu()), cache)
+    if num_queries:
+        qids, Q, q_mask = qids[:num_queries], Q[:num_queries], q_mask[:num_queries]
     qrels = {q: data.qrels[q] for q in qids}
 
     def quality(run):
@@ -141,17 +146,19 @@ def e2(workdir: Path, cranfield: str | None = None) -> engines.Collection:
         pids=list(data.pids),
         qids=qids,
         quality=quality,
-        info={"kind": "Cranfield", "model": str(EMBEDDED)},
+        info={"kind": "Cranfield", "model": str(EMBEDDED), "queries_of_225": len(qids)},
     )
 
 
-def collections_for(names: list[str], workdir: Path, e1_docs: list[int], cranfield: str | None = None):
+def collections_for(
+    names: list[str], workdir: Path, e1_docs: list[int], cranfield: str | None = None, e2_queries: int | None = None
+):
     out = []
     for name in names:
         if name == "E1":
             out += [e1(n) for n in e1_docs]
         elif name == "E2":
-            out.append(e2(workdir, cranfield))
+            out.append(e2(workdir, cranfield, e2_queries))
         else:
             raise ValueError(f"unknown end-to-end workload {name!r} (E1, E2)")
     return out
@@ -167,7 +174,7 @@ def run(args, names: list[str]) -> int:
     all_engines = colbert_fast_engines(cf_spec, timeout) + (
         engines.peer_engines(args.engines_python, timeout) if args.peers else []
     )
-    collections = collections_for(names, workdir, e1_docs, getattr(args, "cranfield", None))
+    collections = collections_for(names, workdir, e1_docs, getattr(args, "cranfield", None), args.e2_queries)
     doc = engines.run(
         collections,
         all_engines,
