@@ -13,6 +13,10 @@ check script and the committed results, and imports this package, never the othe
     runner      runs every implementation on every workload, checks it, measures it
     report      terminal table, JSON, CSV, markdown, plots, --compare
     profiling   named ranges, the torch.profiler run and the ncu command of `colbert-fast profile`
+    collections E1, the synthetic clustered collection (colbert_fast.testing re-exports it)
+    engines     end-to-end search beside the engine peers (fast-plaid, xtr-warp-rs): workloads E1
+                and E2, each engine in a subprocess over the same exported embeddings
+    engine_driver  the subprocess side of `engines` (run by the peers' own interpreter too)
 
 The commands themselves (argument parsing, printing) are colbert_fast/cli/bench.py and profile.py.
 The padded plain-PyTorch row every speedup is measured against is the "baseline"; "reference"

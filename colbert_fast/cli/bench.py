@@ -5,6 +5,8 @@ the workloads of docs/perf.md, side by side in one run.
     colbert-fast bench --workload R1,R2 --dtype bf16 --backend torch,cpu
     colbert-fast bench --compare bench/results      ... and ratios against earlier results (files or folders)
     colbert-fast bench --results out/bench/bench.json --compare old.json    compare without running
+    colbert-fast bench --workload E1,E2      end-to-end search beside fast-plaid and xtr-warp-rs
+                                             (make peers-engines; colbert_fast/cli/bench_engines.py)
 
 Nothing is read from the working directory unless named: --compare takes the files (or folders of
 *.json) to compare with; only the output goes to --out (default out/bench under the cwd).
@@ -22,6 +24,7 @@ import torch
 
 from .arguments import positive_float, positive_int
 
+E2E_WORKLOADS = ("E1", "E2")  # end-to-end search beside the engine peers: colbert_fast/cli/bench_engines.py
 HELP = "benchmark every backend against the padded plain-PyTorch baseline and peers on the docs/perf.md workloads"
 
 
@@ -33,7 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from colbert_fast.benchmark.workloads import CODECS, DEFAULT_CODECS, WORKLOADS
 
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when a GPU is visible)")
-    parser.add_argument("--workload", default=",".join(WORKLOADS), help=f"comma list of {','.join(WORKLOADS)}")
+    parser.add_argument(
+        "--workload",
+        default=",".join(WORKLOADS),
+        help=f"comma list of {','.join(WORKLOADS)}, or of the end-to-end {','.join(E2E_WORKLOADS)} (only when named)",
+    )
     parser.add_argument(
         "--dtype", default=None, help="comma list of fp32,fp16,bf16 (default: fp16,bf16 on GPU; fp32 on CPU)"
     )
@@ -105,6 +112,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-plots", dest="plots", action="store_false")
+    e2e = parser.add_argument_group("end-to-end workloads (E1, E2)")
+    e2e.add_argument("--e1-docs", default="10000", help="E1 collection sizes, a comma list (default 10000)")
+    e2e.add_argument(
+        "--e2-queries", type=positive_int, default=None, help="E2: the first N judged Cranfield queries (default all)"
+    )
+    e2e.add_argument(
+        "--engines-python",
+        default=".venv-engines/bin/python",
+        help="the interpreter of fast-plaid and xtr-warp-rs (make peers-engines; default .venv-engines/bin/python)",
+    )
+    e2e.add_argument("--engine-threads", default="1,2", help="thread counts, a comma list (default 1,2)")
+    e2e.add_argument(
+        "--engine-batch", type=positive_int, default=64, help="queries per batch for throughput (default 64)"
+    )
+    e2e.add_argument(
+        "--latency-queries", type=positive_int, default=None, help="queries also searched one at a time (default: all)"
+    )
+    e2e.add_argument("--engine-timeout", type=positive_float, default=None, help="seconds per engine subprocess")
+    e2e.add_argument(
+        "--engines-workdir", default="out/engines_work", help="exported embeddings and indexes (reused when unchanged)"
+    )
+    e2e.add_argument("--cf-engines", default=None, metavar="JSON", help="colbert_fast's index configs and settings")
 
 
 def _options(args):
@@ -128,7 +157,7 @@ def _options(args):
         raise SystemExit(f"--dtype: unknown {bad}; choose from {list(runner.DTYPES)}")
     from colbert_fast.benchmark.workloads import WORKLOADS
 
-    names = [w.upper() for w in _csv(args.workload)]
+    names = [w.upper() for w in _csv(args.workload) if w.upper() not in E2E_WORKLOADS]
     unknown = [w for w in names if w not in WORKLOADS]
     if unknown:
         raise SystemExit(f"--workload: unknown {unknown}; choose from {list(WORKLOADS)}")
@@ -172,6 +201,13 @@ def _earlier(paths: list[str]) -> list[tuple[str, dict]]:
 def run(args) -> int:
     from colbert_fast.benchmark import report, runner
 
+    e2e = [w.upper() for w in _csv(args.workload) if w.upper() in E2E_WORKLOADS]
+    if e2e and not args.results:
+        from colbert_fast.cli import bench_engines
+
+        rc = bench_engines.run(args, e2e)
+        if len(e2e) == len(_csv(args.workload)):
+            return rc
     if args.results:
         doc = report.load(Path(args.results))
         report.print_table(doc)
