@@ -64,7 +64,7 @@ class ColbertFast:
         from colbert_fast.retrieval.search import Searcher
 
         searcher = Searcher(index_dir, device="cpu")
-        if searcher.load_ivf:
+        if searcher.load_ivf and searcher.index.has_ivf:
             searcher.ivf  # noqa: B018 -- faiss is opened lazily: load it here, inside the timed load
         self.queries = 0
         return searcher

@@ -126,8 +126,8 @@ def shape_bucket(kernel: str, work: int, ld: int) -> str:
 # candidate for sm_80 and sm_90: these are the ones without spills for every codec (the compile
 # check holds them to it), per (BLOCK_M, DIM_PAD).
 _CODES_CONFIGS = {
-    (32, 64): ((4, 3, 16, 4),),
-    (32, 128): ((8, 3, 32, 4), (8, 2, 64, 4)),
+    (32, 64): ((8, 3, 16, 4),),  # 4 warps spilled 12-48 B once the kernels tracked non-finite values
+    (32, 128): ((8, 3, 32, 4), (8, 2, 64, 2)),  # 64 x 4 docs spilled 8 B for int8 on sm_80
     (128, 64): ((8, 3, 32, 4), (4, 3, 16, 4)),
     (128, 128): ((8, 2, 32, 2),),
 }
@@ -162,14 +162,20 @@ def autotune_configs(
     big = arch in (90, 100, 103)  # 227 KB of shared memory per block; consumer parts have ~99 KB
     if elsize == 4:
         # tf32x3 keeps a hi and a lo part of each operand: 16-row doc tiles, and 8 warps wherever
-        # 4 spilled (the per-slot maxima of the segmented kernel, the 128-row query tile).
-        warps = 8 if kernel == "segmented" or block_m == 128 else 4
+        # 4 spilled (the per-slot maxima of the segmented kernel, the 128-row query tile, and the
+        # 32-row one on sm_80 once the non-finite flag of docs/spec.md section 10 was added).
+        warps = 8
         return [_cfg(warps, 2, BLOCK_N=16, DOCS=2)] if kernel == "segmented" else [_cfg(warps, 2, BLOCK_N=16)]
     if tiny:
         # Few programs: small doc tiles and two docs per program keep as many programs as possible.
         if kernel == "all_pairs":
             return [_cfg(4, 2, BLOCK_N=32)]
-        return [_cfg(4, 3, BLOCK_N=64, DOCS=2) if block_m == 32 else _cfg(8, 2, BLOCK_N=64, DOCS=2)]
+        # The 32-row inference tile takes two stages: with three it spilled 8-36 B on sm_80 once
+        # the kernel tracked non-finite values (docs/spec.md section 10); the training forward
+        # (SAVE_ARGMAX) keeps three (with two it spilled 24 B).
+        if block_m == 32:
+            return [_cfg(4, 3 if save_argmax else 2, BLOCK_N=64, DOCS=2)]
+        return [_cfg(8, 2, BLOCK_N=64, DOCS=2)]
     if kernel == "all_pairs":
         # Compute-bound when queries are stacked (X1/X2/P1): wide doc tiles, 8 warps for the
         # 128-row tile (Hopper wgmma wants a warpgroup multiple; 4 warps spill at 128 x 128 on
