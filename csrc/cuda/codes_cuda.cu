@@ -16,7 +16,7 @@
 //     centroid ids two chunks ahead (the centroid copy needs them).
 //   codes_fma_kernel (any dim): exact fp32 decode per doc row, fp32 FMA; correct, not tuned.
 //
-// Pure CUDA over codes::ScoreParams / codes::GatherParams; the torch glue is codes_glue.cpp.
+// Pure CUDA over codes::ScoreParams / codes::GatherParams; the torch glue is csrc/torch/codes_cuda_glue.cpp.
 #include <cuda_runtime.h>
 
 #include <cstdint>

@@ -2,7 +2,7 @@
 // (codes_cuda.cu): gather_codes and maxsim_packed_codes.
 //
 // Plain C++ (no torch, no CUDA headers), host and device: the glue fills the params, the kernels
-// read them, and csrc/cuda/test/codes_test.cpp (built with g++ by tests/test_cuda_build.py) runs
+// read them, and csrc/cuda/test/codes_test.cpp (built with g++ by tests/backends/test_cuda_build.py) runs
 // the same functions on the host. The decoded vectors are defined in colbert_fast/reference.py
 // (decode_residual, decode_int8); csrc/codes_params.h states them in C++.
 #pragma once
@@ -25,7 +25,7 @@ using maxsim::round_up;
 // Decoding must give the reference's fp32 values bit for bit: (centroid + weight) * scale, IEEE
 // round-to-nearest, no fused multiply-add and no flush of subnormals. The build compiles with
 // --use_fast_math, which makes nvcc emit add.rn.ftz / mul.rn.ftz even for __fadd_rn / __fmul_rn
-// (checked in the PTX by tests/test_cuda_build.py), so the device side spells the instructions out.
+// (checked in the PTX by tests/backends/test_cuda_build.py), so the device side spells the instructions out.
 
 CF_HD float add_rn(float a, float b) {
 #if defined(__CUDA_ARCH__)
@@ -302,7 +302,7 @@ CF_HD bool gather_mask(const SlotView& v, int64_t j) { return v.state == kSlotOk
 // ---- maxsim_packed_codes ----------------------------------------------------------------------
 
 struct ScoreParams {
-  // Work decomposition, query, q_mask, floor, output and passes (mode kPacked; q is fp32, q_pairs
+  // Work decomposition, query, q_mask, floor, output and passes (mode ScoringMode::packed; q is fp32, q_pairs
   // means float2 loads of column pairs are 8-byte aligned). The doc fields (embeddings, offsets,
   // ...) are unused: the store below replaces them.
   maxsim::Params m;
@@ -368,7 +368,7 @@ CF_HD bool use_tensor_cores(const ScoreParams& p) {
 // sizes (never at device memory).
 CF_HD void plan(ScoreParams& p) {
   p.tc = use_tensor_cores(p);
-  p.m.mode = maxsim::kPacked;
+  p.m.mode = ScoringMode::packed;
   p.m.pass_rows = p.tc ? kTcPassRows : maxsim::kFmaPassRows;
   p.m.npass = maxsim::num_passes(p.m.Lq, p.m.pass_rows);
   p.m.shared_doc = 0;

@@ -15,7 +15,7 @@
 //
 // A per-doc floor (Params::floor) enters only at the end, in row_value: max(floor, the row's max).
 //
-// Pure CUDA over maxsim::Params; the torch glue is maxsim_glue.cpp.
+// Pure CUDA over maxsim::Params; the torch glue is csrc/torch/maxsim_cuda_glue.cpp.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -186,7 +186,7 @@ __global__ void __launch_bounds__(kWarps * 32) maxsim_tc_kernel(const Params p) 
   uint32_t a[MT][KS][4];
   load_a<KS, MT>(p, it, lane, qrows, a);
 
-  const uint16_t* dbase = static_cast<const uint16_t*>(p.mode == kPacked ? p.embeddings : p.d) + dv.row0;
+  const uint16_t* dbase = static_cast<const uint16_t*>(p.mode == ScoringMode::packed ? p.embeddings : p.d) + dv.row0;
   const int64_t nch = num_chunks(dv.nrows);
   auto stage_of = [&](int64_t c) { return sbuf + static_cast<int>(c % kStages) * (kChunkRows * row_elems); };
 
@@ -236,7 +236,7 @@ __global__ void __launch_bounds__(kWarps * 32) maxsim_tc_shared_kernel(const Par
   uint32_t a[MT][KS][4];
   if (active) load_a<KS, MT>(p, it, lane, qrows, a);
 
-  const uint16_t* dbase = static_cast<const uint16_t*>(p.mode == kPacked ? p.embeddings : p.d) + dv.row0;
+  const uint16_t* dbase = static_cast<const uint16_t*>(p.mode == ScoringMode::packed ? p.embeddings : p.d) + dv.row0;
   const int64_t nch = ceil_div(dv.nrows, kSharedChunkRows);
   auto stage_of = [&](int64_t c) { return sbuf + static_cast<int>(c % kStages) * (kSharedChunkRows * row_elems); };
   constexpr int kThreads = kWarps * 32;
@@ -313,7 +313,7 @@ __global__ void __launch_bounds__(kWarps * 32) maxsim_fma_kernel(const Params p)
   }
   const int qrows = static_cast<int>(pass_nrows(p, it));
   const int64_t q0 = it.b * p.q_sb + pass_row0(p, it) * p.q_sl;
-  const void* dsrc = p.mode == kPacked ? p.embeddings : p.d;
+  const void* dsrc = p.mode == ScoringMode::packed ? p.embeddings : p.d;
 
   float best[kFmaPassRows];
 #pragma unroll

@@ -1,6 +1,6 @@
 // Host test of the CUDA kernels for compressed stores (csrc/cuda/codes_params_cuda.h, codes_cuda.cu).
 //
-// Built with g++ (with AddressSanitizer when available) and run by tests/test_cuda_build.py; no GPU,
+// Built with g++ (with AddressSanitizer when available) and run by tests/backends/test_cuda_build.py; no GPU,
 // no CUDA, no torch. It checks:
 //   * the decode helpers against values torch computed with colbert_fast.reference (decode_residual,
 //     decode_int8, then .to(float16 / bfloat16)), bit for bit, read from the file given as argv[1];
@@ -163,7 +163,7 @@ static float ref_decode(const StoreWorld& w, const CodesParams& c, int64_t r, in
 static bool ref_centroid_ok(const StoreWorld& w, int64_t r) { return w.nbits == 8 || (w.ids[r] >= 0 && w.ids[r] < w.C); }
 
 // ---------------------------------------------------------------------------------------------
-// 1. Against torch (file written by tests/test_cuda_build.py).
+// 1. Against torch (file written by tests/backends/test_cuda_build.py).
 
 struct Reader {
   std::vector<uint8_t> data;
@@ -908,7 +908,7 @@ static void test_geometry() {
   p.m.q_sb = 32 * 128;
   p.m.q_sl = 128;
   plan(p);
-  CHECK(p.tc && p.m.pass_rows == 32 && p.m.npass == 1 && p.m.q_pairs && p.m.mode == ms::kPacked, "plan R1-like");
+  CHECK(p.tc && p.m.pass_rows == 32 && p.m.npass == 1 && p.m.q_pairs && p.m.mode == ScoringMode::packed, "plan R1-like");
   CHECK(launch_blocks(p) == ceil_div(3 * 1000, 4), "blocks");
   p.m.Lq = 150;
   plan(p);

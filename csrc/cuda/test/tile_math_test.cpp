@@ -1,6 +1,6 @@
 // Host unit test of the CUDA MaxSim index and tile arithmetic (csrc/cuda/maxsim_params.h).
 //
-// Built with g++ by tests/test_cuda_tiles.py; no GPU, no CUDA, no torch. Besides direct checks of
+// Built with g++ by tests/backends/test_cuda_build.py; no GPU, no CUDA, no torch. Besides direct checks of
 // the helpers, it emulates one warp of the tensor-core kernel lane by lane: A fragments gathered
 // with a_frag_coord, doc chunks copied into an emulated smem ring the way load_chunk does (rows
 // past the doc left as NaN), B fragments read the way ldmatrix.x4 distributes a tile, the mma done
@@ -122,7 +122,7 @@ struct World {
 
 static float qval(const World& w, int64_t b, int64_t i, int64_t k) { return w.q[b * w.p.q_sb + i * w.p.q_sl + k]; }
 static float dval(const World& w, const DocView& v, int64_t j, int64_t k) {
-  const std::vector<float>& src = w.p.mode == kPacked ? w.emb : w.d;
+  const std::vector<float>& src = w.p.mode == ScoringMode::packed ? w.emb : w.d;
   return src[v.row0 + j * v.row_stride + k];
 }
 
@@ -143,7 +143,7 @@ static float direct_score(const World& w, int64_t b, int64_t col) {
       for (int64_t k = 0; k < p.dim; ++k) s += double(qval(w, b, i, k)) * dval(w, v, j, k);
       best = std::max(best, s);
     }
-    if (!w.floors.empty()) best = std::max(best, double(w.floors[p.mode == kAllPairs ? col : b * p.ncols + col]));
+    if (!w.floors.empty()) best = std::max(best, double(w.floors[p.mode == ScoringMode::all_pairs ? col : b * p.ncols + col]));
     if (best != -kInf) total += best;
   }
   return float(total);
@@ -289,7 +289,7 @@ static float emulate_fma_item(const World& w, int64_t idx) {
 // Builds a world: Q with a padded row stride, docs per mode (padded with padded strides, or packed
 // with random lengths and pids including -1), optional masks/lengths and per-doc floors. Padding
 // slots hold NaN so any read of padding shows up in the scores.
-static World make_world(std::mt19937& rng, int mode, int64_t B, int64_t Lq, int64_t dim, int64_t ncols, int64_t Ld,
+static World make_world(std::mt19937& rng, ScoringMode mode, int64_t B, int64_t Lq, int64_t dim, int64_t ncols, int64_t Ld,
                         int masking, bool use_q_mask, bool use_floor) {
   std::normal_distribution<float> normal;
   std::uniform_int_distribution<int> coin(0, 9);
@@ -312,7 +312,7 @@ static World make_world(std::mt19937& rng, int mode, int64_t B, int64_t Lq, int6
     for (auto& m : w.q_mask_store) m = coin(rng) < 7;
     p.q_mask = reinterpret_cast<const bool*>(w.q_mask_store.data());
   }
-  if (mode == kPacked) {
+  if (mode == ScoringMode::packed) {
     const int64_t ndocs = 7;
     w.lengths.resize(ndocs);
     w.offsets.assign(ndocs + 1, 0);
@@ -337,10 +337,10 @@ static World make_world(std::mt19937& rng, int mode, int64_t B, int64_t Lq, int6
     p.d_sl = dim + 8;
     p.d_sk = Ld * p.d_sl + 16;
     p.d_sb = ncols * p.d_sk + 24;
-    const int64_t ndocs = mode == kAllPairs ? ncols : B * ncols;
-    w.d.assign((mode == kAllPairs ? ncols * p.d_sk : B * p.d_sb) + 1, kNaN);
+    const int64_t ndocs = mode == ScoringMode::all_pairs ? ncols : B * ncols;
+    w.d.assign((mode == ScoringMode::all_pairs ? ncols * p.d_sk : B * p.d_sb) + 1, kNaN);
     for (int64_t doc = 0; doc < ndocs; ++doc) {
-      const int64_t b = mode == kAllPairs ? 0 : doc / ncols, k = mode == kAllPairs ? doc : doc % ncols;
+      const int64_t b = mode == ScoringMode::all_pairs ? 0 : doc / ncols, k = mode == ScoringMode::all_pairs ? doc : doc % ncols;
       for (int64_t j = 0; j < Ld; ++j)
         for (int64_t x = 0; x < dim; ++x) w.d[b * p.d_sb + k * p.d_sk + j * p.d_sl + x] = normal(rng) + 0.3f;
     }
@@ -359,7 +359,7 @@ static World make_world(std::mt19937& rng, int mode, int64_t B, int64_t Lq, int6
   }
   if (use_floor) {  // one per doc: none, 0 (wins for many rows: similarities are ~N(0, dim)), -5, -9999
     const float choices[] = {-kInf, 0.f, -5.f, -9999.f};
-    w.floors.resize(mode == kAllPairs ? ncols : B * ncols);
+    w.floors.resize(mode == ScoringMode::all_pairs ? ncols : B * ncols);
     for (auto& f : w.floors) f = choices[coin(rng) % 4];
     p.floor = w.floors.data();
   }
@@ -415,7 +415,7 @@ static void check_world(World& w, bool tc, const char* what) {
       const float want = direct_score(w, b, col);
       const bool ok = (std::isinf(want) && got == want) ||
                       (std::isfinite(got) && std::fabs(got - want) <= 1e-3f * (1.f + std::fabs(want)) * p.Lq);
-      CHECK(ok, "%s mode %d B %lld Lq %lld dim %lld: score (%lld, %lld) = %g, want %g", what, p.mode,
+      CHECK(ok, "%s mode %d B %lld Lq %lld dim %lld: score (%lld, %lld) = %g, want %g", what, static_cast<int>(p.mode),
             (long long)p.B, (long long)p.Lq, (long long)p.dim, (long long)b, (long long)col, got, want);
     }
 }
@@ -427,11 +427,11 @@ static void test_emulated_kernels() {
   const int64_t dims_fma[] = {1, 5, 64, 130};
   const int64_t lds[] = {0, 1, 17, 40};
   int n = 0;
-  for (int mode = 0; mode < 3; ++mode)
+  for (ScoringMode mode : {ScoringMode::all_pairs, ScoringMode::per_query, ScoringMode::packed})
     for (int64_t lq : lqs)
       for (int64_t ld : lds)
         for (int masking = 0; masking < 3; ++masking) {
-          if (mode == kPacked && masking) continue;
+          if (mode == ScoringMode::packed && masking) continue;
           const bool qm = (n % 2) == 1, floor = (n % 3) != 0;
           const int64_t dim_tc = dims_tc[n % 7], dim_fma = dims_fma[n % 4];
           ++n;
@@ -445,7 +445,7 @@ static void test_emulated_kernels() {
 
 static void test_doc_view() {
   Params p{};
-  p.mode = kPacked;
+  p.mode = ScoringMode::packed;
   p.dim = 128;
   int64_t offsets[] = {0, 5, 5, 3000000000LL};
   int64_t lengths[] = {5, 0, 2999999995LL};
@@ -487,7 +487,7 @@ static void test_doc_view() {
   CHECK(merge_max(-inf, 3.f) == 3.f && is_nan(merge_max(nan, 3.f)) && is_nan(merge_max(3.f, nan)), "merge_max");
 
   Params q{};
-  q.mode = kPerQuery;
+  q.mode = ScoringMode::per_query;
   q.B = 3;
   q.ncols = 4;
   q.Ld = 9;
@@ -499,7 +499,7 @@ static void test_doc_view() {
   v = doc_view(q, Item{2, 3, 0});
   CHECK(v.row0 == 2 * 1000000 + 3 * 5000 && v.row_stride == 136 && v.nrows == 9 && v.mask0 == (2 * 4 + 3) * 9,
         "per-query view");
-  q.mode = kAllPairs;
+  q.mode = ScoringMode::all_pairs;
   v = doc_view(q, Item{2, 3, 0});
   CHECK(v.row0 == 3 * 5000 && v.mask0 == 3 * 9, "all-pairs view ignores b");
   int64_t dl[4] = {1, 2, 3, 4};
@@ -550,7 +550,7 @@ static void test_geometry() {
   CHECK(!tc_aligned(256, 264, 2, 264, 0, 0), "dim above the register budget");
   CHECK(!tc_aligned(256, 0, 2, 0, 0, 0), "dim 0");
   Params p{};
-  p.mode = kPacked;
+  p.mode = ScoringMode::packed;
   p.dtype = kBFloat16;
   p.dim = 128;
   p.embeddings = reinterpret_cast<const void*>(uintptr_t(4096));
@@ -572,14 +572,14 @@ static void test_geometry() {
   plan(p);
   CHECK(p.npass == 1 && workspace_bytes(p) == 0, "one pass, no workspace");
   p.dtype = kFloat16;
-  p.mode = kPacked;
+  p.mode = ScoringMode::packed;
   p.Lq = 32;
   plan(p);
   CHECK(!p.shared_doc && launch_blocks(p) == ceil_div(3 * 5, kWarps), "one slot per doc: independent warps");
   p.Lq = 200;  // 7 passes share each doc: 2 groups per doc
   plan(p);
   CHECK(p.shared_doc && shared_groups(p) == 2 && launch_blocks(p) == 3 * 5 * 2, "long queries share the doc");
-  p.mode = kAllPairs;
+  p.mode = ScoringMode::all_pairs;
   p.d = reinterpret_cast<const void*>(uintptr_t(4096));
   p.d_sk = 300 * 128;
   p.d_sl = 128;
