@@ -91,8 +91,9 @@ setup(
     install_requires=["torch>=2.4,<=2.14.1", "safetensors", "numpy"],
     extras_require={
         "triton": ["triton>=3.0,<=3.8.0"],
-        # ruff is pinned like the other tools whose new releases change results: `make lint` runs it.
-        "test": ["pytest", "hypothesis", "pytest-benchmark", "ruff>=0.4,<=0.17.6"],
+        # ruff and clang-format are pinned like the other tools whose new releases change results:
+        # `make lint` runs them (a new clang-format can reformat code the old one accepted).
+        "test": ["pytest", "hypothesis", "pytest-benchmark", "ruff>=0.4,<=0.17.6", "clang-format>=18,<=23.1.5"],
         "bench": ["pytest-benchmark", "rich", "matplotlib"],
         "pipeline": [TRANSFORMERS, FAISS, "tqdm"],
         # The evaluation protocol (colbert-fast experiment) with the embedded default model; the

@@ -112,8 +112,7 @@ namespace {
 // 64-byte aligned, uninitialized, freed on scope exit (vector loads of packed queries are aligned).
 class AlignedBuffer {
  public:
-  explicit AlignedBuffer(size_t bytes)
-      : ptr_(bytes ? ::operator new(bytes, std::align_val_t(64)) : nullptr) {}
+  explicit AlignedBuffer(size_t bytes) : ptr_(bytes ? ::operator new(bytes, std::align_val_t(64)) : nullptr) {}
   ~AlignedBuffer() {
     if (ptr_) ::operator delete(ptr_, std::align_val_t(64));
   }
@@ -228,13 +227,13 @@ struct ItemShape {
 };
 
 struct DocRef {
-  const char* base;       // the doc's first (padded) row
-  int64_t row0;           // packed: the doc's first row in the store (a compressed store's row index)
-  bool empty_slot;        // pid -1: scores -inf
-  float floor;            // where every running max starts (-inf: no floor)
-  int64_t n_rows;         // rows to consider (valid prefix length, or Ld with a mask)
-  const bool* mask;       // per-row validity, or null
-  int64_t b0, nq;         // queries
+  const char* base;               // the doc's first (padded) row
+  int64_t row0;                   // packed: the doc's first row in the store (a compressed store's row index)
+  bool empty_slot;                // pid -1: scores -inf
+  float floor;                    // where every running max starts (-inf: no floor)
+  int64_t n_rows;                 // rows to consider (valid prefix length, or Ld with a mask)
+  const bool* mask;               // per-row validity, or null
+  int64_t b0, nq;                 // queries
   int64_t out_index, out_stride;  // out[out_index + q * out_stride] for q < nq
 };
 
@@ -350,7 +349,8 @@ void maxsim_cpu(const MaxSimArgs& params) {
         return;
       }
       DocRows doc;
-      const bool has_rows = p.codes ? d.n_rows > 0 : valid_rows(d.base, d.n_rows, d.mask, p.d_stride_l, p.dim, esz, compact, doc);
+      const bool has_rows =
+          p.codes ? d.n_rows > 0 : valid_rows(d.base, d.n_rows, d.mask, p.d_stride_l, p.dim, esz, compact, doc);
       if (!has_rows) {
         // No valid token: every query token's max is the floor itself (0 without one).
         for (int64_t q = 0; q < d.nq; ++q) write_sum(d, q, &d.floor, 0);

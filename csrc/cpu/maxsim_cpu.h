@@ -27,8 +27,8 @@ struct DocRows {
 struct TileArgs {
   DType dtype;
   int64_t dim;
-  int64_t qb;       // lanes per query block
-  int64_t nblk;     // blocks per query
+  int64_t qb;                // lanes per query block
+  int64_t nblk;              // blocks per query
   int64_t qpack_stride;      // elements (float or uint16) between blocks of one query
   const void* const* qpack;  // [nq] packed queries
   float* const* M;           // [nq] running maxima, nblk * qb floats each, start at the doc's floor (or -inf)
@@ -92,10 +92,10 @@ void gather_codes_cpu(const CodesGatherParams& p);
 // or "bf16" (vdpbf16ps; throws std::runtime_error where the kernels in use have none), on
 // at::get_num_threads() threads for about `seconds`.
 struct PeakResult {
-  double gflops;      // all threads together
+  double gflops;  // all threads together
   int64_t threads;
-  const char* loop;   // which instructions were timed, e.g. "avx512 vfmadd"
-  float checksum;     // the loops' results (keeps them from being optimised away)
+  const char* loop;  // which instructions were timed, e.g. "avx512 vfmadd"
+  float checksum;    // the loops' results (keeps them from being optimised away)
 };
 PeakResult peak_flops(const std::string& kind, double seconds);
 

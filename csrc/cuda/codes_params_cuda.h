@@ -94,15 +94,15 @@ CF_HD uint16_t float_to_half_rn(float f) {
 #else
   const uint32_t x = float_to_bits(f);
   const uint32_t sign = (x >> 16) & 0x8000u, ax = x & 0x7fffffffu;
-  if (ax > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);        // NaN (quiet)
-  if (ax >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);       // rounds to >= 65520: inf
-  if (ax >= 0x38800000u) {                                                   // a normal fp16
-    const uint32_t r = ax + 0xfffu + ((ax >> 13) & 1u) - (112u << 23);      // rebias, round 13 bits
+  if (ax > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);   // NaN (quiet)
+  if (ax >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // rounds to >= 65520: inf
+  if (ax >= 0x38800000u) {                                              // a normal fp16
+    const uint32_t r = ax + 0xfffu + ((ax >> 13) & 1u) - (112u << 23);  // rebias, round 13 bits
     return static_cast<uint16_t>(sign | (r >> 13));
   }
   // An fp16 subnormal (or zero): the value in units of 2^-24, rounded to nearest even.
   const uint32_t e = ax >> 23;
-  if (e < 102) return static_cast<uint16_t>(sign);  // below 2^-25 (incl. fp32 subnormals): 0
+  if (e < 102) return static_cast<uint16_t>(sign);                   // below 2^-25 (incl. fp32 subnormals): 0
   const uint32_t m = (ax & 0x7fffffu) | 0x800000u, shift = 126 - e;  // value = m * 2^(e - 150)
   uint32_t q = m >> shift;
   const uint32_t rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
@@ -269,7 +269,7 @@ CF_HD bool decode_group(const Store& s, const float* weights, int64_t r, int64_t
 
 struct GatherParams {
   Store s;
-  void* out;  // [num_slots, max_len, dim] in out_dtype (maxsim::DType)
+  void* out;   // [num_slots, max_len, dim] in out_dtype (maxsim::DType)
   bool* mask;  // [num_slots, max_len]
   int64_t num_slots;
   int32_t out_dtype;
@@ -372,8 +372,8 @@ CF_HD void plan(ScoreParams& p) {
   p.m.pass_rows = p.tc ? kTcPassRows : maxsim::kFmaPassRows;
   p.m.npass = maxsim::num_passes(p.m.Lq, p.m.pass_rows);
   p.m.shared_doc = 0;
-  p.m.q_pairs = reinterpret_cast<uint64_t>(p.m.q) % 8 == 0 && p.m.q_sb % 2 == 0 && p.m.q_sl % 2 == 0 &&
-                p.m.dim % 2 == 0;
+  p.m.q_pairs =
+      reinterpret_cast<uint64_t>(p.m.q) % 8 == 0 && p.m.q_sb % 2 == 0 && p.m.q_sl % 2 == 0 && p.m.dim % 2 == 0;
 }
 
 // Sets the Store's load-width flags (shared by both ops).

@@ -39,8 +39,8 @@ __device__ __forceinline__ bool doc_row_valid(const Params& p, const DocView& dv
 
 // Zero the k-padding columns [dim, 16 * ksteps) of `rows` smem rows: cp.async never writes them,
 // and A is zero there, but 0 * stale NaN would be NaN.
-__device__ __forceinline__ void zero_k_padding(uint16_t* sbuf, int rows, int row_elems, int dim, int ksteps,
-                                               int tid, int nthreads) {
+__device__ __forceinline__ void zero_k_padding(uint16_t* sbuf, int rows, int row_elems, int dim, int ksteps, int tid,
+                                               int nthreads) {
   for (int r = tid; r < rows; r += nthreads) {
     for (int c = dim; c < ksteps * 16; ++c) sbuf[r * row_elems + c] = 0;
   }
@@ -50,8 +50,7 @@ __device__ __forceinline__ void zero_k_padding(uint16_t* sbuf, int rows, int row
 // item: a register's two halves are the adjacent columns (2t, 2t + 1), one 32-bit load when Q's
 // pairs are 4-byte aligned (plan() checks), else two 16-bit loads (any Q stride works).
 template <int KS, int MT>
-__device__ __forceinline__ void load_a(const Params& p, const Item& it, int lane, int qrows,
-                                       uint32_t (&a)[MT][KS][4]) {
+__device__ __forceinline__ void load_a(const Params& p, const Item& it, int lane, int qrows, uint32_t (&a)[MT][KS][4]) {
   const uint16_t* qb = static_cast<const uint16_t*>(p.q) + it.b * p.q_sb + pass_row0(p, it) * p.q_sl;
   const int dim = static_cast<int>(p.dim);
   const bool pairs = p.q_pairs != 0;
@@ -257,16 +256,15 @@ __global__ void __launch_bounds__(kWarps * 32) maxsim_tc_shared_kernel(const Par
     __syncthreads();  // chunk c is in smem for every warp; every warp is done with chunk c - 1
     const int64_t next = c + kStages - 1;
     if (next < nch)
-      load_rows(stage_of(next), dbase, dv, next * kSharedChunkRows, kSharedChunkRows, pieces, row_elems, tid,
-                kThreads);
+      load_rows(stage_of(next), dbase, dv, next * kSharedChunkRows, kSharedChunkRows, pieces, row_elems, tid, kThreads);
     cp_async_commit();
     if (active) {
       const int64_t r0 = c * kSharedChunkRows;
 #pragma unroll
       for (int sub = 0; sub < kSharedChunkRows / 16; ++sub) {
         if (r0 + sub * 16 < dv.nrows) {
-          mma_rows16<kBf16, KS, MT>(p, dv, stage_of(c) + sub * 16 * row_elems, row_elems, ksteps, lane,
-                                    r0 + sub * 16, a, best);
+          mma_rows16<kBf16, KS, MT>(p, dv, stage_of(c) + sub * 16 * row_elems, row_elems, ksteps, lane, r0 + sub * 16,
+                                    a, best);
         }
       }
     }

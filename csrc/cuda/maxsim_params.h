@@ -110,12 +110,12 @@ CF_HD int64_t pass_nrows(const Params& p, const Item& it) {
 // ---- the doc a work item reads ----
 
 struct DocView {
-  int64_t row0;      // element offset of the doc's first row in d / embeddings
+  int64_t row0;        // element offset of the doc's first row in d / embeddings
   int64_t row_stride;  // elements between consecutive rows
-  int64_t nrows;     // rows to read: loop bound, never past the real tokens (or Ld with a mask)
-  int64_t mask0;     // element offset of the doc's row mask in d_mask, -1 without a mask
-  bool empty_slot;   // pid -1: the score is -inf; or an invalid slot (below): NaN
-  bool invalid;      // a pid or rows outside the store: the score is NaN, nothing is read
+  int64_t nrows;       // rows to read: loop bound, never past the real tokens (or Ld with a mask)
+  int64_t mask0;       // element offset of the doc's row mask in d_mask, -1 without a mask
+  bool empty_slot;     // pid -1: the score is -inf; or an invalid slot (below): NaN
+  bool invalid;        // a pid or rows outside the store: the score is NaN, nothing is read
 };
 
 // ---- non-finite values (docs/spec.md section 10) ----

@@ -49,9 +49,16 @@ at::Tensor maxsim_packed_codes_cuda_op(const at::Tensor& Q, const at::Tensor& co
   constexpr const char* op = "colbert_fast::maxsim_packed_codes";
   const CodesCall cc = check_maxsim_packed_codes(Q, codes, scales, centroid_ids, centroids, bucket_weights, offsets,
                                                  lengths, pids, q_mask, max_len, nbits, floor);
-  check_cuda(op, {{"Q", &Q}, {"codes", &codes}, {"scales", &scales}, {"centroid_ids", optional_arg(centroid_ids)},
-                  {"centroids", optional_arg(centroids)}, {"bucket_weights", optional_arg(bucket_weights)},
-                  {"offsets", &offsets}, {"lengths", &lengths}, {"pids", &pids}, {"q_mask", optional_arg(q_mask)},
+  check_cuda(op, {{"Q", &Q},
+                  {"codes", &codes},
+                  {"scales", &scales},
+                  {"centroid_ids", optional_arg(centroid_ids)},
+                  {"centroids", optional_arg(centroids)},
+                  {"bucket_weights", optional_arg(bucket_weights)},
+                  {"offsets", &offsets},
+                  {"lengths", &lengths},
+                  {"pids", &pids},
+                  {"q_mask", optional_arg(q_mask)},
                   {"floor", optional_arg(floor)}});
   const c10::cuda::CUDAGuard guard(Q.device());
   const MaxSimArgs& a = cc.call.args;
@@ -69,9 +76,8 @@ at::Tensor maxsim_packed_codes_cuda_op(const at::Tensor& Q, const at::Tensor& co
   p.m.ncols = a.K;
   p.m.smem_limit = smem_limit(Q);
   codes::plan(p);
-  TORCH_CHECK(codes::launch_blocks(p) <= std::numeric_limits<int32_t>::max(), op, " (CUDA): ", p.m.B,
-              " queries x ", p.m.ncols, " candidates x ", p.m.npass,
-              " query passes is too much work for one launch; split the batch");
+  TORCH_CHECK(codes::launch_blocks(p) <= std::numeric_limits<int32_t>::max(), op, " (CUDA): ", p.m.B, " queries x ",
+              p.m.ncols, " candidates x ", p.m.npass, " query passes is too much work for one launch; split the batch");
   const auto fp32 = Q.options().dtype(at::kFloat);
   at::Tensor out = at::empty({p.m.B, p.m.ncols}, fp32);
   const int64_t ws_bytes = maxsim::workspace_bytes(p.m);
@@ -88,11 +94,16 @@ std::tuple<at::Tensor, at::Tensor> gather_codes_cuda_op(const at::Tensor& codes,
                                                         const at::Tensor& lengths, const at::Tensor& pids,
                                                         int64_t max_len, int64_t nbits, at::ScalarType dtype) {
   constexpr const char* op = "colbert_fast::gather_codes";
-  const GatherCodesCall g = check_gather_codes(codes, scales, centroid_ids, centroids, bucket_weights, offsets,
-                                               lengths, pids, max_len, nbits, dtype);
-  check_cuda(op, {{"codes", &codes}, {"scales", &scales}, {"centroid_ids", optional_arg(centroid_ids)},
-                  {"centroids", optional_arg(centroids)}, {"bucket_weights", optional_arg(bucket_weights)},
-                  {"offsets", &offsets}, {"lengths", &lengths}, {"pids", &pids}});
+  const GatherCodesCall g = check_gather_codes(codes, scales, centroid_ids, centroids, bucket_weights, offsets, lengths,
+                                               pids, max_len, nbits, dtype);
+  check_cuda(op, {{"codes", &codes},
+                  {"scales", &scales},
+                  {"centroid_ids", optional_arg(centroid_ids)},
+                  {"centroids", optional_arg(centroids)},
+                  {"bucket_weights", optional_arg(bucket_weights)},
+                  {"offsets", &offsets},
+                  {"lengths", &lengths},
+                  {"pids", &pids}});
   const c10::cuda::CUDAGuard guard(codes.device());
   codes::GatherParams p{};
   p.s = kernel_store(g.store, g.call.args);

@@ -48,20 +48,26 @@ void check_same_dtype(const at::Tensor& Q, const at::Tensor& docs, const char* o
 template <typename T>
 constexpr const char* dtype_name();
 template <>
-constexpr const char* dtype_name<bool>() { return "bool"; }
+constexpr const char* dtype_name<bool>() {
+  return "bool";
+}
 template <>
-constexpr const char* dtype_name<int64_t>() { return "int64"; }
+constexpr const char* dtype_name<int64_t>() {
+  return "int64";
+}
 template <>
-constexpr const char* dtype_name<float>() { return "float32"; }
+constexpr const char* dtype_name<float>() {
+  return "float32";
+}
 
 // An optional tensor of element type T and of `shape` (`meaning` says what that shape is), made
 // contiguous in `keep`; returns its data, or null when it is absent.
 template <typename T>
-const T* optional_input(const std::optional<at::Tensor>& t, at::IntArrayRef shape, const char* meaning,
-                        const char* op, const char* name, at::Tensor& keep) {
+const T* optional_input(const std::optional<at::Tensor>& t, at::IntArrayRef shape, const char* meaning, const char* op,
+                        const char* name, at::Tensor& keep) {
   if (!t.has_value()) return nullptr;
-  TORCH_CHECK_TYPE(t->scalar_type() == c10::CppTypeToScalarType<T>::value, op, ": ", name, " must be ",
-                   dtype_name<T>(), ", got ", t->scalar_type());
+  TORCH_CHECK_TYPE(t->scalar_type() == c10::CppTypeToScalarType<T>::value, op, ": ", name, " must be ", dtype_name<T>(),
+                   ", got ", t->scalar_type());
   TORCH_CHECK(t->sizes() == shape, op, ": ", name, " must have shape ", shape, " (", meaning, "), got ", t->sizes());
   keep = t->contiguous();
   return keep.data_ptr<T>();
@@ -78,9 +84,9 @@ void check_floor(MaxSimCall& c, const std::optional<at::Tensor>& floor, at::IntA
 // offsets [N + 1] and lengths [N] of a packed store, pids int64, max_len >= 0: the packed fields.
 void check_index(MaxSimCall& c, const at::Tensor& offsets, const at::Tensor& lengths, const at::Tensor& pids,
                  int64_t max_len, const char* op) {
-  TORCH_CHECK_TYPE(offsets.scalar_type() == at::kLong && lengths.scalar_type() == at::kLong &&
-                       pids.scalar_type() == at::kLong,
-                   op, ": offsets, lengths and pids must be int64");
+  TORCH_CHECK_TYPE(
+      offsets.scalar_type() == at::kLong && lengths.scalar_type() == at::kLong && pids.scalar_type() == at::kLong, op,
+      ": offsets, lengths and pids must be int64");
   TORCH_CHECK(offsets.dim() == 1 && lengths.dim() == 1 && offsets.numel() == lengths.numel() + 1, op,
               ": offsets must be [N + 1] and lengths [N], got ", offsets.sizes(), " and ", lengths.sizes());
   TORCH_CHECK(max_len >= 0, op, ": max_len must be >= 0, got ", max_len);
@@ -111,10 +117,9 @@ CodesStore check_codes_store(const at::Tensor& codes, const at::Tensor& scales,
   TORCH_CHECK(codes.dim() == 2 && codes.is_contiguous(), op, ": codes must be a contiguous [T, bytes] tensor, got ",
               codes.sizes());
   const int64_t T = codes.size(0);
-  TORCH_CHECK_TYPE(scales.scalar_type() == at::kHalf && scales.dim() == 1 && scales.size(0) == T &&
-                       scales.is_contiguous(),
-                   op, ": scales must be contiguous float16 [T] = [", T, "], got ", scales.scalar_type(), " ",
-                   scales.sizes());
+  TORCH_CHECK_TYPE(
+      scales.scalar_type() == at::kHalf && scales.dim() == 1 && scales.size(0) == T && scales.is_contiguous(), op,
+      ": scales must be contiguous float16 [T] = [", T, "], got ", scales.scalar_type(), " ", scales.sizes());
   CodesStore s{};
   CodesParams& c = s.codes;
   c.nbits = static_cast<int32_t>(nbits);
@@ -180,10 +185,9 @@ MaxSimCall check_maxsim(const at::Tensor& Q, const at::Tensor& D, const std::opt
   a.d_stride_l = D.stride(-2);
   check_q_mask(c, Q, q_mask, op);
   const auto docs = D.sizes().slice(0, D.dim() - 2);
-  a.d_mask = optional_input<bool>(d_mask, D.sizes().slice(0, D.dim() - 1), "D's shape without dim", op,
-                                  "d_mask", c.d_mask);
-  a.d_lengths =
-      optional_input<int64_t>(d_lengths, docs, "D's shape without (Ld, dim)", op, "d_lengths", c.d_lengths);
+  a.d_mask =
+      optional_input<bool>(d_mask, D.sizes().slice(0, D.dim() - 1), "D's shape without dim", op, "d_mask", c.d_mask);
+  a.d_lengths = optional_input<int64_t>(d_lengths, docs, "D's shape without (Ld, dim)", op, "d_lengths", c.d_lengths);
   check_floor(c, floor, docs, op);
   return c;
 }

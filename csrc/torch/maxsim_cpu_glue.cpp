@@ -65,8 +65,12 @@ at::Tensor maxsim_cpu_op(const at::Tensor& Q, const at::Tensor& D, const std::op
                          const std::optional<at::Tensor>& floor) {
   constexpr const char* op = "colbert_fast::maxsim";
   MaxSimCall c = check_maxsim(Q, D, q_mask, d_mask, d_lengths, floor);
-  check_cpu(op, {{"Q", &Q}, {"D", &D}, {"q_mask", optional_arg(q_mask)}, {"d_mask", optional_arg(d_mask)},
-                 {"d_lengths", optional_arg(d_lengths)}, {"floor", optional_arg(floor)}});
+  check_cpu(op, {{"Q", &Q},
+                 {"D", &D},
+                 {"q_mask", optional_arg(q_mask)},
+                 {"d_mask", optional_arg(d_mask)},
+                 {"d_lengths", optional_arg(d_lengths)},
+                 {"floor", optional_arg(floor)}});
   const MaxSimArgs& a = c.args;
   if (a.d_lengths != nullptr) {
     for (int64_t i = 0; i < c.d_lengths.numel(); ++i)
@@ -82,8 +86,13 @@ at::Tensor maxsim_packed_cpu_op(const at::Tensor& Q, const at::Tensor& embedding
                                 const std::optional<at::Tensor>& floor) {
   constexpr const char* op = "colbert_fast::maxsim_packed";
   MaxSimCall c = check_maxsim_packed(Q, embeddings, offsets, lengths, pids, q_mask, max_len, floor);
-  check_cpu(op, {{"Q", &Q}, {"embeddings", &embeddings}, {"offsets", &offsets}, {"lengths", &lengths},
-                 {"pids", &pids}, {"q_mask", optional_arg(q_mask)}, {"floor", optional_arg(floor)}});
+  check_cpu(op, {{"Q", &Q},
+                 {"embeddings", &embeddings},
+                 {"offsets", &offsets},
+                 {"lengths", &lengths},
+                 {"pids", &pids},
+                 {"q_mask", optional_arg(q_mask)},
+                 {"floor", optional_arg(floor)}});
   std::ostringstream store;
   store << "embeddings " << embeddings.sizes();
   check_selected(c.args, c.pids.numel(), c.args.num_rows, nullptr, store.str().c_str(), op);
@@ -100,9 +109,16 @@ at::Tensor maxsim_packed_codes_cpu_op(const at::Tensor& Q, const at::Tensor& cod
   constexpr const char* op = "colbert_fast::maxsim_packed_codes";
   CodesCall cc = check_maxsim_packed_codes(Q, codes, scales, centroid_ids, centroids, bucket_weights, offsets, lengths,
                                            pids, q_mask, max_len, nbits, floor);
-  check_cpu(op, {{"Q", &Q}, {"codes", &codes}, {"scales", &scales}, {"centroid_ids", optional_arg(centroid_ids)},
-                 {"centroids", optional_arg(centroids)}, {"bucket_weights", optional_arg(bucket_weights)},
-                 {"offsets", &offsets}, {"lengths", &lengths}, {"pids", &pids}, {"q_mask", optional_arg(q_mask)},
+  check_cpu(op, {{"Q", &Q},
+                 {"codes", &codes},
+                 {"scales", &scales},
+                 {"centroid_ids", optional_arg(centroid_ids)},
+                 {"centroids", optional_arg(centroids)},
+                 {"bucket_weights", optional_arg(bucket_weights)},
+                 {"offsets", &offsets},
+                 {"lengths", &lengths},
+                 {"pids", &pids},
+                 {"q_mask", optional_arg(q_mask)},
                  {"floor", optional_arg(floor)}});
   const std::string store = "the store's " + std::to_string(cc.store.num_rows) + " rows";
   check_selected(cc.call.args, cc.call.pids.numel(), cc.store.num_rows, &cc.store, store.c_str(), op);
@@ -118,18 +134,23 @@ std::tuple<at::Tensor, at::Tensor> gather_codes_cpu_op(const at::Tensor& codes, 
                                                        const at::Tensor& pids, int64_t max_len, int64_t nbits,
                                                        at::ScalarType dtype) {
   constexpr const char* op = "colbert_fast::gather_codes";
-  GatherCodesCall g = check_gather_codes(codes, scales, centroid_ids, centroids, bucket_weights, offsets, lengths,
-                                         pids, max_len, nbits, dtype);
-  check_cpu(op, {{"codes", &codes}, {"scales", &scales}, {"centroid_ids", optional_arg(centroid_ids)},
-                 {"centroids", optional_arg(centroids)}, {"bucket_weights", optional_arg(bucket_weights)},
-                 {"offsets", &offsets}, {"lengths", &lengths}, {"pids", &pids}});
+  GatherCodesCall g = check_gather_codes(codes, scales, centroid_ids, centroids, bucket_weights, offsets, lengths, pids,
+                                         max_len, nbits, dtype);
+  check_cpu(op, {{"codes", &codes},
+                 {"scales", &scales},
+                 {"centroid_ids", optional_arg(centroid_ids)},
+                 {"centroids", optional_arg(centroids)},
+                 {"bucket_weights", optional_arg(bucket_weights)},
+                 {"offsets", &offsets},
+                 {"lengths", &lengths},
+                 {"pids", &pids}});
   const std::string store = "the store's " + std::to_string(g.store.num_rows) + " rows";
   check_selected(g.call.args, g.call.pids.numel(), g.store.num_rows, &g.store, store.c_str(), op);
   const auto [sizes, mask_sizes] = gather_sizes(pids, max_len, g.store.codes.dim);
   at::Tensor out = at::empty(sizes, codes.options().dtype(dtype));
   at::Tensor mask = at::empty(mask_sizes, codes.options().dtype(at::kBool));
   const MaxSimArgs& a = g.call.args;
-  cpu::CodesGatherParams p{&g.store.codes,  a.offsets,   a.lengths,         a.pids,     out.data_ptr(),
+  cpu::CodesGatherParams p{&g.store.codes,        a.offsets,   a.lengths,           a.pids, out.data_ptr(),
                            mask.data_ptr<bool>(), g.out_dtype, g.call.pids.numel(), max_len};
   run([&] { cpu::gather_codes_cpu(p); });
   return {out, mask};

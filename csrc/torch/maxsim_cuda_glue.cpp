@@ -79,8 +79,12 @@ at::Tensor maxsim_cuda_op(const at::Tensor& Q, const at::Tensor& D, const std::o
                           const std::optional<at::Tensor>& floor) {
   constexpr const char* op = "colbert_fast::maxsim";
   const MaxSimCall c = check_maxsim(Q, D, q_mask, d_mask, d_lengths, floor);
-  check_cuda(op, {{"Q", &Q}, {"D", &D}, {"q_mask", optional_arg(q_mask)}, {"d_mask", optional_arg(d_mask)},
-                  {"d_lengths", optional_arg(d_lengths)}, {"floor", optional_arg(floor)}});
+  check_cuda(op, {{"Q", &Q},
+                  {"D", &D},
+                  {"q_mask", optional_arg(q_mask)},
+                  {"d_mask", optional_arg(d_mask)},
+                  {"d_lengths", optional_arg(d_lengths)},
+                  {"floor", optional_arg(floor)}});
   return run(c.args, D, op);
 }
 
@@ -90,8 +94,13 @@ at::Tensor maxsim_packed_cuda_op(const at::Tensor& Q, const at::Tensor& embeddin
                                  const std::optional<at::Tensor>& floor) {
   constexpr const char* op = "colbert_fast::maxsim_packed";
   const MaxSimCall c = check_maxsim_packed(Q, embeddings, offsets, lengths, pids, q_mask, max_len, floor);
-  check_cuda(op, {{"Q", &Q}, {"embeddings", &embeddings}, {"offsets", &offsets}, {"lengths", &lengths},
-                  {"pids", &pids}, {"q_mask", optional_arg(q_mask)}, {"floor", optional_arg(floor)}});
+  check_cuda(op, {{"Q", &Q},
+                  {"embeddings", &embeddings},
+                  {"offsets", &offsets},
+                  {"lengths", &lengths},
+                  {"pids", &pids},
+                  {"q_mask", optional_arg(q_mask)},
+                  {"floor", optional_arg(floor)}});
   return run(c.args, embeddings, op);
 }
 

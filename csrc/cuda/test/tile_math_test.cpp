@@ -19,16 +19,16 @@
 using namespace colbert_fast::maxsim;
 
 static int failures = 0;
-#define CHECK(cond, ...)                                   \
-  do {                                                     \
-    if (!(cond)) {                                         \
-      ++failures;                                          \
-      if (failures < 20) {                                 \
+#define CHECK(cond, ...)                                            \
+  do {                                                              \
+    if (!(cond)) {                                                  \
+      ++failures;                                                   \
+      if (failures < 20) {                                          \
         std::printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-        std::printf(__VA_ARGS__);                          \
-        std::printf("\n");                                 \
-      }                                                    \
-    }                                                      \
+        std::printf(__VA_ARGS__);                                   \
+        std::printf("\n");                                          \
+      }                                                             \
+    }                                                               \
   } while (0)
 
 static const float kNaN = std::numeric_limits<float>::quiet_NaN();
@@ -143,7 +143,8 @@ static float direct_score(const World& w, int64_t b, int64_t col) {
       for (int64_t k = 0; k < p.dim; ++k) s += double(qval(w, b, i, k)) * dval(w, v, j, k);
       best = std::max(best, s);
     }
-    if (!w.floors.empty()) best = std::max(best, double(w.floors[p.mode == ScoringMode::all_pairs ? col : b * p.ncols + col]));
+    if (!w.floors.empty())
+      best = std::max(best, double(w.floors[p.mode == ScoringMode::all_pairs ? col : b * p.ncols + col]));
     if (best != -kInf) total += best;
   }
   return float(total);
@@ -175,8 +176,7 @@ static float emulate_tc_item(const World& w, const Item& it, int MT, int chunk_r
             a_frag_coord(lane, r, h, &row, &col);
             row += mt * 16;
             col += ks * 16;
-            A(lane, mt, ks, 2 * r + h) =
-                (row < qrows && col < dim) ? qval(w, it.b, pass_row0(p, it) + row, col) : 0.f;
+            A(lane, mt, ks, 2 * r + h) = (row < qrows && col < dim) ? qval(w, it.b, pass_row0(p, it) + row, col) : 0.f;
           }
   std::vector<float> best(32 * MT * 2, -kInf);
   const int64_t nch = ceil_div(dv.nrows, chunk_rows);
@@ -190,60 +190,61 @@ static float emulate_tc_item(const World& w, const Item& it, int MT, int chunk_r
     for (int tid = 0; tid < nthreads; ++tid)
       for (int e = tid; e < rows * pieces; e += nthreads) {
         const int r = e / pieces, piece = e - r * pieces;
-        for (int x = 0; x < 8; ++x) smem[chunk_off + r * row_elems + piece * 8 + x] = dval(w, dv, c0 + r, piece * 8 + x);
+        for (int x = 0; x < 8; ++x)
+          smem[chunk_off + r * row_elems + piece * 8 + x] = dval(w, dv, c0 + r, piece * 8 + x);
       }
-   for (int sub = 0; sub < chunk_rows / 16; ++sub) {
-    const int64_t r0 = c0 + sub * 16;
-    if (r0 >= dv.nrows) continue;  // the shared kernel skips an all-padding sub-block
-    const int stage_off = chunk_off + sub * 16 * row_elems;
-    // mma over k-steps: rebuild each lane's B fragment from the ldmatrix emulation, then the
-    // product from the PTX tables.
-    std::vector<float> acc(32 * MT * 2 * 4, 0.f);
-    for (int ks = 0; ks < ksteps; ++ks) {
-      float bfrag[32][4][2];
-      for (int lane = 0; lane < 32; ++lane) emulate_ldsm_x4(smem, stage_off, row_elems, ks, lane, bfrag[lane]);
-      for (int mt = 0; mt < MT; ++mt)
-        for (int nt = 0; nt < 2; ++nt) {
-          float At[16][16], Bt[16][8];
-          for (int lane = 0; lane < 32; ++lane) {
-            for (int i = 0; i < 8; ++i) {
-              int row, col;
-              ptx_a(lane, i, &row, &col);
-              At[row][col] = A(lane, mt, ks, i);
+    for (int sub = 0; sub < chunk_rows / 16; ++sub) {
+      const int64_t r0 = c0 + sub * 16;
+      if (r0 >= dv.nrows) continue;  // the shared kernel skips an all-padding sub-block
+      const int stage_off = chunk_off + sub * 16 * row_elems;
+      // mma over k-steps: rebuild each lane's B fragment from the ldmatrix emulation, then the
+      // product from the PTX tables.
+      std::vector<float> acc(32 * MT * 2 * 4, 0.f);
+      for (int ks = 0; ks < ksteps; ++ks) {
+        float bfrag[32][4][2];
+        for (int lane = 0; lane < 32; ++lane) emulate_ldsm_x4(smem, stage_off, row_elems, ks, lane, bfrag[lane]);
+        for (int mt = 0; mt < MT; ++mt)
+          for (int nt = 0; nt < 2; ++nt) {
+            float At[16][16], Bt[16][8];
+            for (int lane = 0; lane < 32; ++lane) {
+              for (int i = 0; i < 8; ++i) {
+                int row, col;
+                ptx_a(lane, i, &row, &col);
+                At[row][col] = A(lane, mt, ks, i);
+              }
+              for (int i = 0; i < 4; ++i) {  // b0 = reg 2nt (halves b_0, b_1), b1 = reg 2nt + 1 (b_2, b_3)
+                int k, n;
+                ptx_b(lane, i, &k, &n);
+                Bt[k][n] = bfrag[lane][2 * nt + i / 2][i % 2];
+              }
             }
-            for (int i = 0; i < 4; ++i) {  // b0 = reg 2nt (halves b_0, b_1), b1 = reg 2nt + 1 (b_2, b_3)
-              int k, n;
-              ptx_b(lane, i, &k, &n);
-              Bt[k][n] = bfrag[lane][2 * nt + i / 2][i % 2];
+            for (int lane = 0; lane < 32; ++lane)
+              for (int i = 0; i < 4; ++i) {
+                int row, col;
+                ptx_c(lane, i, &row, &col);
+                float s = 0;
+                for (int k = 0; k < 16; ++k) s += At[row][k] * Bt[k][col];
+                acc[((lane * MT + mt) * 2 + nt) * 4 + i] += s;
+              }
+          }
+      }
+      // fold into the running max (kernel's epilogue of a chunk)
+      for (int lane = 0; lane < 32; ++lane)
+        for (int nt = 0; nt < 2; ++nt)
+          for (int j = 0; j < 2; ++j) {
+            int qrow, dcol;
+            c_frag_coord(lane, j, &qrow, &dcol);
+            const int64_t drow = r0 + nt * 8 + dcol;
+            const bool valid = drow < dv.nrows && (dv.mask0 < 0 || p.d_mask[dv.mask0 + drow]);
+            if (!valid) continue;
+            for (int mt = 0; mt < MT; ++mt) {
+              float& b0 = best[(lane * MT + mt) * 2 + 0];
+              float& b1 = best[(lane * MT + mt) * 2 + 1];
+              b0 = std::fmax(b0, acc[((lane * MT + mt) * 2 + nt) * 4 + j]);
+              b1 = std::fmax(b1, acc[((lane * MT + mt) * 2 + nt) * 4 + 2 + j]);
             }
           }
-          for (int lane = 0; lane < 32; ++lane)
-            for (int i = 0; i < 4; ++i) {
-              int row, col;
-              ptx_c(lane, i, &row, &col);
-              float s = 0;
-              for (int k = 0; k < 16; ++k) s += At[row][k] * Bt[k][col];
-              acc[((lane * MT + mt) * 2 + nt) * 4 + i] += s;
-            }
-        }
     }
-    // fold into the running max (kernel's epilogue of a chunk)
-    for (int lane = 0; lane < 32; ++lane)
-      for (int nt = 0; nt < 2; ++nt)
-        for (int j = 0; j < 2; ++j) {
-          int qrow, dcol;
-          c_frag_coord(lane, j, &qrow, &dcol);
-          const int64_t drow = r0 + nt * 8 + dcol;
-          const bool valid = drow < dv.nrows && (dv.mask0 < 0 || p.d_mask[dv.mask0 + drow]);
-          if (!valid) continue;
-          for (int mt = 0; mt < MT; ++mt) {
-            float& b0 = best[(lane * MT + mt) * 2 + 0];
-            float& b1 = best[(lane * MT + mt) * 2 + 1];
-            b0 = std::fmax(b0, acc[((lane * MT + mt) * 2 + nt) * 4 + j]);
-            b1 = std::fmax(b1, acc[((lane * MT + mt) * 2 + nt) * 4 + 2 + j]);
-          }
-        }
-   }
   }
   // quad max, then the sum over rows by lanes with tig == 0 (butterfly sum order is irrelevant here)
   double sum = 0;
@@ -289,8 +290,8 @@ static float emulate_fma_item(const World& w, int64_t idx) {
 // Builds a world: Q with a padded row stride, docs per mode (padded with padded strides, or packed
 // with random lengths and pids including -1), optional masks/lengths and per-doc floors. Padding
 // slots hold NaN so any read of padding shows up in the scores.
-static World make_world(std::mt19937& rng, ScoringMode mode, int64_t B, int64_t Lq, int64_t dim, int64_t ncols, int64_t Ld,
-                        int masking, bool use_q_mask, bool use_floor) {
+static World make_world(std::mt19937& rng, ScoringMode mode, int64_t B, int64_t Lq, int64_t dim, int64_t ncols,
+                        int64_t Ld, int masking, bool use_q_mask, bool use_floor) {
   std::normal_distribution<float> normal;
   std::uniform_int_distribution<int> coin(0, 9);
   World w;
@@ -340,7 +341,8 @@ static World make_world(std::mt19937& rng, ScoringMode mode, int64_t B, int64_t 
     const int64_t ndocs = mode == ScoringMode::all_pairs ? ncols : B * ncols;
     w.d.assign((mode == ScoringMode::all_pairs ? ncols * p.d_sk : B * p.d_sb) + 1, kNaN);
     for (int64_t doc = 0; doc < ndocs; ++doc) {
-      const int64_t b = mode == ScoringMode::all_pairs ? 0 : doc / ncols, k = mode == ScoringMode::all_pairs ? doc : doc % ncols;
+      const int64_t b = mode == ScoringMode::all_pairs ? 0 : doc / ncols,
+                    k = mode == ScoringMode::all_pairs ? doc : doc % ncols;
       for (int64_t j = 0; j < Ld; ++j)
         for (int64_t x = 0; x < dim; ++x) w.d[b * p.d_sb + k * p.d_sk + j * p.d_sl + x] = normal(rng) + 0.3f;
     }
@@ -406,7 +408,8 @@ static void check_world(World& w, bool tc, const char* what) {
       CHECK(same, "%s shared: slot %zu = %g, independent warps %g", what, i, shared_out[i], out[i]);
     }
   }
-  for (size_t i = 0; i < size_t(p.npass * p.B * p.ncols); ++i) CHECK(hits[i] == 1, "%s: slot %zu hit %d times", what, i, hits[i]);
+  for (size_t i = 0; i < size_t(p.npass * p.B * p.ncols); ++i)
+    CHECK(hits[i] == 1, "%s: slot %zu hit %d times", what, i, hits[i]);
   for (int64_t b = 0; b < p.B; ++b)
     for (int64_t col = 0; col < p.ncols; ++col) {
       float got = 0;  // reduce_partials: sum in pass order
