@@ -2,7 +2,7 @@
 #
 #   make bench          the benchmark on its built-in default workload (quick on CPU, full on GPU)
 #   make test           the whole test suite (CPU; Triton kernels under the interpreter)
-#   make lint           ruff check + ruff format --check (CI runs it before the tests)
+#   make lint           ruff check + ruff format --check + clang-format over csrc/ (CI runs it before the tests)
 #   make test-gpu       the same suite on a CUDA GPU
 #   make compile-check  compile every GPU kernel for sm_80/sm_90 without a GPU
 #   make gpu-check-dry  dry-run bench/gpu_check.sh (the lent-GPU check) on this CPU: plumbing and time budget
@@ -44,10 +44,13 @@ test: setup
 	$(PY) -m pytest tests -q
 
 LINT_PATHS := colbert_fast tests bench setup.py
+# Every C++ and CUDA source; the style is .clang-format's.
+CSRC_FILES := $(shell find csrc -type f \( -name '*.h' -o -name '*.cpp' -o -name '*.cu' -o -name '*.cuh' \) 2>/dev/null)
 
 lint: setup
 	$(PY) -m ruff check $(LINT_PATHS)
 	$(PY) -m ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/clang-format --dry-run --Werror $(CSRC_FILES)
 
 test-gpu: setup
 	$(PY) -m pytest tests -q --device cuda

@@ -1,9 +1,10 @@
 """Build colbert_fast and its extension colbert_fast._C.
 
-C++ sources (csrc/*.cpp, csrc/cpu, csrc/torch) are always built. CUDA sources (csrc/cuda) are
-built when a GPU is visible, or when FORCE_CUDA=1 or TORCH_CUDA_ARCH_LIST is set (so CPU-only
-machines can compile and link them). COLBERT_FAST_NO_EXTENSION=1 skips the extension entirely.
-MAX_JOBS bounds parallel compilation (ninja). Nothing is compiled at run time and nothing is
+C++ sources (csrc/*.cpp, csrc/cpu, csrc/torch) are always built, except the torch glue of the
+CUDA kernels (csrc/torch/*_cuda_glue.cpp, which includes CUDA headers): it and the CUDA sources
+(csrc/cuda) are built when a GPU is visible, or when FORCE_CUDA=1 or TORCH_CUDA_ARCH_LIST is set
+(so CPU-only machines can compile and link them). COLBERT_FAST_NO_EXTENSION=1 skips the
+extension entirely. MAX_JOBS bounds parallel compilation (ninja). Nothing is compiled at run time and nothing is
 downloaded at build time; build with `pip install --no-build-isolation .` against an installed
 torch.
 """
@@ -18,8 +19,12 @@ ROOT = Path(__file__).parent
 CSRC = ROOT / "csrc"
 
 
-def _sources(*patterns):
-    return sorted(str(p.relative_to(ROOT)) for pattern in patterns for p in CSRC.glob(pattern))
+CUDA_GLUE = "torch/*_cuda_glue.cpp"  # torch glue that includes CUDA headers: CUDA builds only
+
+
+def _sources(*patterns, exclude=()):
+    skip = {p for pattern in exclude for p in CSRC.glob(pattern)}
+    return sorted(str(p.relative_to(ROOT)) for pattern in patterns for p in CSRC.glob(pattern) if p not in skip)
 
 
 def _want_cuda(torch) -> bool:
@@ -43,7 +48,7 @@ def _extensions():
         # to resolves to the copy torch has already loaded (same soname): one OpenMP runtime.
         cxx.append("-fopenmp")
         link.append("-fopenmp")
-    sources = _sources("*.cpp", "cpu/*.cpp", "torch/*.cpp")
+    sources = _sources("*.cpp", "cpu/*.cpp", "torch/*.cpp", exclude=[CUDA_GLUE])
     if _want_cuda(torch):
         if torch.version.cuda is None:
             raise RuntimeError(
@@ -53,7 +58,7 @@ def _extensions():
         nvcc = ["-O3", "--use_fast_math", "-lineinfo", "-DWITH_CUDA", "--expt-relaxed-constexpr"]
         ext = CUDAExtension(
             "colbert_fast._C",
-            sources + _sources("cuda/*.cpp", "cuda/*.cu"),
+            sources + _sources(CUDA_GLUE, "cuda/*.cu"),
             extra_compile_args={"cxx": cxx + ["-DWITH_CUDA"], "nvcc": nvcc},
             extra_link_args=link,
         )
@@ -86,8 +91,9 @@ setup(
     install_requires=["torch>=2.4,<=2.14.1", "safetensors", "numpy"],
     extras_require={
         "triton": ["triton>=3.0,<=3.8.0"],
-        # ruff is pinned like the other tools whose new releases change results: `make lint` runs it.
-        "test": ["pytest", "hypothesis", "pytest-benchmark", "ruff>=0.4,<=0.17.6"],
+        # ruff and clang-format are pinned like the other tools whose new releases change results:
+        # `make lint` runs them (a new clang-format can reformat code the old one accepted).
+        "test": ["pytest", "hypothesis", "pytest-benchmark", "ruff>=0.4,<=0.17.6", "clang-format>=18,<=23.1.5"],
         "bench": ["pytest-benchmark", "rich", "matplotlib"],
         "pipeline": [TRANSFORMERS, FAISS, "tqdm"],
         # The evaluation protocol (colbert-fast experiment) with the embedded default model; the

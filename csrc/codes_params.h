@@ -20,7 +20,7 @@
 namespace colbert_fast {
 
 struct CodesParams {
-  int32_t nbits;                // 1, 2, 4 (residual) or 8 (int8)
+  int32_t nbits;  // 1, 2, 4 (residual) or 8 (int8)
   int64_t dim;
   int64_t code_bytes;           // bytes per row of codes: ceil(dim * nbits / 8)
   const uint8_t* codes;         // [T, code_bytes] (int8 codes: the same bytes, signed)
@@ -40,7 +40,8 @@ CF_CODES_HD inline int codes_field(const uint8_t* row_codes, int32_t nbits, int6
 CF_CODES_HD inline float codes_unscaled(const CodesParams& c, int64_t r, int64_t k) {
   const uint8_t* row = c.codes + r * c.code_bytes;
   if (c.nbits == 8) return static_cast<float>(static_cast<int8_t>(row[k]));
-  return c.centroids[static_cast<int64_t>(c.centroid_ids[r]) * c.dim + k] + c.bucket_weights[codes_field(row, c.nbits, k)];
+  return c.centroids[static_cast<int64_t>(c.centroid_ids[r]) * c.dim + k] +
+         c.bucket_weights[codes_field(row, c.nbits, k)];
 }
 
 }  // namespace colbert_fast

@@ -43,6 +43,7 @@ import triton.language as tl
 from . import settings
 from .codes import decoded_rows
 from .launch import device_guard, wrap
+from .scoring_mode import packed, per_query
 
 # -inf is written float("-inf") inside the kernels, never as a module-level tl.constexpr: Inductor copies
 # such a global into the module it generates as `tl.constexpr(-inf)` (repr of the value), and
@@ -146,7 +147,7 @@ def _maxsim_segmented_kernel(
     stride_qb, stride_qt, stride_db, stride_dk, stride_dt,
     stride_qmb, stride_qmt, stride_dmb, stride_dmk, stride_dmt,
     stride_lb, stride_lk, stride_pb, stride_pk,
-    has_qmask, has_dmask, has_len, packed, has_floor,
+    has_qmask, has_dmask, has_len, mode, has_floor,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOCS: tl.constexpr, DIM_PAD: tl.constexpr,
     SAVE_ARGMAX: tl.constexpr, UPCAST: tl.constexpr, CODEC: tl.constexpr = 0, NBITS: tl.constexpr = 0,
 ):  # fmt: skip
@@ -160,7 +161,7 @@ def _maxsim_segmented_kernel(
     # Per slot: where its rows start (packed: row offsets[pid]; padded: candidate k) and its valid
     # length. Branch-free: the unused
     # mode's loads are masked off.
-    is_packed = packed != 0
+    is_packed = mode == packed  # a constexpr global, so Inductor copies it with the kernel
     pids = tl.load(PIDS + b * stride_pb + k * stride_pk, mask=k_ok & is_packed, other=-1)
     doc_ok = k_ok & ((~is_packed) | (pids >= 0))
     safe = tl.maximum(pids, 0)
@@ -401,7 +402,7 @@ def maxsim_fwd(
             Q.stride(0), Q.stride(1), D.stride(0), D.stride(1), D.stride(2),
             *qm_strides, *(d_mask.stride() if d_mask is not None else (0, 0, 0)),
             *(d_lengths.stride() if d_lengths is not None else (0, 0)), 0, 0,
-            has_qmask, has_dmask, has_len, 0, has_floor, BLOCK_M=bm, **common,
+            has_qmask, has_dmask, has_len, per_query.value, has_floor, BLOCK_M=bm, **common,
         )  # fmt: skip
     return out, argmax
 
@@ -446,7 +447,7 @@ def maxsim_packed_fwd(
             Q.stride(0), Q.stride(1), 0, 0, embeddings.stride(0),
             *(q_mask.stride() if q_mask is not None else (0, 0)), 0, 0, 0,
             0, 0, pids.stride(0), pids.stride(1),
-            int(q_mask is not None), 0, 1, 1, int(floor is not None),
+            int(q_mask is not None), 0, 1, packed.value, int(floor is not None),
             BLOCK_M=bm, DIM_PAD=dp, SAVE_ARGMAX=False, UPCAST=settings.upcast_dot(embeddings.dtype),
         )  # fmt: skip
     return out
@@ -510,7 +511,7 @@ def maxsim_packed_codes_fwd(
             Q.stride(0), Q.stride(1), 0, 0, 0,
             *(q_mask.stride() if q_mask is not None else (0, 0)), 0, 0, 0,
             0, 0, pids.stride(0), pids.stride(1),
-            int(q_mask is not None), 0, 1, 1, int(floor is not None),
+            int(q_mask is not None), 0, 1, packed.value, int(floor is not None),
             BLOCK_M=bm, DIM_PAD=dp, SAVE_ARGMAX=False, UPCAST=False, CODEC=codec, NBITS=nbits,
         )  # fmt: skip
     return out

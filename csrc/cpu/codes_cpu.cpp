@@ -27,7 +27,7 @@ uint16_t float_to_half(float f) {
   x &= 0x7fffffffu;
   if (x >= 0x7f800000u) return static_cast<uint16_t>(sign | 0x7c00u | (x > 0x7f800000u ? 0x200u : 0u));
   if (x >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // rounds to >= 65520: inf
-  if (x < 0x38800000u) {  // below fp16's smallest normal: a subnormal (or zero)
+  if (x < 0x38800000u) {                         // below fp16's smallest normal: a subnormal (or zero)
     const float a = std::fabs(f) * 16777216.0f;  // in units of 2^-24, the subnormal step
     const float r = std::nearbyint(a);           // the current rounding mode: to nearest even
     return static_cast<uint16_t>(sign | static_cast<uint32_t>(r));

@@ -64,24 +64,37 @@ constexpr int rows_for() {
 template <int NV>
 CF_AVX2 void tile_f32_n(int nj, const float* qp, int64_t dim, const float* rows, int64_t rs, float* M) {
   switch (nj) {
-    case 1: return tile_f32<NV, 1>(qp, dim, rows, rs, M);
-    case 2: return tile_f32<NV, 2>(qp, dim, rows, rs, M);
-    case 3: return tile_f32<NV, 3>(qp, dim, rows, rs, M);
-    case 4: return tile_f32<NV, 4>(qp, dim, rows, rs, M);
-    case 5: return tile_f32<NV, 5>(qp, dim, rows, rs, M);
-    default: break;
+    case 1:
+      return tile_f32<NV, 1>(qp, dim, rows, rs, M);
+    case 2:
+      return tile_f32<NV, 2>(qp, dim, rows, rs, M);
+    case 3:
+      return tile_f32<NV, 3>(qp, dim, rows, rs, M);
+    case 4:
+      return tile_f32<NV, 4>(qp, dim, rows, rs, M);
+    case 5:
+      return tile_f32<NV, 5>(qp, dim, rows, rs, M);
+    default:
+      break;
   }
   if constexpr (rows_for<NV>() == 6) {
     return tile_f32<NV, 6>(qp, dim, rows, rs, M);
   } else {
     switch (nj) {
-      case 6: return tile_f32<NV, 6>(qp, dim, rows, rs, M);
-      case 7: return tile_f32<NV, 7>(qp, dim, rows, rs, M);
-      case 8: return tile_f32<NV, 8>(qp, dim, rows, rs, M);
-      case 9: return tile_f32<NV, 9>(qp, dim, rows, rs, M);
-      case 10: return tile_f32<NV, 10>(qp, dim, rows, rs, M);
-      case 11: return tile_f32<NV, 11>(qp, dim, rows, rs, M);
-      default: return tile_f32<NV, 12>(qp, dim, rows, rs, M);
+      case 6:
+        return tile_f32<NV, 6>(qp, dim, rows, rs, M);
+      case 7:
+        return tile_f32<NV, 7>(qp, dim, rows, rs, M);
+      case 8:
+        return tile_f32<NV, 8>(qp, dim, rows, rs, M);
+      case 9:
+        return tile_f32<NV, 9>(qp, dim, rows, rs, M);
+      case 10:
+        return tile_f32<NV, 10>(qp, dim, rows, rs, M);
+      case 11:
+        return tile_f32<NV, 11>(qp, dim, rows, rs, M);
+      default:
+        return tile_f32<NV, 12>(qp, dim, rows, rs, M);
     }
   }
 }
@@ -167,10 +180,12 @@ CF_AVX2 void decode_avx2(const CodesParams& c, int64_t row, int64_t n, DType out
       } else {
         uint32_t word = 0;  // 8 fields: 8 * nb <= 32 bits from byte k * nb / 8
         std::memcpy(&word, code + k * nb / 8, static_cast<size_t>(std::min<int64_t>(4, c.code_bytes - k * nb / 8)));
-        const __m256i idx = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int32_t>(word)), shift), field_mask);
+        const __m256i idx =
+            _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int32_t>(word)), shift), field_mask);
         __m256 wv = _mm256_permutevar8x32_ps(w_lo, idx);
         if (nb == 4)  // 16 weights: bit 3 of the index picks the upper table (blendv reads the sign bit)
-          wv = _mm256_blendv_ps(wv, _mm256_permutevar8x32_ps(w_hi, idx), _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
+          wv = _mm256_blendv_ps(wv, _mm256_permutevar8x32_ps(w_hi, idx),
+                                _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
         v = _mm256_add_ps(_mm256_loadu_ps(centroid + k), wv);
       }
       v = _mm256_mul_ps(v, scale);
@@ -195,7 +210,8 @@ CF_AVX2 void decode_avx2(const CodesParams& c, int64_t row, int64_t n, DType out
         if (out == DType::f32)
           static_cast<float*>(dst)[at] = vals[k - full];
         else
-          static_cast<uint16_t*>(dst)[at] = out == DType::bf16 ? float_to_bf16(vals[k - full]) : float_to_half(vals[k - full]);
+          static_cast<uint16_t*>(dst)[at] =
+              out == DType::bf16 ? float_to_bf16(vals[k - full]) : float_to_half(vals[k - full]);
       }
     }
   }

@@ -127,36 +127,60 @@ CF_AVX512BF16 inline void tile_bf16(const uint16_t* qp, int64_t dim, const uint1
 template <int NV>
 CF_AVX512 void tile_f32_n(int nj, const float* qp, int64_t dim, const float* rows, int64_t rs, float* M) {
   switch (nj) {
-    case 1: return tile_f32<NV, 1>(qp, dim, rows, rs, M);
-    case 2: return tile_f32<NV, 2>(qp, dim, rows, rs, M);
-    case 3: return tile_f32<NV, 3>(qp, dim, rows, rs, M);
-    case 4: return tile_f32<NV, 4>(qp, dim, rows, rs, M);
-    case 5: return tile_f32<NV, 5>(qp, dim, rows, rs, M);
-    case 6: return tile_f32<NV, 6>(qp, dim, rows, rs, M);
-    case 7: return tile_f32<NV, 7>(qp, dim, rows, rs, M);
-    case 8: return tile_f32<NV, 8>(qp, dim, rows, rs, M);
-    case 9: return tile_f32<NV, 9>(qp, dim, rows, rs, M);
-    case 10: return tile_f32<NV, 10>(qp, dim, rows, rs, M);
-    case 11: return tile_f32<NV, 11>(qp, dim, rows, rs, M);
-    default: return tile_f32<NV, kRows>(qp, dim, rows, rs, M);
+    case 1:
+      return tile_f32<NV, 1>(qp, dim, rows, rs, M);
+    case 2:
+      return tile_f32<NV, 2>(qp, dim, rows, rs, M);
+    case 3:
+      return tile_f32<NV, 3>(qp, dim, rows, rs, M);
+    case 4:
+      return tile_f32<NV, 4>(qp, dim, rows, rs, M);
+    case 5:
+      return tile_f32<NV, 5>(qp, dim, rows, rs, M);
+    case 6:
+      return tile_f32<NV, 6>(qp, dim, rows, rs, M);
+    case 7:
+      return tile_f32<NV, 7>(qp, dim, rows, rs, M);
+    case 8:
+      return tile_f32<NV, 8>(qp, dim, rows, rs, M);
+    case 9:
+      return tile_f32<NV, 9>(qp, dim, rows, rs, M);
+    case 10:
+      return tile_f32<NV, 10>(qp, dim, rows, rs, M);
+    case 11:
+      return tile_f32<NV, 11>(qp, dim, rows, rs, M);
+    default:
+      return tile_f32<NV, kRows>(qp, dim, rows, rs, M);
   }
 }
 
 template <int NV>
 CF_AVX512BF16 void tile_bf16_n(int nj, const uint16_t* qp, int64_t dim, const uint16_t* rows, int64_t rs, float* M) {
   switch (nj) {
-    case 1: return tile_bf16<NV, 1>(qp, dim, rows, rs, M);
-    case 2: return tile_bf16<NV, 2>(qp, dim, rows, rs, M);
-    case 3: return tile_bf16<NV, 3>(qp, dim, rows, rs, M);
-    case 4: return tile_bf16<NV, 4>(qp, dim, rows, rs, M);
-    case 5: return tile_bf16<NV, 5>(qp, dim, rows, rs, M);
-    case 6: return tile_bf16<NV, 6>(qp, dim, rows, rs, M);
-    case 7: return tile_bf16<NV, 7>(qp, dim, rows, rs, M);
-    case 8: return tile_bf16<NV, 8>(qp, dim, rows, rs, M);
-    case 9: return tile_bf16<NV, 9>(qp, dim, rows, rs, M);
-    case 10: return tile_bf16<NV, 10>(qp, dim, rows, rs, M);
-    case 11: return tile_bf16<NV, 11>(qp, dim, rows, rs, M);
-    default: return tile_bf16<NV, kRows>(qp, dim, rows, rs, M);
+    case 1:
+      return tile_bf16<NV, 1>(qp, dim, rows, rs, M);
+    case 2:
+      return tile_bf16<NV, 2>(qp, dim, rows, rs, M);
+    case 3:
+      return tile_bf16<NV, 3>(qp, dim, rows, rs, M);
+    case 4:
+      return tile_bf16<NV, 4>(qp, dim, rows, rs, M);
+    case 5:
+      return tile_bf16<NV, 5>(qp, dim, rows, rs, M);
+    case 6:
+      return tile_bf16<NV, 6>(qp, dim, rows, rs, M);
+    case 7:
+      return tile_bf16<NV, 7>(qp, dim, rows, rs, M);
+    case 8:
+      return tile_bf16<NV, 8>(qp, dim, rows, rs, M);
+    case 9:
+      return tile_bf16<NV, 9>(qp, dim, rows, rs, M);
+    case 10:
+      return tile_bf16<NV, 10>(qp, dim, rows, rs, M);
+    case 11:
+      return tile_bf16<NV, 11>(qp, dim, rows, rs, M);
+    default:
+      return tile_bf16<NV, kRows>(qp, dim, rows, rs, M);
   }
 }
 
@@ -286,7 +310,8 @@ template <int NB, bool TAIL>
 CF_AVX512 inline __m512 unscaled16(const uint8_t* code, const float* centroid, int64_t k, int64_t code_bytes,
                                    __mmask16 m, __m512i shift, __m512i field_mask, __m512 weights) {
   if constexpr (NB == 8) {
-    const __m128i b = TAIL ? _mm_maskz_loadu_epi8(m, code + k) : _mm_loadu_si128(reinterpret_cast<const __m128i*>(code + k));
+    const __m128i b =
+        TAIL ? _mm_maskz_loadu_epi8(m, code + k) : _mm_loadu_si128(reinterpret_cast<const __m128i*>(code + k));
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
   } else {
     const uint64_t bits = field_bits<NB, TAIL>(code, k, code_bytes);
@@ -308,7 +333,8 @@ CF_AVX512 void decode_t(const CodesParams& c, int64_t row, int64_t n, void* dst,
                                 : _mm512_mullo_epi32(lanes, _mm512_set1_epi32(NB == 8 ? 0 : NB));
   const __m512i field_mask = _mm512_set1_epi32(NB == 8 ? 0 : (1 << NB) - 1);
   __m512 weights = _mm512_setzero_ps();
-  if constexpr (NB != 8) weights = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << (1 << NB)) - 1), c.bucket_weights);
+  if constexpr (NB != 8)
+    weights = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << (1 << NB)) - 1), c.bucket_weights);
   const int64_t full = c.dim / 16 * 16;
   const __mmask16 tail = static_cast<__mmask16>((1u << (c.dim - full)) - 1);
   for (int64_t j = 0; j < n; ++j) {
@@ -316,7 +342,8 @@ CF_AVX512 void decode_t(const CodesParams& c, int64_t row, int64_t n, void* dst,
     const float* centroid = nullptr;
     if constexpr (NB != 8) {
       if (j + 2 < n) {  // centroid rows come from a table larger than L2: ask early
-        const auto* next = reinterpret_cast<const char*>(c.centroids + static_cast<int64_t>(c.centroid_ids[r + 2]) * c.dim);
+        const auto* next =
+            reinterpret_cast<const char*>(c.centroids + static_cast<int64_t>(c.centroid_ids[r + 2]) * c.dim);
         for (int64_t b = 0; b < c.dim * 4; b += 64) _mm_prefetch(next + b, _MM_HINT_T0);
       }
       centroid = c.centroids + static_cast<int64_t>(c.centroid_ids[r]) * c.dim;
@@ -344,10 +371,14 @@ CF_AVX512 void decode_nb(const CodesParams& c, int64_t row, int64_t n, DType out
 
 CF_AVX512 void decode_avx512(const CodesParams& c, int64_t row, int64_t n, DType out, void* dst, int64_t dst_stride) {
   switch (c.nbits) {
-    case 1: return decode_nb<1>(c, row, n, out, dst, dst_stride);
-    case 2: return decode_nb<2>(c, row, n, out, dst, dst_stride);
-    case 4: return decode_nb<4>(c, row, n, out, dst, dst_stride);
-    default: return decode_nb<8>(c, row, n, out, dst, dst_stride);
+    case 1:
+      return decode_nb<1>(c, row, n, out, dst, dst_stride);
+    case 2:
+      return decode_nb<2>(c, row, n, out, dst, dst_stride);
+    case 4:
+      return decode_nb<4>(c, row, n, out, dst, dst_stride);
+    default:
+      return decode_nb<8>(c, row, n, out, dst, dst_stride);
   }
 }
 

@@ -112,8 +112,7 @@ namespace {
 // 64-byte aligned, uninitialized, freed on scope exit (vector loads of packed queries are aligned).
 class AlignedBuffer {
  public:
-  explicit AlignedBuffer(size_t bytes)
-      : ptr_(bytes ? ::operator new(bytes, std::align_val_t(64)) : nullptr) {}
+  explicit AlignedBuffer(size_t bytes) : ptr_(bytes ? ::operator new(bytes, std::align_val_t(64)) : nullptr) {}
   ~AlignedBuffer() {
     if (ptr_) ::operator delete(ptr_, std::align_val_t(64));
   }
@@ -147,7 +146,7 @@ struct QueryLayout {
   int64_t elem_bytes;
 };
 
-QueryLayout query_layout(const MaxSimParams& p, const IsaKernels& isa) {
+QueryLayout query_layout(const MaxSimArgs& p, const IsaKernels& isa) {
   QueryLayout l{};
   l.pair = isa.pair_bf16 && p.dtype == DType::bf16;
   l.qb = p.Lq <= isa.qb_small ? isa.qb_small : isa.qb_large;
@@ -159,7 +158,7 @@ QueryLayout query_layout(const MaxSimParams& p, const IsaKernels& isa) {
   return l;
 }
 
-void pack_queries(const MaxSimParams& p, const QueryLayout& l, void* out) {
+void pack_queries(const MaxSimArgs& p, const QueryLayout& l, void* out) {
   at::parallel_for(0, p.B, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const char* qb_base = static_cast<const char*>(p.Q) + b * p.q_stride_b * elem_size(p.q_dtype);
@@ -228,22 +227,22 @@ struct ItemShape {
 };
 
 struct DocRef {
-  const char* base;       // the doc's first (padded) row
-  int64_t row0;           // packed: the doc's first row in the store (a compressed store's row index)
-  bool empty_slot;        // pid -1: scores -inf
-  float floor;            // where every running max starts (-inf: no floor)
-  int64_t n_rows;         // rows to consider (valid prefix length, or Ld with a mask)
-  const bool* mask;       // per-row validity, or null
-  int64_t b0, nq;         // queries
+  const char* base;               // the doc's first (padded) row
+  int64_t row0;                   // packed: the doc's first row in the store (a compressed store's row index)
+  bool empty_slot;                // pid -1: scores -inf
+  float floor;                    // where every running max starts (-inf: no floor)
+  int64_t n_rows;                 // rows to consider (valid prefix length, or Ld with a mask)
+  const bool* mask;               // per-row validity, or null
+  int64_t b0, nq;                 // queries
   int64_t out_index, out_stride;  // out[out_index + q * out_stride] for q < nq
 };
 
-DocRef resolve(const MaxSimParams& p, const ItemShape& s, int64_t item) {
+DocRef resolve(const MaxSimArgs& p, const ItemShape& s, int64_t item) {
   const char* D = static_cast<const char*>(p.D);
   const size_t esz = elem_size(p.dtype);
   DocRef r{};
   r.floor = -std::numeric_limits<float>::infinity();
-  if (p.layout == DocLayout::all_pairs) {
+  if (p.mode == ScoringMode::all_pairs) {
     const int64_t n = item / s.groups;
     if (p.floor) r.floor = p.floor[n];
     r.b0 = (item % s.groups) * s.group;
@@ -259,7 +258,7 @@ DocRef resolve(const MaxSimParams& p, const ItemShape& s, int64_t item) {
   r.nq = 1;
   r.out_index = item;
   if (p.floor) r.floor = p.floor[item];
-  if (p.layout == DocLayout::packed) {
+  if (p.mode == ScoringMode::packed) {
     const int64_t pid = p.pids[item];
     r.empty_slot = pid < 0;
     if (!r.empty_slot) {
@@ -284,9 +283,9 @@ void prefetch_rows(const char* base, int64_t n_rows, int64_t row_stride_bytes, i
 
 }  // namespace
 
-void maxsim_cpu(const MaxSimParams& params) {
+void maxsim_cpu(const MaxSimArgs& params) {
   const IsaKernels& isa = select_isa();
-  MaxSimParams p = params;
+  MaxSimArgs p = params;
   // A compressed store is decoded into tiles the ISA computes fastest: bf16 pairs (vdpbf16ps)
   // where it has them, else fp32 (no per-tile conversion on top of the decode).
   if (p.codes != nullptr) p.dtype = isa.pair_bf16 ? DType::bf16 : DType::f32;
@@ -300,12 +299,12 @@ void maxsim_cpu(const MaxSimParams& params) {
   // every thread busy. Other layouts: one item = one (query, doc).
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
   int64_t group = 1;
-  if (p.layout == DocLayout::all_pairs) {
+  if (p.mode == ScoringMode::all_pairs) {
     group = std::min<int64_t>(p.B, 32);
     while (group > 1 && p.K * ((p.B + group - 1) / group) < 4 * threads) group = (group + 1) / 2;
   }
   const int64_t groups = (p.B + group - 1) / group;
-  const int64_t items = p.layout == DocLayout::all_pairs ? p.K * groups : p.B * p.K;
+  const int64_t items = p.mode == ScoringMode::all_pairs ? p.K * groups : p.B * p.K;
   const int64_t work_per_item = std::max<int64_t>(1, group * l.nblk * l.qb * std::max<int64_t>(p.Ld, 1) * p.dim);
   // Items are handed out in chunks from a shared counter rather than split statically: docs
   // differ in length and the cores may be shared, so a thread that finishes early takes more.
@@ -350,7 +349,8 @@ void maxsim_cpu(const MaxSimParams& params) {
         return;
       }
       DocRows doc;
-      const bool has_rows = p.codes ? d.n_rows > 0 : valid_rows(d.base, d.n_rows, d.mask, p.d_stride_l, p.dim, esz, compact, doc);
+      const bool has_rows =
+          p.codes ? d.n_rows > 0 : valid_rows(d.base, d.n_rows, d.mask, p.d_stride_l, p.dim, esz, compact, doc);
       if (!has_rows) {
         // No valid token: every query token's max is the floor itself (0 without one).
         for (int64_t q = 0; q < d.nq; ++q) write_sum(d, q, &d.floor, 0);

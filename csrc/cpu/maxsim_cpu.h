@@ -1,61 +1,16 @@
-// Fused MaxSim on the CPU: parameters, the per-ISA kernel table, and the entry points.
-// Plain C++ (no torch headers): the torch glue (csrc/torch/maxsim_cpu_glue.cpp) fills these
-// structs from tensors; the kernels (maxsim_cpu.cpp driver + maxsim_<isa>.cpp tiles) read them.
-//
-//     score(q, d) = sum_{i : q_mask[i]} max(floor_d, max_{j : d valid at j} <Q[i], D[j]>)     (fp32)
-//
-// floor_d is -inf without a floor; a max that is still -inf (no valid token, no floor) counts 0,
-// so a doc with no valid token scores 0 (or n_counting * floor_d); a pid of -1 scores -inf.
+// Fused MaxSim on the CPU: the per-ISA kernel table and the entry points. Plain C++ (no torch
+// headers): the torch glue (csrc/torch/maxsim_cpu_glue.cpp) hands the kernels a checked
+// MaxSimArgs (csrc/maxsim_args.h, which states the scoring rule); the driver (maxsim_cpu.cpp) and
+// the tiles (maxsim_<isa>.cpp) read it.
 #pragma once
 #include <cstdint>
 #include <cstring>
 #include <string>
 
-#include "../codes_params.h"
+#include "../maxsim_args.h"
 
 namespace colbert_fast {
 namespace cpu {
-
-enum class DType : int { f32 = 0, f16 = 1, bf16 = 2 };
-
-// Where each doc's rows live. All strides are in elements; the last dim is contiguous.
-enum class DocLayout : int {
-  all_pairs = 0,  // D [N, Ld, dim]: every query against every doc -> out [B, N]
-  per_query = 1,  // D [B, K, Ld, dim]: query b against its own K docs -> out [B, K]
-  packed = 2,     // embeddings [T, dim] rows + offsets/lengths, pids [B, K] -> out [B, K]
-};
-
-struct MaxSimParams {
-  DType dtype;    // D's dtype, which the tiles compute in (a compressed store: f32, or bf16 pairs)
-  DType q_dtype;  // Q's dtype: D's, except for a compressed store (f32 queries)
-  DocLayout layout;
-  int64_t B, Lq, dim;
-  int64_t K;   // docs per query (per_query, packed); N docs for all_pairs
-  int64_t Ld;  // padded doc length (all_pairs, per_query); longest doc (packed)
-
-  const void* Q;  // [B, Lq, dim]
-  int64_t q_stride_b, q_stride_l;
-  const bool* q_mask;  // [B, Lq] contiguous, or null (every token counts)
-
-  const void* D;  // all_pairs: [N, Ld, dim]; per_query: [B, K, Ld, dim]; packed: [T, dim]
-  int64_t d_stride_b;  // per_query only
-  int64_t d_stride_k;  // doc stride (all_pairs: dim 0; per_query: dim 1)
-  int64_t d_stride_l;  // token (row) stride; packed: dim
-  const bool* d_mask;         // contiguous, D.shape[:-1], or null
-  const int64_t* d_lengths;   // contiguous, D.shape[:-2], or null
-
-  const int64_t* offsets;  // packed: [N + 1]
-  const int64_t* lengths;  // packed: [N]
-  const int64_t* pids;     // packed: [B, K] contiguous, -1 = empty
-
-  const float* floor;  // one per doc, contiguous (all_pairs: [N]; per_query, packed: [B, K]), or null
-
-  // packed only: a compressed store instead of D's rows. Each doc is decoded a few dozen rows at
-  // a time into a per-thread tile (L1-resident, in `dtype`) that every query lane then reads.
-  const CodesParams* codes;
-
-  float* out;  // [B, K] contiguous
-};
 
 // ---- per-ISA tile kernels --------------------------------------------------------------------
 // A query is packed once per call into blocks of `qb` tokens ("lanes"): block-major, then dim,
@@ -72,8 +27,8 @@ struct DocRows {
 struct TileArgs {
   DType dtype;
   int64_t dim;
-  int64_t qb;       // lanes per query block
-  int64_t nblk;     // blocks per query
+  int64_t qb;                // lanes per query block
+  int64_t nblk;              // blocks per query
   int64_t qpack_stride;      // elements (float or uint16) between blocks of one query
   const void* const* qpack;  // [nq] packed queries
   float* const* M;           // [nq] running maxima, nblk * qb floats each, start at the doc's floor (or -inf)
@@ -117,7 +72,7 @@ const IsaKernels* isa_scalar();
 const IsaKernels& select_isa();
 const char* cpu_isa_name();
 
-void maxsim_cpu(const MaxSimParams& p);
+void maxsim_cpu(const MaxSimArgs& p);
 
 // The packed -> padded gather of a compressed store: out [num_slots, max_len, dim] in out_dtype,
 // mask [num_slots, max_len]; padding rows are zero.
@@ -137,10 +92,10 @@ void gather_codes_cpu(const CodesGatherParams& p);
 // or "bf16" (vdpbf16ps; throws std::runtime_error where the kernels in use have none), on
 // at::get_num_threads() threads for about `seconds`.
 struct PeakResult {
-  double gflops;      // all threads together
+  double gflops;  // all threads together
   int64_t threads;
-  const char* loop;   // which instructions were timed, e.g. "avx512 vfmadd"
-  float checksum;     // the loops' results (keeps them from being optimised away)
+  const char* loop;  // which instructions were timed, e.g. "avx512 vfmadd"
+  float checksum;    // the loops' results (keeps them from being optimised away)
 };
 PeakResult peak_flops(const std::string& kind, double seconds);
 

@@ -30,10 +30,14 @@ void tile_f32(const float* qp, int64_t dim, const float* rows, int64_t rs, float
 
 void tile_f32_n(int nj, const float* qp, int64_t dim, const float* rows, int64_t rs, float* M) {
   switch (nj) {
-    case 1: return tile_f32<1>(qp, dim, rows, rs, M);
-    case 2: return tile_f32<2>(qp, dim, rows, rs, M);
-    case 3: return tile_f32<3>(qp, dim, rows, rs, M);
-    default: return tile_f32<kRows>(qp, dim, rows, rs, M);
+    case 1:
+      return tile_f32<1>(qp, dim, rows, rs, M);
+    case 2:
+      return tile_f32<2>(qp, dim, rows, rs, M);
+    case 3:
+      return tile_f32<3>(qp, dim, rows, rs, M);
+    default:
+      return tile_f32<kRows>(qp, dim, rows, rs, M);
   }
 }
 

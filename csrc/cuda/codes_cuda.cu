@@ -16,7 +16,7 @@
 //     centroid ids two chunks ahead (the centroid copy needs them).
 //   codes_fma_kernel (any dim): exact fp32 decode per doc row, fp32 FMA; correct, not tuned.
 //
-// Pure CUDA over codes::ScoreParams / codes::GatherParams; the torch glue is codes_glue.cpp.
+// Pure CUDA over codes::ScoreParams / codes::GatherParams; the torch glue is csrc/torch/codes_cuda_glue.cpp.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -136,9 +136,9 @@ __device__ __forceinline__ void load_a_f32(const ScoreParams& p, const Item& it,
 template <int NBITS, int KS>
 __global__ void __launch_bounds__(kWarps * 32) codes_tc_kernel(const ScoreParams p) {
   constexpr bool kResidual = NBITS != 8;
-  constexpr int kGroups = tc_groups(KS);      // groups of 8 dims per tile row
-  constexpr int kRowStep = 32 / kGroups;      // tile rows between a lane's units
-  constexpr int kRowElems = 16 * KS + 8;      // tc_tile_row_elems(KS)
+  constexpr int kGroups = tc_groups(KS);  // groups of 8 dims per tile row
+  constexpr int kRowStep = 32 / kGroups;  // tile rows between a lane's units
+  constexpr int kRowElems = 16 * KS + 8;  // tc_tile_row_elems(KS)
   using Bits = std::conditional_t<NBITS == 8, uint64_t, uint32_t>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -166,7 +166,7 @@ __global__ void __launch_bounds__(kWarps * 32) codes_tc_kernel(const ScoreParams
   const int64_t nch = ceil_div(nrows, kChunkRows);
   const int ug = tc_unit_group(lane, KS);  // this lane's group; its rows: tc_unit_row(lane, i, KS)
   const int urow0 = tc_unit_row(lane, 0, KS);
-  bool bad = false;                        // a centroid id out of range
+  bool bad = false;  // a centroid id out of range
   // Bucket weights: lane f holds weight f, read with a shuffle (a register table: no shared memory,
   // no block barrier, no bank conflicts).
   const float wreg = kResidual && lane < (1 << NBITS) ? c.bucket_weights[lane] : 0.f;
@@ -187,7 +187,7 @@ __global__ void __launch_bounds__(kWarps * 32) codes_tc_kernel(const ScoreParams
     const int64_t r = ch * kChunkRows + lane;
     return lane < kChunkRows && r < nrows ? half_to_float(c.scales[row0 + r]) : 0.f;
   };
-  auto load_bits = [&](int64_t ch, Bits (&bits)[KS]) {
+  auto load_bits = [&](int64_t ch, Bits(&bits)[KS]) {
 #pragma unroll
     for (int i = 0; i < KS; ++i) {
       const int64_t r = ch * kChunkRows + urow0 + i * kRowStep;
@@ -246,8 +246,8 @@ __global__ void __launch_bounds__(kWarps * 32) codes_tc_kernel(const ScoreParams
     sc_nxt = load_scale(ch + 1);
     if constexpr (kResidual) {
       if (ch + 1 < nch) stage_centroids(ch + 1, id_nxt);
-      cp_async_commit();      // one group per chunk, empty or not, keeps wait_group's count exact
-      cp_async_wait<1>();     // this lane's copies of chunk ch have landed ...
+      cp_async_commit();   // one group per chunk, empty or not, keeps wait_group's count exact
+      cp_async_wait<1>();  // this lane's copies of chunk ch have landed ...
     }
     __syncwarp();  // ... and every lane's; every lane is done reading the tile (chunk ch - 1)
 

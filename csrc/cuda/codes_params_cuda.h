@@ -2,7 +2,7 @@
 // (codes_cuda.cu): gather_codes and maxsim_packed_codes.
 //
 // Plain C++ (no torch, no CUDA headers), host and device: the glue fills the params, the kernels
-// read them, and csrc/cuda/test/codes_test.cpp (built with g++ by tests/test_cuda_build.py) runs
+// read them, and csrc/cuda/test/codes_test.cpp (built with g++ by tests/backends/test_cuda_build.py) runs
 // the same functions on the host. The decoded vectors are defined in colbert_fast/reference.py
 // (decode_residual, decode_int8); csrc/codes_params.h states them in C++.
 #pragma once
@@ -25,7 +25,7 @@ using maxsim::round_up;
 // Decoding must give the reference's fp32 values bit for bit: (centroid + weight) * scale, IEEE
 // round-to-nearest, no fused multiply-add and no flush of subnormals. The build compiles with
 // --use_fast_math, which makes nvcc emit add.rn.ftz / mul.rn.ftz even for __fadd_rn / __fmul_rn
-// (checked in the PTX by tests/test_cuda_build.py), so the device side spells the instructions out.
+// (checked in the PTX by tests/backends/test_cuda_build.py), so the device side spells the instructions out.
 
 CF_HD float add_rn(float a, float b) {
 #if defined(__CUDA_ARCH__)
@@ -94,15 +94,15 @@ CF_HD uint16_t float_to_half_rn(float f) {
 #else
   const uint32_t x = float_to_bits(f);
   const uint32_t sign = (x >> 16) & 0x8000u, ax = x & 0x7fffffffu;
-  if (ax > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);        // NaN (quiet)
-  if (ax >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);       // rounds to >= 65520: inf
-  if (ax >= 0x38800000u) {                                                   // a normal fp16
-    const uint32_t r = ax + 0xfffu + ((ax >> 13) & 1u) - (112u << 23);      // rebias, round 13 bits
+  if (ax > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);   // NaN (quiet)
+  if (ax >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // rounds to >= 65520: inf
+  if (ax >= 0x38800000u) {                                              // a normal fp16
+    const uint32_t r = ax + 0xfffu + ((ax >> 13) & 1u) - (112u << 23);  // rebias, round 13 bits
     return static_cast<uint16_t>(sign | (r >> 13));
   }
   // An fp16 subnormal (or zero): the value in units of 2^-24, rounded to nearest even.
   const uint32_t e = ax >> 23;
-  if (e < 102) return static_cast<uint16_t>(sign);  // below 2^-25 (incl. fp32 subnormals): 0
+  if (e < 102) return static_cast<uint16_t>(sign);                   // below 2^-25 (incl. fp32 subnormals): 0
   const uint32_t m = (ax & 0x7fffffu) | 0x800000u, shift = 126 - e;  // value = m * 2^(e - 150)
   uint32_t q = m >> shift;
   const uint32_t rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
@@ -269,7 +269,7 @@ CF_HD bool decode_group(const Store& s, const float* weights, int64_t r, int64_t
 
 struct GatherParams {
   Store s;
-  void* out;  // [num_slots, max_len, dim] in out_dtype (maxsim::DType)
+  void* out;   // [num_slots, max_len, dim] in out_dtype (maxsim::DType)
   bool* mask;  // [num_slots, max_len]
   int64_t num_slots;
   int32_t out_dtype;
@@ -302,7 +302,7 @@ CF_HD bool gather_mask(const SlotView& v, int64_t j) { return v.state == kSlotOk
 // ---- maxsim_packed_codes ----------------------------------------------------------------------
 
 struct ScoreParams {
-  // Work decomposition, query, q_mask, floor, output and passes (mode kPacked; q is fp32, q_pairs
+  // Work decomposition, query, q_mask, floor, output and passes (mode ScoringMode::packed; q is fp32, q_pairs
   // means float2 loads of column pairs are 8-byte aligned). The doc fields (embeddings, offsets,
   // ...) are unused: the store below replaces them.
   maxsim::Params m;
@@ -368,12 +368,12 @@ CF_HD bool use_tensor_cores(const ScoreParams& p) {
 // sizes (never at device memory).
 CF_HD void plan(ScoreParams& p) {
   p.tc = use_tensor_cores(p);
-  p.m.mode = maxsim::kPacked;
+  p.m.mode = ScoringMode::packed;
   p.m.pass_rows = p.tc ? kTcPassRows : maxsim::kFmaPassRows;
   p.m.npass = maxsim::num_passes(p.m.Lq, p.m.pass_rows);
   p.m.shared_doc = 0;
-  p.m.q_pairs = reinterpret_cast<uint64_t>(p.m.q) % 8 == 0 && p.m.q_sb % 2 == 0 && p.m.q_sl % 2 == 0 &&
-                p.m.dim % 2 == 0;
+  p.m.q_pairs =
+      reinterpret_cast<uint64_t>(p.m.q) % 8 == 0 && p.m.q_sb % 2 == 0 && p.m.q_sl % 2 == 0 && p.m.dim % 2 == 0;
 }
 
 // Sets the Store's load-width flags (shared by both ops).

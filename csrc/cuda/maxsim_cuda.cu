@@ -15,7 +15,7 @@
 //
 // A per-doc floor (Params::floor) enters only at the end, in row_value: max(floor, the row's max).
 //
-// Pure CUDA over maxsim::Params; the torch glue is maxsim_glue.cpp.
+// Pure CUDA over maxsim::Params; the torch glue is csrc/torch/maxsim_cuda_glue.cpp.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -39,8 +39,8 @@ __device__ __forceinline__ bool doc_row_valid(const Params& p, const DocView& dv
 
 // Zero the k-padding columns [dim, 16 * ksteps) of `rows` smem rows: cp.async never writes them,
 // and A is zero there, but 0 * stale NaN would be NaN.
-__device__ __forceinline__ void zero_k_padding(uint16_t* sbuf, int rows, int row_elems, int dim, int ksteps,
-                                               int tid, int nthreads) {
+__device__ __forceinline__ void zero_k_padding(uint16_t* sbuf, int rows, int row_elems, int dim, int ksteps, int tid,
+                                               int nthreads) {
   for (int r = tid; r < rows; r += nthreads) {
     for (int c = dim; c < ksteps * 16; ++c) sbuf[r * row_elems + c] = 0;
   }
@@ -50,8 +50,7 @@ __device__ __forceinline__ void zero_k_padding(uint16_t* sbuf, int rows, int row
 // item: a register's two halves are the adjacent columns (2t, 2t + 1), one 32-bit load when Q's
 // pairs are 4-byte aligned (plan() checks), else two 16-bit loads (any Q stride works).
 template <int KS, int MT>
-__device__ __forceinline__ void load_a(const Params& p, const Item& it, int lane, int qrows,
-                                       uint32_t (&a)[MT][KS][4]) {
+__device__ __forceinline__ void load_a(const Params& p, const Item& it, int lane, int qrows, uint32_t (&a)[MT][KS][4]) {
   const uint16_t* qb = static_cast<const uint16_t*>(p.q) + it.b * p.q_sb + pass_row0(p, it) * p.q_sl;
   const int dim = static_cast<int>(p.dim);
   const bool pairs = p.q_pairs != 0;
@@ -186,7 +185,7 @@ __global__ void __launch_bounds__(kWarps * 32) maxsim_tc_kernel(const Params p) 
   uint32_t a[MT][KS][4];
   load_a<KS, MT>(p, it, lane, qrows, a);
 
-  const uint16_t* dbase = static_cast<const uint16_t*>(p.mode == kPacked ? p.embeddings : p.d) + dv.row0;
+  const uint16_t* dbase = static_cast<const uint16_t*>(p.mode == ScoringMode::packed ? p.embeddings : p.d) + dv.row0;
   const int64_t nch = num_chunks(dv.nrows);
   auto stage_of = [&](int64_t c) { return sbuf + static_cast<int>(c % kStages) * (kChunkRows * row_elems); };
 
@@ -236,7 +235,7 @@ __global__ void __launch_bounds__(kWarps * 32) maxsim_tc_shared_kernel(const Par
   uint32_t a[MT][KS][4];
   if (active) load_a<KS, MT>(p, it, lane, qrows, a);
 
-  const uint16_t* dbase = static_cast<const uint16_t*>(p.mode == kPacked ? p.embeddings : p.d) + dv.row0;
+  const uint16_t* dbase = static_cast<const uint16_t*>(p.mode == ScoringMode::packed ? p.embeddings : p.d) + dv.row0;
   const int64_t nch = ceil_div(dv.nrows, kSharedChunkRows);
   auto stage_of = [&](int64_t c) { return sbuf + static_cast<int>(c % kStages) * (kSharedChunkRows * row_elems); };
   constexpr int kThreads = kWarps * 32;
@@ -257,16 +256,15 @@ __global__ void __launch_bounds__(kWarps * 32) maxsim_tc_shared_kernel(const Par
     __syncthreads();  // chunk c is in smem for every warp; every warp is done with chunk c - 1
     const int64_t next = c + kStages - 1;
     if (next < nch)
-      load_rows(stage_of(next), dbase, dv, next * kSharedChunkRows, kSharedChunkRows, pieces, row_elems, tid,
-                kThreads);
+      load_rows(stage_of(next), dbase, dv, next * kSharedChunkRows, kSharedChunkRows, pieces, row_elems, tid, kThreads);
     cp_async_commit();
     if (active) {
       const int64_t r0 = c * kSharedChunkRows;
 #pragma unroll
       for (int sub = 0; sub < kSharedChunkRows / 16; ++sub) {
         if (r0 + sub * 16 < dv.nrows) {
-          mma_rows16<kBf16, KS, MT>(p, dv, stage_of(c) + sub * 16 * row_elems, row_elems, ksteps, lane,
-                                    r0 + sub * 16, a, best);
+          mma_rows16<kBf16, KS, MT>(p, dv, stage_of(c) + sub * 16 * row_elems, row_elems, ksteps, lane, r0 + sub * 16,
+                                    a, best);
         }
       }
     }
@@ -313,7 +311,7 @@ __global__ void __launch_bounds__(kWarps * 32) maxsim_fma_kernel(const Params p)
   }
   const int qrows = static_cast<int>(pass_nrows(p, it));
   const int64_t q0 = it.b * p.q_sb + pass_row0(p, it) * p.q_sl;
-  const void* dsrc = p.mode == kPacked ? p.embeddings : p.d;
+  const void* dsrc = p.mode == ScoringMode::packed ? p.embeddings : p.d;
 
   float best[kFmaPassRows];
 #pragma unroll

@@ -1,12 +1,14 @@
 // Parameters and index/tile arithmetic of the CUDA MaxSim kernels.
 //
 // Plain C++ (no torch, no CUDA headers): the glue fills MaxsimParams, the kernels read it, and
-// tests/test_cuda_tiles.py compiles this header with g++ to unit-test every index computation on
+// tests/backends/test_cuda_build.py compiles this header with g++ to unit-test every index computation on
 // the host. All offsets are int64: a packed store of more than 2^31 elements is normal.
 #pragma once
 #include <cstdint>
 #include <cstring>
 #include <limits>
+
+#include "../maxsim_args.h"
 
 #if defined(__CUDACC__)
 #define CF_HD __host__ __device__ __forceinline__
@@ -17,16 +19,13 @@
 namespace colbert_fast {
 namespace maxsim {
 
-enum Mode : int32_t {
-  kAllPairs = 0,  // D [N, Ld, dim]: every query against every doc -> [B, N]
-  kPerQuery = 1,  // D [B, K, Ld, dim]: query b against its own K docs -> [B, K]
-  kPacked = 2,    // embeddings [T, dim] + offsets/lengths, pids [B, K] -> [B, K]
-};
+// The scoring modes are the shared ScoringMode (csrc/maxsim_args.h): all_pairs, per_query, packed.
+using colbert_fast::ScoringMode;
 
 enum DType : int32_t { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
 struct Params {
-  int32_t mode;
+  ScoringMode mode;
   int32_t dtype;
 
   // Q [B, Lq, dim]: element (b, i, k) at q[b * q_sb + i * q_sl + k].
@@ -35,15 +34,15 @@ struct Params {
   int64_t B, Lq, dim;
   const bool* q_mask;  // nullptr or contiguous [B, Lq]
 
-  // Padded docs (kAllPairs, kPerQuery): row j of doc (b, k) / (n) starts at
-  // d + [b * d_sb] + k * d_sk + j * d_sl (elements). In kAllPairs d_sb is unused.
+  // Padded docs (ScoringMode::all_pairs, ScoringMode::per_query): row j of doc (b, k) / (n) starts at
+  // d + [b * d_sb] + k * d_sk + j * d_sl (elements). In ScoringMode::all_pairs d_sb is unused.
   const void* d;
   int64_t d_sb, d_sk, d_sl;
   int64_t Ld;
   const bool* d_mask;        // nullptr or contiguous D.shape[:-1]
   const int64_t* d_lengths;  // nullptr or contiguous D.shape[:-2]
 
-  // Packed store (kPacked): doc pid's rows are embeddings[offsets[pid] : offsets[pid] + lengths[pid]],
+  // Packed store (ScoringMode::packed): doc pid's rows are embeddings[offsets[pid] : offsets[pid] + lengths[pid]],
   // clipped to max_len rows (as the gather does); pids contiguous [B, K], -1 = empty slot.
   const void* embeddings;
   const int64_t* offsets;
@@ -57,7 +56,7 @@ struct Params {
   // over the doc starts there instead of at -inf (see row_value).
   const float* floor;
 
-  int64_t ncols;  // N (kAllPairs) or K
+  int64_t ncols;  // N (ScoringMode::all_pairs) or K
   // Output: npass == 1 -> out[b * ncols + col]; npass > 1 -> partial sums
   // out[pass * B * ncols + b * ncols + col] that maxsim_reduce_partials adds up in pass order.
   float* out;
@@ -81,12 +80,12 @@ CF_HD int64_t num_passes(int64_t Lq, int64_t pass_rows) { return ceil_div(Lq, pa
 CF_HD int64_t num_items(const Params& p) { return p.B * p.ncols * p.npass; }
 
 // The pass index varies fastest so the passes over one doc run side by side (the doc stays in L2).
-// In kAllPairs the query varies next: consecutive warps read the same doc.
+// In ScoringMode::all_pairs the query varies next: consecutive warps read the same doc.
 CF_HD Item decode_item(const Params& p, int64_t i) {
   Item it;
   it.pass = i % p.npass;
   const int64_t t = i / p.npass;
-  if (p.mode == kAllPairs) {
+  if (p.mode == ScoringMode::all_pairs) {
     it.b = t % p.B;
     it.col = t / p.B;
   } else {
@@ -111,12 +110,12 @@ CF_HD int64_t pass_nrows(const Params& p, const Item& it) {
 // ---- the doc a work item reads ----
 
 struct DocView {
-  int64_t row0;      // element offset of the doc's first row in d / embeddings
+  int64_t row0;        // element offset of the doc's first row in d / embeddings
   int64_t row_stride;  // elements between consecutive rows
-  int64_t nrows;     // rows to read: loop bound, never past the real tokens (or Ld with a mask)
-  int64_t mask0;     // element offset of the doc's row mask in d_mask, -1 without a mask
-  bool empty_slot;   // pid -1: the score is -inf; or an invalid slot (below): NaN
-  bool invalid;      // a pid or rows outside the store: the score is NaN, nothing is read
+  int64_t nrows;       // rows to read: loop bound, never past the real tokens (or Ld with a mask)
+  int64_t mask0;       // element offset of the doc's row mask in d_mask, -1 without a mask
+  bool empty_slot;     // pid -1: the score is -inf; or an invalid slot (below): NaN
+  bool invalid;        // a pid or rows outside the store: the score is NaN, nothing is read
 };
 
 // ---- non-finite values (docs/spec.md section 10) ----
@@ -147,12 +146,12 @@ CF_HD float merge_max(float a, float b) { return (is_nan(a) || is_nan(b)) ? nan_
 // Flat index of the item's doc in D.shape[:-2] (padded) or in pids (packed): lengths, mask rows and
 // floors are per doc.
 CF_HD int64_t doc_index(const Params& p, const Item& it) {
-  return p.mode == kAllPairs ? it.col : it.b * p.ncols + it.col;
+  return p.mode == ScoringMode::all_pairs ? it.col : it.b * p.ncols + it.col;
 }
 
 CF_HD DocView doc_view(const Params& p, const Item& it) {
   DocView v{0, 0, 0, -1, false, false};
-  if (p.mode == kPacked) {
+  if (p.mode == ScoringMode::packed) {
     const int64_t pid = p.pids[it.b * p.ncols + it.col];
     if (pid < 0) {
       v.empty_slot = true;
@@ -172,7 +171,7 @@ CF_HD DocView doc_view(const Params& p, const Item& it) {
     return v;
   }
   const int64_t doc = doc_index(p, it);
-  v.row0 = p.mode == kAllPairs ? it.col * p.d_sk : it.b * p.d_sb + it.col * p.d_sk;
+  v.row0 = p.mode == ScoringMode::all_pairs ? it.col * p.d_sk : it.b * p.d_sb + it.col * p.d_sk;
   v.row_stride = p.d_sl;
   // Lengths are validated in Python; clamping keeps a direct torch.ops call from reading past Ld.
   const int64_t n = p.d_lengths != nullptr ? p.d_lengths[doc] : p.Ld;
@@ -277,16 +276,16 @@ namespace maxsim {
 constexpr int kSharedChunkRows = 32;
 
 CF_HD int64_t tc_shared_smem_bytes(int64_t dim) { return kStages * kSharedChunkRows * tc_smem_row_elems(dim) * 2; }
-CF_HD int64_t shared_slots(const Params& p) { return p.mode == kAllPairs ? p.B * p.npass : p.npass; }
+CF_HD int64_t shared_slots(const Params& p) { return p.mode == ScoringMode::all_pairs ? p.B * p.npass : p.npass; }
 CF_HD int64_t shared_groups(const Params& p) { return ceil_div(shared_slots(p), kWarps); }
-CF_HD int64_t shared_docs(const Params& p) { return p.mode == kAllPairs ? p.ncols : p.B * p.ncols; }
+CF_HD int64_t shared_docs(const Params& p) { return p.mode == ScoringMode::all_pairs ? p.ncols : p.B * p.ncols; }
 CF_HD int64_t shared_blocks(const Params& p) { return shared_docs(p) * shared_groups(p); }
 
 // The doc block `blk` reads, as an item with pass 0 (doc_view depends only on b and col).
 CF_HD Item shared_doc_item(const Params& p, int64_t blk) {
   const int64_t doc = blk / shared_groups(p);
   Item it{0, doc, 0};
-  if (p.mode != kAllPairs) {
+  if (p.mode != ScoringMode::all_pairs) {
     it.b = doc / p.ncols;
     it.col = doc % p.ncols;
   }
@@ -298,7 +297,7 @@ CF_HD bool decode_shared(const Params& p, int64_t blk, int warp, Item* it) {
   const int64_t slot = (blk % shared_groups(p)) * kWarps + warp;
   if (slot >= shared_slots(p)) return false;
   *it = shared_doc_item(p, blk);
-  if (p.mode == kAllPairs) {
+  if (p.mode == ScoringMode::all_pairs) {
     it->b = slot / p.npass;
     it->pass = slot % p.npass;
   } else {
@@ -311,8 +310,8 @@ CF_HD bool decode_shared(const Params& p, int64_t blk, int warp, Item* it) {
 CF_HD bool use_tensor_cores(const Params& p) {
   if (p.dtype == kFloat32) return false;
   if (tc_block_smem_bytes(p.dim) > p.smem_limit || tc_shared_smem_bytes(p.dim) > p.smem_limit) return false;
-  if (p.mode == kPacked) return tc_aligned(reinterpret_cast<uint64_t>(p.embeddings), p.dim, 2, p.dim, 0, 0);
-  const int64_t sb = p.mode == kPerQuery ? p.d_sb : 0;
+  if (p.mode == ScoringMode::packed) return tc_aligned(reinterpret_cast<uint64_t>(p.embeddings), p.dim, 2, p.dim, 0, 0);
+  const int64_t sb = p.mode == ScoringMode::per_query ? p.d_sb : 0;
   return tc_aligned(reinterpret_cast<uint64_t>(p.d), p.dim, 2, sb, p.d_sk, p.d_sl);
 }
 

@@ -17,8 +17,9 @@ GatherParams make_gather_params(const at::Tensor& embeddings, const at::Tensor& 
                                 const at::Tensor& pids, int64_t max_len, at::Tensor& out, at::Tensor& mask) {
   TORCH_CHECK(embeddings.dim() == 2, "gather: embeddings must be [T, dim], got ", embeddings.sizes());
   TORCH_CHECK(embeddings.is_contiguous(), "gather: embeddings must be contiguous");
-  TORCH_CHECK(offsets.scalar_type() == at::kLong && lengths.scalar_type() == at::kLong && pids.scalar_type() == at::kLong,
-              "gather: offsets, lengths and pids must be int64");
+  TORCH_CHECK(
+      offsets.scalar_type() == at::kLong && lengths.scalar_type() == at::kLong && pids.scalar_type() == at::kLong,
+      "gather: offsets, lengths and pids must be int64");
   TORCH_CHECK(offsets.dim() == 1 && lengths.dim() == 1 && offsets.numel() == lengths.numel() + 1,
               "gather: offsets must be [N + 1] and lengths [N], got ", offsets.sizes(), " and ", lengths.sizes());
   TORCH_CHECK(max_len >= 0, "gather: max_len must be >= 0, got ", max_len);
@@ -104,8 +105,9 @@ TORCH_LIBRARY_IMPL(colbert_fast, CPU, m) { m.impl("gather", &gather_cpu_op); }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "colbert_fast compiled kernels (ops are registered under torch.ops.colbert_fast)";
-  m.def("cpu_isa", [] { return std::string(colbert_fast::cpu::cpu_isa_name()); },
-        "SIMD kernels the CPU ops use now: avx512_bf16, avx512, avx2 or scalar (COLBERT_FAST_CPU_ISA overrides)");
+  m.def(
+      "cpu_isa", [] { return std::string(colbert_fast::cpu::cpu_isa_name()); },
+      "SIMD kernels the CPU ops use now: avx512_bf16, avx512, avx2 or scalar (COLBERT_FAST_CPU_ISA overrides)");
   m.def(
       "cpu_peak_gflops",
       [](const std::string& kind, double seconds) {
@@ -120,11 +122,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       pybind11::arg("kind"), pybind11::arg("seconds") = 0.3,
       "Measured arithmetic peak of this CPU on torch's threads: (GFLOP/s, threads, loop). kind 'fp32' "
       "(vector FMA) or 'bf16' (bf16 dot products; ValueError where the CPU kernels have none)");
-  m.def("torch_version", [] { return std::string(COLBERT_FAST_TORCH_VERSION); }, "torch version this was built against");
+  m.def(
+      "torch_version", [] { return std::string(COLBERT_FAST_TORCH_VERSION); }, "torch version this was built against");
 #ifdef _OPENMP
-  m.def("with_openmp", [] { return true; }, "whether the CPU kernels were compiled with OpenMP (parallel_for runs threads)");
+  m.def(
+      "with_openmp", [] { return true; },
+      "whether the CPU kernels were compiled with OpenMP (parallel_for runs threads)");
 #else
-  m.def("with_openmp", [] { return false; }, "whether the CPU kernels were compiled with OpenMP (parallel_for runs threads)");
+  m.def(
+      "with_openmp", [] { return false; },
+      "whether the CPU kernels were compiled with OpenMP (parallel_for runs threads)");
 #endif
 #ifdef WITH_CUDA
   m.def("with_cuda", [] { return true; }, "whether the CUDA kernels were built");

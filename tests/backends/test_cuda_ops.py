@@ -25,6 +25,10 @@ def _cuda_kernels_built() -> bool:
 needs_cuda_build = pytest.mark.skipif(not _cuda_kernels_built(), reason="extension built without CUDA kernels")
 
 
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0]
+
+
 def _call_cuda_kernel(op, *args):
     """Runs the op's CUDA kernel directly (bypassing device dispatch), so its checks run on CPU tensors."""
     keyset = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
@@ -67,12 +71,12 @@ def test_cuda_backend_reports_a_build_without_cuda(monkeypatch):
         (lambda: (torch.randn(2, 3, 8), torch.randn(3, 4, 5, 8), None, None, None), "must have B = 2"),
         (
             lambda: (torch.randn(2, 3, 8), torch.randn(4, 5, 8), torch.ones(2, 4, dtype=torch.bool), None, None),
-            r"q_mask must be \[B, Lq\]",
+            r"q_mask must have shape \[2, 3\] \(Q's \[B, Lq\]\)",
         ),
         (lambda: (torch.randn(2, 3, 8), torch.randn(4, 5, 8), None, torch.ones(4, 5), None), "d_mask must be bool"),
         (
             lambda: (torch.randn(2, 3, 8), torch.randn(4, 5, 8), None, torch.ones(4, 6, dtype=torch.bool), None),
-            "d_mask must have D's shape without dim",
+            r"d_mask must have shape \[4, 5\] \(D's shape without dim\)",
         ),
         (
             lambda: (torch.randn(2, 3, 8), torch.randn(4, 5, 8), None, None, torch.ones(4, dtype=torch.int32)),
@@ -80,7 +84,7 @@ def test_cuda_backend_reports_a_build_without_cuda(monkeypatch):
         ),
         (
             lambda: (torch.randn(2, 3, 8), torch.randn(4, 5, 8), None, None, torch.ones(5, dtype=torch.long)),
-            r"d_lengths must have D's shape without \(Ld, dim\)",
+            r"d_lengths must have shape \[4\] \(D's shape without \(Ld, dim\)\)",
         ),
         (
             lambda: (
@@ -104,12 +108,16 @@ def test_cuda_backend_reports_a_build_without_cuda(monkeypatch):
             lambda: (torch.randn(2, 3, 8), torch.randn(4, 5, 8), None, None, None, torch.zeros(4).double()),
             "floor must be float32",
         ),
-        (lambda: (torch.randn(2, 3, 8), torch.randn(4, 5, 8), None, None, None), "Q must be a CUDA tensor"),
     ],
 )
-def test_maxsim_glue_checks(make_args, message):
-    with pytest.raises(RuntimeError, match=message):
-        _call_cuda_kernel("maxsim", *make_args())
+def test_maxsim_glue_checks_match_the_cpu_glue(make_args, message):
+    """One checker (csrc/torch/maxsim_checks.cpp): the CUDA kernel raises what the CPU kernel raises."""
+    args = make_args()
+    with pytest.raises((RuntimeError, TypeError), match=message) as cuda_err:
+        _call_cuda_kernel("maxsim", *args)
+    with pytest.raises((RuntimeError, TypeError)) as cpu_err:
+        torch.ops.colbert_fast.maxsim(*args)
+    assert cuda_err.type is cpu_err.type and _first_line(cuda_err.value) == _first_line(cpu_err.value)
 
 
 def _packed_args(**over):
@@ -140,12 +148,24 @@ def _packed_args(**over):
         (dict(max_len=-1), "max_len must be >= 0"),
         (dict(q_mask=torch.ones(2, 3)), "q_mask must be bool"),
         (dict(floor=torch.zeros(2)), r"floor must have shape \[2, 2\]"),
-        (dict(), "Q must be a CUDA tensor"),
     ],
 )
-def test_maxsim_packed_glue_checks(over, message):
-    with pytest.raises(RuntimeError, match=message):
-        _call_cuda_kernel("maxsim_packed", *_packed_args(**over))
+def test_maxsim_packed_glue_checks_match_the_cpu_glue(over, message):
+    args = _packed_args(**over)
+    with pytest.raises((RuntimeError, TypeError), match=message) as cuda_err:
+        _call_cuda_kernel("maxsim_packed", *args)
+    with pytest.raises((RuntimeError, TypeError)) as cpu_err:
+        torch.ops.colbert_fast.maxsim_packed(*args)
+    assert cuda_err.type is cpu_err.type and _first_line(cuda_err.value) == _first_line(cpu_err.value)
+
+
+@needs_cuda_build
+def test_device_checks_come_after_the_shared_checks():
+    """Valid CPU tensors get as far as the CUDA glue's own device check."""
+    with pytest.raises(RuntimeError, match="Q must be a CUDA tensor"):
+        _call_cuda_kernel("maxsim", torch.randn(2, 3, 8), torch.randn(4, 5, 8), None, None, None)
+    with pytest.raises(RuntimeError, match="Q must be a CUDA tensor"):
+        _call_cuda_kernel("maxsim_packed", *_packed_args())
 
 
 @needs_cuda_build

@@ -1,6 +1,6 @@
 // Host test of the CUDA kernels for compressed stores (csrc/cuda/codes_params_cuda.h, codes_cuda.cu).
 //
-// Built with g++ (with AddressSanitizer when available) and run by tests/test_cuda_build.py; no GPU,
+// Built with g++ (with AddressSanitizer when available) and run by tests/backends/test_cuda_build.py; no GPU,
 // no CUDA, no torch. It checks:
 //   * the decode helpers against values torch computed with colbert_fast.reference (decode_residual,
 //     decode_int8, then .to(float16 / bfloat16)), bit for bit, read from the file given as argv[1];
@@ -53,7 +53,9 @@ static const float kInf = std::numeric_limits<float>::infinity();
 
 static float h2f(uint16_t h) { return half_to_float(h); }
 static float round_half(float f) { return half_to_float(float_to_half_rn(f)); }
-static bool same_value(float a, float b) { return (std::isnan(a) && std::isnan(b)) || float_to_bits(a) == float_to_bits(b); }
+static bool same_value(float a, float b) {
+  return (std::isnan(a) && std::isnan(b)) || float_to_bits(a) == float_to_bits(b);
+}
 
 // ---- PTX ISA fragment tables for mma.m16n8k16 (.f16 inputs, .f32 accumulators), transcribed
 // independently of maxsim_params.h's helpers (tile_math_test.cpp checks those against these). ----
@@ -122,9 +124,9 @@ struct StoreWorld {
 static uint16_t random_scale(std::mt19937& rng) {
   std::uniform_int_distribution<int> pick(0, 39);
   const int x = pick(rng);
-  if (x == 0) return 0;                                  // a zero decode
-  if (x == 1) return 0x0003;                             // an fp16 subnormal scale
-  if (x == 2) return float_to_half_rn(300.f);            // a large one
+  if (x == 0) return 0;                        // a zero decode
+  if (x == 1) return 0x0003;                   // an fp16 subnormal scale
+  if (x == 2) return float_to_half_rn(300.f);  // a large one
   return float_to_half_rn(std::uniform_real_distribution<float>(0.3f, 2.f)(rng));
 }
 
@@ -160,10 +162,12 @@ static StoreWorld make_store(std::mt19937& rng, int nbits, int64_t dim, const st
 static float ref_decode(const StoreWorld& w, const CodesParams& c, int64_t r, int64_t k) {
   return codes_unscaled(c, r, k) * half_to_float(w.scales[r]);
 }
-static bool ref_centroid_ok(const StoreWorld& w, int64_t r) { return w.nbits == 8 || (w.ids[r] >= 0 && w.ids[r] < w.C); }
+static bool ref_centroid_ok(const StoreWorld& w, int64_t r) {
+  return w.nbits == 8 || (w.ids[r] >= 0 && w.ids[r] < w.C);
+}
 
 // ---------------------------------------------------------------------------------------------
-// 1. Against torch (file written by tests/test_cuda_build.py).
+// 1. Against torch (file written by tests/backends/test_cuda_build.py).
 
 struct Reader {
   std::vector<uint8_t> data;
@@ -210,8 +214,8 @@ static void test_against_torch(const char* path) {
   const std::vector<float> halves = rd.vec<float>(nh);
   int64_t checked_halves = 0;
   for (int64_t h = 0; h < nh && rd.ok; ++h) {
-    CHECK(same_value(half_to_float(static_cast<uint16_t>(h)), halves[h]), "half 0x%04llx -> %g, torch %g",
-          (long long)h, half_to_float(static_cast<uint16_t>(h)), halves[h]);
+    CHECK(same_value(half_to_float(static_cast<uint16_t>(h)), halves[h]), "half 0x%04llx -> %g, torch %g", (long long)h,
+          half_to_float(static_cast<uint16_t>(h)), halves[h]);
     ++checked_halves;
   }
   // fp32 -> fp16 / bf16 on chosen values.
@@ -257,8 +261,10 @@ static void test_against_torch(const char* path) {
             const int64_t at = r * w.dim + g * 8 + i;
             CHECK(same_value(v[i], dec[at]), "nbits %d dim %lld row %lld dim %lld: %a, torch %a", w.nbits,
                   (long long)w.dim, (long long)r, (long long)(g * 8 + i), v[i], dec[at]);
-            CHECK(float_to_half_rn(v[i]) == dec16[at], "fp16 of row %lld dim %lld", (long long)r, (long long)(g * 8 + i));
-            CHECK(float_to_bf16_rn(v[i]) == decbf[at], "bf16 of row %lld dim %lld", (long long)r, (long long)(g * 8 + i));
+            CHECK(float_to_half_rn(v[i]) == dec16[at], "fp16 of row %lld dim %lld", (long long)r,
+                  (long long)(g * 8 + i));
+            CHECK(float_to_bf16_rn(v[i]) == decbf[at], "bf16 of row %lld dim %lld", (long long)r,
+                  (long long)(g * 8 + i));
             // The CPU kernels' definition agrees too.
             CHECK(same_value(ref_decode(w, s.c, r, g * 8 + i), dec[at]), "codes_unscaled * scale");
             ++values;
@@ -289,7 +295,8 @@ static void test_group_bits() {
             for (int i = 0; i < 8 && g * 8 + i < dim; ++i) {
               const int64_t k = g * 8 + i;
               if (nbits == 8) {
-                CHECK(group_int8(bits, i) == static_cast<float>(static_cast<int8_t>(row[k])), "int8 dim %lld", (long long)k);
+                CHECK(group_int8(bits, i) == static_cast<float>(static_cast<int8_t>(row[k])), "int8 dim %lld",
+                      (long long)k);
               } else {
                 CHECK(group_field(bits, nbits, i) == codes_field(row.data(), nbits, k), "nbits %d dim %lld field %lld",
                       nbits, (long long)dim, (long long)k);
@@ -361,8 +368,8 @@ static void test_gather() {
         std::vector<int64_t> lengths = {3, 0, 17, 8, 1};
         StoreWorld w = make_store(rng, nbits, dim, lengths);
         if (nbits != 8 && w.T > 4) w.ids[4] = static_cast<int32_t>(w.C);  // an id past the table: NaN row
-        std::vector<int64_t> pids = {2, -1, 0, 1, 3, 4, 5, -7, 2};  // 5 and -7: invalid slots
-        const int64_t max_len = 12;                                  // clips doc 2
+        std::vector<int64_t> pids = {2, -1, 0, 1, 3, 4, 5, -7, 2};        // 5 and -7: invalid slots
+        const int64_t max_len = 12;                                       // clips doc 2
         GatherParams p{};
         p.s = w.store(pids, max_len);
         p.num_slots = static_cast<int64_t>(pids.size());
@@ -382,8 +389,9 @@ static void test_gather() {
               if (e0 + i < 0 || e0 + i >= n) continue;
               // store_unit's rounding
               out[e0 + i] = dt == ms::kFloat32 ? vals[i]
-                            : dt == ms::kFloat16 ? h2f(float_to_half_rn(vals[i]))
-                                                 : bits_to_float(static_cast<uint32_t>(float_to_bf16_rn(vals[i])) << 16);
+                            : dt == ms::kFloat16
+                                ? h2f(float_to_half_rn(vals[i]))
+                                : bits_to_float(static_cast<uint32_t>(float_to_bf16_rn(vals[i])) << 16);
               writes[e0 + i]++;
             }
           }
@@ -394,7 +402,8 @@ static void test_gather() {
           const bool invalid = pid < -1 || pid >= static_cast<int64_t>(lengths.size());
           const int64_t rows = pid < 0 || invalid ? 0 : std::min(lengths[pid], max_len);
           for (int64_t j = 0; j < max_len; ++j) {
-            CHECK(mask[slot * max_len + j] == (j < rows ? 1 : 0), "mask slot %lld row %lld", (long long)slot, (long long)j);
+            CHECK(mask[slot * max_len + j] == (j < rows ? 1 : 0), "mask slot %lld row %lld", (long long)slot,
+                  (long long)j);
             for (int64_t k = 0; k < dim; ++k) {
               const int64_t at = (slot * max_len + j) * dim + k;
               float want = 0.f;
@@ -476,14 +485,17 @@ static ScoreWorld make_score_world(std::mt19937& rng, int nbits, int64_t dim, in
   return w;
 }
 
-static float qval(const ScoreWorld& w, int64_t b, int64_t i, int64_t k) { return w.q[b * w.p.m.q_sb + i * w.p.m.q_sl + k]; }
+static float qval(const ScoreWorld& w, int64_t b, int64_t i, int64_t k) {
+  return w.q[b * w.p.m.q_sb + i * w.p.m.q_sl + k];
+}
 
 // The unscaled value the tensor-core kernel puts in its tile (before fp16 rounding).
 static float tile_value(const ScoreWorld& w, int64_t r, int64_t k) {
   const CodesParams& c = w.p.s.c;
   const uint8_t* row = c.codes + r * c.code_bytes;
   if (c.nbits == 8) return static_cast<float>(static_cast<int8_t>(row[k]));
-  return add_rn(c.centroids[static_cast<int64_t>(c.centroid_ids[r]) * c.dim + k], c.bucket_weights[codes_field(row, c.nbits, k)]);
+  return add_rn(c.centroids[static_cast<int64_t>(c.centroid_ids[r]) * c.dim + k],
+                c.bucket_weights[codes_field(row, c.nbits, k)]);
 }
 
 // Direct evaluation of one slot: exact (fp32 decode, fp32 Q, double sums) or with the tensor-core
@@ -583,10 +595,9 @@ static float emulate_tc_item(const ScoreWorld& w, int64_t item_idx, int KS) {
       for (int i = 0; i < KS; ++i) {
         const int ug = tc_unit_group(lane, KS);
         const int64_t r = ch * kChunkRows + tc_unit_row(lane, i, KS);
-        bits[lane * KS + i] = r < nrows && ug < ngroups
-                                  ? load_group_bits(c.codes + (row0 + r) * c.code_bytes, c.code_bytes, c.nbits, ug,
-                                                    p.s.bits_vec != 0)
-                                  : 0;
+        bits[lane * KS + i] = r < nrows && ug < ngroups ? load_group_bits(c.codes + (row0 + r) * c.code_bytes,
+                                                                          c.code_bytes, c.nbits, ug, p.s.bits_vec != 0)
+                                                        : 0;
       }
   };
   auto stage_centroids = [&](int64_t ch, const int32_t (&ids)[32]) {
@@ -780,13 +791,15 @@ static void check_scores(ScoreWorld& w, bool tc, const char* what) {
       const double lq = static_cast<double>(p.m.Lq);
       if (tc) {
         const double same = direct_score(w, b, col, true);
-        CHECK(close(got, same, 1e-4 * (1 + std::fabs(same)) + 1e-5 * lq), "%s nbits %d dim %lld Lq %lld: (%lld, %lld) = %.7g, same-rounding %.7g",
-              what, p.s.c.nbits, (long long)p.m.dim, (long long)p.m.Lq, (long long)b, (long long)col, got, same);
+        CHECK(close(got, same, 1e-4 * (1 + std::fabs(same)) + 1e-5 * lq),
+              "%s nbits %d dim %lld Lq %lld: (%lld, %lld) = %.7g, same-rounding %.7g", what, p.s.c.nbits,
+              (long long)p.m.dim, (long long)p.m.Lq, (long long)b, (long long)col, got, same);
         CHECK(close(got, exact, 2e-3 * mag + 1e-5 * lq), "%s: (%lld, %lld) = %g, exact %g (magnitude %g)", what,
               (long long)b, (long long)col, got, exact, mag);
       } else {
-        CHECK(close(got, exact, 1e-4 * (1 + std::fabs(exact)) + 1e-5 * lq), "%s nbits %d dim %lld Lq %lld: (%lld, %lld) = %.7g, exact %.7g",
-              what, p.s.c.nbits, (long long)p.m.dim, (long long)p.m.Lq, (long long)b, (long long)col, got, exact);
+        CHECK(close(got, exact, 1e-4 * (1 + std::fabs(exact)) + 1e-5 * lq),
+              "%s nbits %d dim %lld Lq %lld: (%lld, %lld) = %.7g, exact %.7g", what, p.s.c.nbits, (long long)p.m.dim,
+              (long long)p.m.Lq, (long long)b, (long long)col, got, exact);
       }
     }
 }
@@ -839,7 +852,8 @@ static void test_geometry() {
         CHECK(row >= 0 && row < kChunkRows && g >= 0 && g < G, "unit out of the tile");
         cells.insert(row * G + g);
       }
-    CHECK(cells.size() == static_cast<size_t>(kChunkRows * G), "KS %d: units cover the tile once (%zu)", KS, cells.size());
+    CHECK(cells.size() == static_cast<size_t>(kChunkRows * G), "KS %d: units cover the tile once (%zu)", KS,
+          cells.size());
     const int64_t row_bytes = tc_tile_row_elems(KS) * 2;
     CHECK(row_bytes % 16 == 0 && tc_tile_row_elems(KS) >= 16 * KS, "tile row");
     // tile writes: each 8-lane phase stores 16 bytes per lane into 8 distinct bank groups
@@ -885,7 +899,8 @@ static void test_geometry() {
             const int64_t byte = (tc_unit_row(lane, i, KS) * P + tc_stage_slot(2 * g + half, P)) * 16;
             groups.insert((byte / 16) % 8);
           }
-          CHECK(static_cast<int>(groups.size()) == readers, "dim %lld: staged centroid read bank conflict", (long long)dim);
+          CHECK(static_cast<int>(groups.size()) == readers, "dim %lld: staged centroid read bank conflict",
+                (long long)dim);
         }
   }
   // Shared memory: residual at dim 128 leaves room for two blocks per SM on sm_80 (164 KB per SM,
@@ -908,7 +923,8 @@ static void test_geometry() {
   p.m.q_sb = 32 * 128;
   p.m.q_sl = 128;
   plan(p);
-  CHECK(p.tc && p.m.pass_rows == 32 && p.m.npass == 1 && p.m.q_pairs && p.m.mode == ms::kPacked, "plan R1-like");
+  CHECK(p.tc && p.m.pass_rows == 32 && p.m.npass == 1 && p.m.q_pairs && p.m.mode == ScoringMode::packed,
+        "plan R1-like");
   CHECK(launch_blocks(p) == ceil_div(3 * 1000, 4), "blocks");
   p.m.Lq = 150;
   plan(p);

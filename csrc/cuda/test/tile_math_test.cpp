@@ -1,6 +1,6 @@
 // Host unit test of the CUDA MaxSim index and tile arithmetic (csrc/cuda/maxsim_params.h).
 //
-// Built with g++ by tests/test_cuda_tiles.py; no GPU, no CUDA, no torch. Besides direct checks of
+// Built with g++ by tests/backends/test_cuda_build.py; no GPU, no CUDA, no torch. Besides direct checks of
 // the helpers, it emulates one warp of the tensor-core kernel lane by lane: A fragments gathered
 // with a_frag_coord, doc chunks copied into an emulated smem ring the way load_chunk does (rows
 // past the doc left as NaN), B fragments read the way ldmatrix.x4 distributes a tile, the mma done
@@ -19,16 +19,16 @@
 using namespace colbert_fast::maxsim;
 
 static int failures = 0;
-#define CHECK(cond, ...)                                   \
-  do {                                                     \
-    if (!(cond)) {                                         \
-      ++failures;                                          \
-      if (failures < 20) {                                 \
+#define CHECK(cond, ...)                                            \
+  do {                                                              \
+    if (!(cond)) {                                                  \
+      ++failures;                                                   \
+      if (failures < 20) {                                          \
         std::printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-        std::printf(__VA_ARGS__);                          \
-        std::printf("\n");                                 \
-      }                                                    \
-    }                                                      \
+        std::printf(__VA_ARGS__);                                   \
+        std::printf("\n");                                          \
+      }                                                             \
+    }                                                               \
   } while (0)
 
 static const float kNaN = std::numeric_limits<float>::quiet_NaN();
@@ -122,7 +122,7 @@ struct World {
 
 static float qval(const World& w, int64_t b, int64_t i, int64_t k) { return w.q[b * w.p.q_sb + i * w.p.q_sl + k]; }
 static float dval(const World& w, const DocView& v, int64_t j, int64_t k) {
-  const std::vector<float>& src = w.p.mode == kPacked ? w.emb : w.d;
+  const std::vector<float>& src = w.p.mode == ScoringMode::packed ? w.emb : w.d;
   return src[v.row0 + j * v.row_stride + k];
 }
 
@@ -143,7 +143,8 @@ static float direct_score(const World& w, int64_t b, int64_t col) {
       for (int64_t k = 0; k < p.dim; ++k) s += double(qval(w, b, i, k)) * dval(w, v, j, k);
       best = std::max(best, s);
     }
-    if (!w.floors.empty()) best = std::max(best, double(w.floors[p.mode == kAllPairs ? col : b * p.ncols + col]));
+    if (!w.floors.empty())
+      best = std::max(best, double(w.floors[p.mode == ScoringMode::all_pairs ? col : b * p.ncols + col]));
     if (best != -kInf) total += best;
   }
   return float(total);
@@ -175,8 +176,7 @@ static float emulate_tc_item(const World& w, const Item& it, int MT, int chunk_r
             a_frag_coord(lane, r, h, &row, &col);
             row += mt * 16;
             col += ks * 16;
-            A(lane, mt, ks, 2 * r + h) =
-                (row < qrows && col < dim) ? qval(w, it.b, pass_row0(p, it) + row, col) : 0.f;
+            A(lane, mt, ks, 2 * r + h) = (row < qrows && col < dim) ? qval(w, it.b, pass_row0(p, it) + row, col) : 0.f;
           }
   std::vector<float> best(32 * MT * 2, -kInf);
   const int64_t nch = ceil_div(dv.nrows, chunk_rows);
@@ -190,60 +190,61 @@ static float emulate_tc_item(const World& w, const Item& it, int MT, int chunk_r
     for (int tid = 0; tid < nthreads; ++tid)
       for (int e = tid; e < rows * pieces; e += nthreads) {
         const int r = e / pieces, piece = e - r * pieces;
-        for (int x = 0; x < 8; ++x) smem[chunk_off + r * row_elems + piece * 8 + x] = dval(w, dv, c0 + r, piece * 8 + x);
+        for (int x = 0; x < 8; ++x)
+          smem[chunk_off + r * row_elems + piece * 8 + x] = dval(w, dv, c0 + r, piece * 8 + x);
       }
-   for (int sub = 0; sub < chunk_rows / 16; ++sub) {
-    const int64_t r0 = c0 + sub * 16;
-    if (r0 >= dv.nrows) continue;  // the shared kernel skips an all-padding sub-block
-    const int stage_off = chunk_off + sub * 16 * row_elems;
-    // mma over k-steps: rebuild each lane's B fragment from the ldmatrix emulation, then the
-    // product from the PTX tables.
-    std::vector<float> acc(32 * MT * 2 * 4, 0.f);
-    for (int ks = 0; ks < ksteps; ++ks) {
-      float bfrag[32][4][2];
-      for (int lane = 0; lane < 32; ++lane) emulate_ldsm_x4(smem, stage_off, row_elems, ks, lane, bfrag[lane]);
-      for (int mt = 0; mt < MT; ++mt)
-        for (int nt = 0; nt < 2; ++nt) {
-          float At[16][16], Bt[16][8];
-          for (int lane = 0; lane < 32; ++lane) {
-            for (int i = 0; i < 8; ++i) {
-              int row, col;
-              ptx_a(lane, i, &row, &col);
-              At[row][col] = A(lane, mt, ks, i);
+    for (int sub = 0; sub < chunk_rows / 16; ++sub) {
+      const int64_t r0 = c0 + sub * 16;
+      if (r0 >= dv.nrows) continue;  // the shared kernel skips an all-padding sub-block
+      const int stage_off = chunk_off + sub * 16 * row_elems;
+      // mma over k-steps: rebuild each lane's B fragment from the ldmatrix emulation, then the
+      // product from the PTX tables.
+      std::vector<float> acc(32 * MT * 2 * 4, 0.f);
+      for (int ks = 0; ks < ksteps; ++ks) {
+        float bfrag[32][4][2];
+        for (int lane = 0; lane < 32; ++lane) emulate_ldsm_x4(smem, stage_off, row_elems, ks, lane, bfrag[lane]);
+        for (int mt = 0; mt < MT; ++mt)
+          for (int nt = 0; nt < 2; ++nt) {
+            float At[16][16], Bt[16][8];
+            for (int lane = 0; lane < 32; ++lane) {
+              for (int i = 0; i < 8; ++i) {
+                int row, col;
+                ptx_a(lane, i, &row, &col);
+                At[row][col] = A(lane, mt, ks, i);
+              }
+              for (int i = 0; i < 4; ++i) {  // b0 = reg 2nt (halves b_0, b_1), b1 = reg 2nt + 1 (b_2, b_3)
+                int k, n;
+                ptx_b(lane, i, &k, &n);
+                Bt[k][n] = bfrag[lane][2 * nt + i / 2][i % 2];
+              }
             }
-            for (int i = 0; i < 4; ++i) {  // b0 = reg 2nt (halves b_0, b_1), b1 = reg 2nt + 1 (b_2, b_3)
-              int k, n;
-              ptx_b(lane, i, &k, &n);
-              Bt[k][n] = bfrag[lane][2 * nt + i / 2][i % 2];
+            for (int lane = 0; lane < 32; ++lane)
+              for (int i = 0; i < 4; ++i) {
+                int row, col;
+                ptx_c(lane, i, &row, &col);
+                float s = 0;
+                for (int k = 0; k < 16; ++k) s += At[row][k] * Bt[k][col];
+                acc[((lane * MT + mt) * 2 + nt) * 4 + i] += s;
+              }
+          }
+      }
+      // fold into the running max (kernel's epilogue of a chunk)
+      for (int lane = 0; lane < 32; ++lane)
+        for (int nt = 0; nt < 2; ++nt)
+          for (int j = 0; j < 2; ++j) {
+            int qrow, dcol;
+            c_frag_coord(lane, j, &qrow, &dcol);
+            const int64_t drow = r0 + nt * 8 + dcol;
+            const bool valid = drow < dv.nrows && (dv.mask0 < 0 || p.d_mask[dv.mask0 + drow]);
+            if (!valid) continue;
+            for (int mt = 0; mt < MT; ++mt) {
+              float& b0 = best[(lane * MT + mt) * 2 + 0];
+              float& b1 = best[(lane * MT + mt) * 2 + 1];
+              b0 = std::fmax(b0, acc[((lane * MT + mt) * 2 + nt) * 4 + j]);
+              b1 = std::fmax(b1, acc[((lane * MT + mt) * 2 + nt) * 4 + 2 + j]);
             }
           }
-          for (int lane = 0; lane < 32; ++lane)
-            for (int i = 0; i < 4; ++i) {
-              int row, col;
-              ptx_c(lane, i, &row, &col);
-              float s = 0;
-              for (int k = 0; k < 16; ++k) s += At[row][k] * Bt[k][col];
-              acc[((lane * MT + mt) * 2 + nt) * 4 + i] += s;
-            }
-        }
     }
-    // fold into the running max (kernel's epilogue of a chunk)
-    for (int lane = 0; lane < 32; ++lane)
-      for (int nt = 0; nt < 2; ++nt)
-        for (int j = 0; j < 2; ++j) {
-          int qrow, dcol;
-          c_frag_coord(lane, j, &qrow, &dcol);
-          const int64_t drow = r0 + nt * 8 + dcol;
-          const bool valid = drow < dv.nrows && (dv.mask0 < 0 || p.d_mask[dv.mask0 + drow]);
-          if (!valid) continue;
-          for (int mt = 0; mt < MT; ++mt) {
-            float& b0 = best[(lane * MT + mt) * 2 + 0];
-            float& b1 = best[(lane * MT + mt) * 2 + 1];
-            b0 = std::fmax(b0, acc[((lane * MT + mt) * 2 + nt) * 4 + j]);
-            b1 = std::fmax(b1, acc[((lane * MT + mt) * 2 + nt) * 4 + 2 + j]);
-          }
-        }
-   }
   }
   // quad max, then the sum over rows by lanes with tig == 0 (butterfly sum order is irrelevant here)
   double sum = 0;
@@ -289,8 +290,8 @@ static float emulate_fma_item(const World& w, int64_t idx) {
 // Builds a world: Q with a padded row stride, docs per mode (padded with padded strides, or packed
 // with random lengths and pids including -1), optional masks/lengths and per-doc floors. Padding
 // slots hold NaN so any read of padding shows up in the scores.
-static World make_world(std::mt19937& rng, int mode, int64_t B, int64_t Lq, int64_t dim, int64_t ncols, int64_t Ld,
-                        int masking, bool use_q_mask, bool use_floor) {
+static World make_world(std::mt19937& rng, ScoringMode mode, int64_t B, int64_t Lq, int64_t dim, int64_t ncols,
+                        int64_t Ld, int masking, bool use_q_mask, bool use_floor) {
   std::normal_distribution<float> normal;
   std::uniform_int_distribution<int> coin(0, 9);
   World w;
@@ -312,7 +313,7 @@ static World make_world(std::mt19937& rng, int mode, int64_t B, int64_t Lq, int6
     for (auto& m : w.q_mask_store) m = coin(rng) < 7;
     p.q_mask = reinterpret_cast<const bool*>(w.q_mask_store.data());
   }
-  if (mode == kPacked) {
+  if (mode == ScoringMode::packed) {
     const int64_t ndocs = 7;
     w.lengths.resize(ndocs);
     w.offsets.assign(ndocs + 1, 0);
@@ -337,10 +338,11 @@ static World make_world(std::mt19937& rng, int mode, int64_t B, int64_t Lq, int6
     p.d_sl = dim + 8;
     p.d_sk = Ld * p.d_sl + 16;
     p.d_sb = ncols * p.d_sk + 24;
-    const int64_t ndocs = mode == kAllPairs ? ncols : B * ncols;
-    w.d.assign((mode == kAllPairs ? ncols * p.d_sk : B * p.d_sb) + 1, kNaN);
+    const int64_t ndocs = mode == ScoringMode::all_pairs ? ncols : B * ncols;
+    w.d.assign((mode == ScoringMode::all_pairs ? ncols * p.d_sk : B * p.d_sb) + 1, kNaN);
     for (int64_t doc = 0; doc < ndocs; ++doc) {
-      const int64_t b = mode == kAllPairs ? 0 : doc / ncols, k = mode == kAllPairs ? doc : doc % ncols;
+      const int64_t b = mode == ScoringMode::all_pairs ? 0 : doc / ncols,
+                    k = mode == ScoringMode::all_pairs ? doc : doc % ncols;
       for (int64_t j = 0; j < Ld; ++j)
         for (int64_t x = 0; x < dim; ++x) w.d[b * p.d_sb + k * p.d_sk + j * p.d_sl + x] = normal(rng) + 0.3f;
     }
@@ -359,7 +361,7 @@ static World make_world(std::mt19937& rng, int mode, int64_t B, int64_t Lq, int6
   }
   if (use_floor) {  // one per doc: none, 0 (wins for many rows: similarities are ~N(0, dim)), -5, -9999
     const float choices[] = {-kInf, 0.f, -5.f, -9999.f};
-    w.floors.resize(mode == kAllPairs ? ncols : B * ncols);
+    w.floors.resize(mode == ScoringMode::all_pairs ? ncols : B * ncols);
     for (auto& f : w.floors) f = choices[coin(rng) % 4];
     p.floor = w.floors.data();
   }
@@ -406,7 +408,8 @@ static void check_world(World& w, bool tc, const char* what) {
       CHECK(same, "%s shared: slot %zu = %g, independent warps %g", what, i, shared_out[i], out[i]);
     }
   }
-  for (size_t i = 0; i < size_t(p.npass * p.B * p.ncols); ++i) CHECK(hits[i] == 1, "%s: slot %zu hit %d times", what, i, hits[i]);
+  for (size_t i = 0; i < size_t(p.npass * p.B * p.ncols); ++i)
+    CHECK(hits[i] == 1, "%s: slot %zu hit %d times", what, i, hits[i]);
   for (int64_t b = 0; b < p.B; ++b)
     for (int64_t col = 0; col < p.ncols; ++col) {
       float got = 0;  // reduce_partials: sum in pass order
@@ -415,7 +418,7 @@ static void check_world(World& w, bool tc, const char* what) {
       const float want = direct_score(w, b, col);
       const bool ok = (std::isinf(want) && got == want) ||
                       (std::isfinite(got) && std::fabs(got - want) <= 1e-3f * (1.f + std::fabs(want)) * p.Lq);
-      CHECK(ok, "%s mode %d B %lld Lq %lld dim %lld: score (%lld, %lld) = %g, want %g", what, p.mode,
+      CHECK(ok, "%s mode %d B %lld Lq %lld dim %lld: score (%lld, %lld) = %g, want %g", what, static_cast<int>(p.mode),
             (long long)p.B, (long long)p.Lq, (long long)p.dim, (long long)b, (long long)col, got, want);
     }
 }
@@ -427,11 +430,11 @@ static void test_emulated_kernels() {
   const int64_t dims_fma[] = {1, 5, 64, 130};
   const int64_t lds[] = {0, 1, 17, 40};
   int n = 0;
-  for (int mode = 0; mode < 3; ++mode)
+  for (ScoringMode mode : {ScoringMode::all_pairs, ScoringMode::per_query, ScoringMode::packed})
     for (int64_t lq : lqs)
       for (int64_t ld : lds)
         for (int masking = 0; masking < 3; ++masking) {
-          if (mode == kPacked && masking) continue;
+          if (mode == ScoringMode::packed && masking) continue;
           const bool qm = (n % 2) == 1, floor = (n % 3) != 0;
           const int64_t dim_tc = dims_tc[n % 7], dim_fma = dims_fma[n % 4];
           ++n;
@@ -445,7 +448,7 @@ static void test_emulated_kernels() {
 
 static void test_doc_view() {
   Params p{};
-  p.mode = kPacked;
+  p.mode = ScoringMode::packed;
   p.dim = 128;
   int64_t offsets[] = {0, 5, 5, 3000000000LL};
   int64_t lengths[] = {5, 0, 2999999995LL};
@@ -487,7 +490,7 @@ static void test_doc_view() {
   CHECK(merge_max(-inf, 3.f) == 3.f && is_nan(merge_max(nan, 3.f)) && is_nan(merge_max(3.f, nan)), "merge_max");
 
   Params q{};
-  q.mode = kPerQuery;
+  q.mode = ScoringMode::per_query;
   q.B = 3;
   q.ncols = 4;
   q.Ld = 9;
@@ -499,7 +502,7 @@ static void test_doc_view() {
   v = doc_view(q, Item{2, 3, 0});
   CHECK(v.row0 == 2 * 1000000 + 3 * 5000 && v.row_stride == 136 && v.nrows == 9 && v.mask0 == (2 * 4 + 3) * 9,
         "per-query view");
-  q.mode = kAllPairs;
+  q.mode = ScoringMode::all_pairs;
   v = doc_view(q, Item{2, 3, 0});
   CHECK(v.row0 == 3 * 5000 && v.mask0 == 3 * 9, "all-pairs view ignores b");
   int64_t dl[4] = {1, 2, 3, 4};
@@ -550,7 +553,7 @@ static void test_geometry() {
   CHECK(!tc_aligned(256, 264, 2, 264, 0, 0), "dim above the register budget");
   CHECK(!tc_aligned(256, 0, 2, 0, 0, 0), "dim 0");
   Params p{};
-  p.mode = kPacked;
+  p.mode = ScoringMode::packed;
   p.dtype = kBFloat16;
   p.dim = 128;
   p.embeddings = reinterpret_cast<const void*>(uintptr_t(4096));
@@ -572,14 +575,14 @@ static void test_geometry() {
   plan(p);
   CHECK(p.npass == 1 && workspace_bytes(p) == 0, "one pass, no workspace");
   p.dtype = kFloat16;
-  p.mode = kPacked;
+  p.mode = ScoringMode::packed;
   p.Lq = 32;
   plan(p);
   CHECK(!p.shared_doc && launch_blocks(p) == ceil_div(3 * 5, kWarps), "one slot per doc: independent warps");
   p.Lq = 200;  // 7 passes share each doc: 2 groups per doc
   plan(p);
   CHECK(p.shared_doc && shared_groups(p) == 2 && launch_blocks(p) == 3 * 5 * 2, "long queries share the doc");
-  p.mode = kAllPairs;
+  p.mode = ScoringMode::all_pairs;
   p.d = reinterpret_cast<const void*>(uintptr_t(4096));
   p.d_sk = 300 * 128;
   p.d_sl = 128;

@@ -3,7 +3,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "../torch/common.h"
+#include "common.h"
 
 namespace colbert_fast {
 namespace {
