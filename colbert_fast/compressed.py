@@ -31,7 +31,7 @@ from typing import NamedTuple, Sequence
 import torch
 
 from . import reference
-from .packed import MappedFile, PackedDocs, checked_lengths, open_safetensors, write_safetensors
+from .packed import DocLayout, PackedDocs, checked_lengths, open_safetensors, write_safetensors
 
 __all__ = ["CODECS", "CodesView", "CompressedDocs", "ResidualCodec", "kmeans"]
 
@@ -223,7 +223,7 @@ def _encode_int8(vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(codes), torch.cat(scales)
 
 
-class CompressedDocs:
+class CompressedDocs(DocLayout):
     """A packed store of codes (see the module doc). Build one with from_packed or from_list.
 
     Args (the stored tensors, all on one device):
@@ -307,11 +307,7 @@ class CompressedDocs:
         self._centroids = None if centroids is None else centroids.contiguous()
         self._bucket_cutoffs = None if bucket_cutoffs is None else bucket_cutoffs.contiguous()
         self._bucket_weights = None if bucket_weights is None else bucket_weights.contiguous()
-        self._lengths = lengths
-        self._offsets = torch.zeros(lengths.numel() + 1, dtype=torch.int64, device=device)
-        torch.cumsum(lengths, 0, out=self._offsets[1:])
-        self._max_length = int(lengths.max()) if lengths.numel() else 0
-        self._mapping: MappedFile | None = None  # the file under a memory-mapped store (load)
+        self._set_layout(lengths, device)
 
     @staticmethod
     def _view(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -340,25 +336,6 @@ class CompressedDocs:
     @property
     def bucket_weights(self) -> torch.Tensor | None:
         return self._view(self._bucket_weights)
-
-    @property
-    def lengths(self) -> torch.Tensor:
-        """int64 [N]: a copy (the store's own lengths cannot be changed from outside)."""
-        return self._lengths.clone()
-
-    @property
-    def offsets(self) -> torch.Tensor:
-        """int64 [N + 1]: a copy, as lengths."""
-        return self._offsets.clone()
-
-    @property
-    def max_length(self) -> int:
-        return self._max_length
-
-    def check_mapping(self) -> None:
-        """As PackedDocs.check_mapping: ValueError when the mapped file has shrunk since loading."""
-        if self._mapping is not None:
-            self._mapping.check()
 
     # ---- building ----------------------------------------------------------------------------
 
@@ -407,11 +384,7 @@ class CompressedDocs:
             return None
         return ResidualCodec(self.centroids, self.bucket_cutoffs, self.bucket_weights, self.nbits)
 
-    # ---- the PackedDocs surface --------------------------------------------------------------
-
-    @property
-    def num_docs(self) -> int:
-        return self._lengths.numel()
+    # ---- the PackedDocs surface (lengths, offsets, max_length, num_docs: DocLayout) ----------
 
     @property
     def num_tokens(self) -> int:
@@ -431,9 +404,6 @@ class CompressedDocs:
         """Per-token bytes: codes + scale (+ centroid id); the shared codebook not counted."""
         per = self._codes.shape[1] * self._codes.element_size() + 2
         return per + (4 if self.codec == "residual" else 0)
-
-    def __len__(self) -> int:
-        return self.num_docs
 
     def __repr__(self) -> str:
         extra = f", centroids={self._centroids.shape[0]}" if self._centroids is not None else ""

@@ -20,6 +20,7 @@ import torch
 from .files import open_regular, verified_file
 
 __all__ = [
+    "DocLayout",
     "MappedFile",
     "PackedDocs",
     "PackedView",
@@ -64,7 +65,54 @@ class PackedView(NamedTuple):
     max_length: int
 
 
-class PackedDocs:
+class DocLayout:
+    """Where each doc's rows are in a store, shared by PackedDocs and CompressedDocs: lengths, the
+    offsets derived from them, the longest doc, and the file under a memory-mapped store.
+
+    The kernels trust these: they are the store's own (lengths and offsets are copies nobody else
+    holds) and only copies are handed out, so nothing can change them behind the kernels' back
+    (docs/spec.md section 9)."""
+
+    def _set_layout(self, lengths: torch.Tensor, device: torch.device) -> None:
+        """lengths: int64, already checked (checked_lengths)."""
+        self._lengths = lengths
+        self._offsets = torch.zeros(lengths.numel() + 1, dtype=torch.int64, device=device)
+        torch.cumsum(lengths, 0, out=self._offsets[1:])
+        # Host copy of the longest doc: gather sizes its output from it without a device sync.
+        self._max_length = int(lengths.max()) if lengths.numel() else 0
+        self._mapping: MappedFile | None = None  # the file under a memory-mapped store (load)
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """int64 [N]: a copy (the store's own lengths cannot be changed from outside)."""
+        return self._lengths.clone()
+
+    @property
+    def offsets(self) -> torch.Tensor:
+        """int64 [N + 1], the running sum of lengths: a copy, as lengths."""
+        return self._offsets.clone()
+
+    @property
+    def max_length(self) -> int:
+        """The longest doc's length (a host int)."""
+        return self._max_length
+
+    @property
+    def num_docs(self) -> int:
+        return self._lengths.numel()
+
+    def __len__(self) -> int:
+        return self.num_docs
+
+    def check_mapping(self) -> None:
+        """Raise ValueError when the file under a memory-mapped store has shrunk since it was loaded
+        (reading the lost pages would kill the process with SIGBUS). Every op calls it first; it
+        costs one fstat. A no-op for a store in memory."""
+        if self._mapping is not None:
+            self._mapping.check()
+
+
+class PackedDocs(DocLayout):
     """A packed token store.
 
     Args:
@@ -91,17 +139,9 @@ class PackedDocs:
         lengths = checked_lengths(lengths, embeddings.shape[0], embeddings.device, "embeddings")
         if embeddings.stride(-1) != 1 or embeddings.stride(0) != embeddings.shape[1]:
             embeddings = embeddings.contiguous()
-        # The kernels trust these four: they are the store's own (lengths and offsets are copies
-        # nobody else holds) and only read-only properties and copies are handed out, so nothing
-        # can change them behind the kernels' back (docs/spec.md section 9).
+        # The embeddings are reachable only as a view (see the property), the layout only as copies.
         self._embeddings = embeddings
-        self._lengths = lengths
-        offsets = torch.zeros(lengths.numel() + 1, dtype=torch.int64, device=embeddings.device)
-        torch.cumsum(lengths, 0, out=offsets[1:])
-        self._offsets = offsets
-        # Host copy of the longest doc: gather sizes its output from it without a device sync.
-        self._max_length = int(lengths.max()) if lengths.numel() else 0
-        self._mapping: MappedFile | None = None  # the file under a memory-mapped store (load)
+        self._set_layout(lengths, embeddings.device)
 
     @property
     def embeddings(self) -> torch.Tensor:
@@ -109,32 +149,10 @@ class PackedDocs:
         changed in place, its shape and storage, which the kernels rely on, may not)."""
         return self._embeddings.view(self._embeddings.shape)
 
-    @property
-    def lengths(self) -> torch.Tensor:
-        """int64 [N]: a copy (the store's own lengths cannot be changed from outside)."""
-        return self._lengths.clone()
-
-    @property
-    def offsets(self) -> torch.Tensor:
-        """int64 [N + 1], the running sum of lengths: a copy, as lengths."""
-        return self._offsets.clone()
-
-    @property
-    def max_length(self) -> int:
-        """The longest doc's length (a host int)."""
-        return self._max_length
-
     def packed_view(self) -> PackedView:
         """The tensors the scoring kernels read (the store's own, for the backends, after
         check_mapping): not for changing, see the class doc."""
         return PackedView(self._embeddings, self._offsets, self._lengths, self._max_length)
-
-    def check_mapping(self) -> None:
-        """Raise ValueError when the file under a memory-mapped store has shrunk since it was loaded
-        (reading the lost pages would kill the process with SIGBUS). Every op calls it first; it
-        costs one fstat. A no-op for a store in memory."""
-        if self._mapping is not None:
-            self._mapping.check()
 
     @classmethod
     def from_list(cls, docs: Sequence[torch.Tensor]) -> "PackedDocs":
@@ -153,10 +171,6 @@ class PackedDocs:
         return cls(torch.cat(list(docs), dim=0), [d.shape[0] for d in docs])
 
     @property
-    def num_docs(self) -> int:
-        return self._lengths.numel()
-
-    @property
     def dim(self) -> int:
         return self._embeddings.shape[1]
 
@@ -171,9 +185,6 @@ class PackedDocs:
     @property
     def num_tokens(self) -> int:
         return self._embeddings.shape[0]
-
-    def __len__(self) -> int:
-        return self.num_docs
 
     def __repr__(self) -> str:
         return (
