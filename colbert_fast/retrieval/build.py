@@ -31,6 +31,7 @@ import torch
 
 import colbert_fast
 from colbert_fast import CompressedDocs, PackedDocs
+from colbert_fast.compressed import ResidualCodec
 from colbert_fast.files import sha256
 from colbert_fast.packed import write_store
 
@@ -173,6 +174,7 @@ def build_index_from_embeddings(
     *,
     ids: Sequence | None = None,
     similarity: str = "cosine",
+    codebook: ResidualCodec | None = None,
 ) -> Index:
     """Write an index of token embeddings you already have (no encoder): any model, any dim.
 
@@ -185,6 +187,8 @@ def build_index_from_embeddings(
         ids: the caller's doc ids (the index's pids), one per doc, unique (stored as strings);
             default "0".."N-1".
         similarity: "cosine" (dot products, the default) or "l2", recorded for search.
+        codebook: a residual store's centroids and buckets to encode with instead of training
+            them (e.g. another index's, to compare it with a fresh build of the same docs).
 
     Returns:
         the loaded Index. Search it with query embeddings (Searcher.search accepts tensors).
@@ -216,7 +220,7 @@ def build_index_from_embeddings(
         stored = PackedDocs.load(writer.path(name), mmap=True)
         model = {"checkpoint": None, "config": {"dim": docs.dim, "similarity": similarity}, "fingerprint": None}
         source = {"embeddings": True, "sha256": record["sha256"]}
-        finish_build(faiss, writer, tag, stored, ids, config, model, source)
+        finish_build(faiss, writer, tag, stored, ids, config, model, source, codebook)
     return Index.load(index_dir, verify=False)
 
 
@@ -344,7 +348,9 @@ def concat_stores(parts: list[Path], writer: IndexWriter, name: str) -> PackedDo
 # ---- step 4: faiss, the other files, the manifest ---------------------------------------------------
 
 
-def finish_build(faiss, writer: IndexWriter, tag: str, docs: PackedDocs, pids, config, model, source) -> dict:
+def finish_build(
+    faiss, writer: IndexWriter, tag: str, docs: PackedDocs, pids, config, model, source, codebook=None
+) -> dict:
     """faiss over the store's token rows (unless config.ivf is False), the compressed store and the
     centroid engine's file (residual), the other files under the store's tag (each verified), then
     the manifest (the commit point), then removal of what the old manifest named. Returns the
@@ -361,7 +367,7 @@ def finish_build(faiss, writer: IndexWriter, tag: str, docs: PackedDocs, pids, c
     store = {"codec": "fp16", "bytes_per_token": docs.dim * 2}
     if config.store != "fp16":  # the codes become the store; the fp16 file stays only if asked
         codes_name = f"codes-{tag}.safetensors"
-        codes, record = write_compressed_store(docs, config, writer.path(codes_name))
+        codes, record = write_compressed_store(docs, config, writer.path(codes_name), codebook)
         writer.add(codes_name, record)
         store = {"codec": config.store, "nbits": codes.nbits, "bytes_per_token": codes.bytes_per_token}
         if config.keep_fp16:
@@ -408,11 +414,19 @@ def _estimated_bytes(docs: PackedDocs, config: IndexConfig) -> int:
     return total
 
 
-def write_compressed_store(docs: PackedDocs, config: IndexConfig, path: Path) -> tuple[CompressedDocs, dict]:
-    """Encode the fp16 store with config.store's codec (residual: a codebook trained on it) and
-    write it atomically and verified to `path`; returns the store and the file's record."""
+def write_compressed_store(
+    docs: PackedDocs, config: IndexConfig, path: Path, codebook: ResidualCodec | None = None
+) -> tuple[CompressedDocs, dict]:
+    """Encode the fp16 store with config.store's codec (residual: `codebook`, or one trained on it)
+    and write it atomically and verified to `path`; returns the store and the file's record."""
     nbits = config.store_nbits if config.store == "residual" else 8
-    codes = CompressedDocs.from_packed(docs, config.store, nbits, seed=config.seed)
+    if codebook is not None and config.store != "residual":
+        raise ValueError(f"a codebook goes with store='residual', not {config.store!r}")
+    if codebook is not None:
+        nbits = codebook.nbits
+        if codebook.centroids.shape[1] != docs.dim:
+            raise ValueError(f"the codebook's dim is {codebook.centroids.shape[1]}, the docs' {docs.dim}")
+    codes = CompressedDocs.from_packed(docs, config.store, nbits, seed=config.seed, codebook=codebook)
     return codes, codes.save(path)
 
 

@@ -39,8 +39,10 @@ from colbert_fast import CompressedDocs, PackedDocs
 from colbert_fast.files import NotRegularFileError, read_regular, sha256
 
 from .engine import load_engine
+from .segments import Segment, merge_segments
 
-__all__ = ["CorruptIndexError", "Index", "RowLookup", "parse_manifest", "read_manifest", "require_faiss"]
+__all__ = ["CorruptIndexError", "Index", "RowLookup", "checked_entries", "parse_manifest", "read_manifest",
+           "require_faiss", "segment_keys"]  # fmt: skip
 
 INDEX_FORMAT = "colbert_fast.index/1"
 MANIFEST = "manifest.json"
@@ -179,7 +181,7 @@ class Index:
     @classmethod
     def _load(cls, path: Path, mpath: Path, raw: bytes, verify: bool, mmap: bool, load_ivf: bool) -> Index:
         manifest = parse_manifest(raw, mpath, INDEX_FORMAT)
-        files, stats = _checked_entries(manifest, mpath)
+        files, stats = checked_entries(manifest, mpath)
         for info in files.values():
             fpath = path / info["name"]
             try:
@@ -192,33 +194,28 @@ class Index:
                 raise CorruptIndexError(
                     f"index file {fpath} is truncated or altered: {st.st_size} bytes, the manifest says {info['bytes']}"
                 )
-        if verify:
-            for key in ("docs", "ids", "engine"):
-                if key in files:
-                    _check_sha(path / files[key]["name"], files[key]["sha256"])
+        if verify:  # every file but faiss's (checked when it is opened) and a kept fp16 store (never read)
+            for key, info in files.items():
+                if key not in ("ivf", "fp16"):
+                    _check_sha(path / info["name"], info["sha256"])
         store = stats["store"].get("codec", FLOAT_STORE) if isinstance(stats.get("store"), dict) else FLOAT_STORE
-        try:
-            pids = json.loads(read_regular(path / files["ids"]["name"], "index file"))
-            store_type = PackedDocs if store == FLOAT_STORE else CompressedDocs
-            docs = store_type.load(path / files["docs"]["name"], mmap=mmap)
-        except FileNotFoundError as e:
-            raise CorruptIndexError(f"index file {e.filename} is missing") from None
-        except (ValueError, UnicodeDecodeError) as e:  # NotRegularFileError and JSONDecodeError included
-            raise CorruptIndexError(f"index at {path} is corrupt: {e}") from None
-        if not isinstance(pids, list) or not all(isinstance(p, str) for p in pids):
-            raise CorruptIndexError(f"index file {files['ids']['name']} is not a list of pid strings")
-        if len(pids) != docs.num_docs or docs.num_docs != stats["num_docs"]:
+        store_type = PackedDocs if store == FLOAT_STORE else CompressedDocs
+        layout = segment_keys(manifest, mpath)
+        segments = [_load_segment(path, files, keys, store_type, mmap) for keys in layout]
+        deleted = _read_tombstones(path, files, layout, segments)
+        if len(segments) == 1 and not any(deleted):
+            docs, pids, engine = segments[0]  # the common case: mapped, never copied
+        else:
+            try:
+                docs, pids, engine = merge_segments(segments, deleted)
+            except ValueError as e:
+                raise CorruptIndexError(f"index at {path} is inconsistent: {e}") from None
+        if docs.num_docs != stats["num_docs"]:
             raise CorruptIndexError(
                 f"index at {path} is inconsistent: pid list, doc store and manifest disagree on #docs"
             )
         if docs.num_tokens != stats["num_tokens"] or docs.dim != stats["dim"]:
             raise CorruptIndexError(f"index at {path} is inconsistent: doc store shape differs from the manifest")
-        engine = None
-        if "engine" in files:
-            try:
-                engine = load_engine(path / files["engine"]["name"], docs)
-            except (ValueError, AttributeError) as e:
-                raise CorruptIndexError(f"index at {path}: engine file {files['engine']['name']}: {e}") from None
         index = cls(path, manifest, docs, pids, None, verify, engine)
         if load_ivf and index.has_ivf:
             index.open_ivf()
@@ -239,7 +236,78 @@ def _read_manifest_bytes(path: Path, mpath: Path) -> bytes:
         raise CorruptIndexError(str(e)) from None
 
 
-def _checked_entries(manifest: dict, mpath: Path) -> tuple[dict, dict]:
+def segment_keys(manifest: dict, mpath: Path) -> list[dict[str, str]]:
+    """The manifest's segments, each {"docs": key, "ids": key[, "engine": key]} of its "files".
+
+    An index built once has one segment, named by the keys "docs", "ids" (and "engine"); a live
+    index lists its segments under "segments" (live.py), the first one being that same one.
+    """
+    files = manifest["files"]
+    segments = manifest.get("segments")
+    if segments is None:
+        return [{"docs": "docs", "ids": "ids", **({"engine": "engine"} if "engine" in files else {})}]
+    ok = isinstance(segments, list) and len(segments) >= 1
+    for seg in segments if ok else ():
+        ok = ok and isinstance(seg, dict) and {"docs", "ids"} <= set(seg) <= {"docs", "ids", "engine"}
+        ok = ok and all(isinstance(v, str) and v in files for v in seg.values())
+    if not ok:
+        raise CorruptIndexError(f"{mpath} is malformed: 'segments' must list {{docs, ids[, engine]}} keys of 'files'")
+    if len({seg["docs"] for seg in segments}) != len(segments):
+        raise CorruptIndexError(f"{mpath} is malformed: two segments name the same store")
+    return segments
+
+
+def _load_segment(path: Path, files: dict, keys: dict[str, str], store_type, mmap: bool) -> Segment:
+    """One segment's store, pids and engine tensors, each checked against the others."""
+    docs_name, ids_name = files[keys["docs"]]["name"], files[keys["ids"]]["name"]
+    try:
+        pids = json.loads(read_regular(path / ids_name, "index file"))
+        docs = store_type.load(path / docs_name, mmap=mmap)
+    except FileNotFoundError as e:
+        raise CorruptIndexError(f"index file {e.filename} is missing") from None
+    except (ValueError, UnicodeDecodeError) as e:  # NotRegularFileError and JSONDecodeError included
+        raise CorruptIndexError(f"index at {path} is corrupt: {e}") from None
+    if not isinstance(pids, list) or not all(isinstance(p, str) for p in pids):
+        raise CorruptIndexError(f"index file {ids_name} is not a list of pid strings")
+    if len(pids) != docs.num_docs:
+        raise CorruptIndexError(
+            f"index at {path} is inconsistent: pid list, doc store and manifest disagree on #docs ({ids_name})"
+        )
+    engine = None
+    if "engine" in keys:
+        name = files[keys["engine"]]["name"]
+        try:
+            engine = load_engine(path / name, docs)
+        except (ValueError, AttributeError) as e:
+            raise CorruptIndexError(f"index at {path}: engine file {name}: {e}") from None
+    return Segment(docs, pids, engine)
+
+
+def _read_tombstones(path: Path, files: dict, layout: list[dict], segments: list[Segment]) -> list[list[int]]:
+    """Per segment, its deleted rows (the "tombstones" file: {store file name: [rows]}; none: [])."""
+    if "tombstones" not in files:
+        return [[] for _ in segments]
+    name = files["tombstones"]["name"]
+    try:
+        dead = json.loads(read_regular(path / name, "index file"))
+    except FileNotFoundError:
+        raise CorruptIndexError(f"index file {path / name} is missing") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CorruptIndexError(f"index file {name} is corrupt: {e}") from None
+    stores = [files[keys["docs"]]["name"] for keys in layout]
+    ok = isinstance(dead, dict) and set(dead) <= set(stores)
+    out = []
+    for store, seg in zip(stores, segments):
+        rows = dead.get(store, []) if ok else None
+        ok = ok and isinstance(rows, list) and all(type(r) is int and 0 <= r < seg.docs.num_docs for r in rows)
+        ok = ok and len(set(rows)) == len(rows)
+        out.append(rows if ok else [])
+    if not ok:
+        raise CorruptIndexError(f"index file {name} must map store names to unique rows in range")
+    return out
+
+
+def checked_entries(manifest: dict, mpath: Path) -> tuple[dict, dict]:
     """The manifest's file entries and stats, each of the expected type (CorruptIndexError naming
     what is malformed, never a KeyError or TypeError from deep inside the loader)."""
     files_in = manifest.get("files")
@@ -247,8 +315,9 @@ def _checked_entries(manifest: dict, mpath: Path) -> tuple[dict, dict]:
     if not isinstance(files_in, dict) or not isinstance(stats, dict):
         raise CorruptIndexError(f"{mpath} is malformed: 'files' and 'stats' must be objects")
     # ivf: unless built with IndexConfig(ivf=False); fp16: a compressed store's fp16 vectors, kept on
-    # request; engine: a residual store's centroid engine (engine.py).
-    keys = ("docs", "ids") + tuple(k for k in ("ivf", "fp16", "engine") if k in files_in)
+    # request; engine: a residual store's centroid engine (engine.py); the files of added segments
+    # and the tombstones of a live index (segment_keys, live.py).
+    keys = ("docs", "ids") + tuple(k for k in files_in if k not in ("docs", "ids"))
     files = {}
     for key in keys:
         info = files_in.get(key)

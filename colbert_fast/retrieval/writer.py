@@ -10,6 +10,7 @@ the only code that writes or deletes in an index directory:
         w.check_space(bytes_needed, "...")    # before the long work, where the size is known
         w.write("ivf-<tag>.faiss", fill)      # fill(f): f.write(bytes); verified (size, sha256)
         w.add("docs-<tag>.safetensors", rec)  # a file written elsewhere with files.verified_file
+        w.carry("docs-<old tag>...", record)   # keep a file of the committed generation (live index)
         w.commit(manifest, {"docs": name, ...})   # re-checks every file, writes the manifest,
                                               # then deletes the previous generation
     # on an exception: nothing is committed, the previous generation is untouched, and this
@@ -68,6 +69,7 @@ class IndexWriter:
         self.keep = set(keep)
         self.lock = WriterLock(self.dir, "index")
         self.records: dict[str, dict] = {}  # name -> {"bytes", "sha256"} of the files written
+        self.carried: dict[str, dict] = {}  # name -> record of committed files the new generation keeps
         self.committed: dict | None = None
 
     def __enter__(self) -> IndexWriter:
@@ -136,6 +138,21 @@ class IndexWriter:
         self.records[name] = {"bytes": int(record["bytes"]), "sha256": str(record["sha256"])}
         return self.records[name]
 
+    def carry(self, name: str, record: dict) -> dict:
+        """Keep a file of the committed generation in the new one (a live index's unchanged segments).
+
+        Only a file the committed manifest names, of the size it records, can be carried; it is never
+        removed when this writer fails (it still belongs to the committed generation)."""
+        self._check_name(name)
+        if name not in live_files(self.dir):
+            raise ValueError(f"{name} is not a file of the committed generation: it cannot be carried")
+        path = self.dir / name
+        size = path.stat().st_size if path.is_file() and not path.is_symlink() else -1
+        if size != int(record["bytes"]):
+            raise VerificationError(errno.EIO, f"{path} is not the file the manifest names ({size} bytes)", str(path))
+        self.carried[name] = {"bytes": int(record["bytes"]), "sha256": str(record["sha256"])}
+        return self.carried[name]
+
     def _check_name(self, name: str) -> None:
         if not OUR_FILES.fullmatch(name):
             raise ValueError(f"{name!r} is not a name an index generation may write (<kind>-<12 hex tag>.<ext>)")
@@ -154,9 +171,9 @@ class IndexWriter:
             raise RuntimeError("IndexWriter.commit outside its `with` block: the lock is not held")
         entries = {}
         for key, name in files.items():
-            record = self.records.get(name)
+            record = self.records.get(name) or self.carried.get(name)
             if record is None:
-                raise ValueError(f"{name} was not written by this writer: it cannot be committed")
+                raise ValueError(f"{name} was not written or carried by this writer: it cannot be committed")
             path = self.dir / name
             try:
                 size = path.stat().st_size
