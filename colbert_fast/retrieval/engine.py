@@ -284,11 +284,12 @@ class CentroidEngine:
     def candidates(self, Q: torch.Tensor, q_mask: torch.Tensor, nprobe: int, allowed=None) -> Candidates:
         """Steps 1-3 (masked query tokens probe nothing and count for nothing).
 
-        allowed: None, or bool [B, N] (see allowed_mask): pairs of a doc not allowed are dropped
+        allowed: None, or bool [N] or [B, N] (see allowed_mask): pairs of a doc not allowed are dropped
         right after the lists are expanded, so the approximate pass never sees them.
         """
         B, Lq, _ = Q.shape
         n = max(self.num_docs, 1)
+        allowed = self.allowed_mask(allowed, B)  # a [N] mask becomes [B, N]; an already checked one stays
         ids, vals, theta = self.probe(Q, nprobe)
         p = ids.shape[2]
         starts = self.ivf_offsets[ids]  # [B, Lq, p]

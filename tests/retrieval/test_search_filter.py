@@ -184,6 +184,8 @@ def test_engine_filtered_bounds_and_candidates(e1):
     assert bool(torch.isneginf(bounds[:, ~mask]).all())
     torch.testing.assert_close(bounds[:, mask], plain[:, mask])
     assert cand.doc.numel() == int(mask[plain_cand.doc].sum())  # exactly the allowed ones of the unfiltered
+    direct = engine.candidates(Q, q_mask, 4, allowed=mask)  # a [N] mask straight to candidates
+    assert torch.equal(direct.doc, cand.doc) and torch.equal(direct.query, cand.query)
 
 
 def test_an_empty_set_reads_nothing(e1, scored_rows):
