@@ -127,22 +127,23 @@ def test_exact_centroid_filtered_equals_the_allowed_top_k(e1, subset, scored_row
         assert rows_read(scored_rows) <= rows
 
 
-@pytest.mark.parametrize("subset", ("tenth", "half"))
+@pytest.mark.parametrize("subset", SUBSETS)
 def test_certified_centroid_filtered_answers_equal_the_allowed_top_k(e1, subset, scored_rows):
     searcher, Q, q_mask, full = e1
     allowed = pick(subset, searcher.index.pids, seed=3)
-    certified = 0
-    for nprobe, ncandidates in ((1, 5), (4, 32), (16, 64), (64, NUM_DOCS)):
-        scored_rows.clear()
-        found = searcher.search(Q, q_mask=q_mask, k=5, mode="centroid", nprobe=nprobe, ncandidates=ncandidates,
-                                allowed=allowed)  # fmt: skip
-        for f, t in zip(found, truth_for(full, allowed, 5)):
-            assert all(p in set(allowed) for p, _ in f)
-            if f.certified:
-                certified += 1
-                same(f, t, Q.shape[1])
-        assert rows_read(scored_rows) <= set(searcher.index.rows_of(allowed))
-    assert certified > 0  # (64, all docs): every allowed doc scored at least
+    for k in ks_for(allowed):
+        certified = 0
+        for nprobe, ncandidates in ((1, 5), (4, 32), (16, 64), (64, NUM_DOCS)):
+            scored_rows.clear()
+            found = searcher.search(Q, q_mask=q_mask, k=k, mode="centroid", nprobe=nprobe, ncandidates=ncandidates,
+                                    allowed=allowed)  # fmt: skip
+            for f, t in zip(found, truth_for(full, allowed, k)):
+                assert all(p in set(allowed) for p, _ in f)
+                if f.certified:
+                    certified += 1
+                    same(f, t, Q.shape[1])
+            assert rows_read(scored_rows) <= set(searcher.index.rows_of(allowed))
+        assert certified > 0  # (64, all docs): every allowed doc scored at least
 
 
 def test_a_bool_mask_and_the_pids_agree(e1):
