@@ -43,6 +43,13 @@ query, best bound first, until it is certified, so it always equals exhaustive s
 reports the fraction of (doc, query token) cells it scored exactly (docs scored / docs: every valid
 query token of a scored doc is scored).
 
+Filtered search (allowed: a bool mask over doc rows, [N] for every query or [B, N] per query): a
+doc not allowed is dropped from the candidates as soon as the lists are expanded (before step 3),
+its bound is -inf (it can never be returned, so it never blocks a certificate), exact=True widens
+over allowed docs only, and it is never scored. The certificate then speaks of the allowed subset:
+a certified answer is exactly the exhaustive top k over the allowed docs. cells_scored keeps its
+meaning (docs scored / all docs of the store).
+
 GPU: steps 1-5 are torch ops on the store's device; the sizes of steps 2-3 depend on the data, so
 this version reads them on the host (two small syncs per batch), and exact=True widens query by query.
 """
@@ -274,10 +281,15 @@ class CentroidEngine:
             theta = torch.full(Q.shape[:2], float("-inf"), device=Q.device)
         return top.indices[..., :p], top.values[..., :p], theta
 
-    def candidates(self, Q: torch.Tensor, q_mask: torch.Tensor, nprobe: int) -> Candidates:
-        """Steps 1-3 (masked query tokens probe nothing and count for nothing)."""
+    def candidates(self, Q: torch.Tensor, q_mask: torch.Tensor, nprobe: int, allowed=None) -> Candidates:
+        """Steps 1-3 (masked query tokens probe nothing and count for nothing).
+
+        allowed: None, or bool [N] or [B, N] (see allowed_mask): pairs of a doc not allowed are dropped
+        right after the lists are expanded, so the approximate pass never sees them.
+        """
         B, Lq, _ = Q.shape
         n = max(self.num_docs, 1)
+        allowed = self.allowed_mask(allowed, B)  # a [N] mask becomes [B, N]; an already checked one stays
         ids, vals, theta = self.probe(Q, nprobe)
         p = ids.shape[2]
         starts = self.ivf_offsets[ids]  # [B, Lq, p]
@@ -288,6 +300,9 @@ class CentroidEngine:
         pos = starts.reshape(-1)[probe_of] + (torch.arange(total, device=Q.device) - first[probe_of])
         docs = self.ivf_docs[pos]
         b_of = probe_of // (Lq * p)
+        if allowed is not None:
+            keep = allowed[b_of, docs]
+            probe_of, docs, b_of = probe_of[keep], docs[keep], b_of[keep]
         tok_of = (probe_of // p) % Lq
         keys, inverse = torch.unique(b_of * n + docs, return_inverse=True)
         qb, qd = keys // n, keys % n
@@ -315,14 +330,41 @@ class CentroidEngine:
         left = torch.where(self.empty_docs, 0.0, float("-inf")).to(bounds.dtype)
         return torch.where(all_probed[:, None], left[None, :], bounds)
 
-    def doc_bounds(self, Q: torch.Tensor, q_mask: torch.Tensor, nprobe: int) -> tuple[torch.Tensor, Candidates]:
-        """fp32 [B, N]: an upper bound of every doc's exact score (margin included), and the candidates."""
+    def doc_bounds(
+        self, Q: torch.Tensor, q_mask: torch.Tensor, nprobe: int, allowed=None
+    ) -> tuple[torch.Tensor, Candidates]:
+        """fp32 [B, N]: an upper bound of every doc's exact score (margin included), and the candidates.
+
+        allowed: None, or a bool mask over doc rows, [N] or [B, N] (allowed_mask): a doc not
+        allowed gets bound -inf (it can never be returned) and is no candidate.
+        """
         Q, q_mask = self._checked(Q, q_mask)
         _positive("nprobe", nprobe)
-        cand = self.candidates(Q, q_mask, nprobe)
+        allowed = self.allowed_mask(allowed, Q.shape[0])
+        cand = self.candidates(Q, q_mask, nprobe, allowed)
         bounds = self.unprobed_bounds(Q, q_mask, cand.theta)
         bounds[cand.query, cand.doc] = cand.upper
-        return bounds + engine_margin(Q, q_mask, self.dmax)[:, None], cand
+        bounds = bounds + engine_margin(Q, q_mask, self.dmax)[:, None]
+        if allowed is not None:
+            bounds.masked_fill_(~allowed, float("-inf"))
+        return bounds, cand
+
+    def allowed_mask(self, allowed, B: int) -> torch.Tensor | None:
+        """None, or the filter as bool [B, N] on the store's device (a [N] mask is shared by every query).
+
+        ValueError for a tensor that is not bool [N] or [B, N]; TypeError for anything but a tensor.
+        """
+        if allowed is None:
+            return None
+        if not isinstance(allowed, torch.Tensor):
+            raise TypeError(f"allowed must be None or a bool tensor over doc rows, got {type(allowed).__name__}")
+        n = self.num_docs
+        if allowed.dtype != torch.bool or tuple(allowed.shape) not in ((n,), (B, n)):
+            raise ValueError(
+                f"allowed must be a bool tensor [{n}] or [{B}, {n}] (doc rows), "
+                f"got {allowed.dtype} {list(allowed.shape)}"
+            )
+        return allowed.to(self.codes.device).expand(B, n)
 
     def score(self, Q: torch.Tensor, q_mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         return cf.maxsim_packed(Q, self.codes, rows, q_mask, backend=self.backend)
@@ -341,7 +383,7 @@ class CentroidEngine:
     # ---- search -------------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def search(self, Q, q_mask, k: int, nprobe: int, ncandidates: int, exact: bool = False, timer=None):
+    def search(self, Q, q_mask, k: int, nprobe: int, ncandidates: int, exact: bool = False, timer=None, allowed=None):
         """Top k per query: (scores fp32 [B, k'], rows int64 [B, k'] (-1 = none), SearchStats).
 
         Q [B, Lq, dim] (converted to fp32), q_mask bool [B, Lq] or None. Equal scores rank by
@@ -349,12 +391,16 @@ class CentroidEngine:
         keeps scoring the docs left, best bound first, until every query is certified. timer: an
         object with .stage(name) context managers (retrieval.timing.StageTimer) to time steps 1-3
         and the certificate as "candidates", exact scoring as "score", the top k as "topk".
+        allowed: None, or a bool tensor over doc rows, [N] (every query) or [B, N] (per query): only
+        allowed docs are candidates, scored or returned, and the certificate is over the allowed
+        subset (a certified answer is the exhaustive top k over it); an empty subset gives no
+        rows, certified. cells_scored stays docs scored / all docs.
         """
         _positive("k", k)
         _positive("ncandidates", ncandidates)
         stage = timer.stage if timer is not None else _untimed
         with stage("candidates"):
-            bounds, cand = self.doc_bounds(Q, q_mask, nprobe)
+            bounds, cand = self.doc_bounds(Q, q_mask, nprobe, allowed)
             Q, q_mask = self._checked(Q, q_mask)
             B, dev = Q.shape[0], Q.device
             rows = self._survivors(cand, B, max(ncandidates, k))

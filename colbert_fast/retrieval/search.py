@@ -24,6 +24,13 @@ Every query's result is a Ranking (a list of (pid, score), best first) that also
 paper-mode search that scored every doc, or a centroid search whose certificate holds) and
 `cells_scored` (the fraction of the collection's (doc, query token) cells scored exactly).
 
+Filtered search (search(..., allowed=...): pids, or a bool mask over doc rows) restricts the
+candidates before scoring: a doc not allowed is never scored (never read), and the answer is the
+top k over the allowed subset; `certified` then means provably the exact top k over that subset.
+Exhaustive search scores the allowed rows only, centroid search hands the mask to the engine, the
+paper modes drop disallowed faiss candidates before scoring. cells_scored stays a fraction of the
+whole collection.
+
 A candidate mode whose budget could reach every doc anyway (query tokens x neighbours >= docs)
 scores every doc instead: exact, and no slower than the union it would have built.
 
@@ -345,14 +352,21 @@ class Searcher:
             for rrow, srow, c, f in zip(top_rows.cpu().tolist(), top.cpu().tolist(), certified, cells)
         ]
 
-    def _exhaustive(self, Q: torch.Tensor, q_mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every doc scored, chunk by chunk, keeping a running top k: (scores [B, k'], rows [B, k'])."""
-        B, n = Q.shape[0], self.index.num_docs
+    def _exhaustive(
+        self, Q: torch.Tensor, q_mask: torch.Tensor, k: int, allowed: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every doc (or every allowed doc) scored, chunk by chunk, keeping a running top k:
+        (scores [B, k'], rows [B, k']). The chunks run over the allowed rows, so no other doc is read."""
+        B = Q.shape[0]
+        if allowed is None:
+            doc_rows = torch.arange(self.index.num_docs, device=self.device)
+        else:
+            doc_rows = allowed.nonzero().squeeze(1)
         step = max(1, EXHAUSTIVE_PAIRS_PER_CALL // B)
         best_scores = torch.empty(B, 0, device=self.device)
         best_rows = torch.empty(B, 0, dtype=torch.int64, device=self.device)
-        for start in range(0, n, step):
-            rows = torch.arange(start, min(n, start + step), device=self.device).expand(B, -1).contiguous()
+        for start in range(0, doc_rows.numel(), step):
+            rows = doc_rows[start : start + step].expand(B, -1).contiguous()
             scores = self.score(Q, q_mask, rows)
             with self.timer.stage("topk"):
                 scores = torch.cat([best_scores, scores], dim=1)
@@ -385,11 +399,43 @@ class Searcher:
             out[qidx, torch.arange(keys.numel()) - starts[qidx]] = didx
             return out.to(self.device)
 
-    def _budget_covers_collection(self, q_mask: torch.Tensor, neighbors: int) -> bool:
-        """Whether the union of neighbours could reach every doc: then scoring all is as cheap and exact."""
+    def _budget_covers_collection(self, q_mask: torch.Tensor, neighbors: int, allowed=None) -> bool:
+        """Whether the union of neighbours could reach every (allowed) doc: then scoring them all is as
+        cheap and exact. With a filter the union scored is at most the allowed docs, hence that count."""
         if not self.score_all_if_covered:
             return False
-        return int(q_mask.sum(dim=1).max()) * neighbors >= self.index.num_docs
+        reachable = self.index.num_docs if allowed is None else int(allowed.sum())
+        return int(q_mask.sum(dim=1).max()) * neighbors >= reachable
+
+    def _allowed_rows(self, allowed) -> torch.Tensor | None:
+        """search's `allowed` as None or a bool mask [num_docs] over doc rows, on the searcher's device.
+
+        Pids (any iterable but a string) go through index.rows_of: KeyError naming an unknown one.
+        TypeError for anything else; ValueError for a tensor or array that is not bool [num_docs].
+        """
+        if allowed is None:
+            return None
+        n = self.index.num_docs
+        if isinstance(allowed, np.ndarray) and allowed.dtype == np.bool_:
+            allowed = torch.from_numpy(allowed)
+        if isinstance(allowed, torch.Tensor):
+            if allowed.dtype != torch.bool or tuple(allowed.shape) != (n,):
+                raise ValueError(
+                    f"allowed as a tensor must be bool [{n}] (one flag per doc row), "
+                    f"got {allowed.dtype} {list(allowed.shape)}"
+                )
+            return allowed.to(self.device)
+        if isinstance(allowed, (str, bytes)):  # iterable, but surely one pid, not a set of them
+            raise TypeError("allowed must be an iterable of pids; wrap a single pid in a list")
+        try:
+            pids = list(allowed)
+        except TypeError:
+            raise TypeError(
+                f"allowed must be None, an iterable of pids or a bool tensor [{n}], got {type(allowed).__name__}"
+            ) from None
+        mask = torch.zeros(n, dtype=torch.bool)
+        mask[torch.tensor(self.index.rows_of(pids), dtype=torch.int64)] = True
+        return mask.to(self.device)
 
     def budget(self, k: int, mode: str | None = None) -> tuple[int, int]:
         """(nprobe, neighbors_per_token) that a paper-mode search for top k uses."""
@@ -443,6 +489,7 @@ class Searcher:
         exact: bool = False,
         q_mask: torch.Tensor | None = None,
         batch_size: int = 32,
+        allowed=None,
     ) -> list[Ranking]:
         """End-to-end retrieval: the top k (pid, score) per query, best first.
 
@@ -458,9 +505,18 @@ class Searcher:
             exact: centroid mode: widen each query's search until its top k is certified (then it
                 equals exhaustive search). Exhaustive search is exact anyway.
             batch_size: queries encoded and scored together.
+            allowed: filtered search: None (every doc), an iterable of pids (strings as in
+                index.pids; an unknown one raises KeyError) or a bool tensor [num_docs] over doc
+                rows; the same for every query. Only allowed docs are scored or returned, and a
+                certified Ranking is the exact top k over them (exhaustive: always). An empty set
+                returns empty Rankings, certified, cells_scored 0.
 
         Returns:
             one Ranking per query, with .certified and .cells_scored (see the module doc).
+
+        Raises:
+            TypeError for an `allowed` of the wrong type, ValueError for a mask of the wrong
+            dtype or shape, KeyError for an unknown pid.
         """
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k must be a positive int, got {k!r}")
@@ -477,13 +533,20 @@ class Searcher:
             raise ValueError("neighbors_per_token goes with the paper modes, not mode='centroid'")
         if mode == "centroid":
             engine = self.engine  # fails here, before any encoding, for a store without centroids
+        allowed = self._allowed_rows(allowed)
         results: list[Ranking] = []
         n = self.index.num_docs
         for Q, q_mask_b in self._query_batches(queries, q_mask, batch_size):
+            if allowed is not None and not bool(allowed.any()):
+                # Nothing may be returned: the empty answer is exact without reading a doc.
+                results.extend(Ranking((), True, 0.0) for _ in range(Q.shape[0]))
+                continue
             if mode == "centroid":
                 probe = nprobe or self.nprobe or CENTROID_NPROBE
                 wanted = ncandidates or max(CENTROID_CANDIDATES, CENTROID_CANDIDATES_PER_K * k)
-                top, top_rows, stats = engine.search(Q, q_mask_b, k, probe, wanted, exact=exact, timer=self.timer)
+                top, top_rows, stats = engine.search(
+                    Q, q_mask_b, k, probe, wanted, exact=exact, timer=self.timer, allowed=allowed
+                )
                 self.docs_scored += int(round(float(stats.cells_scored.sum()) * n))
                 results.extend(
                     self._rankings(self._finish(top, q_mask_b), top_rows, stats.certified, stats.cells_scored)
@@ -491,17 +554,31 @@ class Searcher:
                 continue
             probe, neighbors = (None, None) if mode == "exhaustive" else self.budget(k, mode)
             neighbors = neighbors_per_token or neighbors
-            if mode == "exhaustive" or self._budget_covers_collection(q_mask_b, neighbors):
-                scores, rows = self._exhaustive(Q, q_mask_b, k)
-                results.extend(self._rank(scores, rows, k, True, 1.0))
+            if mode == "exhaustive" or self._budget_covers_collection(q_mask_b, neighbors, allowed):
+                scores, rows = self._exhaustive(Q, q_mask_b, k, allowed)
+                cells = 1.0 if allowed is None else int(allowed.sum()) / max(n, 1)
+                results.extend(self._rank(scores, rows, k, True, cells))
                 continue
             rows = self.candidates(Q, q_mask_b, neighbors, nprobe or probe)
+            if allowed is not None:
+                rows = _only_allowed(rows, allowed)
             if rows.shape[1] == 0:
                 results.extend(Ranking() for _ in range(Q.shape[0]))
                 continue
             scores = self.score(Q, q_mask_b, rows)
             results.extend(self._rank(scores, rows, k, False, (rows >= 0).sum(dim=1) / max(n, 1)))
         return results
+
+
+def _only_allowed(rows: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Candidate rows [B, K] (-1 padded) without the disallowed ones: the kept rows move to the front
+    in their order, -1 after them, and the width shrinks to the widest query's count."""
+    keep = (rows >= 0) & allowed[rows.clamp(min=0)]
+    # A stable sort of "not kept" moves kept slots to the front, each query's order unchanged.
+    order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices
+    width = int(keep.sum(dim=1).max()) if rows.numel() else 0
+    kept = torch.where(keep, rows, torch.full_like(rows, -1))
+    return torch.gather(kept, 1, order)[:, :width]
 
 
 def _pad_queries(queries: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
