@@ -107,7 +107,8 @@ def add_build_arguments(parser, partitions_help: str = "IVF partitions (default 
     parser.add_argument(
         "--no-ivf",
         action="store_true",
-        help="no faiss IVF over the tokens (needs --store residual): search by --mode centroid or exhaustive",
+        help="no faiss IVF over the tokens: search by --mode centroid (residual store) or exhaustive; "
+        "the index can then change in place (index add/delete/compact)",
     )
     parser.add_argument("--restart", action="store_true", help="ignore the chunks of an interrupted run")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

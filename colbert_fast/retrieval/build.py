@@ -70,9 +70,10 @@ class IndexConfig:
         store_nbits: bits per dimension of a residual store: 1, 2 or 4.
         keep_fp16: keep the fp16 store on disk beside a compressed one (never read by search).
         ivf: build the faiss IVF over every token row (the "paper" search modes' candidates: a
-            second copy of the tokens). False needs store="residual": the centroid engine
-            (mode "centroid") finds candidates from the store's own centroids, and "exhaustive"
-            needs no candidates at all.
+            second copy of the tokens). False: a residual store's centroid engine (mode
+            "centroid") finds candidates from the store's own centroids; any store serves
+            "exhaustive", which needs no candidates; and the index can change in place
+            (retrieval/live.py: the IVF would not know added docs).
     """
 
     partitions: int | None = None
@@ -101,11 +102,6 @@ class IndexConfig:
             raise ValueError(f"store must be one of {STORES}, got {self.store!r}")
         if self.store == "residual" and self.store_nbits not in (1, 2, 4):
             raise ValueError(f"store_nbits must be 1, 2 or 4 for a residual store, got {self.store_nbits!r}")
-        if not self.ivf and self.store != "residual":
-            raise ValueError(
-                "IndexConfig(ivf=False) needs store='residual': without the faiss IVF, candidates come "
-                "from the residual store's centroids (the centroid engine)"
-            )
 
 
 def choose_partitions(num_vectors: int, train_samples: int) -> int:

@@ -442,7 +442,7 @@ class LiveIndex:
             from .search import Searcher
 
             index = Index.load(self.path, load_ivf=False)
-            self._searcher = Searcher(index, device=self.device, backend=self.backend, mode="centroid")
+            self._searcher = Searcher(index, device=self.device, backend=self.backend, mode="exhaustive")
         return self._searcher
 
     @property
@@ -461,13 +461,15 @@ class LiveIndex:
     def __len__(self) -> int:
         return self.searcher.index.num_docs
 
-    def search(self, queries, k: int = 10, *, mode: str = "centroid", allowed=None, **kwargs):
+    def search(self, queries, k: int = 10, *, mode: str | None = None, allowed=None, **kwargs):
         """Top k per query (Searcher.search): query embeddings ([B, Lq, dim] with q_mask, or a list of
-        [Lq_i, dim]) or strings (with the index's model). mode "centroid" (default; exact=True makes it
-        certified-exact) or "exhaustive". allowed: ids the results may come from (filtered search)."""
-        if allowed is not None:
-            kwargs["allowed"] = allowed
-        return self.searcher.search(queries, k, mode=mode, **kwargs)
+        [Lq_i, dim]) or strings (with the index's model). mode: "centroid" (the default for a residual
+        store; exact=True makes it certified-exact) or "exhaustive" (the default for fp16 and int8
+        stores, which have no centroids). allowed: ids the results may come from (filtered search)."""
+        searcher = self.searcher
+        if mode is None:
+            mode = "centroid" if searcher.index.engine is not None else "exhaustive"
+        return searcher.search(queries, k, mode=mode, allowed=allowed, **kwargs)
 
     def __repr__(self) -> str:
         return f"LiveIndex({str(self.path)!r})"
