@@ -11,11 +11,12 @@ example:
   colbert-fast search --index indexes/msmarco --queries queries.dev.small.tsv --output run.tsv --k 1000
   colbert-fast eval --qrels qrels.dev.small.tsv --run run.tsv
 
---mode accurate (default): for every query token faiss returns its nearest token vectors (a
-budget measured to find the exact top k); their passages are scored exactly with MaxSim and the
-best --k are written. --mode fast uses the paper's smaller budget (approximate); --mode paper is
+--mode accurate (the default for an index with a faiss IVF): for every query token faiss returns
+its nearest token vectors (a budget measured to find the exact top k); their passages are scored
+exactly with MaxSim and the best --k are written. --mode fast uses the paper's smaller budget (approximate); --mode paper is
 the same faiss path with --nprobe and --neighbors-per-token as given. --mode exhaustive scores
-every passage (exact; no faiss). --mode centroid (a residual store: the default) takes candidates
+every passage (exact; no faiss; the default for an index with neither IVF nor centroids). --mode
+centroid (a residual store; the default for an index built with --no-ivf) takes candidates
 from the store's own centroids (--nprobe per query token), keeps the best --candidates by
 centroid scores and scores those exactly; --exact widens it until the top k is certified, which
 then equals exhaustive search (docs/spec.md section 12).
@@ -29,8 +30,7 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--mode",
         choices=("accurate", "fast", "paper", "centroid", "exhaustive"),
-        default="accurate",
-        help="search mode (accurate)",
+        help="search mode (default: accurate with a faiss IVF, else centroid, else exhaustive)",
     )
     parser.add_argument(
         "--candidates", type=positive_int, help="centroid mode: docs scored exactly per query (default max(256, 10 k))"
@@ -59,9 +59,9 @@ def run(args) -> int:
         neighbors_per_token=args.neighbors_per_token,
         verify=not args.no_verify,
     )
-    if args.mode != "centroid" and (args.candidates is not None or args.exact):
+    if searcher.mode != "centroid" and (args.candidates is not None or args.exact):
         raise SystemExit("colbert-fast search: --candidates and --exact apply to --mode centroid only")
-    engine = {"ncandidates": args.candidates, "exact": args.exact} if args.mode == "centroid" else {}
+    engine = {"ncandidates": args.candidates, "exact": args.exact} if searcher.mode == "centroid" else {}
     rankings = searcher.search(texts, k=args.k, batch_size=args.batch_size, **engine)
     write_run(args.output, zip(qids, rankings))
     print(f"wrote {sum(len(r) for r in rankings)} results for {len(qids)} queries to {args.output}")

@@ -442,7 +442,7 @@ class LiveIndex:
             from .search import Searcher
 
             index = Index.load(self.path, load_ivf=False)
-            self._searcher = Searcher(index, device=self.device, backend=self.backend, mode="exhaustive")
+            self._searcher = Searcher(index, device=self.device, backend=self.backend)
         return self._searcher
 
     @property
@@ -466,10 +466,7 @@ class LiveIndex:
         [Lq_i, dim]) or strings (with the index's model). mode: "centroid" (the default for a residual
         store; exact=True makes it certified-exact) or "exhaustive" (the default for fp16 and int8
         stores, which have no centroids). allowed: ids the results may come from (filtered search)."""
-        searcher = self.searcher
-        if mode is None:
-            mode = "centroid" if searcher.index.engine is not None else "exhaustive"
-        return searcher.search(queries, k, mode=mode, allowed=allowed, **kwargs)
+        return self.searcher.search(queries, k, mode=mode, allowed=allowed, **kwargs)
 
     def __repr__(self) -> str:
         return f"LiveIndex({str(self.path)!r})"

@@ -63,7 +63,7 @@ from .index import Index, require_faiss
 from .padding import pad_ids, pad_vectors
 from .timing import StageTimer
 
-__all__ = ["MODES", "PAPER_MODES", "Ranking", "Searcher", "candidate_budget"]
+__all__ = ["MODES", "PAPER_MODES", "Ranking", "Searcher", "candidate_budget", "default_mode"]
 
 STAGES = ("encode", "candidates", "score", "topk")
 MODES = ("accurate", "fast", "paper", "centroid", "exhaustive")
@@ -122,6 +122,14 @@ def _positive_int(name: str, value) -> None:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
+def default_mode(index: Index) -> str:
+    """The search mode an index serves best: the paper path's "accurate" when it has a faiss IVF,
+    else the centroid engine when its store has one, else exhaustive scoring."""
+    if index.has_ivf:
+        return "accurate"
+    return "centroid" if index.engine is not None else "exhaustive"
+
+
 def _check_mode(mode: str) -> str:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -138,7 +146,8 @@ class Searcher:
         device: where the doc store, the encoder and the scoring live; default cuda when
             available, else cpu.
         mode: default search mode: "accurate", "fast", "paper", "centroid" or "exhaustive" (see the
-            module doc).
+            module doc). None picks by what the index has: "accurate" with a faiss IVF, else
+            "centroid" with a residual store's engine, else "exhaustive".
         nprobe: IVF cells (paper modes) or centroids (centroid mode) probed per query token
             (default: from the mode and k).
         neighbors_per_token: k', token vectors faiss returns per query token (default: from the
@@ -164,7 +173,7 @@ class Searcher:
         encoder=None,
         *,
         device: str | torch.device | None = None,
-        mode: str = "accurate",
+        mode: str | None = None,
         nprobe: int | None = None,
         neighbors_per_token: int | None = None,
         verify: bool = True,
@@ -174,10 +183,10 @@ class Searcher:
     ):
         _positive_int("nprobe", nprobe)
         _positive_int("neighbors_per_token", neighbors_per_token)
-        self.mode = _check_mode(mode)
         if not isinstance(index, Index):
             index = Index.load(index, verify=verify, load_ivf=False)
         self.index = index
+        self.mode = _check_mode(mode) if mode is not None else default_mode(index)
         self.device = (
             torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         )
