@@ -128,8 +128,14 @@ class Cluster:
         finally:
             self.timeout = saved
         if all(v is not None for v in status.values()):
-            dist.barrier()
-            dist.destroy_process_group()
+            # A rank that dies between the status exchange and here must not hang the others: the
+            # barrier is waited on for `timeout` seconds at most, and the group is then left as it is.
+            try:
+                done = dist.barrier(async_op=True).wait(timeout=datetime.timedelta(seconds=timeout))
+            except RuntimeError:
+                return
+            if done:
+                dist.destroy_process_group()
 
     @property
     def comm_device(self) -> torch.device:
