@@ -15,7 +15,7 @@ end-to-end index (is_end_to_end_index = True): pylate.retrieve.ColBERT hands the
 returns its answer as is, a list (per query) of lists of {"id": ..., "score": ...}, best first.
 PyLate need not be installed.
 
-Behind it is colbert_fast.retrieval.LiveIndex (a residual store, 2 bits per dimension by default,
+Behind it is colbert_fast.retrieval.live.LiveIndex (a residual store, 2 bits per dimension by default,
 no faiss IVF): candidates come from the store's own centroids, and with exact=True (the default)
 each query's search widens until its top k is certified, so the answer is the exact MaxSim top k
 over the stored (decoded) vectors, the one exhaustive search gives. exact=False is the approximate
@@ -27,7 +27,7 @@ the first batch representative). Each add, remove or update is one crash-safe ge
 live index (see colbert_fast.retrieval.live); deleted docs are never returned.
 
 On disk: index_folder/index_name/ holds `live/` (the LiveIndex directory: open it with
-colbert_fast.retrieval.LiveIndex too) and `pylate_index.json` (whether the ids were ints, so
+colbert_fast.retrieval.live.LiveIndex too) and `pylate_index.json` (whether the ids were ints, so
 they come back as ints, as PyLate's own indexes return them; the live index keeps strings).
 """
 
@@ -109,7 +109,7 @@ class PyLateIndex:
         nprobe: centroids probed per query token (the starting budget when exact).
         ncandidates: docs scored exactly per query (at least k; the starting budget when exact).
         store_nbits: bits per dimension of the residual store (1, 2 or 4), for the index the
-            first add creates. config: a full colbert_fast.retrieval.IndexConfig instead (its
+            first add creates. config: a full colbert_fast.retrieval.build.IndexConfig instead (its
             ivf is forced off: a live index has none).
         device: where search runs (default: cuda when available, else cpu).
         backend: colbert_fast scoring backend ("auto").
