@@ -179,6 +179,18 @@ class PyLateIndex:
         os.replace(tmp, path)
         self._int_ids = int_ids
 
+    def _sync(self) -> None:
+        """See what another writer (another PyLateIndex on this folder) committed since: PyLate's
+        indexes re-read their files on every call too. One small manifest read when nothing changed."""
+        from colbert_fast.retrieval.index import MANIFEST
+
+        if self._live is None:
+            if (self.live_path / MANIFEST).exists():
+                self._live = self._open()
+                self._int_ids = self._read_sidecar()
+        elif self._live.refresh():
+            self._int_ids = self._read_sidecar()
+
     @property
     def live(self):
         """The LiveIndex behind this one (None before the first add_documents)."""
@@ -215,13 +227,14 @@ class PyLateIndex:
 
             if not ids:
                 raise ValueError("add_documents needs at least one document (got no ids)")
+            # the id type first: a failure after it leaves ints read back as strings, never the reverse
+            self._write_sidecar(int_ids)
             self._live = LiveIndex.create(self.live_path, docs, keys, config=self.config, device=self.device,
                                           backend=self.backend)  # fmt: skip
-            self._write_sidecar(int_ids)
             return self
-        self._live.add(keys, docs, progress=self.show_progress)
         if self._int_ids and not int_ids:
             self._write_sidecar(False)
+        self._live.add(keys, docs, progress=self.show_progress)
         return self
 
     def remove_documents(self, documents_ids, missing: str = "error") -> PyLateIndex:
@@ -262,6 +275,7 @@ class PyLateIndex:
         ids (one list for every query, or one list per query); ids not in the index are ignored,
         as in PyLate's PLAID.
         """
+        self._sync()
         if self._live is None or len(self._live) == 0:
             raise ValueError("The index is empty. Please add documents before querying.")
         queries = _as_queries(queries_embeddings)

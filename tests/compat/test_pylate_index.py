@@ -170,6 +170,19 @@ def test_a_new_index_on_the_same_folder_sees_the_docs_and_override_clears_it(ind
         cleared(Q, k=3)
 
 
+def test_a_reader_sees_what_another_index_object_writes(e1, tmp_path):
+    embs, Q = e1
+    reader = PyLateIndex(index_folder=tmp_path, index_name="idx", device="cpu")  # before any doc
+    writer = PyLateIndex(index_folder=tmp_path, index_name="idx", device="cpu")
+    writer.add_documents(list(range(FIRST)), embs[:FIRST])
+    assert reader(Q, k=5) == writer(Q, k=5)
+    writer.add_documents(list(range(FIRST, NUM_DOCS)), embs[FIRST:])
+    top = writer(Q, k=1)[0][0]["id"]
+    writer.remove_documents([top])
+    assert len(reader(Q, k=NUM_DOCS)[0]) == NUM_DOCS - 1
+    assert reader(Q, k=10) == writer(Q, k=10)
+
+
 def test_later_adds_reuse_the_codebook_of_the_first(e1, tmp_path):
     embs, Q = e1
     first = PyLateIndex(index_folder=tmp_path, index_name="idx", override=True, device="cpu")
