@@ -71,6 +71,8 @@ def _key(x) -> str:
 def _as_docs(documents_embeddings) -> list:
     """PyLate's model.encode output (a list of [L_i, dim] arrays/tensors), or a [N, L, dim]
     array/tensor, as a list of per-doc tensors/arrays (LiveIndex checks shapes and dims)."""
+    if isinstance(documents_embeddings, torch.Tensor):
+        documents_embeddings = documents_embeddings.detach().cpu()
     if isinstance(documents_embeddings, (np.ndarray, torch.Tensor)):
         if documents_embeddings.ndim == 2:  # one doc, as PyLate's reshape_embeddings reads it
             return [documents_embeddings]
@@ -85,6 +87,8 @@ def _as_docs(documents_embeddings) -> list:
 
 def _as_queries(queries_embeddings):
     """A [Lq, dim] array/tensor is one query (as in PyLate); lists and [B, Lq, dim] pass through."""
+    if isinstance(queries_embeddings, torch.Tensor):
+        queries_embeddings = queries_embeddings.detach()
     if isinstance(queries_embeddings, (np.ndarray, torch.Tensor)):
         if queries_embeddings.ndim == 2:
             return [queries_embeddings]
