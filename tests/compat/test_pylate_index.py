@@ -90,6 +90,7 @@ def test_query_inputs_list_of_tensors_batch_tensor_and_one_query(index, e1):
     assert index(list(Q), k=5) == want
     assert index(Q, k=5) == want
     assert index(Q.numpy(), k=5) == want
+    assert index(Q.clone().requires_grad_(), k=5) == want  # straight from a model, not detached
     assert index(Q[2], k=5) == want[2:3]  # a [Lq, dim] array is one query, as in PyLate
     assert index(Q.numpy()[2], k=5) == want[2:3]
     shorter = index([Q[0, :20], Q[1]], k=5)  # queries of different lengths
