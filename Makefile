@@ -73,12 +73,14 @@ env: setup
 # against the newest releases setup.py allows. That venv has the same torch and imports
 # colbert_fast from this checkout (a .pth file), with the extension `make setup` built. Their full
 # dependency lists would replace torch, so they go in without dependencies and the few modules
-# their scoring and encoding paths import are named here.
+# their scoring and encoding paths import are named here. voyager is PyLate's Voyager index (the
+# oracle of tests/compat/test_pylate_index.py); PyLate 1.6.0 hands it lists, which voyager >= 2.2
+# refuses (add_items wants one ndarray), hence 2.1.0.
 PEERS_VENV ?= .venv-peers
 PEERS_PY := $(PEERS_VENV)/bin/python
 PEERS_STAMP := $(PEERS_VENV)/.peers-installed
 PEERS := colbert-ai==0.2.22 pylate==1.6.0
-PEER_DEPS := tqdm ujson==5.12.0 huggingface_hub GitPython scipy datasets "transformers>=4.41,<=5.3.0" ninja sentence-transformers==5.3.0
+PEER_DEPS := tqdm ujson==5.12.0 huggingface_hub GitPython scipy datasets "transformers>=4.41,<=5.3.0" ninja sentence-transformers==5.3.0 voyager==2.1.0
 
 peers: $(PEERS_STAMP)
 
