@@ -364,6 +364,32 @@ def test_a_reader_sees_exactly_one_committed_generation_whatever_the_writer_does
     assert old.refresh() and old.generation == 14
 
 
+@pytest.mark.parametrize("where", ["sha256", "load_engine"])
+def test_a_load_whose_files_a_writer_removes_midway_reads_the_new_generation(world, tmp_path, monkeypatch, where):
+    """The race the reader above runs into: Index.load read the manifest and checked the files
+    exist, then a compaction committed and removed them before they were hashed (or before the
+    engine file was opened). That raised a raw FileNotFoundError; now the file is reported missing,
+    the manifest is seen to have changed, and the new generation is read."""
+    index_dir = fresh_base(world, tmp_path / "idx")
+    index_module = sys.modules[Index.__module__]
+    real = getattr(index_module, where)
+    raced = []
+
+    def racing(path, *args):
+        if not raced:
+            raced.append(Path(path).name)
+            compact_index(index_dir)
+            assert not Path(path).exists()
+        return real(path, *args)
+
+    monkeypatch.setattr(index_module, where, racing)
+    index = Index.load(index_dir, verify=where == "sha256")
+    monkeypatch.undo()
+    assert raced and index.manifest["generation"] == 3
+    assert index.pids == world["after"]["compact"]["pids"]
+    assert state(index_dir, world["Q"]) == world["after"]["compact"]
+
+
 # ---- 3. one writer at a time -------------------------------------------------------------------------
 
 HOLD_LOCK = """
