@@ -271,7 +271,7 @@ def _change(index_dir, *, add=None, delete=None, missing="error", progress=False
         added = 0
         if add is not None:
             ids, docs = _checked_new_docs(*add, committed)
-            replaced = {p for p in (delete or ())}
+            replaced = {str(p) for p in (delete or ())}  # ids are compared as the strings stored
             already = [p for p in ids if p in committed.where and str(p) not in replaced]
             if already:
                 raise ValueError(f"{len(already)} ids are already in the index: {already[:5]} (update them instead)")
