@@ -85,12 +85,12 @@ def results(rankings) -> list:
 
 
 def state(index_dir: Path, Q: torch.Tensor) -> dict:
-    """What a generation is: its number, its pids and its exhaustive top K (Index.load verifies
-    every file's size and sha256 first)."""
-    index = Index.load(index_dir)
+    """What a generation is: its number, its pids and its exhaustive top K, as a fresh LiveIndex
+    sees them (its Index.load verifies every file's size and sha256 first)."""
     live = LiveIndex(index_dir)
     found = results(live.search(Q, k=K, mode="exhaustive"))
-    assert live.generation == index.manifest["generation"]
+    index = live.searcher.index
+    assert index._verify, "loaded with every checksum verified"
     return {"generation": live.generation, "pids": index.pids, "results": found}
 
 
@@ -611,6 +611,24 @@ def test_ignored_missing_ids_and_empty_deletes_change_nothing(world, tmp_path):
     report = delete_documents(index_dir, ["nope", "d5", "d60", "d61", "d3"], missing="ignore", auto_compact=False)
     assert report == {"generation": 3, "added": 0, "deleted": 3}
     assert state(index_dir, world["Q"]) == world["after"]["delete"]
+
+
+def test_ids_that_are_not_strings_mean_the_strings_stored(world, tmp_path):
+    """Ids are stored as strings (an index built without ids has "0".."N-1"): an update by int
+    ids replaces those docs (it was refused as "already in the index"), like add and delete."""
+    docs, Q = world["docs"], world["Q"]
+    codebook = Index.load(world["root"] / "base").docs.codebook
+    live = LiveIndex.create(tmp_path / "idx", docs[:20], codebook=codebook)
+    assert live.update([3, 7], [docs[100], docs[101]]) == {"generation": 1, "added": 2, "deleted": 2}
+    assert live.delete([4]) == {"generation": 2, "added": 0, "deleted": 1}
+    with pytest.raises(ValueError, match=r"already in the index: \['5'\]"):
+        live.add([5], [docs[102]])
+    assert live.add([4], [docs[102]])["generation"] == 3
+    expected = [str(i) for i in range(20) if i not in (3, 4, 7)] + ["3", "7", "4"]
+    assert state(tmp_path / "idx", Q)["pids"] == expected
+    now = {str(i): docs[i] for i in range(20)} | {"3": docs[100], "7": docs[101], "4": docs[102]}
+    fresh = LiveIndex.create(tmp_path / "fresh", [now[p] for p in expected], expected, codebook=codebook)
+    assert state(tmp_path / "idx", Q)["results"] == results(fresh.search(Q, k=K, mode="exhaustive"))
 
 
 if __name__ == "__main__":
