@@ -451,9 +451,12 @@ class LiveIndex:
         return int(self.searcher.index.manifest.get("generation", 0))
 
     def refresh(self) -> bool:
-        """Open the newest committed generation; True when it differs from the one searched."""
-        newest = int(read_manifest(self.path / MANIFEST, INDEX_FORMAT).get("generation", 0))
-        if self._searcher is not None and newest == self.generation:
+        """Open the newest committed generation; True when it differs from the one searched.
+
+        The whole manifest is compared, not only its generation number: an index rebuilt in place
+        (build_index_from_embeddings, `index`) starts again at generation 0."""
+        newest = read_manifest(self.path / MANIFEST, INDEX_FORMAT)
+        if self._searcher is not None and newest == self.searcher.index.manifest:
             return False
         self._searcher = None
         return True
