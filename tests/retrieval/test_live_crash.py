@@ -27,6 +27,7 @@ import torch
 
 from colbert_fast import files
 from colbert_fast.files import LockHeldError, WriterLock
+from colbert_fast.retrieval.build import IndexConfig, build_index_from_embeddings
 from colbert_fast.retrieval.index import MANIFEST, Index
 from colbert_fast.retrieval.live import (
     LiveIndex,
@@ -629,6 +630,24 @@ def test_ids_that_are_not_strings_mean_the_strings_stored(world, tmp_path):
     now = {str(i): docs[i] for i in range(20)} | {"3": docs[100], "7": docs[101], "4": docs[102]}
     fresh = LiveIndex.create(tmp_path / "fresh", [now[p] for p in expected], expected, codebook=codebook)
     assert state(tmp_path / "idx", Q)["results"] == results(fresh.search(Q, k=K, mode="exhaustive"))
+
+
+def test_refresh_sees_an_index_rebuilt_in_place(world, tmp_path):
+    """A rebuild of the directory (generation 0 again, like the index it replaces) is a new
+    generation to an open LiveIndex: refresh() opened it (it compared generation numbers only and
+    went on serving the replaced index)."""
+    docs, Q = world["docs"], world["Q"]
+    codebook = Index.load(world["root"] / "base").docs.codebook
+    live = LiveIndex.create(tmp_path / "idx", docs[:20], ids(0, 20), codebook=codebook)
+    assert live.generation == 0 and not live.refresh()
+    before = results(live.search(Q, k=K, mode="exhaustive"))
+    build_index_from_embeddings(docs[50:70], tmp_path / "idx", IndexConfig(ivf=False), ids=ids(50, 70),
+                                codebook=codebook)  # fmt: skip
+    assert live.refresh() and live.generation == 0
+    found = results(live.search(Q, k=K, mode="exhaustive"))
+    assert found != before and found == results(LiveIndex(tmp_path / "idx").search(Q, k=K, mode="exhaustive"))
+    assert {pid for r in found for pid, _ in r} <= set(ids(50, 70))
+    assert not live.refresh()
 
 
 if __name__ == "__main__":
