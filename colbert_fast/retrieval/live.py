@@ -318,6 +318,7 @@ def delete_documents(index_dir, ids, *, missing: str = "error", auto_compact: bo
 
     missing: "error" (KeyError naming them, nothing deleted) or "ignore" ids not in the index.
     """
+    _checked_ids(ids, "ids to delete")  # None too: _change reads delete=None as "nothing to delete"
     return _change(index_dir, delete=ids, missing=missing, auto_compact=auto_compact)
 
 
