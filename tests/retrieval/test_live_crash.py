@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from colbert_fast import files
+from colbert_fast import PackedDocs, files
 from colbert_fast.files import LockHeldError, WriterLock
 from colbert_fast.retrieval.build import IndexConfig, build_index_from_embeddings
 from colbert_fast.retrieval.index import MANIFEST, Index
@@ -566,6 +566,44 @@ def _bad_inputs(docs):
             lambda p: add_documents(p, ["x1", "x2"], [d]),
             ValueError,
             "got 2 ids for 1 documents",
+        ),
+        "ids and a PackedDocs of different counts": (
+            lambda p: add_documents(p, ["x1", "x2"], PackedDocs.from_list([d])),
+            ValueError,
+            "got 2 ids for 1 documents",
+        ),
+        "a PackedDocs of the wrong dim": (
+            lambda p: add_documents(p, ["x1"], PackedDocs.from_list([torch.randn(4, 16)])),
+            ValueError,
+            rf"the embeddings have dim 16, the index has dim {DIM}",
+        ),
+        "a PackedDocs holding NaN": (
+            lambda p: add_documents(p, ["x1"], PackedDocs.from_list([nan])),
+            ValueError,
+            "NaN or inf",
+        ),
+        "one tensor, not a list": (
+            lambda p: add_documents(p, ["x1"], d[None]),
+            TypeError,
+            "must be a list of .* or a PackedDocs, got Tensor",
+        ),
+        "a 3-d doc": (
+            lambda p: add_documents(p, ["x1"], [d[None]]),
+            ValueError,
+            r"embeddings\[0\] must be \[L, dim\]",
+        ),
+        "float64": (lambda p: add_documents(p, ["x1"], [d.double()]), TypeError, "float64"),
+        "an id with surrounding whitespace": (
+            lambda p: add_documents(p, ["x1", " x2"], [d, d]),
+            ValueError,
+            "ids must be non-empty and without surrounding whitespace",
+        ),
+        "an empty id": (lambda p: add_documents(p, [""], [d]), ValueError, "ids must be non-empty"),
+        "ids None": (lambda p: add_documents(p, None, [d]), TypeError, "ids must be a list of ids, got NoneType"),
+        "delete of None": (
+            lambda p: delete_documents(p, None),
+            TypeError,
+            "ids to delete must be a list of ids, got NoneType",
         ),
         "update of an id not in the index": (
             lambda p: update_documents(p, ["d1", "nope"], [d, d]),
