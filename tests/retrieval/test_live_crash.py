@@ -12,6 +12,7 @@ themselves) and `read` (the concurrent reader).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -26,6 +27,7 @@ import pytest
 import torch
 
 from colbert_fast import PackedDocs, files
+from colbert_fast.compressed import ResidualCodec
 from colbert_fast.files import LockHeldError, WriterLock
 from colbert_fast.retrieval.build import IndexConfig, build_index_from_embeddings
 from colbert_fast.retrieval.index import MANIFEST, Index
@@ -75,8 +77,10 @@ def apply(index_dir, op, docs) -> dict:
 
 
 def make_base(index_dir: Path, docs) -> None:
-    """Generation 2: two segments (d0..d49, d50..d69) with tombstones (d3, d55)."""
-    LiveIndex.create(index_dir, docs[:50], ids(0, 50))
+    """Generation 2: two segments (d0..d49, d50..d69) with tombstones (d3, d55). 64 centroids
+    (the default would be 1,024 for these 4,000 tokens): every write encodes quickly."""
+    codebook = ResidualCodec.train(torch.cat(docs[:50]), nbits=2, num_centroids=64)
+    LiveIndex.create(index_dir, docs[:50], ids(0, 50), codebook=codebook)
     add_documents(index_dir, ids(50, 70), docs[50:70], auto_compact=False)
     delete_documents(index_dir, ["d3", "d55"], auto_compact=False)
 
@@ -115,6 +119,16 @@ def worker_env() -> dict:
 
 def run_worker(*args: str, **kwargs) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, __file__, *args], env=worker_env(), **kwargs)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors, many calls: a thread pool costs more than it gives (and much more on a busy
+    machine), as in the worker processes (OMP_NUM_THREADS=1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -260,6 +274,56 @@ def test_kill_9_at_every_step_of_add_delete_update_compact(world, tmp_path, monk
     for name, kinds in seen.items():
         assert "old" in kinds and "new" in kinds, f"{name}: the commit point is inside the operation ({kinds})"
     assert leftovers_seen > 0 and stale_lock_seen > 0, (leftovers_seen, stale_lock_seen)
+
+
+def fail_at_call(monkeypatch, k: int) -> None:
+    """Make the (k+1)-th write_fully / fsync call from now raise (ENOSPC for a write, EIO for an fsync)."""
+    seen = [0]
+
+    def failing(real, code):
+        def wrapped(*args):
+            seen[0] += 1
+            if seen[0] == k + 1:
+                raise OSError(code, f"injected failure at call {k}")
+            return real(*args)
+
+        return wrapped
+
+    monkeypatch.setattr(files, "write_fully", failing(files.write_fully, errno.ENOSPC))
+    monkeypatch.setattr(files, "fsync", failing(files.fsync, errno.EIO))
+
+
+def test_a_failure_at_every_write_and_fsync_changes_nothing(world, tmp_path, monkeypatch):
+    """A write or fsync that fails (full disk, I/O error) anywhere in an operation: it raises, the
+    manifest and the directory are as before (the writer removed its own files), and a rerun gives
+    the next generation. A directory fsync is best effort: the operation goes on."""
+    base_manifest = (world["root"] / "base" / MANIFEST).read_bytes()
+    base_names = listing(world["root"] / "base")
+    for name, op in OPS.items():
+        calls = count_calls(world, fresh_base(world, tmp_path / f"count-{name}"), op, monkeypatch)
+        for k, call in enumerate(calls):
+            index_dir = fresh_base(world, tmp_path / f"{name}-k{k}")
+            fail_at_call(monkeypatch, k)
+            try:
+                apply(index_dir, op, world["docs"])
+                failed = None
+            except OSError as e:
+                failed = e
+            finally:
+                monkeypatch.undo()
+            where = f"{name}, failure at call {k} ({call})"
+            if call.startswith("fsync directory"):
+                assert failed is None, where
+                assert listing(index_dir) == manifest_and_its_files(index_dir), where
+                continue
+            assert failed is not None and "injected failure" in str(failed), where
+            assert (index_dir / MANIFEST).read_bytes() == base_manifest, where
+            assert listing(index_dir) == base_names, where
+            if call.startswith("write file manifest.json"):  # the last failure before the commit
+                assert state(index_dir, world["Q"]) == world["before"], where
+                apply(index_dir, op, world["docs"])
+                assert state(index_dir, world["Q"]) == world["after"][name], where
+                assert listing(index_dir) == manifest_and_its_files(index_dir), where
 
 
 # ---- 2. snapshot isolation ------------------------------------------------------------------------
