@@ -2,9 +2,10 @@
 
 Every change of a live index (add, delete, update, compact) is one generation committed through
 IndexWriter. Here each is killed (a real SIGKILL, in a forked child) at every write and fsync it
-makes; a reader process searches while a writer changes the index; a second writer meets the
-first one's lock; and bad input is refused. The truth each time is the same index changed
-without interference: its pids and its exhaustive top k (ids and scores).
+makes, or sees that write or fsync fail; a reader process searches while a writer changes the
+index; a second writer meets the first one's lock; and bad input is refused. The truth each
+time is the same index changed without interference: its pids and its exhaustive top k (ids
+and scores).
 
 Run as a script, this file is the worker processes: `kill` (the forked writers that kill
 themselves) and `read` (the concurrent reader).
