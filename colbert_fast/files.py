@@ -384,6 +384,7 @@ class WriterLock:
         self.directory.mkdir(parents=True, exist_ok=True)
         for _ in range(100):  # each retry means another writer removed the file we locked
             fd = os.open(self.path, _LOCK_FLAGS, 0o644)
+            locked = False
             try:
                 if not stat.S_ISREG(os.fstat(fd).st_mode):
                     message = f"lock file {self.path} is not a regular file"
@@ -391,6 +392,7 @@ class WriterLock:
                 if not self._try_lock(fd):
                     holder = _read_holder(fd)
                     raise LockHeldError(self._held_message(holder), holder)
+                locked = True
                 try:
                     same = _same_file(os.stat(self.path), os.fstat(fd))
                 except FileNotFoundError:
@@ -402,6 +404,9 @@ class WriterLock:
                 self.stale = previous or None
                 _write_holder(fd)
             except BaseException:
+                with contextlib.suppress(OSError):
+                    if locked and _same_file(os.stat(self.path), os.fstat(fd)):
+                        os.unlink(self.path)  # e.g. a full disk for the details: leave no empty lock file
                 with contextlib.suppress(OSError):
                     os.close(fd)
                 raise

@@ -278,6 +278,8 @@ def _load_segment(path: Path, files: dict, keys: dict[str, str], store_type, mma
         name = files[keys["engine"]]["name"]
         try:
             engine = load_engine(path / name, docs)
+        except FileNotFoundError:
+            raise CorruptIndexError(f"index file {path / name} is missing") from None
         except (ValueError, AttributeError) as e:
             raise CorruptIndexError(f"index at {path}: engine file {name}: {e}") from None
     return Segment(docs, pids, engine)
@@ -378,6 +380,8 @@ def parse_manifest(raw: bytes, mpath: Path, expected_format: str) -> dict:
 def _check_sha(path: Path, expected: str) -> None:
     try:
         found = sha256(path)
+    except FileNotFoundError:  # e.g. removed by a writer since the manifest was read: load retries
+        raise CorruptIndexError(f"index file {path} is missing") from None
     except NotRegularFileError as e:
         raise CorruptIndexError(str(e)) from None
     if found != expected:

@@ -271,7 +271,7 @@ def _change(index_dir, *, add=None, delete=None, missing="error", progress=False
         added = 0
         if add is not None:
             ids, docs = _checked_new_docs(*add, committed)
-            replaced = {p for p in (delete or ())}
+            replaced = {str(p) for p in (delete or ())}  # ids are compared as the strings stored
             already = [p for p in ids if p in committed.where and str(p) not in replaced]
             if already:
                 raise ValueError(f"{len(already)} ids are already in the index: {already[:5]} (update them instead)")
@@ -318,6 +318,7 @@ def delete_documents(index_dir, ids, *, missing: str = "error", auto_compact: bo
 
     missing: "error" (KeyError naming them, nothing deleted) or "ignore" ids not in the index.
     """
+    _checked_ids(ids, "ids to delete")  # None too: _change reads delete=None as "nothing to delete"
     return _change(index_dir, delete=ids, missing=missing, auto_compact=auto_compact)
 
 
@@ -451,9 +452,12 @@ class LiveIndex:
         return int(self.searcher.index.manifest.get("generation", 0))
 
     def refresh(self) -> bool:
-        """Open the newest committed generation; True when it differs from the one searched."""
-        newest = int(read_manifest(self.path / MANIFEST, INDEX_FORMAT).get("generation", 0))
-        if self._searcher is not None and newest == self.generation:
+        """Open the newest committed generation; True when it differs from the one searched.
+
+        The whole manifest is compared, not only its generation number: an index rebuilt in place
+        (build_index_from_embeddings, `index`) starts again at generation 0."""
+        newest = read_manifest(self.path / MANIFEST, INDEX_FORMAT)
+        if self._searcher is not None and newest == self.searcher.index.manifest:
             return False
         self._searcher = None
         return True
