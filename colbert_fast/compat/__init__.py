@@ -4,7 +4,6 @@
     compat.patch_colbert()      # colbert-ai's colbert_score / colbert_score_packed now run here
     compat.patch_pylate()       # PyLate's colbert_scores / _pairwise / colbert_kd_scores too
     with compat.patched(): ...  # or only inside a block
-    compat.PyLateIndex(...)     # PyLate's index interface on colbert_fast's live index
 
 The functions below have the libraries' exact signatures (plus keyword-only `strict` and, for
 colbert-ai's, `backend`) and reproduce their numbers, quirks included, within the tolerance
@@ -27,10 +26,8 @@ Every library quirk is one rule with a per-doc floor, which the kernels apply th
 from .colbert_ai import colbert_score, colbert_score_packed
 from .patching import is_patched, patch_colbert, patch_pylate, patched, unpatch_colbert, unpatch_pylate
 from .pylate import colbert_kd_scores, colbert_scores, colbert_scores_pairwise
-from .pylate_index import PyLateIndex
 
 __all__ = [
-    "PyLateIndex",
     "colbert_kd_scores",
     "colbert_score",
     "colbert_score_packed",

@@ -31,7 +31,6 @@ import torch
 
 import colbert_fast
 from colbert_fast import CompressedDocs, PackedDocs
-from colbert_fast.compressed import ResidualCodec
 from colbert_fast.files import sha256
 from colbert_fast.packed import write_store
 
@@ -170,7 +169,7 @@ def build_index_from_embeddings(
     *,
     ids: Sequence | None = None,
     similarity: str = "cosine",
-    codebook: ResidualCodec | None = None,
+    codebook=None,
 ) -> Index:
     """Write an index of token embeddings you already have (no encoder): any model, any dim.
 
@@ -193,7 +192,7 @@ def build_index_from_embeddings(
     faiss = require_faiss() if config.ivf else None
     if similarity not in ("cosine", "l2"):
         raise ValueError(f"similarity must be 'cosine' or 'l2', got {similarity!r}")
-    docs = _as_packed(embeddings)
+    docs = as_packed(embeddings)
     ids = [str(i) for i in range(docs.num_docs)] if ids is None else [str(i) for i in ids]
     if len(ids) != docs.num_docs:
         raise ValueError(f"got {len(ids)} ids for {docs.num_docs} docs")
@@ -220,7 +219,9 @@ def build_index_from_embeddings(
     return Index.load(index_dir, verify=False)
 
 
-def _as_packed(embeddings) -> PackedDocs:
+def as_packed(embeddings) -> PackedDocs:
+    """Token embeddings in (a PackedDocs or a list of [L_i, dim] tensors/arrays) as one PackedDocs:
+    at least one doc, every value finite (ValueError), else TypeError for what is not embeddings."""
     if isinstance(embeddings, PackedDocs):
         docs = embeddings
     else:
@@ -411,8 +412,8 @@ def _estimated_bytes(docs: PackedDocs, config: IndexConfig) -> int:
 
 
 def write_compressed_store(
-    docs: PackedDocs, config: IndexConfig, path: Path, codebook: ResidualCodec | None = None
-) -> tuple[CompressedDocs, dict]:
+    docs: PackedDocs, config: IndexConfig, path: Path, codebook=None
+) -> tuple[CompressedDocs, dict]:  # codebook: a CompressedDocs.codebook (compressed.ResidualCodec)
     """Encode the fp16 store with config.store's codec (residual: `codebook`, or one trained on it)
     and write it atomically and verified to `path`; returns the store and the file's record."""
     nbits = config.store_nbits if config.store == "residual" else 8

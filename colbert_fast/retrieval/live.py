@@ -39,10 +39,9 @@ from pathlib import Path
 import torch
 
 from colbert_fast import CompressedDocs, PackedDocs
-from colbert_fast.compressed import ResidualCodec
 from colbert_fast.packed import write_store
 
-from .build import IndexConfig, _as_packed, build_index_from_embeddings
+from .build import IndexConfig, as_packed, build_index_from_embeddings
 from .engine import build_engine, save_engine
 from .index import FLOAT_STORE, INDEX_FORMAT, MANIFEST, Index, checked_entries, read_manifest, segment_keys
 from .segments import join_stores, token_rows
@@ -135,7 +134,7 @@ def _checked_new_docs(ids, embeddings, committed: _Committed) -> tuple[list[str]
     for i, e in enumerate([] if isinstance(embeddings, PackedDocs) else embeddings):
         if e.shape[1] != dim:
             raise ValueError(f"embeddings[{i}] has dim {e.shape[1]}, the index has dim {dim}")
-    docs = _as_packed(embeddings)
+    docs = as_packed(embeddings)
     if docs.dim != dim:
         raise ValueError(f"the embeddings have dim {docs.dim}, the index has dim {dim}")
     seen = set()
@@ -153,7 +152,7 @@ def _encode(docs: PackedDocs, committed: _Committed, progress: bool):
     kind = committed.store_kind
     if kind == FLOAT_STORE:
         return docs.to("cpu", torch.float16)
-    codebook: ResidualCodec | None = committed.open_store(0).codebook if kind == "residual" else None
+    codebook = committed.open_store(0).codebook if kind == "residual" else None
     nbits = codebook.nbits if codebook is not None else 8
     bar = None
     if progress:
@@ -400,7 +399,7 @@ class LiveIndex:
         ids: Sequence | None = None,
         *,
         config: IndexConfig | None = None,
-        codebook: ResidualCodec | None = None,
+        codebook=None,
         similarity: str = "cosine",
         **kwargs,
     ) -> LiveIndex:

@@ -1,4 +1,4 @@
-"""colbert_fast.compat.PyLateIndex (#19): PyLate's index interface on the live index.
+"""colbert_fast.retrieval.pylate_index.PyLateIndex (#19): PyLate's index interface on the live index.
 
 Without PyLate (always): the interface on a small E1 collection (colbert_fast.testing) — adds,
 removes, updates, the structure __call__ returns, removed ids never returned, subsets,
@@ -24,8 +24,8 @@ import torch
 from helpers import import_peer
 
 from colbert_fast import reference
-from colbert_fast.compat import PyLateIndex
 from colbert_fast.retrieval.live import LiveIndex
+from colbert_fast.retrieval.pylate_index import PyLateIndex
 from colbert_fast.testing import clustered_collection
 
 DIM = 32

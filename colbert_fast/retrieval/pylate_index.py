@@ -1,6 +1,6 @@
 """A drop-in index for PyLate users: PyLate's index interface on colbert_fast's live index.
 
-    from colbert_fast.compat import PyLateIndex
+    from colbert_fast.retrieval.pylate_index import PyLateIndex
     from pylate import retrieve
 
     index = PyLateIndex(index_folder="pylate-index", index_name="index", override=True)
@@ -139,8 +139,8 @@ class PyLateIndex:
         batch_size: int = 32,
         show_progress: bool = False,
     ) -> None:
-        from colbert_fast.retrieval.build import IndexConfig
-        from colbert_fast.retrieval.index import MANIFEST
+        from .build import IndexConfig
+        from .index import MANIFEST
 
         if config is None:
             config = IndexConfig(ivf=False, store_nbits=store_nbits)
@@ -166,7 +166,7 @@ class PyLateIndex:
     # ---- state ------------------------------------------------------------------------------
 
     def _open(self):
-        from colbert_fast.retrieval.live import LiveIndex
+        from .live import LiveIndex
 
         return LiveIndex(self.live_path, device=self.device, backend=self.backend)
 
@@ -186,7 +186,7 @@ class PyLateIndex:
     def _sync(self) -> None:
         """See what another writer (another PyLateIndex on this folder) committed since: PyLate's
         indexes re-read their files on every call too. One small manifest read when nothing changed."""
-        from colbert_fast.retrieval.index import MANIFEST
+        from .index import MANIFEST
 
         if self._live is None:
             if (self.live_path / MANIFEST).exists():
@@ -227,7 +227,7 @@ class PyLateIndex:
         int_ids = bool(ids) and all(_is_int(i) for i in ids)
         keys = [_key(i) for i in ids]
         if self._live is None:
-            from colbert_fast.retrieval.live import LiveIndex
+            from .live import LiveIndex
 
             if not ids:
                 raise ValueError("add_documents needs at least one document (got no ids)")
