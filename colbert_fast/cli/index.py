@@ -147,7 +147,11 @@ def run(args) -> int:
         _manifest(args.index)  # a clear error for a path that holds no index (and nothing created there)
         return {"add": _add, "update": _add, "delete": _delete, "compact": _compact, "stats": _stats}[args.action](args)
     except (LockHeldError, KeyError, ValueError, TypeError, OSError, ImportError) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        message = str(e.args[0] if isinstance(e, KeyError) and e.args else e)
+        if args.action == "delete":  # the library's keyword, as this command spells it
+            message = message.replace("missing='ignore'", "--missing ignore")
+        elif args.action == "update":  # no --missing here: an update replaces ids that exist
+            message = message.replace(" (missing='ignore' skips them)", " (add them instead)")
         print(f"colbert-fast index {args.action}: error: {message}", file=sys.stderr)
         return 1
 

@@ -124,7 +124,7 @@ def test_delete_ids_file_and_missing(live, tmp_path, capsys):
     gone = tmp_path / "gone.txt"
     gone.write_text("d1\n\nd2\r\nnope\n")
     err = run_error(["index", "delete", "--index", str(live), "--ids", str(gone)], capsys)
-    assert "not in the index" in err and "nope" in err
+    assert "not in the index" in err and "nope" in err and "--missing ignore" in err
     assert index_stats(live)["generation"] == 0  # nothing deleted
     out = run_ok(["index", "delete", "--index", str(live), "--ids", str(gone), "--missing", "ignore"], capsys)
     assert "deleted 2 docs" in out and "1 ids not in the index skipped" in out
@@ -156,9 +156,8 @@ def test_bad_inputs_are_one_line_errors(live, new_docs, tmp_path, capsys):
         ["index", "add", *base, "--embeddings", str(emb), "--ids", str(taken)], capsys
     )
     # update of an unknown id
-    assert "not in the index" in run_error(
-        ["index", "update", *base, "--embeddings", str(emb), "--ids", str(ids)], capsys
-    )
+    err = run_error(["index", "update", *base, "--embeddings", str(emb), "--ids", str(ids)], capsys)
+    assert "not in the index" in err and "add them instead" in err and "missing" not in err
     # ids and docs do not match in number
     short = tmp_path / "short.txt"
     short.write_text("x1\nx2\n")
