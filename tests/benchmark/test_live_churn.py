@@ -15,7 +15,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import live_churn  # noqa: E402  (bench/ is not a package)
 
 
-@pytest.mark.slow  # ~20 s on an idle 2-core machine (50 s at load average 8): two probe processes import torch
+@pytest.mark.slow  # 25 s on 2 cores at load average 3.5 (50 s at 8): two probe processes import torch
 def test_live_churn_tiny(tmp_path):
     out = tmp_path / "live"
     argv = ["--docs", "200", "--cycles", "2", "--add", "20", "--delete", "10", "--queries", "8", "--centroids", "256"]
