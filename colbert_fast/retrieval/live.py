@@ -247,7 +247,7 @@ def _change(index_dir, *, add=None, delete=None, missing="error", progress=False
     """One generation: delete `delete` ids (tombstones), then add (ids, embeddings) as a new segment."""
     if missing not in ("error", "ignore"):
         raise ValueError(f"missing must be 'error' or 'ignore', got {missing!r}")
-    index_dir = Path(index_dir)
+    index_dir = _existing(index_dir)
     with IndexWriter(index_dir) as writer:
         committed = _Committed(index_dir)
         committed.check_writable()
@@ -293,6 +293,15 @@ def _change(index_dir, *, add=None, delete=None, missing="error", progress=False
     return report
 
 
+def _existing(index_dir) -> Path:
+    """The directory of an index; FileNotFoundError, before IndexWriter creates the directory, when
+    there is none (a mistyped path must not become an empty directory)."""
+    index_dir = Path(index_dir)
+    if not (index_dir / MANIFEST).is_file():
+        raise FileNotFoundError(f"no index at {index_dir} (no {MANIFEST})")
+    return index_dir
+
+
 def _needs_compaction(live: dict, max_segments: int = MAX_SEGMENTS, max_deleted: float = MAX_DELETED) -> bool:
     dead_docs = live["deleted_docs"]
     return live["segments"] > max_segments or (dead_docs > 0 and dead_docs > max_deleted * live["stored_docs"])
@@ -328,7 +337,7 @@ def update_documents(index_dir, ids, embeddings, *, progress: bool = False, auto
 
 def compact_index(index_dir, *, progress: bool = False) -> dict:
     """Rewrite the live docs as one segment without tombstones (a no-op when it is one already)."""
-    index_dir = Path(index_dir)
+    index_dir = _existing(index_dir)
     with IndexWriter(index_dir) as writer:
         committed = _Committed(index_dir)
         if len(committed.segments) == 1 and not any(committed.dead):
