@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import warnings
@@ -9,7 +10,7 @@ import warnings
 import pytest
 import torch
 
-from colbert_fast import backends, reference
+from colbert_fast import backends, files, reference
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -85,3 +86,22 @@ def import_peer(module: str, install_hint: str):
         if os.environ.get("COLBERT_FAST_REQUIRE_PEERS") == "1":
             pytest.fail(f"{module} is required (COLBERT_FAST_REQUIRE_PEERS=1) but failed to import: {e!r}")
         pytest.skip(f"{module} not importable ({type(e).__name__}: {e}); {install_hint} to run parity tests")
+
+
+def fail_at_call(monkeypatch, k: int, label: str = "") -> None:
+    """Make the (k+1)-th colbert_fast.files write_fully / fsync call from now raise (ENOSPC for a
+    write, EIO for an fsync): a full disk or an I/O error at one exact step of a writer."""
+    seen = [0]
+    where = f"call {k}" + (f" ({label})" if label else "")
+
+    def failing(real, code):
+        def wrapped(*args):
+            seen[0] += 1
+            if seen[0] == k + 1:
+                raise OSError(code, f"injected failure at {where}")
+            return real(*args)
+
+        return wrapped
+
+    monkeypatch.setattr(files, "write_fully", failing(files.write_fully, errno.ENOSPC))
+    monkeypatch.setattr(files, "fsync", failing(files.fsync, errno.EIO))

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import fail_at_call
 
 pytest.importorskip("transformers")
 pytest.importorskip("faiss")
@@ -262,23 +263,6 @@ def count_calls(world, tmp_path, monkeypatch) -> list[str]:
     build_index(root / "new.tsv", index_dir, enc, CFG, progress=False)
     monkeypatch.undo()
     return calls
-
-
-def fail_at_call(monkeypatch, k: int, label: str) -> None:
-    """Make the k-th write_fully / fsync call from now raise (ENOSPC for a write, EIO for an fsync)."""
-    seen = [0]
-
-    def failing(real, code):
-        def wrapped(*args):
-            seen[0] += 1
-            if seen[0] == k + 1:
-                raise OSError(code, f"injected failure at call {k} ({label})")
-            return real(*args)
-
-        return wrapped
-
-    monkeypatch.setattr(files, "write_fully", failing(files.write_fully, errno.ENOSPC))
-    monkeypatch.setattr(files, "fsync", failing(files.fsync, errno.EIO))
 
 
 def test_a_failure_at_every_write_and_fsync_keeps_the_old_index(world, tmp_path, monkeypatch):

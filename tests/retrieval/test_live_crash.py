@@ -13,7 +13,6 @@ themselves) and `read` (the concurrent reader).
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import fail_at_call
 
 from colbert_fast import PackedDocs, files
 from colbert_fast.compressed import ResidualCodec
@@ -275,23 +275,6 @@ def test_kill_9_at_every_step_of_add_delete_update_compact(world, tmp_path, monk
     for name, kinds in seen.items():
         assert "old" in kinds and "new" in kinds, f"{name}: the commit point is inside the operation ({kinds})"
     assert leftovers_seen > 0 and stale_lock_seen > 0, (leftovers_seen, stale_lock_seen)
-
-
-def fail_at_call(monkeypatch, k: int) -> None:
-    """Make the (k+1)-th write_fully / fsync call from now raise (ENOSPC for a write, EIO for an fsync)."""
-    seen = [0]
-
-    def failing(real, code):
-        def wrapped(*args):
-            seen[0] += 1
-            if seen[0] == k + 1:
-                raise OSError(code, f"injected failure at call {k}")
-            return real(*args)
-
-        return wrapped
-
-    monkeypatch.setattr(files, "write_fully", failing(files.write_fully, errno.ENOSPC))
-    monkeypatch.setattr(files, "fsync", failing(files.fsync, errno.EIO))
 
 
 def test_a_failure_at_every_write_and_fsync_changes_nothing(world, tmp_path, monkeypatch):
