@@ -1,0 +1,317 @@
+"""Parity with sentence-transformers 6's multi-vector scoring: colbert_fast.compat.st_maxsim /
+st_maxsim_pairwise / st_mean_maxsim / st_mean_maxsim_pairwise against sentence_transformers.util's
+maxsim family, patch_sentence_transformers / unpatch, hand-back of calls only ST6 can serve, and
+ST6's own callers (SimilarityFunction, multi_vector_encoder.scoring) patched vs unpatched.
+
+sentence-transformers 6 is in the main venv (the cranfield extra), so these run there; skipped
+without it (PyLate's venv pins 5.3, which has no multi-vector scoring). No model is loaded.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from helpers import DTYPES, normalized
+
+from colbert_fast import compat, reference
+from colbert_fast.compat import patching
+from colbert_fast.compat import sentence_transformers as st_compat
+
+st = pytest.importorskip("sentence_transformers", minversion="6")
+
+import sentence_transformers.multi_vector_encoder as mve  # noqa: E402
+import sentence_transformers.multi_vector_encoder.scoring as scoring_pkg  # noqa: E402
+import sentence_transformers.multi_vector_encoder.scoring.colbert as scoring_colbert  # noqa: E402
+import sentence_transformers.util as st_util  # noqa: E402
+from sentence_transformers.util import similarity as S  # noqa: E402
+
+NAMES = ("maxsim", "maxsim_pairwise", "mean_maxsim", "mean_maxsim_pairwise")
+MARK = "__colbert_fast_original__"
+
+
+def _original(name: str):
+    f = getattr(S, name)
+    return getattr(f, MARK, f)
+
+
+ORIGINALS = {n: _original(n) for n in NAMES}
+# (module, attribute) -> name of the ST6 function that module holds by name
+BINDINGS = [(S, n) for n in NAMES] + [(st_util, n) for n in NAMES]
+BINDINGS += [(mve, "maxsim"), (mve, "maxsim_pairwise"), (scoring_colbert, "maxsim"), (scoring_colbert, "maxsim_pairwise")]
+
+
+@pytest.fixture(autouse=True)
+def _unpatched():
+    compat.unpatch_sentence_transformers()
+    yield
+    compat.unpatch_sentence_transformers()
+
+
+@pytest.fixture
+def our_calls(monkeypatch):
+    """Counts the kernel calls the drop-ins make."""
+    calls = []
+    real = st_compat.ops.maxsim
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(st_compat.ops, "maxsim", spy)
+    return calls
+
+
+def _check(ours, lib_low, lib_exact, dtype, lq):
+    """docs/spec.md's tolerance rule with ST6 as the oracle (ST6 computes similarities and maxima in
+    the input dtype and sums in fp32: the rule's same-dtype computation); fp32 out, same shape and device."""
+    assert ours.dtype == torch.float32 and lib_low.dtype == torch.float32
+    assert ours.shape == lib_low.shape and ours.device == lib_low.device
+    assert torch.isfinite(ours).all()
+    tol = reference.tolerance(lib_exact, lib_low, dtype, lq)
+    err = (ours - lib_exact).abs().max().item() if ours.numel() else 0.0
+    assert err <= tol, f"max error {err:.3g} > tolerance {tol:.3g} against ST6 ({dtype})"
+    # -1e9 (empty docs, possibly divided by the query length) exactly where ST6 puts it
+    assert torch.equal(ours <= -1e8, lib_low <= -1e8)
+
+
+def _inputs(g, dtype, A, Lq, B, Ld, dim, masks, pairwise, bias):
+    Q = normalized((A, Lq, dim), dtype, "cpu", g, negative_bias=-bias)
+    D = normalized((B, Ld, dim), dtype, "cpu", g, negative_bias=bias)
+    a_mask = b_mask = None
+    if masks == "zero_rows":  # no masks: ST6 reads all-zero rows as padding
+        D[0] = 0  # an empty doc
+        D[1:, Ld // 2 + 1 :] = 0
+        Q[-1, Lq - 2 :] = 0
+    else:
+        b_mask = torch.rand(B, Ld, generator=g) < 0.6
+        b_mask[0] = False  # an empty doc
+        b_mask[-1] = True
+        if masks == "both":
+            a_mask = (torch.rand(A, Lq, generator=g) < 0.7).float()  # float 0/1: a mask, not weights
+            a_mask[0] = 0  # a fully masked query row
+    if pairwise:
+        D, b_mask = D[:A], None if b_mask is None else b_mask[:A]
+    return Q, D, a_mask, b_mask
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("masks", ["zero_rows", "docs", "both"])
+@pytest.mark.parametrize("length_normalize", [None, False, True], ids=["default", "sum", "mean"])
+@pytest.mark.parametrize("bias", [0.0, 8.0], ids=["mixed", "negative"])
+def test_parity(dtype, name, masks, length_normalize, bias):
+    pairwise = name.endswith("pairwise")
+    g = torch.Generator().manual_seed(7)
+    A, Lq, B, Ld, dim = (7, 13, 7, 21, 24) if pairwise else (5, 13, 9, 21, 24)
+    Q, D, a_mask, b_mask = _inputs(g, dtype, A, Lq, B, Ld, dim, masks, pairwise, bias)
+    kw = {} if length_normalize is None else {"length_normalize": length_normalize}
+    lib = ORIGINALS[name]
+    lib_low = lib(Q, D, a_mask, b_mask, **kw)
+    lib_exact = lib(Q.float(), D.float(), a_mask, b_mask, **kw)
+    ours = getattr(compat, "st_" + name)(Q, D, a_mask, b_mask, **kw)
+    _check(ours, lib_low, lib_exact, dtype, Lq)
+    if bias and masks != "zero_rows":  # masked tokens excluded, never a 0 in the max: scores are negative
+        rows = ours[1:] if masks == "both" else ours  # query 0 is fully masked: it scores 0
+        assert (rows[rows > -1e8] < -0.5).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ragged_lists_numpy_and_single_inputs(name):
+    pairwise = name.endswith("pairwise")
+    g = torch.Generator().manual_seed(1)
+    q_lens, d_lens = [3, 0, 9, 5], [4, 11, 0, 7]
+    if not pairwise:
+        d_lens += [1, 2]
+    ql = [normalized((n, 16), torch.float32, "cpu", g) for n in q_lens]
+    dl = [normalized((n, 16), torch.float32, "cpu", g) for n in d_lens]
+    ours_fn, lib = getattr(compat, "st_" + name), ORIGINALS[name]
+    cases = [
+        (ql, dl, {}),
+        ([q.numpy() for q in ql], [d.numpy() for d in dl], {}),  # lists of arrays
+        (ql, dl, {"a_mask": [torch.ones(n) for n in q_lens]}),  # a list of per-item masks
+        (ql, dl, {"b_mask": [torch.rand(n, generator=g) < 0.5 for n in d_lens]}),
+        (ql[2], dl[3], {}),  # one [L, H] each: a batch of one
+        (ql[2], dl[3], {"a_mask": torch.tensor([1, 1, 0, 1, 0, 0, 1, 1, 1.0]), "b_mask": torch.arange(7) < 4}),
+    ]
+    if not pairwise:
+        cases.append((np.stack([q.numpy() for q in ql[2:3]]), torch.stack(dl[1:2]), {}))  # numpy queries
+    for a, b, kw in cases:
+        for length_normalize in (False, True):
+            expected = lib(a, b, length_normalize=length_normalize, **kw)
+            ours = ours_fn(a, b, length_normalize=length_normalize, **kw)
+            _check(ours, expected, expected, torch.float32, 11)
+
+
+def test_empty_inputs_and_errors():
+    Q, D = torch.randn(2, 3, 8), torch.randn(4, 5, 8)
+    for name in NAMES:
+        ours, lib = getattr(compat, "st_" + name), ORIGINALS[name]
+        assert torch.equal(ours(Q[:0], D[:0]), lib(Q[:0], D[:0]))
+    assert compat.st_maxsim(Q, D[:0]).shape == (2, 0)
+    assert compat.st_maxsim([], D).shape == (0, 4)
+    with pytest.raises(ValueError, match="same number of items"):
+        compat.st_maxsim_pairwise(Q, D)
+    with pytest.raises(ValueError, match="covers 4 tokens"):
+        compat.st_maxsim(Q, D, b_mask=torch.ones(4, 4))
+    with pytest.raises(TypeError, match="b_mask"):
+        compat.st_maxsim(Q, D, b_mask="all")
+
+
+def test_zero_width_inputs():
+    Q, D = torch.randn(2, 3, 8), torch.randn(4, 5, 8)
+    for a, b in ((Q, D[:, :0]), (Q[:, :0], D)):
+        for name in ("maxsim", "mean_maxsim"):
+            expected = ORIGINALS[name](a, b)
+            assert torch.equal(getattr(compat, "st_" + name)(a, b), expected)
+
+
+def test_device_argument_and_result_device():
+    g = torch.Generator().manual_seed(2)
+    Q, D = normalized((3, 5, 8), torch.float32, "cpu", g), normalized((4, 6, 8), torch.float32, "cpu", g)
+    for name in NAMES:
+        b = D[:3] if name.endswith("pairwise") else D
+        ours = getattr(compat, "st_" + name)(Q, b, device="cpu", chunk_elements=10)
+        expected = ORIGINALS[name](Q, b, device="cpu", chunk_elements=10)  # tiny chunks: one pair each
+        _check(ours, expected, expected, torch.float32, 5)
+
+
+def test_strict_scores_empty_docs_zero():
+    Q, D = torch.randn(2, 3, 8), torch.randn(3, 5, 8)
+    b_mask = torch.ones(3, 5, dtype=torch.bool)
+    b_mask[1] = False
+    ours = compat.st_maxsim(Q, D, b_mask=b_mask)
+    strict = compat.st_maxsim(Q, D, b_mask=b_mask, strict=True)
+    assert (ours[:, 1] == -1e9).all() and (strict[:, 1] == 0).all()
+    assert torch.equal(ours[:, [0, 2]], strict[:, [0, 2]])
+
+
+def test_gradients_match():
+    g = torch.Generator().manual_seed(3)
+    Q0, D0 = normalized((3, 5, 8), torch.float32, "cpu", g), normalized((4, 6, 8), torch.float32, "cpu", g)
+    b_mask = torch.rand(4, 6, generator=g) < 0.7
+    grads = []
+    for fn in (ORIGINALS["maxsim"], compat.st_maxsim):
+        Q, D = Q0.clone().requires_grad_(), D0.clone().requires_grad_()
+        (fn(Q, D, b_mask=b_mask) * torch.arange(1.0, 5.0)).sum().backward()
+        grads.append((Q.grad, D.grad))
+    for ours, lib in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(ours, lib, rtol=1e-5, atol=1e-5)
+
+
+# ---- calls only ST6 can serve ----
+
+
+def _hand_back_cases(g):
+    Q, D = torch.randn(3, 4, 8, generator=g), torch.randn(5, 6, 8, generator=g)
+    weights = torch.rand(3, 4, generator=g)  # query-token weights, not a mask
+    return [
+        ("maxsim", (Q, D), {"a_mask": weights}),
+        ("mean_maxsim", (Q, D), {"a_mask": weights}),
+        ("maxsim_pairwise", (Q, D[:3]), {"a_mask": weights, "length_normalize": True}),
+        ("mean_maxsim_pairwise", (Q, D[:3]), {"a_mask": weights}),
+        ("maxsim", (Q.double(), D.double()), {}),  # float64
+        ("maxsim", ([D[0, :2], D[1]], [D[2, :3], D[3]]), {"b_mask": torch.ones(2, 6)}),  # padding marked valid
+    ]
+
+
+def test_drop_ins_refuse_what_they_cannot_reproduce():
+    for name, args, kw in _hand_back_cases(torch.Generator().manual_seed(4)):
+        with pytest.raises(compat.UnsupportedCallError):
+            getattr(compat, "st_" + name)(*args, **kw)
+
+
+def test_patched_hands_back_exactly(our_calls):
+    compat.patch_sentence_transformers(require_kernels=False)
+    for name, args, kw in _hand_back_cases(torch.Generator().manual_seed(4)):
+        got = getattr(st_util, name)(*args, **kw)
+        expected = ORIGINALS[name](*args, **kw)
+        assert torch.equal(got, expected), name
+    assert not our_calls
+    # weights that happen to be 0/1 are a mask: ours
+    Q, D = torch.randn(3, 4, 8), torch.randn(5, 6, 8)
+    st_util.maxsim(Q, D, a_mask=torch.tensor([[1.0, 0, 1, 1]] * 3))
+    assert len(our_calls) == 1
+
+
+# ---- patching ----
+
+
+def test_patch_and_unpatch_restore_every_binding(our_calls):
+    for module, name in BINDINGS:
+        assert getattr(module, name) is ORIGINALS[name], (module.__name__, name)
+    assert not compat.is_patched("sentence_transformers")
+    Q, D = torch.randn(2, 3, 8), torch.randn(4, 5, 8)
+    args = {n: (Q, D[:2] if n.endswith("pairwise") else D) for n in NAMES}
+    expected = {n: ORIGINALS[n](*args[n]) for n in NAMES}  # unpatched (mean_maxsim calls the global maxsim)
+    compat.patch_sentence_transformers(require_kernels=False)
+    wrappers = {n: getattr(S, n) for n in NAMES}
+    compat.patch_sentence_transformers()  # idempotent
+    assert compat.is_patched("sentence_transformers")
+    for module, name in BINDINGS:
+        f = getattr(module, name)
+        assert f is wrappers[name] and f is not ORIGINALS[name], (module.__name__, name)
+        assert f.__wrapped__ is ORIGINALS[name] and getattr(f, MARK) is ORIGINALS[name]
+    for name in NAMES:
+        _check(getattr(S, name)(*args[name]), expected[name], expected[name], torch.float32, 3)
+    assert len(our_calls) == len(NAMES)
+    compat.unpatch_sentence_transformers()
+    compat.unpatch_sentence_transformers()  # a no-op
+    assert not compat.is_patched("sentence_transformers")
+    for module, name in BINDINGS:
+        assert getattr(module, name) is ORIGINALS[name], (module.__name__, name)
+
+
+def test_patched_context(our_calls):
+    with compat.patched(colbert=False, pylate=False, sentence_transformers=True, require_kernels=False):
+        assert compat.is_patched("sentence_transformers")
+        assert mve.maxsim is not ORIGINALS["maxsim"]
+    assert not compat.is_patched("sentence_transformers")
+    compat.patch_sentence_transformers(require_kernels=False)
+    with compat.patched(colbert=False, pylate=False, require_kernels=False):
+        pass
+    assert compat.is_patched("sentence_transformers")  # patched before the block: stays patched
+
+
+@pytest.mark.parametrize("has_kernels", [False, True])
+def test_default_patch_uses_st6_without_kernels(monkeypatch, our_calls, has_kernels):
+    monkeypatch.setattr(patching, "_has_kernels", lambda device: has_kernels)
+    compat.patch_sentence_transformers()
+    st_util.maxsim(torch.randn(2, 3, 8), torch.randn(4, 5, 8))
+    assert len(our_calls) == int(has_kernels)
+
+
+@pytest.mark.parametrize("fn_name", ["maxsim", "meanmaxsim"])
+def test_similarity_function_dispatch_patched(our_calls, fn_name):
+    g = torch.Generator().manual_seed(5)
+    Q, D = normalized((3, 7, 16), torch.float32, "cpu", g), normalized((6, 11, 16), torch.float32, "cpu", g)
+    D[2] = 0
+    expected = S.SimilarityFunction.to_similarity_fn(fn_name)(Q, D)
+    expected_pairs = S.SimilarityFunction.to_similarity_pairwise_fn(fn_name)(Q, D[:3])
+    assert not our_calls
+    compat.patch_sentence_transformers(require_kernels=False)
+    fn = S.SimilarityFunction.to_similarity_fn(fn_name)
+    pair_fn = S.SimilarityFunction.to_similarity_pairwise_fn(fn_name)
+    assert fn is getattr(S, "maxsim" if fn_name == "maxsim" else "mean_maxsim") and hasattr(fn, MARK)
+    _check(fn(Q, D), expected, expected, torch.float32, 7)
+    _check(pair_fn(Q, D[:3]), expected_pairs, expected_pairs, torch.float32, 7)
+    assert len(our_calls) == 2
+
+
+@pytest.mark.parametrize("fn_name", ["colbert_scores", "mean_colbert_scores", "colbert_kd_scores"])
+def test_multi_vector_scoring_functions_patched(our_calls, fn_name):
+    """ST6's multi-vector losses score with these; they pass maxsim / maxsim_pairwise by name."""
+    g = torch.Generator().manual_seed(6)
+    A, N, Lq, Ld, dim = 4, 3, 9, 13, 16
+    Q = normalized((A, Lq, dim), torch.float32, "cpu", g)
+    D = normalized((A, N, Ld, dim), torch.float32, "cpu", g)
+    q_mask = (torch.rand(A, Lq, generator=g) < 0.8).float()
+    d_mask = torch.rand(A, N, Ld, generator=g) < 0.6
+    d_mask[0, 1] = False
+    fn = getattr(scoring_pkg, fn_name)
+    expected = fn(Q, D, q_mask, d_mask)
+    assert not our_calls
+    compat.patch_sentence_transformers(require_kernels=False)
+    got = fn(Q, D, q_mask, d_mask)
+    _check(got, expected, expected, torch.float32, Lq)
+    assert len(our_calls) == N
