@@ -9,6 +9,8 @@ without it (PyLate's venv pins 5.3, which has no multi-vector scoring). No model
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -253,6 +255,14 @@ def test_patch_and_unpatch_restore_every_binding(our_calls):
         f = getattr(module, name)
         assert f is wrappers[name] and f is not ORIGINALS[name], (module.__name__, name)
         assert f.__wrapped__ is ORIGINALS[name] and getattr(f, MARK) is ORIGINALS[name]
+    left = [  # no loaded ST6 module still holds an original
+        (mod_name, attr)
+        for mod_name, mod in list(sys.modules.items())
+        if mod_name.startswith("sentence_transformers") and mod is not None
+        for attr, value in vars(mod).items()
+        if any(value is f for f in ORIGINALS.values())
+    ]
+    assert not left
     for name in NAMES:
         _check(getattr(S, name)(*args[name]), expected[name], expected[name], torch.float32, 3)
     assert len(our_calls) == len(NAMES)
