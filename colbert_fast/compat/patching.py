@@ -177,7 +177,7 @@ def _unpatch(lib: str) -> None:
     if module is None:
         return
     for name in _TARGETS[lib][1]:
-        current = getattr(module, name)
+        current = getattr(module, name, None)
         original = getattr(current, _MARK, None)
         if original is not None:
             _swap(lib, current, original)
@@ -187,7 +187,8 @@ def is_patched(lib: str) -> bool:
     """Whether patch_colbert() ("colbert") / patch_pylate() ("pylate") /
     patch_sentence_transformers() ("sentence_transformers") is in effect."""
     module = sys.modules.get(_TARGETS[lib][0])
-    return module is not None and all(hasattr(getattr(module, n), _MARK) for n in _TARGETS[lib][1])
+    # getattr with a default: sentence-transformers 5 has a similarity module but no maxsim
+    return module is not None and all(hasattr(getattr(module, n, None), _MARK) for n in _TARGETS[lib][1])
 
 
 def patch_colbert(*, require_kernels: bool = True) -> None:

@@ -326,3 +326,18 @@ def test_multi_vector_scoring_functions_patched(our_calls, fn_name):
     got = fn(Q, D, q_mask, d_mask)
     _check(got, expected, expected, torch.float32, Lq)
     assert len(our_calls) == N
+
+
+def test_sentence_transformers_without_multi_vector_scoring(monkeypatch):
+    """sentence-transformers 5 (PyLate's pin) has util.similarity but no maxsim: ImportError from
+    patch_sentence_transformers, and patched() leaves it alone unless asked for."""
+    for name in NAMES:
+        monkeypatch.delattr(S, name)
+    with pytest.raises(ImportError, match="sentence-transformers>=6"):
+        compat.patch_sentence_transformers()
+    assert not compat.is_patched("sentence_transformers")
+    compat.unpatch_sentence_transformers()  # a no-op
+    with compat.patched(colbert=False, pylate=False):
+        assert not compat.is_patched("sentence_transformers")
+    with pytest.raises(ImportError), compat.patched(colbert=False, pylate=False, sentence_transformers=True):
+        pass
