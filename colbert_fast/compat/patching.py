@@ -231,7 +231,7 @@ def patch_sentence_transformers(*, require_kernels: bool = True) -> None:
     torch.compile run ST6's own code. require_kernels: as for patch_colbert. Idempotent. Raises
     ImportError if sentence-transformers >= 6 is not installed. A MultiVectorEncoder keeps the
     function its similarity_fn_name resolved to: set the name (or create the model) after patching.
-    The ColBERT scoring module's (scoring.colbert.MaxSim) own chunk loop is not patched.
+    A model created with use_kernels=True scores with ST6's _MaxSimScorer (hub kernels), not patched.
     """
     _patch("sentence_transformers", require_kernels)
 

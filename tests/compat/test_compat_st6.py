@@ -341,3 +341,30 @@ def test_sentence_transformers_without_multi_vector_scoring(monkeypatch):
         assert not compat.is_patched("sentence_transformers")
     with pytest.raises(ImportError), compat.patched(colbert=False, pylate=False, sentence_transformers=True):
         pass
+
+
+def _model_shell():
+    """A MultiVectorEncoder with no modules and no weights: its similarity / similarity_pairwise
+    methods are ST6's real code (no model is loaded or downloaded)."""
+    model = object.__new__(mve.MultiVectorEncoder)
+    torch.nn.Module.__init__(model)
+    model._similarity_fn_name = None
+    return model
+
+
+@pytest.mark.parametrize("fn_name", ["maxsim", "meanmaxsim"])
+def test_model_similarity_patched(our_calls, fn_name):
+    g = torch.Generator().manual_seed(8)
+    queries = [normalized((n, 16), torch.float32, "cpu", g) for n in (5, 9, 2)]
+    docs = [normalized((n, 16), torch.float32, "cpu", g) for n in (12, 0, 7)]
+    plain = _model_shell()
+    plain.similarity_fn_name = fn_name
+    expected, expected_pairs = plain.similarity(queries, docs), plain.similarity_pairwise(queries, docs)
+    assert not our_calls
+    compat.patch_sentence_transformers(require_kernels=False)
+    model = _model_shell()  # created after the patch: resolves its similarity to the wrapper
+    model.similarity_fn_name = fn_name
+    _check(model.similarity(queries, docs), expected, expected, torch.float32, 9)
+    _check(model.similarity_pairwise(queries, docs), expected_pairs, expected_pairs, torch.float32, 9)
+    assert len(our_calls) == 2
+    assert expected[0, 1] == -1e9 / (5 if fn_name == "meanmaxsim" else 1)  # the empty doc
