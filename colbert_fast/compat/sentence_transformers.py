@@ -18,7 +18,8 @@ docs/spec.md; sentence-transformers need not be installed. ST6's rules, all kept
   the scoring runs.
 
 `chunk_elements` is accepted and does not change the numbers (ST6's chunks only bound its memory; the
-kernels do not materialize the similarity tensor). Inputs are padded once to the longest item.
+kernels do not materialize the similarity tensor). A ragged document list without a mask is packed
+(colbert_fast.maxsim_packed, no padding); other inputs are padded once to the longest item.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 from .. import ops
+from ..packed import PackedDocs
 
 EMPTY_DOCUMENT_SCORE = -1e9  # sentence_transformers.util.similarity._EMPTY_DOCUMENT_SCORE
 
@@ -87,6 +89,13 @@ def _fit_width(mask: torch.Tensor, width: int, name: str) -> torch.Tensor:
     return mask
 
 
+def _nonzero_rows(X: torch.Tensor) -> torch.Tensor:
+    """X.any(dim=-1) (ST6's zero-row padding rule), about twice as fast on CPU."""
+    if X.shape[-1] == 0:
+        return torch.zeros(X.shape[:-1], dtype=torch.bool, device=X.device)
+    return (X.amax(dim=-1) != 0) | (X.amin(dim=-1) != 0)
+
+
 def _side(embeddings, mask, name: str):
     """One side padded: (X [n, L, H] float, user mask or None, valid-token mask bool [n, L])."""
     if isinstance(embeddings, list):
@@ -101,7 +110,7 @@ def _side(embeddings, mask, name: str):
             X = X.float()
         if X.dim() != 3:
             raise ValueError(f"{name[0]} must be 3D, a list of 2D tensors or one 2D tensor, got {tuple(X.shape)}")
-        valid = X.any(dim=-1)
+        valid = _nonzero_rows(X)
     if X.dtype not in _DTYPES:
         raise UnsupportedCallError(f"{X.dtype} embeddings: colbert_fast scores fp32, fp16 and bf16")
     if mask is not None:
@@ -133,29 +142,59 @@ def _prepare(a, b, a_mask, b_mask):
     return a, b, a_mask, b_mask
 
 
+def _packed(b: list) -> tuple[PackedDocs, torch.Tensor]:
+    """A ragged document list without a mask, packed (no padding): (store, lengths)."""
+    items = [_to_tensor(t) for t in b]
+    items = [t if t.is_floating_point() else t.float() for t in items]
+    if any(t.dim() != 2 or t.shape[1] != items[0].shape[1] or t.dtype != items[0].dtype for t in items):
+        raise UnsupportedCallError("documents of different dims or dtypes")
+    if items[0].dtype not in _DTYPES:
+        raise UnsupportedCallError(f"{items[0].dtype} embeddings: colbert_fast scores fp32, fp16 and bf16")
+    docs = PackedDocs.from_list(items)
+    return docs, docs.lengths
+
+
 def _score(a, b, a_mask, b_mask, length_normalize, device, backend, strict, pairwise: bool) -> torch.Tensor:
     result_device = _device_of(b) or _device_of(a) or torch.device("cpu")
     scoring_device = torch.device(device) if device is not None else result_device
+    backend = backend or "auto"
     Q, a_mask, q_valid = _side(a, a_mask, "a_mask")
-    D, b_mask, d_valid = _side(b, b_mask, "b_mask")
-    if Q.dtype != D.dtype:
-        raise UnsupportedCallError(f"queries in {Q.dtype} and documents in {D.dtype}")
     q_mask = _query_mask(a_mask) if a_mask is not None else q_valid
-    d_mask = b_mask.bool() if b_mask is not None else d_valid
     counts = q_mask.sum(dim=-1).clamp(min=1) if length_normalize else None
-    Q, D = Q.to(scoring_device), D.to(scoring_device)
-    q_mask, d_mask = q_mask.to(scoring_device), d_mask.to(scoring_device)
-    if pairwise:
-        D, d_mask = D.unsqueeze(1), d_mask.unsqueeze(1)
-    if Q.shape[1] == 0 or D.shape[-2] == 0:
-        scores = torch.zeros(D.shape[:-2] if pairwise else (Q.shape[0], D.shape[0]), device=scoring_device)
+    Q, q_mask = Q.to(scoring_device), q_mask.to(scoring_device)
+    shape = (len(b),) if pairwise else (Q.shape[0], len(b))
+    if isinstance(b, list) and b_mask is None:  # ragged docs: scored packed, never padded
+        docs, lengths = _packed(b)
+        if Q.dtype != docs.dtype:
+            raise UnsupportedCallError(f"queries in {Q.dtype} and documents in {docs.dtype}")
+        if docs.device != scoring_device:
+            docs = PackedDocs(docs.embeddings.to(scoring_device), lengths)
+        empty = lengths.to(scoring_device) == 0
+        if Q.shape[1] == 0 or docs.num_tokens == 0:
+            scores = torch.zeros(shape, device=scoring_device)
+        else:
+            pids = torch.arange(len(b), device=scoring_device)
+            pids = pids[:, None] if pairwise else pids.expand(Q.shape[0], -1).contiguous()
+            q = None if bool(q_mask.all()) else q_mask
+            scores = ops.maxsim_packed(Q, docs, pids, q, backend=backend)
+            scores = scores[:, 0] if pairwise else scores
     else:
-        scores = ops.maxsim(Q, D, None if bool(q_mask.all()) else q_mask, d_mask, backend=backend or "auto")
-    if not strict:
+        D, b_mask, d_valid = _side(b, b_mask, "b_mask")
+        if Q.dtype != D.dtype:
+            raise UnsupportedCallError(f"queries in {Q.dtype} and documents in {D.dtype}")
+        d_mask = (b_mask.bool() if b_mask is not None else d_valid).to(scoring_device)
+        D = D.to(scoring_device)
         empty = ~d_mask.any(dim=-1)
+        if Q.shape[1] == 0 or D.shape[1] == 0:
+            scores = torch.zeros(shape, device=scoring_device)
+        else:
+            q = None if bool(q_mask.all()) else q_mask
+            if pairwise:
+                scores = ops.maxsim(Q, D.unsqueeze(1), q, d_mask.unsqueeze(1), backend=backend)[:, 0]
+            else:
+                scores = ops.maxsim(Q, D, q, d_mask, backend=backend)
+    if not strict:  # ST6 sets a doc with no valid token to -1e9 (before the length division)
         scores = scores.masked_fill(empty if pairwise else empty.unsqueeze(0), EMPTY_DOCUMENT_SCORE)
-    if pairwise:
-        scores = scores[:, 0]
     scores = scores.to(result_device)
     if counts is not None:
         counts = counts.to(device=result_device, dtype=scores.dtype)

@@ -55,13 +55,16 @@ def _unpatched():
 def our_calls(monkeypatch):
     """Counts the kernel calls the drop-ins make."""
     calls = []
-    real = st_compat.ops.maxsim
 
-    def spy(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
+    def spy(real):
+        def counted(*args, **kwargs):
+            calls.append(real.__name__)
+            return real(*args, **kwargs)
 
-    monkeypatch.setattr(st_compat.ops, "maxsim", spy)
+        return counted
+
+    for name in ("maxsim", "maxsim_packed"):  # padded inputs; ragged document lists
+        monkeypatch.setattr(st_compat.ops, name, spy(getattr(st_compat.ops, name)))
     return calls
 
 
@@ -366,5 +369,5 @@ def test_model_similarity_patched(our_calls, fn_name):
     model.similarity_fn_name = fn_name
     _check(model.similarity(queries, docs), expected, expected, torch.float32, 9)
     _check(model.similarity_pairwise(queries, docs), expected_pairs, expected_pairs, torch.float32, 9)
-    assert len(our_calls) == 2
+    assert our_calls == ["maxsim_packed"] * 2
     assert expected[0, 1] == -1e9 / (5 if fn_name == "meanmaxsim" else 1)  # the empty doc
