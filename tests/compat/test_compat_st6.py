@@ -122,31 +122,40 @@ def test_parity(dtype, name, masks, length_normalize, bias):
         assert (rows[rows > -1e8] < -0.5).all()
 
 
+def _fp32(x):
+    if isinstance(x, list):
+        return [_fp32(i) for i in x]
+    return x.float() if isinstance(x, torch.Tensor) else x.astype(np.float32)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("name", NAMES)
-def test_ragged_lists_numpy_and_single_inputs(name):
+def test_ragged_lists_numpy_and_single_inputs(dtype, name):
     pairwise = name.endswith("pairwise")
     g = torch.Generator().manual_seed(1)
     q_lens, d_lens = [3, 0, 9, 5], [4, 11, 0, 7]
     if not pairwise:
         d_lens += [1, 2]
-    ql = [normalized((n, 16), torch.float32, "cpu", g) for n in q_lens]
-    dl = [normalized((n, 16), torch.float32, "cpu", g) for n in d_lens]
+    ql = [normalized((n, 16), dtype, "cpu", g) for n in q_lens]
+    dl = [normalized((n, 16), dtype, "cpu", g, negative_bias=4.0) for n in d_lens]
     ours_fn, lib = getattr(compat, "st_" + name), ORIGINALS[name]
     cases = [
-        (ql, dl, {}),
-        ([q.numpy() for q in ql], [d.numpy() for d in dl], {}),  # lists of arrays
+        (ql, dl, {}),  # ragged documents without a mask: scored packed
         (ql, dl, {"a_mask": [torch.ones(n) for n in q_lens]}),  # a list of per-item masks
-        (ql, dl, {"b_mask": [torch.rand(n, generator=g) < 0.5 for n in d_lens]}),
+        (ql, dl, {"b_mask": [torch.rand(n, generator=g) < 0.5 for n in d_lens]}),  # padded
         (ql[2], dl[3], {}),  # one [L, H] each: a batch of one
         (ql[2], dl[3], {"a_mask": torch.tensor([1, 1, 0, 1, 0, 0, 1, 1, 1.0]), "b_mask": torch.arange(7) < 4}),
     ]
-    if not pairwise:
-        cases.append((np.stack([q.numpy() for q in ql[2:3]]), torch.stack(dl[1:2]), {}))  # numpy queries
+    if dtype != torch.bfloat16:  # numpy has no bf16
+        cases.append(([q.numpy() for q in ql], [d.numpy() for d in dl], {}))  # lists of arrays
+        if not pairwise:
+            cases.append((np.stack([q.numpy() for q in ql[2:3]]), torch.stack(dl[1:2]), {}))  # numpy queries
     for a, b, kw in cases:
         for length_normalize in (False, True):
-            expected = lib(a, b, length_normalize=length_normalize, **kw)
+            low = lib(a, b, length_normalize=length_normalize, **kw)
+            exact = lib(_fp32(a), _fp32(b), length_normalize=length_normalize, **kw)
             ours = ours_fn(a, b, length_normalize=length_normalize, **kw)
-            _check(ours, expected, expected, torch.float32, 11)
+            _check(ours, low, exact, dtype, 11)
 
 
 def test_empty_inputs_and_errors():
@@ -192,14 +201,22 @@ def test_strict_scores_empty_docs_zero():
     assert torch.equal(ours[:, [0, 2]], strict[:, [0, 2]])
 
 
-def test_gradients_match():
+@pytest.mark.parametrize("ragged", [False, True], ids=["padded", "ragged_packed"])
+@pytest.mark.parametrize("name", ["maxsim", "maxsim_pairwise"])
+def test_gradients_match(name, ragged):
+    """ST6's losses train through these: same gradients for queries and documents."""
     g = torch.Generator().manual_seed(3)
-    Q0, D0 = normalized((3, 5, 8), torch.float32, "cpu", g), normalized((4, 6, 8), torch.float32, "cpu", g)
-    b_mask = torch.rand(4, 6, generator=g) < 0.7
+    n_docs = 3 if name.endswith("pairwise") else 4
+    Q0, D0 = normalized((3, 5, 8), torch.float32, "cpu", g), normalized((n_docs, 6, 8), torch.float32, "cpu", g)
+    b_mask = torch.rand(n_docs, 6, generator=g) < 0.7
     grads = []
-    for fn in (ORIGINALS["maxsim"], compat.st_maxsim):
+    for fn in (ORIGINALS[name], getattr(compat, "st_" + name)):
         Q, D = Q0.clone().requires_grad_(), D0.clone().requires_grad_()
-        (fn(Q, D, b_mask=b_mask) * torch.arange(1.0, 5.0)).sum().backward()
+        if ragged:
+            scores = fn(Q, [D[i, : 2 + i] for i in range(n_docs)])
+        else:
+            scores = fn(Q, D, b_mask=b_mask)
+        (scores * torch.arange(1.0, scores.shape[-1] + 1)).sum().backward()
         grads.append((Q.grad, D.grad))
     for ours, lib in zip(grads[1], grads[0], strict=True):
         torch.testing.assert_close(ours, lib, rtol=1e-5, atol=1e-5)
