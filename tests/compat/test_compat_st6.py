@@ -388,3 +388,17 @@ def test_model_similarity_patched(our_calls, fn_name):
     _check(model.similarity_pairwise(queries, docs), expected_pairs, expected_pairs, torch.float32, 9)
     assert our_calls == ["maxsim_packed"] * 2
     assert expected[0, 1] == -1e9 / (5 if fn_name == "meanmaxsim" else 1)  # the empty doc
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_one_mask_for_the_batch(name):
+    """A 1D mask beside a 3D batch applies to every item (ST6 expands it)."""
+    g = torch.Generator().manual_seed(9)
+    Q, D = normalized((2, 3, 8), torch.float32, "cpu", g), normalized((4, 5, 8), torch.float32, "cpu", g)
+    b = D[:2] if name.endswith("pairwise") else D
+    cases = [{"b_mask": torch.tensor([1, 1, 1, 0, 0.0])}, {"b_mask": torch.zeros(5)}]
+    if name == "maxsim_pairwise":  # ST6's maxsim / mean_maxsim divide by a 0-d count here and raise
+        cases.append({"a_mask": torch.tensor([1, 0, 1.0]), "length_normalize": True})
+    for kw in cases:
+        expected = ORIGINALS[name](Q, b, **kw)
+        _check(getattr(compat, "st_" + name)(Q, b, **kw), expected, expected, torch.float32, 3)
