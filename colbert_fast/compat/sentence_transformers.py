@@ -238,6 +238,9 @@ def maxsim(
     a, b, a_mask, b_mask = _prepare(a, b, a_mask, b_mask)
     if len(a) == 0 or len(b) == 0:
         return torch.zeros(len(a), len(b), dtype=torch.float32, device=_device_of(b) or _device_of(a))
+    if length_normalize and a_mask is not None and a_mask.dim() == 1:
+        # One mask for the whole batch: ST6 counts its tokens into a 0-d tensor and fails to divide
+        raise UnsupportedCallError("length_normalize with one 1D a_mask for a batch: sentence-transformers raises")
     return _score(a, b, a_mask, b_mask, length_normalize, device, backend, strict, pairwise=False)
 
 
