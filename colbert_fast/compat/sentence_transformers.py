@@ -17,6 +17,10 @@ docs/spec.md; sentence-transformers need not be installed. ST6's rules, all kept
 - Output fp32 on the documents' device (the queries' for numpy documents); `device` picks where
   the scoring runs.
 
+Not copied: ST6's one-time log warning about empty documents. Where ST6 raises (maxsim with
+length_normalize and one 1D a_mask for a batch), the drop-ins raise UnsupportedCallError, so a
+patched call raises ST6's own error.
+
 `chunk_elements` is accepted and does not change the numbers (ST6's chunks only bound its memory; the
 kernels do not materialize the similarity tensor). A ragged document list without a mask is packed
 (colbert_fast.maxsim_packed, no padding); other inputs are padded once to the longest item.

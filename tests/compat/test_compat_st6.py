@@ -408,3 +408,19 @@ def test_one_mask_for_the_batch(name):
     for kw in cases:
         expected = ORIGINALS[name](Q, b, **kw)
         _check(getattr(compat, "st_" + name)(Q, b, **kw), expected, expected, torch.float32, 3)
+
+
+def test_signatures_and_constant_match_st6():
+    import inspect
+
+    for name in NAMES:
+        theirs = list(inspect.signature(ORIGINALS[name]).parameters.values())
+        ours = list(inspect.signature(getattr(compat, "st_" + name)).parameters.values())
+        assert [(p.name, p.default, p.kind) for p in ours[: len(theirs)]] == [
+            (p.name, p.default, p.kind) for p in theirs
+        ], name
+        assert [(p.name, p.kind) for p in ours[len(theirs) :]] == [
+            ("backend", inspect.Parameter.KEYWORD_ONLY),
+            ("strict", inspect.Parameter.KEYWORD_ONLY),
+        ]
+    assert st_compat.EMPTY_DOCUMENT_SCORE == S._EMPTY_DOCUMENT_SCORE
