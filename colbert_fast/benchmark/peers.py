@@ -202,7 +202,7 @@ def _patched(adapter: Callable[[Case], Callable]) -> Callable[[Case], Callable]:
     def make(case: Case) -> Callable:
         from .. import compat
 
-        with compat.patched():
+        with compat.patched(sentence_transformers=False):  # colbert-ai and PyLate rows only
             return adapter(case)
 
     return make

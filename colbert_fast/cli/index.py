@@ -222,32 +222,9 @@ def _manifest(index_dir) -> dict:
 def index_encoder(index_dir, checkpoint=None, device=None, dtype=None):
     """The encoder of the docs of an index: `checkpoint`, or the model its manifest records (as
     Searcher loads it), with its doc-side settings checked against the index's."""
-    from pathlib import Path
+    from colbert_fast.retrieval.search import load_index_encoder
 
-    from colbert_fast.retrieval.embedded import EMBEDDED, load_embedded
-    from colbert_fast.retrieval.encoder import ColBERT
-    from colbert_fast.retrieval.search import _DOC_SIDE
-
-    recorded = _manifest(index_dir).get("model", {})
-    config = recorded.get("config") or {}
-    source = checkpoint or recorded.get("checkpoint")
-    if source is None:
-        raise ValueError(
-            f"the index at {index_dir} records no model (it was built from embeddings): "
-            "add --embeddings with --ids, or name the model with --checkpoint"
-        )
-    if str(source) == EMBEDDED:
-        encoder = load_embedded(device=device, dtype=dtype, **config)
-    else:
-        encoder = ColBERT.load(Path(source), device=device, dtype=dtype)
-    mine = encoder.config.to_dict()
-    differ = [f for f in _DOC_SIDE if f in config and config[f] != mine[f]]
-    if differ:
-        raise ValueError(
-            f"the model {source} does not match the index: "
-            + ", ".join(f"{f} is {mine[f]!r}, the index was built with {config[f]!r}" for f in differ)
-        )
-    return encoder
+    return load_index_encoder(_manifest(index_dir), checkpoint, device=device, dtype=dtype)
 
 
 def _new_docs(args):

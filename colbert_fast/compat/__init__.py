@@ -3,6 +3,7 @@
     from colbert_fast import compat
     compat.patch_colbert()      # colbert-ai's colbert_score / colbert_score_packed now run here
     compat.patch_pylate()       # PyLate's colbert_scores / _pairwise / colbert_kd_scores too
+    compat.patch_sentence_transformers()  # sentence-transformers 6's maxsim family too
     with compat.patched(): ...  # or only inside a block
 
 The functions below have the libraries' exact signatures (plus keyword-only `strict` and, for
@@ -21,13 +22,30 @@ Every library quirk is one rule with a per-doc floor, which the kernels apply th
     colbert_score_packed on CPU        floor_d = 0 for every doc (its maxima start at 0)
     PyLate (sims * mask)               floor_d = 0 when d has a masked token (a masked token's
                                        similarity is 0, and 0 takes part in the max)
+    sentence-transformers 6            floor_d = -inf (masked tokens excluded); a doc with no valid
+                                       token is then set to -1e9 (a constant, not a floor)
 """
 
 from .colbert_ai import colbert_score, colbert_score_packed
-from .patching import is_patched, patch_colbert, patch_pylate, patched, unpatch_colbert, unpatch_pylate
+from .patching import (
+    is_patched,
+    patch_colbert,
+    patch_pylate,
+    patch_sentence_transformers,
+    patched,
+    unpatch_colbert,
+    unpatch_pylate,
+    unpatch_sentence_transformers,
+)
 from .pylate import colbert_kd_scores, colbert_scores, colbert_scores_pairwise
+from .sentence_transformers import UnsupportedCallError
+from .sentence_transformers import maxsim as st_maxsim
+from .sentence_transformers import maxsim_pairwise as st_maxsim_pairwise
+from .sentence_transformers import mean_maxsim as st_mean_maxsim
+from .sentence_transformers import mean_maxsim_pairwise as st_mean_maxsim_pairwise
 
 __all__ = [
+    "UnsupportedCallError",
     "colbert_kd_scores",
     "colbert_score",
     "colbert_score_packed",
@@ -36,7 +54,13 @@ __all__ = [
     "is_patched",
     "patch_colbert",
     "patch_pylate",
+    "patch_sentence_transformers",
     "patched",
+    "st_maxsim",
+    "st_maxsim_pairwise",
+    "st_mean_maxsim",
+    "st_mean_maxsim_pairwise",
     "unpatch_colbert",
     "unpatch_pylate",
+    "unpatch_sentence_transformers",
 ]

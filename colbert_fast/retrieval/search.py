@@ -63,7 +63,8 @@ from .index import Index, require_faiss
 from .padding import pad_ids, pad_vectors
 from .timing import StageTimer
 
-__all__ = ["MODES", "PAPER_MODES", "Ranking", "Searcher", "candidate_budget", "default_mode"]
+__all__ = ["DOC_SIDE", "MODES", "PAPER_MODES", "Ranking", "Searcher", "candidate_budget", "check_encoder",
+           "default_mode", "load_index_encoder"]  # fmt: skip
 
 STAGES = ("encode", "candidates", "score", "topk")
 MODES = ("accurate", "fast", "paper", "centroid", "exhaustive")
@@ -77,7 +78,7 @@ CENTROID_NPROBE = 64
 CENTROID_CANDIDATES = 256
 CENTROID_CANDIDATES_PER_K = 10
 # Encoder settings that shape the stored doc vectors: a searcher's encoder must agree on them.
-_DOC_SIDE = ("dim", "doc_maxlen", "doc_marker", "mask_punctuation", "skiplist")
+DOC_SIDE = ("dim", "doc_maxlen", "doc_marker", "mask_punctuation", "skiplist")
 # Exhaustive mode scores at most this many (query, doc) pairs per kernel call: the scores, the row
 # list and any backend scratch stay small whatever the collection's size.
 EXHAUSTIVE_PAIRS_PER_CALL = 1 << 16
@@ -120,6 +121,39 @@ def candidate_budget(k: int, mode: str, index_nprobe: int) -> tuple[int, int]:
 def _positive_int(name: str, value) -> None:
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
         raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def load_index_encoder(manifest: dict, source=None, *, device=None, dtype=None):
+    """The model of an index's docs: `source` (a checkpoint directory) or the one its manifest
+    records (the embedded default model in the settings recorded), checked with check_encoder.
+    ValueError when neither names one (an index built from embeddings)."""
+    recorded = manifest.get("model", {})
+    if source is None:
+        source = recorded.get("checkpoint")
+        if source is None:
+            raise ValueError(
+                "the index manifest names no checkpoint (it was built from embeddings): use embeddings, "
+                "or name the model (encoder= / --checkpoint) for texts"
+            )
+    if str(source) == EMBEDDED:
+        encoder = load_embedded(device=device, dtype=dtype, **(recorded.get("config") or {}))
+    else:
+        encoder = ColBERT.load(Path(source), device=device, dtype=dtype)
+    check_encoder(encoder, manifest)
+    return encoder
+
+
+def check_encoder(encoder, manifest: dict) -> None:
+    """ValueError when `encoder` would not make the index's doc vectors: query-side settings and the
+    similarity may differ from the build, what shaped the stored doc vectors (DOC_SIDE) may not."""
+    recorded = manifest.get("model", {}).get("config") or {}
+    mine = encoder.config.to_dict()
+    differ = [f for f in DOC_SIDE if f in recorded and recorded[f] != mine[f]]
+    if differ:
+        raise ValueError(
+            "the encoder does not match the index: "
+            + ", ".join(f"{f} is {mine[f]!r}, the index was built with {recorded[f]!r}" for f in differ)
+        )
 
 
 def default_mode(index: Index) -> str:
@@ -217,29 +251,10 @@ class Searcher:
         return self._encoder
 
     def _load_encoder(self, source):
-        recorded = self.index.manifest.get("model", {})
-        if source is None:
-            source = recorded.get("checkpoint")
-            if source is None:
-                raise ValueError(
-                    "the index manifest names no checkpoint (it was built from embeddings?): search it with "
-                    "query embeddings, or pass encoder= (a model or its directory) for text queries"
-                )
-        if str(source) == EMBEDDED:  # built with the embedded default model, in the settings recorded
-            return load_embedded(**(recorded.get("config") or {}))
-        return ColBERT.load(Path(source))
+        return load_index_encoder(self.index.manifest, source)
 
     def _checked_encoder(self, encoder):
-        # Query-side settings and the similarity may differ from the build; what shaped the stored
-        # doc vectors may not.
-        recorded = self.index.manifest.get("model", {}).get("config") or {}
-        mine = encoder.config.to_dict()
-        differ = [f for f in _DOC_SIDE if f in recorded and recorded[f] != mine[f]]
-        if differ:
-            raise ValueError(
-                "the encoder does not match the index: "
-                + ", ".join(f"{f} is {mine[f]!r}, the index was built with {recorded[f]!r}" for f in differ)
-            )
+        check_encoder(encoder, self.index.manifest)
         self.similarity = encoder.config.similarity
         return encoder.to(self.device)
 

@@ -173,7 +173,7 @@ def test_bad_inputs_are_one_line_errors(live, new_docs, tmp_path, capsys):
     # texts for an index built from embeddings, which records no model
     tsv = tmp_path / "c.tsv"
     write_collection(tsv, 3, start=1000)
-    assert "records no model" in run_error(["index", "add", *base, "--collection", str(tsv)], capsys)
+    assert "names no checkpoint" in run_error(["index", "add", *base, "--collection", str(tsv)], capsys)
     # no index there
     for action in ("stats", "compact", "delete"):
         argv = ["index", action, "--index", str(tmp_path / "none")] + (["--id", "d1"] if action == "delete" else [])
