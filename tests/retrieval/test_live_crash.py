@@ -25,7 +25,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import fail_at_call
 
 from colbert_fast import PackedDocs, files
 from colbert_fast.compressed import ResidualCodec
@@ -281,6 +280,8 @@ def test_a_failure_at_every_write_and_fsync_changes_nothing(world, tmp_path, mon
     """A write or fsync that fails (full disk, I/O error) anywhere in an operation: it raises, the
     manifest and the directory are as before (the writer removed its own files), and a rerun gives
     the next generation. A directory fsync is best effort: the operation goes on."""
+    from helpers import fail_at_call  # here: the reader and killer subprocesses import this module
+
     base_manifest = (world["root"] / "base" / MANIFEST).read_bytes()
     base_names = listing(world["root"] / "base")
     for name, op in OPS.items():
