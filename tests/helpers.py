@@ -6,6 +6,7 @@ import errno
 import importlib
 import os
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -105,3 +106,28 @@ def fail_at_call(monkeypatch, k: int, label: str = "") -> None:
 
     monkeypatch.setattr(files, "write_fully", failing(files.write_fully, errno.ENOSPC))
     monkeypatch.setattr(files, "fsync", failing(files.fsync, errno.EIO))
+
+
+def describe_fd(fd: int) -> str:
+    """'file <name>' or 'directory <name>' of an open descriptor (for call logs and fault injection)."""
+    path = os.readlink(f"/proc/self/fd/{fd}")
+    return f"{'directory' if os.path.isdir(path) else 'file'} {Path(path).name}"
+
+
+def record_write_calls(monkeypatch) -> list[str]:
+    """From now until monkeypatch.undo(): every colbert_fast.files write_fully / fsync call is
+    appended to the returned list as 'write <what>' / 'fsync <what>' (describe_fd), then performed."""
+    calls: list[str] = []
+    real_write, real_fsync = files.write_fully, files.fsync
+
+    def write(fd, data):
+        calls.append(f"write {describe_fd(fd)}")
+        real_write(fd, data)
+
+    def fsync(fd):
+        calls.append(f"fsync {describe_fd(fd)}")
+        real_fsync(fd)
+
+    monkeypatch.setattr(files, "write_fully", write)
+    monkeypatch.setattr(files, "fsync", fsync)
+    return calls

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import fail_at_call
+from helpers import fail_at_call, record_write_calls
 
 pytest.importorskip("transformers")
 pytest.importorskip("faiss")
@@ -74,11 +74,6 @@ def assert_old_index_intact(index_dir: Path, old_files: dict) -> None:
 
 def path_of(fd: int) -> str:
     return os.readlink(f"/proc/self/fd/{fd}")
-
-
-def describe(fd: int) -> str:
-    path = path_of(fd)
-    return f"{'directory' if os.path.isdir(path) else 'file'} {Path(path).name}"
 
 
 def worker_env() -> dict:
@@ -247,19 +242,7 @@ def count_calls(world, tmp_path, monkeypatch) -> list[str]:
     """The write_fully / fsync calls of one build of the new collection over the old index, in order."""
     root, enc = world
     index_dir, _ = fresh_old(world, tmp_path / "count")
-    calls = []
-    real_write, real_fsync = files.write_fully, files.fsync
-
-    def write(fd, data):
-        calls.append(f"write {describe(fd)}")
-        real_write(fd, data)
-
-    def fsync(fd):
-        calls.append(f"fsync {describe(fd)}")
-        real_fsync(fd)
-
-    monkeypatch.setattr(files, "write_fully", write)
-    monkeypatch.setattr(files, "fsync", fsync)
+    calls = record_write_calls(monkeypatch)
     build_index(root / "new.tsv", index_dir, enc, CFG, progress=False)
     monkeypatch.undo()
     return calls

@@ -158,26 +158,11 @@ def fresh_base(world, where: Path) -> Path:
 # ---- 1. kill -9 at every step -----------------------------------------------------------------------
 
 
-def describe(fd: int) -> str:
-    path = os.readlink(f"/proc/self/fd/{fd}")
-    return f"{'directory' if os.path.isdir(path) else 'file'} {Path(path).name}"
-
-
 def count_calls(world, index_dir: Path, op, monkeypatch) -> list[str]:
     """The write_fully / fsync calls of one operation, in order."""
-    calls = []
-    real_write, real_fsync = files.write_fully, files.fsync
+    from helpers import record_write_calls  # here: the reader and killer subprocesses import this module
 
-    def write(fd, data):
-        calls.append(f"write {describe(fd)}")
-        real_write(fd, data)
-
-    def fsync(fd):
-        calls.append(f"fsync {describe(fd)}")
-        real_fsync(fd)
-
-    monkeypatch.setattr(files, "write_fully", write)
-    monkeypatch.setattr(files, "fsync", fsync)
+    calls = record_write_calls(monkeypatch)
     try:
         apply(index_dir, op, world["docs"])
     finally:
@@ -511,8 +496,10 @@ def test_a_writer_blocked_in_its_commit_keeps_others_out_and_readers_on_the_last
     in_commit, release = threading.Event(), threading.Event()
     real_write = files.write_fully
 
+    from helpers import describe_fd
+
     def slow_manifest(fd, data):
-        if threading.current_thread().name == "writer" and describe(fd).startswith("file manifest.json.tmp"):
+        if threading.current_thread().name == "writer" and describe_fd(fd).startswith("file manifest.json.tmp"):
             in_commit.set()
             release.wait(60)
         real_write(fd, data)
