@@ -8,26 +8,24 @@ import math
 # ---- argument types: a bad number or output path is an argparse error (exit 2) before any work ----
 
 
-def positive_int(text: str) -> int:
-    """An integer >= 1 (k, batch sizes, recall cut-offs, nprobe, repetitions, ...)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
-    return value
+def _int_at_least(low: int, doc: str):
+    """An argparse type: an integer >= low (else an argparse error naming the bound)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+
+    parse.__doc__ = doc
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    """An integer >= 0 (shard numbers)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
-    return value
+positive_int = _int_at_least(1, "An integer >= 1 (k, batch sizes, recall cut-offs, nprobe, repetitions, ...).")
+non_negative_int = _int_at_least(0, "An integer >= 0 (shard numbers).")
 
 
 def positive_float(text: str) -> float:
