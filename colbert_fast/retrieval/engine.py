@@ -13,11 +13,11 @@ and searches a batch of queries Q [B, Lq, dim] in five vectorised steps (Centroi
 
     1. centroid scores   S = Q @ centroids.T  [B, Lq, C] (one matmul); per query token its top `nprobe`
                          centroids, and theta_i, the best score of a centroid it did not probe
-    2. candidates        the docs of the probed centroids' lists, (query, doc) pairs made unique
+    2. candidates        the docs of the probed centroids' lists
     3. approximate pass  PLAID's centroid interaction with WARP's imputation: per candidate and query
                          token, the best probed centroid score among the doc's centroids, or theta_i
                          when the doc has no token in a probed centroid; summed over query tokens.
-                         The best `ncandidates` per query survive (at least k)
+                         The best `ncandidates` per query survive (at least k; ties: lower rows)
     4. exact scoring     cf.maxsim_packed over the survivors, straight from the codes; top k
     5. certificate       an upper bound on every doc not scored exactly (below); certified when the
                          k-th exact score is above all of them
@@ -31,10 +31,16 @@ smin_d x for x < 0 (increasing in x, and >= s_t x for every token t of d),
 A probed centroid's score is >= theta_i and an unprobed one's is <= theta_i, so M_d(q_i) is the best
 probed score among d's centroids when d holds a probed centroid of token i, and at most theta_i
 otherwise: step 3's value is an upper bound of M_d(q_i) either way. Summed over the valid query
-tokens, plus a margin for rounding (engine_margin), this bounds every candidate; a doc that was
-never a candidate has M_d(q_i) <= theta_i for every i, so its bound is smax_d P + smin_d N + rmax_d R
-with P = sum max(theta_i, 0), N = sum min(theta_i, 0), R = sum |q_i|: one [B, 3] x [3, N] product.
-An empty doc has smin = smax = rmax = 0 and bound 0 (it scores exactly 0).
+tokens, plus a margin for rounding (engine_margin), this bounds every doc, candidate or not (a doc
+that was never a candidate has M_d(q_i) <= theta_i for every i: its bound is smax_d P + smin_d N +
+rmax_d R with P = sum max(theta_i, 0), N = sum min(theta_i, 0), R = sum |q_i|). An empty doc has
+smin = smax = rmax = 0 and bound 0 (it scores exactly 0).
+
+Steps 2-3 run dense over doc rows (CentroidEngine.approximate): per query a [N, Lq] table of M_d(q_i)
+filled with theta_i, then one scatter-max of every expanded list entry's centroid score into it.
+That costs the lists' length plus N Lq per query and needs no sort; an earlier version made the
+(query, doc) pairs unique with a sort, which cost twice as much at E1 10k and grew with the lists'
+length (bench/results/engine). Queries go through in groups of at most _DENSE_CELLS cells.
 
 Certified: the k-th exact score is > every bound of a doc not scored (strictly: then no doc left out
 can tie or beat it). Equal scores are ranked by ascending doc row (best_k), so a certified answer is
@@ -44,14 +50,14 @@ reports the fraction of (doc, query token) cells it scored exactly (docs scored 
 query token of a scored doc is scored).
 
 Filtered search (allowed: a bool mask over doc rows, [N] for every query or [B, N] per query): a
-doc not allowed is dropped from the candidates as soon as the lists are expanded (before step 3),
-its bound is -inf (it can never be returned, so it never blocks a certificate), exact=True widens
+doc not allowed is never a candidate (it cannot survive step 3), its bound is -inf (it can never be returned, so it never blocks a certificate), exact=True widens
 over allowed docs only, and it is never scored. The certificate then speaks of the allowed subset:
 a certified answer is exactly the exhaustive top k over the allowed docs. cells_scored keeps its
 meaning (docs scored / all docs of the store).
 
-GPU: steps 1-5 are torch ops on the store's device; the sizes of steps 2-3 depend on the data, so
-this version reads them on the host (two small syncs per batch), and exact=True widens query by query.
+GPU: steps 1-5 are torch ops on the store's device; the length of the expanded lists (step 2) and
+the scored width (step 4) depend on the data, so this version reads them on the host (a sync per
+group of queries and one per batch), and exact=True widens query by query.
 """
 
 from __future__ import annotations
@@ -85,6 +91,8 @@ _FP16_OPERANDS = 2.0**-9
 _MATMUL_ULP = {"highest": 2.0**-24, "high": 2.0**-11, "medium": 2.0**-8}
 # Docs scored at once per query when exact=True widens a search.
 _WIDEN_BLOCK = 1024
+# (query, doc, query token) cells of the approximate pass's table held at once (16 MB of fp32).
+_DENSE_CELLS = 1 << 22
 
 
 def build_engine(codes: cf.CompressedDocs) -> dict[str, torch.Tensor]:
@@ -230,13 +238,21 @@ class SearchStats:
 
 
 class Candidates(NamedTuple):
-    """Step 2-3's output: every (query, doc) candidate once, grouped by query, docs ascending."""
+    """Steps 2-3's candidates as a list: every (query, doc) candidate once, grouped by query, docs ascending."""
 
     query: torch.Tensor  # int64 [U]
     doc: torch.Tensor  # int64 [U]
     approx: torch.Tensor  # fp32 [U]: the centroid-interaction score (step 3)
-    upper: torch.Tensor  # fp32 [U]: the doc's bound, before the rounding margin
+    upper: torch.Tensor  # fp32 [U]: the doc's bound, rounding margin included
     theta: torch.Tensor  # fp32 [B, Lq]: best unprobed centroid score per query token (-inf: none)
+
+
+class Pass(NamedTuple):
+    """Steps 1-3 and the bounds, dense over doc rows (what search uses; Candidates is its list form)."""
+
+    approx: torch.Tensor  # fp32 [B, N]: the approximate score of each candidate; -inf: not a candidate
+    bounds: torch.Tensor  # fp32 [B, N]: an upper bound of every doc's exact score, margin included
+    theta: torch.Tensor  # fp32 [B, Lq]
 
 
 class CentroidEngine:
@@ -258,7 +274,9 @@ class CentroidEngine:
         self.ivf_offsets = tensors["ivf_offsets"].to(device)
         self.ivf_docs = tensors["ivf_docs"].to(device, torch.int64)
         self.doc_stats = tensors["doc_stats"].to(device)
-        self.empty_docs = codes.lengths == 0
+        # f_d(x) = smin x + (smax - smin) max(x, 0): the two coefficients per doc, and rmax.
+        st = self.doc_stats
+        self._smin, self._sgap, self._rmax = st[:, 0].contiguous(), (st[:, 1] - st[:, 0]).contiguous(), st[:, 2]
         # Largest decoded norm and |c| + |r| any bound multiplies: the rounding margin's scale.
         cmax = float(codes.centroids.norm(dim=1).max())
         wmax = float(codes.bucket_weights.abs().max()) * codes.dim**0.5
@@ -281,54 +299,64 @@ class CentroidEngine:
             theta = torch.full(Q.shape[:2], float("-inf"), device=Q.device)
         return top.indices[..., :p], top.values[..., :p], theta
 
-    def candidates(self, Q: torch.Tensor, q_mask: torch.Tensor, nprobe: int, allowed=None) -> Candidates:
-        """Steps 1-3 (masked query tokens probe nothing and count for nothing).
+    def approximate(self, Q: torch.Tensor, q_mask: torch.Tensor, nprobe: int, allowed=None) -> Pass:
+        """Steps 1-3 and every doc's bound, for checked Q [B, Lq, dim] fp32 and q_mask [B, Lq].
 
-        allowed: None, or bool [N] or [B, N] (see allowed_mask): pairs of a doc not allowed are dropped
-        right after the lists are expanded, so the approximate pass never sees them.
+        Dense over doc rows, a few queries at a time (_DENSE_CELLS): per query a [N, Lq] table of
+        M_d(q_i), filled with theta_i and raised to the best probed centroid score of each list entry
+        (one scatter-max, no sort: the cost is the lists' length plus N Lq per query). Masked query
+        tokens probe nothing and count for nothing. allowed: None or bool [B, N] (allowed_mask):
+        a doc not allowed is no candidate and gets bound -inf.
         """
         B, Lq, _ = Q.shape
-        n = max(self.num_docs, 1)
-        allowed = self.allowed_mask(allowed, B)  # a [N] mask becomes [B, N]; an already checked one stays
+        N, dev = self.num_docs, Q.device
         ids, vals, theta = self.probe(Q, nprobe)
         p = ids.shape[2]
-        starts = self.ivf_offsets[ids]  # [B, Lq, p]
-        counts = ((self.ivf_offsets[ids + 1] - starts) * q_mask[:, :, None]).reshape(-1)
-        total = int(counts.sum())  # host read: the size of the expansion
-        probe_of = torch.repeat_interleave(torch.arange(counts.numel(), device=Q.device), counts, output_size=total)
-        first = torch.cumsum(counts, 0) - counts
-        pos = starts.reshape(-1)[probe_of] + (torch.arange(total, device=Q.device) - first[probe_of])
-        docs = self.ivf_docs[pos]
-        b_of = probe_of // (Lq * p)
+        approx = torch.full((B, N), float("-inf"), device=dev)
+        bounds = torch.empty((B, N), device=dev)
+        qn = (Q.norm(dim=-1) * q_mask).sum(dim=1)  # [B]: the residual term's sum_i |q_i|
+        weights = q_mask.to(torch.float32)
+        step = max(1, _DENSE_CELLS // max(N * Lq, 1))
+        for b0 in range(0, B, step):
+            G = min(step, B - b0)
+            g_ids = ids[b0 : b0 + G]
+            starts = self.ivf_offsets[g_ids].reshape(-1)  # one entry per probe (query, token, rank)
+            counts = (self.ivf_offsets[g_ids + 1].reshape(-1) - starts) * q_mask[b0 : b0 + G, :, None].expand(
+                G, Lq, p
+            ).reshape(-1)
+            total = int(counts.sum())  # host read: the size of the expansion
+            probe_of = torch.repeat_interleave(torch.arange(counts.numel(), device=dev), counts, output_size=total)
+            first = torch.cumsum(counts, 0) - counts
+            # (index_select: a gather by a 1-d index, faster on the CPU than advanced indexing)
+            pos = torch.index_select(starts - first, 0, probe_of) + torch.arange(total, device=dev)
+            docs = torch.index_select(self.ivf_docs, 0, pos)
+            # Each entry's cell in the [G, N, Lq] table of M: (query * N + doc) * Lq + token.
+            probe = torch.arange(G * Lq * p, device=dev)
+            cell_base = probe // (Lq * p) * (N * Lq) + (probe // p) % Lq
+            cell = torch.index_select(cell_base, 0, probe_of).add_(docs, alpha=Lq)
+            entry_vals = torch.index_select(vals[b0 : b0 + G].reshape(-1), 0, probe_of)
+            M = theta[b0 : b0 + G, None, :].expand(G, N, Lq).contiguous()
+            M.view(-1).scatter_reduce_(0, cell, entry_vals, "amax")
+            # -inf (every centroid probed; masked token) times a 0 weight would be NaN below.
+            M.clamp_(min=-1e30).mul_(weights[b0 : b0 + G, None, :])
+            a = M.sum(dim=2)  # [G, N]: the approximate score (step 3) of every doc
+            positive = M.clamp_(min=0).sum(dim=2)
+            # The bound sum_i f_d(M_d(q_i)) + rmax_d sum_i |q_i| (module doc), written with f_d's two
+            # slopes; for a doc with no probed centroid it is smax_d P + smin_d N + rmax_d R.
+            bounds[b0 : b0 + G] = self._smin * a + self._sgap * positive + self._rmax * qn[b0 : b0 + G, None]
+            hit = torch.zeros(G * N, dtype=torch.bool, device=dev)
+            hit.index_fill_(0, cell.div_(Lq, rounding_mode="floor"), True)  # the entry's row in [G, N]
+            approx[b0 : b0 + G] = torch.where(hit.view(G, N), a, approx[b0 : b0 + G])
+        bounds += engine_margin(Q, q_mask, self.dmax)[:, None]
         if allowed is not None:
-            keep = allowed[b_of, docs]
-            probe_of, docs, b_of = probe_of[keep], docs[keep], b_of[keep]
-        tok_of = (probe_of // p) % Lq
-        keys, inverse = torch.unique(b_of * n + docs, return_inverse=True)
-        qb, qd = keys // n, keys % n
-        # M[u, i]: the best probed centroid score of token i among doc u's centroids, else theta_i.
-        M = theta[qb].clone()  # [U, Lq]
-        M.view(-1).scatter_reduce_(0, inverse * Lq + tok_of, vals.reshape(-1)[probe_of], "amax")
-        M = M.clamp(min=-1e30)  # -inf (all probed, masked token) * 0 would be NaN below
-        mask = q_mask[qb]
-        approx = (M * mask).sum(dim=1)
-        st = self.doc_stats[qd]  # [U, 3]
-        f = torch.where(M >= 0, st[:, 1:2] * M, st[:, 0:1] * M)
-        qn = (Q.norm(dim=-1) * q_mask).sum(dim=1)  # [B]
-        upper = (f * mask).sum(dim=1) + st[:, 2] * qn[qb]
-        return Candidates(qb, qd, approx, upper, theta)
+            approx.masked_fill_(~allowed, float("-inf"))
+            bounds.masked_fill_(~allowed, float("-inf"))
+        return Pass(approx, bounds, theta)
 
-    def unprobed_bounds(self, Q: torch.Tensor, q_mask: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-        """fp32 [B, N]: each doc's bound if it held no probed centroid of any query token (no margin)."""
-        th = torch.where(q_mask, theta, torch.zeros_like(theta))
-        all_probed = torch.isneginf(th).any(dim=1)  # theta = -inf: every centroid probed
-        th = torch.where(torch.isfinite(th), th, torch.zeros_like(th))
-        qn = (Q.norm(dim=-1) * q_mask).sum(dim=1)
-        coef = torch.stack([th.clamp(max=0).sum(dim=1), th.clamp(min=0).sum(dim=1), qn], dim=1)  # [B, 3]
-        bounds = coef @ self.doc_stats.T  # [B, N] against (smin, smax, rmax)
-        # With every centroid probed, a doc with a token is a candidate: only empty docs are left (score 0).
-        left = torch.where(self.empty_docs, 0.0, float("-inf")).to(bounds.dtype)
-        return torch.where(all_probed[:, None], left[None, :], bounds)
+    def candidates(self, Q: torch.Tensor, q_mask: torch.Tensor, nprobe: int, allowed=None) -> Candidates:
+        """Steps 1-3 as a list of (query, doc) candidates (see approximate; allowed: None, bool [N] or [B, N])."""
+        _, cand = self.doc_bounds(Q, q_mask, nprobe, allowed)
+        return cand
 
     def doc_bounds(
         self, Q: torch.Tensor, q_mask: torch.Tensor, nprobe: int, allowed=None
@@ -340,14 +368,10 @@ class CentroidEngine:
         """
         Q, q_mask = self._checked(Q, q_mask)
         _positive("nprobe", nprobe)
-        allowed = self.allowed_mask(allowed, Q.shape[0])
-        cand = self.candidates(Q, q_mask, nprobe, allowed)
-        bounds = self.unprobed_bounds(Q, q_mask, cand.theta)
-        bounds[cand.query, cand.doc] = cand.upper
-        bounds = bounds + engine_margin(Q, q_mask, self.dmax)[:, None]
-        if allowed is not None:
-            bounds.masked_fill_(~allowed, float("-inf"))
-        return bounds, cand
+        found = self.approximate(Q, q_mask, nprobe, self.allowed_mask(allowed, Q.shape[0]))
+        qb, qd = torch.nonzero(found.approx > float("-inf"), as_tuple=True)
+        cand = Candidates(qb, qd, found.approx[qb, qd], found.bounds[qb, qd], found.theta)
+        return found.bounds, cand
 
     def allowed_mask(self, allowed, B: int) -> torch.Tensor | None:
         """None, or the filter as bool [B, N] on the store's device (a [N] mask is shared by every query).
@@ -400,10 +424,12 @@ class CentroidEngine:
         _positive("ncandidates", ncandidates)
         stage = timer.stage if timer is not None else _untimed
         with stage("candidates"):
-            bounds, cand = self.doc_bounds(Q, q_mask, nprobe, allowed)
             Q, q_mask = self._checked(Q, q_mask)
+            _positive("nprobe", nprobe)
             B, dev = Q.shape[0], Q.device
-            rows = self._survivors(cand, B, max(ncandidates, k))
+            found = self.approximate(Q, q_mask, nprobe, self.allowed_mask(allowed, B))
+            bounds = found.bounds
+            rows = self._survivors(found.approx, max(ncandidates, k))
         with stage("score"):
             scores = self.score(Q, q_mask, rows) if rows.shape[1] else torch.empty(B, 0, device=dev)
         with stage("topk"):
@@ -422,21 +448,21 @@ class CentroidEngine:
         cells = scored.float() / max(self.num_docs, 1)
         return top, top_rows, SearchStats(certified.cpu(), cells.cpu(), kth.cpu(), left.cpu())
 
-    def _survivors(self, cand: Candidates, B: int, keep: int) -> torch.Tensor:
-        """int64 [B, W]: per query its best `keep` candidates by approximate score, -1 padded."""
-        dev = cand.query.device
-        U = cand.query.numel()
-        # Rank the candidates of each query by approximate score: sort by score, then (stably) by query.
-        order = torch.sort(cand.approx, descending=True, stable=True).indices
-        order = order[torch.sort(cand.query[order], stable=True).indices]
-        per_query = torch.bincount(cand.query, minlength=B)
-        group_start = torch.cumsum(per_query, 0) - per_query
-        rank = torch.empty_like(order)
-        rank[order] = torch.arange(U, device=dev) - group_start[cand.query[order]]
-        kept = rank < keep
-        width = min(keep, int(per_query.max())) if U else 0  # host read: the scored width
-        rows = torch.full((B, width), -1, dtype=torch.int64, device=dev)
-        rows[cand.query[kept], rank[kept]] = cand.doc[kept]
+    def _survivors(self, approx: torch.Tensor, keep: int) -> torch.Tensor:
+        """int64 [B, W]: per query the rows of its best `keep` candidates by approximate score (equal
+        scores: lower rows first), ascending, -1 padded. approx: Pass.approx (-inf: no candidate)."""
+        B, N = approx.shape
+        is_cand = approx > float("-inf")
+        width = min(keep, int(is_cand.sum(dim=1).max())) if B and N else 0  # host read: the scored width
+        rows = torch.full((B, width), -1, dtype=torch.int64, device=approx.device)
+        if width == 0:
+            return rows
+        kth = torch.topk(approx, width, dim=1).values[:, -1:]  # -inf where a query has fewer candidates
+        above = approx > kth
+        tied = (approx == kth) & is_cand
+        chosen = above | (tied & (torch.cumsum(tied, dim=1) <= width - above.sum(dim=1, keepdim=True)))
+        qb, qd = torch.nonzero(chosen, as_tuple=True)
+        rows[qb, (torch.cumsum(chosen, dim=1) - 1)[qb, qd]] = qd
         return rows
 
     def _widen(self, Q, q_mask, k, top, top_rows, bounds, scored):

@@ -132,6 +132,61 @@ def test_kth_score_and_bound_define_the_certificate():
     assert stats.certified.tolist() == expected.tolist()
 
 
+def slow_candidates(engine, Q, q_mask, nprobe):
+    """Steps 1-3 written out per query token and list entry: {query: {doc: approximate score}}."""
+    ids, vals, theta = engine.probe(Q, nprobe)
+    found = {}
+    for b in range(Q.shape[0]):
+        best = {}  # (doc, token) -> best probed centroid score
+        for i in torch.nonzero(q_mask[b]).flatten().tolist():
+            for c, v in zip(ids[b, i].tolist(), vals[b, i].tolist()):
+                for d in engine.ivf_docs[engine.ivf_offsets[c] : engine.ivf_offsets[c + 1]].tolist():
+                    best[d, i] = max(best.get((d, i), float("-inf")), v)
+        docs = sorted({d for d, _ in best})
+        valid = torch.nonzero(q_mask[b]).flatten().tolist()
+        found[b] = {d: sum(best.get((d, i), float(theta[b, i])) for i in valid) for d in docs}
+    return found
+
+
+@pytest.mark.parametrize("nprobe", (1, 3, 48))
+def test_candidates_and_survivors_match_a_written_out_pass(nprobe):
+    """The dense pass against a loop over list entries: the same (query, doc) candidates, approximate
+    scores equal to rounding, and the survivors are the best by approximate score, lower rows on ties."""
+    store, engine, Q, q_mask = clustered_store(2, 64, 3, noise=0.2)
+    cand = engine.candidates(Q, q_mask, nprobe)
+    slow = slow_candidates(engine, Q, q_mask, nprobe)
+    for b in range(Q.shape[0]):
+        mine = cand.doc[cand.query == b]
+        assert mine.tolist() == sorted(slow[b])
+        want = torch.tensor([slow[b][d] for d in mine.tolist()])
+        torch.testing.assert_close(cand.approx[cand.query == b], want, atol=1e-5, rtol=0)
+    approx = torch.full((Q.shape[0], store.num_docs), float("-inf"))
+    approx[cand.query, cand.doc] = cand.approx
+    approx[:, 7] = approx[:, 3]  # force exact ties on the cut
+    approx[:, 31] = approx[:, 3]
+    for keep in (1, 2, 5, 1000):
+        rows = engine._survivors(approx, keep)
+        for b in range(Q.shape[0]):
+            ranked = sorted((d for d in range(store.num_docs) if approx[b, d] > float("-inf")),
+                            key=lambda d: (-float(approx[b, d]), d))  # fmt: skip
+            assert rows[b][rows[b] >= 0].tolist() == sorted(ranked[:keep])
+
+
+def test_the_dense_pass_gives_the_same_answer_in_any_grouping(monkeypatch):
+    """Queries go through the dense pass in groups (_DENSE_CELLS): one query per group changes nothing."""
+    from colbert_fast.retrieval import engine as engine_module
+
+    store, engine, Q, q_mask = clustered_store(2, 96, 1, noise=0.2)
+    allowed = torch.rand(Q.shape[0], store.num_docs, generator=torch.Generator().manual_seed(0)) < 0.7
+    together = engine.doc_bounds(Q, q_mask, 3, allowed=allowed), engine.search(Q, q_mask, 4, 3, 6, allowed=allowed)
+    monkeypatch.setattr(engine_module, "_DENSE_CELLS", 1)
+    apart = engine.doc_bounds(Q, q_mask, 3, allowed=allowed), engine.search(Q, q_mask, 4, 3, 6, allowed=allowed)
+    (b1, c1), (s1, r1, st1) = together
+    (b2, c2), (s2, r2, st2) = apart
+    assert torch.equal(b1, b2) and torch.equal(c1.doc, c2.doc) and torch.equal(c1.approx, c2.approx)
+    assert torch.equal(s1, s2) and torch.equal(r1, r2) and torch.equal(st1.certified, st2.certified)
+
+
 def test_engine_file_round_trip_and_tampering(tmp_path):
     store, _, _, _ = clustered_store(2, 64, 0)
     tensors = build_engine(store)
