@@ -103,10 +103,11 @@ def add_build_arguments(parser, partitions_help: str = "IVF partitions (default 
         "--keep-fp16", action="store_true", help="keep the fp16 vectors on disk beside a compressed store"
     )
     parser.add_argument(
-        "--no-ivf",
-        action="store_true",
-        help="no faiss IVF over the tokens: search by --mode centroid (residual store) or exhaustive; "
-        "the index can then change in place (index add/delete/compact)",
+        "--ivf",
+        action=argparse.BooleanOptionalAction,
+        help="--ivf: also build the faiss IVFPQ over every token (the paper's candidates, search --mode "
+        "accurate|fast); --no-ivf: none (search by --mode centroid or exhaustive; the index can change "
+        "in place: index add/delete/compact). Default: none for --store residual, built for fp16 and int8",
     )
     parser.add_argument("--restart", action="store_true", help="ignore the chunks of an interrupted run")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -131,7 +132,7 @@ def index_config(args):
         store=args.store,
         store_nbits=args.nbits,
         keep_fp16=args.keep_fp16,
-        ivf=not args.no_ivf,
+        ivf=args.ivf,
     )
 
 

@@ -32,7 +32,7 @@ from colbert_fast.benchmark import engine_driver, engines
 DEFAULT_CF_ENGINES = [
     {  # the paper's system: fp16 store, faiss IVFPQ candidates
         "name": "colbert_fast",
-        "index": {"store": "fp16"},
+        "index": {"store": "fp16", "ivf": True},
         "settings": [
             ["exhaustive", {"mode": "exhaustive"}],
             ["accurate", {"mode": "accurate"}],

@@ -36,7 +36,8 @@ actions (the first argument; default build):
 
 examples:
   colbert-fast index --checkpoint models/colbertv2.0 --collection collection.tsv --index indexes/msmarco
-  colbert-fast index --collection collection.tsv --index indexes/live --no-ivf   # a live index
+  colbert-fast index --collection collection.tsv --index indexes/live   # residual 2-bit, no IVF: live
+  colbert-fast index --collection collection.tsv --index indexes/paper --store fp16   # + faiss IVFPQ
   colbert-fast index add --index indexes/live --collection new.tsv
   colbert-fast index add --index indexes/live --embeddings new.safetensors --ids new_ids.txt
   colbert-fast index update --index indexes/live --collection changed.tsv
@@ -51,19 +52,19 @@ PyLate model, or one saved by colbert_fast. A run that is interrupted keeps the 
 run the same command again to resume (--restart starts over). The previous index at --index stays
 valid until the new one is complete.
 
-add/update/delete/compact change an index built without the faiss IVF (--no-ivf, or
-LiveIndex.create), each as one crash-safe generation: a kill leaves the previous one whole.
---collection texts are encoded with the model the index records (--checkpoint overrides it; its
-doc-side settings must match the index's); --embeddings is a safetensors file written by
-colbert_fast.PackedDocs.save (per-doc token embeddings, in the order of --ids, which is required
-with it: the file holds no ids). An ids file has one id per line (blank lines are skipped). A write
-that leaves more than 8 segments or more than 20% of the stored docs deleted compacts the index
-(--no-auto-compact keeps it as is).
+add/update/delete/compact change an index built without the faiss IVF (the default for the residual
+store; --no-ivf for others; LiveIndex.create), each as one crash-safe generation: a kill leaves the
+previous one whole. --collection texts are encoded with the model the index records (--checkpoint
+overrides it; its doc-side settings must match the index's); --embeddings is a safetensors file
+written by colbert_fast.PackedDocs.save (per-doc token embeddings, in the order of --ids, which is
+required with it: the file holds no ids). An ids file has one id per line (blank lines are
+skipped). A write that leaves more than 8 segments or more than 20% of the stored docs deleted
+compacts the index (--no-auto-compact keeps it as is).
 """
 
 # The options each action takes (dests); any other given a non-default value is an argparse error.
 _BUILD = {"checkpoint", "collection", "device", "doc_maxlen", "fp16", "batch_size", "chunk_size", "partitions",
-          "nprobe", "codec", "store", "nbits", "keep_fp16", "no_ivf", "restart", "quiet"}  # fmt: skip
+          "nprobe", "codec", "store", "nbits", "keep_fp16", "ivf", "restart", "quiet"}  # fmt: skip
 _ADD = {"checkpoint", "collection", "embeddings", "ids", "device", "fp16", "batch_size", "no_auto_compact", "quiet"}
 TAKES = {
     "build": _BUILD,
@@ -337,7 +338,7 @@ def _stats(args) -> int:
         if isinstance(value, float):
             text = f"{value:.2f}"
         elif isinstance(value, bool):
-            text = "yes (live changes need an index built with --no-ivf)" if value else "no"
+            text = "yes (live changes need an index without IVF: --no-ivf)" if value else "no"
         elif isinstance(value, int):
             text = f"{value:,}"
         else:

@@ -11,15 +11,16 @@ example:
   colbert-fast search --index indexes/msmarco --queries queries.dev.small.tsv --output run.tsv --k 1000
   colbert-fast eval --qrels qrels.dev.small.tsv --run run.tsv
 
---mode accurate (the default for an index with a faiss IVF): for every query token faiss returns
+--mode centroid (the default for an index with a residual store and no faiss IVF, as `index`
+builds them) takes candidates from the store's own centroids (--nprobe per query token), keeps the
+best --ncandidates by centroid scores and scores those exactly; --exact widens it until the top k
+is certified, which then equals exhaustive search (docs/spec.md section 12).
+--mode accurate (the default for an index with a faiss IVF, `index --ivf`): for every query token faiss returns
 its nearest token vectors (a budget measured to find the exact top k); their passages are scored
 exactly with MaxSim and the best --k are written. --mode fast uses the paper's smaller budget
 (approximate); --mode paper is the same faiss path with --nprobe and --neighbors-per-token as
 given. --mode exhaustive scores every passage (exact; no faiss; the default for an index with
-neither IVF nor centroids). --mode centroid (a residual store; the default for an index built with
---no-ivf) takes candidates from the store's own centroids (--nprobe per query token), keeps the
-best --candidates by centroid scores and scores those exactly; --exact widens it until the top k
-is certified, which then equals exhaustive search (docs/spec.md section 12).
+neither IVF nor centroids).
 """
 
 

@@ -111,6 +111,8 @@ def _index(args, cluster) -> int:
     if not args.checkpoint:
         raise SystemExit("sharded index needs --checkpoint")
     encoder = ColBERT.load(args.checkpoint, device=str(cluster.device))
+    if args.ivf is None:
+        args.ivf = True  # sharded search takes candidates from each shard's faiss IVF
     config = index_config(args)
     index = build_sharded_index(
         args.collection,

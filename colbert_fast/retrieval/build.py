@@ -70,9 +70,12 @@ class IndexConfig:
         keep_fp16: keep the fp16 store on disk beside a compressed one (never read by search).
         ivf: build the faiss IVF over every token row (the "paper" search modes' candidates: a
             second copy of the tokens). False: a residual store's centroid engine (mode
-            "centroid") finds candidates from the store's own centroids; any store serves
-            "exhaustive", which needs no candidates; and the index can change in place
-            (retrieval/live.py: the IVF would not know added docs).
+            "centroid", the default search) finds candidates from the store's own centroids; any
+            store serves "exhaustive", which needs no candidates; and the index can change in
+            place (retrieval/live.py: the IVF would not know added docs). None (the default):
+            False for a residual store (the engine needs no IVF and beat the paper's path on the
+            E1/E2 benchmark, bench/results/engines), True for fp16 and int8 stores (without it
+            they could only be searched exhaustively).
     """
 
     partitions: int | None = None
@@ -87,9 +90,11 @@ class IndexConfig:
     store: str = "residual"  # 2-bit: within the quality bar on Cranfield (bench/results/cranfield)
     store_nbits: int = 2
     keep_fp16: bool = False
-    ivf: bool = True
+    ivf: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.ivf is None:
+            self.ivf = self.store != "residual"
         if self.codec not in ("auto", "pq", "flat"):
             raise ValueError(f"codec must be 'auto', 'pq' or 'flat', got {self.codec!r}")
         for name in ("pq_subvectors", "pq_bits", "nprobe", "batch_size", "chunk_size"):

@@ -50,10 +50,10 @@ reports the fraction of (doc, query token) cells it scored exactly (docs scored 
 query token of a scored doc is scored).
 
 Filtered search (allowed: a bool mask over doc rows, [N] for every query or [B, N] per query): a
-doc not allowed is never a candidate (it cannot survive step 3), its bound is -inf (it can never be returned, so it never blocks a certificate), exact=True widens
-over allowed docs only, and it is never scored. The certificate then speaks of the allowed subset:
-a certified answer is exactly the exhaustive top k over the allowed docs. cells_scored keeps its
-meaning (docs scored / all docs of the store).
+doc not allowed is never a candidate (it cannot survive step 3), its bound is -inf (it can never be
+returned, so it never blocks a certificate), exact=True widens over allowed docs only, and it is
+never scored. The certificate then speaks of the allowed subset: a certified answer is exactly the
+exhaustive top k over the allowed docs. cells_scored keeps its meaning (docs scored / all docs).
 
 GPU: steps 1-5 are torch ops on the store's device; the length of the expanded lists (step 2) and
 the scored width (step 4) depend on the data, so this version reads them on the host (a sync per

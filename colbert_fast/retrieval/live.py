@@ -90,7 +90,8 @@ class _Committed:
         if "ivf" in self.files:
             raise ValueError(
                 f"the index at {self.dir} has a faiss IVF over its tokens, which added docs would not be in: "
-                "live changes need an index built with IndexConfig(ivf=False) (`index --no-ivf`, LiveIndex.create)"
+                "live changes need an index built without the faiss IVF: IndexConfig(ivf=False) (the default for a "
+                "residual store; `index --no-ivf`), LiveIndex.create"
             )
         if "fp16" in self.files:
             raise ValueError(

@@ -9,10 +9,12 @@
                               cells) from an IVFPQ over every token (a second copy of the tokens);
                               their docs' union is scored exactly with MaxSim; the best k are kept.
                               Its default budget is "accurate"'s.
-        "accurate" (default)  the paper path with a candidate budget measured to find the exact top k.
+        "accurate"            the paper path with a candidate budget measured to find the exact top k
+                              (the default for an index with a faiss IVF).
         "fast"                the paper path with the paper's own budget (k // 2 neighbours per
                               token, the index's nprobe): less work, and approximate.
-        "centroid"            the centroid engine (colbert_fast.retrieval.engine; residual stores):
+        "centroid"            the centroid engine (colbert_fast.retrieval.engine; residual stores; the
+                              default for an index without IVF, as IndexConfig builds them):
                               candidates from the store's own centroids (`nprobe` per query token),
                               `ncandidates` scored exactly, and a certificate per query; with
                               exact=True it widens until certified, equal to exhaustive scoring.

@@ -193,7 +193,7 @@ def test_an_index_with_ivf_is_not_live(tmp_path, docs, new_docs, capsys):
 
     P, _ = docs
     path = tmp_path / "ivf"
-    build_index_from_embeddings(subset(P, range(N)), path, IndexConfig(codec="flat", partitions=4))
+    build_index_from_embeddings(subset(P, range(N)), path, IndexConfig(codec="flat", partitions=4, ivf=True))
     emb, ids = new_docs
     err = run_error(["index", "add", "--index", str(path), "--embeddings", str(emb), "--ids", str(ids)], capsys)
     assert "IVF" in err
@@ -231,9 +231,9 @@ def test_options_that_do_not_apply_or_are_missing(argv, says, capsys):
 
 def test_the_build_keeps_its_arguments():
     args = build_parser().parse_args(["index", "--collection", "c.tsv", "--index", "idx", "--no-ivf"])
-    assert (args.action, args.collection, args.index, args.no_ivf) == ("build", "c.tsv", "idx", True)
+    assert (args.action, args.collection, args.index, args.ivf) == ("build", "c.tsv", "idx", False)
     args = build_parser().parse_args(["index", "build", "--collection", "c.tsv", "--index", "idx"])
-    assert args.action == "build"
+    assert args.action == "build" and args.ivf is None  # None: IndexConfig picks by the store
 
 
 def test_help_lists_the_actions_with_examples(capsys):

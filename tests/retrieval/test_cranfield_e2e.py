@@ -150,6 +150,22 @@ def test_protocol_reports_every_system(experiment, cran_slice):
     assert (out / "quality_vs_latency.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_the_protocol_reports_the_centroid_engine_beside_the_paper_path(experiment):
+    """`experiment` reports both searches: the paper's (ColBERT e2e above) and, per residual store,
+    the centroid engine at the Searcher's default budget. On this slice the budget (1,000 docs)
+    covers every doc, so the engine scores them all: recall 1 against the store's exhaustive top
+    10, every query certified."""
+    stores = experiment[0]["stores"]
+    residual = [name for name in stores if name.startswith("residual")]
+    assert residual and all("centroid_engine" in stores[n] for n in residual)
+    assert not any("centroid_engine" in stores[n] for n in ("fp16", "int8"))
+    for name in residual:
+        e = stores[name]["centroid_engine"]
+        assert (e["recall@10"], e["certified"], e["cells_scored"]) == (1.0, 1.0, 1.0), name
+        assert e["quality"]["nDCG@10"] == pytest.approx(stores[name]["quality"]["nDCG@10"], abs=1e-9), name
+        assert e["ms_per_query"] > 0
+
+
 def test_quality_figures_match_the_written_runs(experiment, cran_slice):
     results, out = experiment
     qrels = {q: cran_slice.qrels[q] for q in cran_slice.judged_qids()}

@@ -80,13 +80,21 @@ def test_partitions_and_codecs(enc, tmp_path):
     assert choose_partitions(10**6, 100_000) == 2564  # capped at one cell per 39 training vectors
     assert choose_partitions(50, 50) == 1
     write_collection(tmp_path / "c.tsv", 40, seed=5)
-    pq = build_index(tmp_path / "c.tsv", tmp_path / "pq", enc, IndexConfig(codec="pq", partitions=4), progress=False)
+    pq = build_index(
+        tmp_path / "c.tsv", tmp_path / "pq", enc, IndexConfig(codec="pq", partitions=4, ivf=True), progress=False
+    )
     assert pq.manifest["ivf"]["codec"] == "pq" and pq.manifest["ivf"]["pq_subvectors"] == 16
     assert type(pq.ivf).__name__ == "IndexIVFPQ" and pq.ivf.pq.M == 16 and pq.ivf.pq.nbits == 8
-    flat = build_index(tmp_path / "c.tsv", tmp_path / "flat", enc, IndexConfig(), progress=False)
+    flat = build_index(tmp_path / "c.tsv", tmp_path / "flat", enc, IndexConfig(ivf=True), progress=False)
     assert flat.manifest["ivf"]["codec"] == "flat", "a tiny collection falls back to exact IVF lists"
     with pytest.raises(ValueError, match="must divide"):
-        build_index(tmp_path / "c.tsv", tmp_path / "bad", enc, IndexConfig(codec="pq", pq_subvectors=7), progress=False)
+        build_index(
+            tmp_path / "c.tsv",
+            tmp_path / "bad",
+            enc,
+            IndexConfig(codec="pq", pq_subvectors=7, ivf=True),
+            progress=False,
+        )
 
 
 def test_old_index_survives_a_crash_and_the_rerun_resumes(enc, tmp_path, monkeypatch):
@@ -285,6 +293,27 @@ def test_the_default_store_is_residual_2bit():
     cfg = index_config(parser.parse_args([]))
     assert (cfg.store, cfg.store_nbits, cfg.keep_fp16) == ("residual", 2, False)
     assert index_config(parser.parse_args(["--store", "fp16"])).store == "fp16"
+
+
+def test_the_default_index_has_no_ivf_unless_its_store_needs_one():
+    """The centroid engine is the default search of a residual index, which then needs no faiss IVF;
+    fp16 and int8 stores (no centroids) get the IVF unless told otherwise, from Python and the CLI."""
+    import argparse
+
+    from colbert_fast.cli.arguments import add_build_arguments, index_config
+
+    assert IndexConfig().ivf is False and IndexConfig(store="residual", store_nbits=4).ivf is False
+    assert IndexConfig(store="fp16").ivf is True and IndexConfig(store="int8").ivf is True
+    assert IndexConfig(ivf=True).ivf is True and IndexConfig(store="fp16", ivf=False).ivf is False
+    parser = argparse.ArgumentParser()
+    add_build_arguments(parser)
+    for argv, ivf in (
+        ([], False),
+        (["--ivf"], True),
+        (["--store", "fp16"], True),
+        (["--store", "int8", "--no-ivf"], False),
+    ):
+        assert index_config(parser.parse_args(argv)).ivf is ivf, argv
 
 
 @pytest.mark.parametrize("store,nbits", [("residual", 2), ("int8", 8), ("residual", 1)])

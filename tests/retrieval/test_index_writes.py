@@ -33,7 +33,7 @@ from colbert_fast.retrieval.build import IndexConfig, build_index, build_index_f
 from colbert_fast.retrieval.index import CorruptIndexError, Index  # noqa: E402
 from colbert_fast.testing import tiny_encoder, write_collection  # noqa: E402
 
-CFG = IndexConfig(chunk_size=8, batch_size=8)  # the default store (residual codes + the engine's file)
+CFG = IndexConfig(chunk_size=8, batch_size=8, ivf=True)  # every kind of file: residual codes, the engine's, faiss
 
 
 def same_store(a, b) -> bool:
@@ -285,7 +285,7 @@ from colbert_fast.retrieval.encoder import ColBERT
 
 model, collection, jobs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 enc = ColBERT.load(model)
-cfg = IndexConfig(chunk_size=8, batch_size=8)
+cfg = IndexConfig(chunk_size=8, batch_size=8, ivf=True)
 for index_dir, k in jobs:
     pid = os.fork()
     if pid == 0:

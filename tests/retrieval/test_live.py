@@ -202,7 +202,7 @@ def test_an_index_with_a_faiss_ivf_is_not_changed_in_place(corpus, tmp_path):
     from colbert_fast.retrieval.build import build_index_from_embeddings
 
     embeddings, _ = corpus
-    build_index_from_embeddings([embeddings[p] for p in ids_range(0, 40)], tmp_path / "paper", IndexConfig(),
+    build_index_from_embeddings([embeddings[p] for p in ids_range(0, 40)], tmp_path / "paper", IndexConfig(ivf=True),
                                 ids=ids_range(0, 40))  # fmt: skip
     before = (tmp_path / "paper" / "manifest.json").read_bytes()
     with pytest.raises(ValueError, match="faiss IVF"):

@@ -111,7 +111,7 @@ def test_residual_index_with_ivf_serves_every_mode(tmp_path):
     pytest.importorskip("faiss")
     docs, Q, _ = clustered_collection(200, num_queries=3, seed=2)
     path = tmp_path / "both"
-    build_index_from_embeddings(docs, path, IndexConfig(codec="flat", store="residual"))
+    build_index_from_embeddings(docs, path, IndexConfig(codec="flat", store="residual", ivf=True))
     searcher = Searcher(path, device="cpu", score_all_if_covered=False)
     assert searcher.index.has_ivf and searcher.index.engine is not None
     paper = searcher.search(Q, k=5, mode="paper")

@@ -551,7 +551,16 @@ def test_failing_build_names_rank_and_shards(world, tmp_path):
     """A shard that cannot be built (PQ needs 256 training vectors; a shard has ~1,000 here but
     pq_bits=12 needs 4,096) fails the build with the rank, its shards and the reason; nothing is published."""
     root, enc, _, _ = world
-    config = IndexConfig(codec="pq", pq_bits=12, batch_size=8)
+    config = IndexConfig(codec="pq", pq_bits=12, batch_size=8, ivf=True)
     with pytest.raises(ShardError, match=r"building failed .* rank 0 \(shards \[0, 1\]\).*ValueError: PQ with 12 bits"):
         build_sharded_index(root / "collection.tsv", tmp_path / "bad", enc, config, num_shards=2)
     assert not (tmp_path / "bad" / "sharded.json").exists()
+
+
+def test_a_sharded_index_needs_the_faiss_ivf(world, tmp_path):
+    """Sharded search takes candidates from each shard's IVF: the default config has one, a config
+    without (IndexConfig's default for a residual store) is refused before anything is read."""
+    _, enc, _, _ = world
+    with pytest.raises(ValueError, match="faiss IVF"):
+        build_sharded_index(tmp_path / "no-such.tsv", tmp_path / "none", enc, IndexConfig(), num_shards=2)
+    assert not (tmp_path / "none").exists()

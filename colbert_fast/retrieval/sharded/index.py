@@ -179,7 +179,9 @@ def build_sharded_index(
         collection: MS MARCO TSV (pid \\t text); every rank reads it (the text only, not vectors).
         index_dir: the sharded index directory.
         encoder: a colbert_fast.retrieval.encoder.ColBERT (on this rank's device).
-        config: IndexConfig, applied to every shard (each shard trains its own IVF).
+        config: IndexConfig, applied to every shard (each shard trains its own IVF: sharded search
+            takes its candidates from the shards' faiss IVFs, so config.ivf must be True; the
+            default is IndexConfig(ivf=True), the residual 2-bit store with an IVF).
         cluster: this rank (default Cluster.local(): one process builds every shard it is asked for).
         num_shards: default world_size, or the existing index's count when rebuilding shards.
         shards: build only these shards (rebuild one alone: shards=[s]); split among the ranks.
@@ -193,7 +195,12 @@ def build_sharded_index(
     Raises ShardError naming the rank and shard when a rank fails (every rank raises).
     """
     cluster = cluster or Cluster.local()
-    config = config or IndexConfig()
+    config = config or IndexConfig(ivf=True)
+    if not config.ivf:
+        raise ValueError(
+            "sharded search takes its candidates from each shard's faiss IVF: build with IndexConfig(ivf=True) "
+            "(sharded index --ivf)"
+        )
     index_dir, collection = Path(index_dir), Path(collection)
     pids, texts = tsv.read_collection(collection)
     collection_sha = sha256(collection)
