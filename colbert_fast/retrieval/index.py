@@ -132,8 +132,9 @@ class Index:
         """The faiss index, read (and checked against the manifest) on first use."""
         if not self.has_ivf:
             raise ValueError(
-                f"the index at {self.path} was built without the faiss IVF (IndexConfig(ivf=False)): "
-                "search it with mode='centroid' or mode='exhaustive'"
+                f"the index at {self.path} was built without the faiss IVF (the default for a residual store): "
+                "search it with mode='centroid' or mode='exhaustive', or rebuild it with IndexConfig(ivf=True) "
+                "(`index --ivf`) for the paper's modes"
             )
         if self.ivf is None:
             self.ivf = _read_ivf(self.path, self.manifest, self.docs, self._verify)
