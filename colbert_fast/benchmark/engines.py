@@ -511,11 +511,16 @@ def write_plot(doc: dict, path: Path) -> str:
     colours = {e: f"C{i}" for i, e in enumerate(engines)}
     markers = {1: "o", 2: "s"}
     for ax, name in zip(axes[0], names):
+        points: dict[tuple, list] = {}  # (engine, setting) -> its (threads, p50, recall@10), one per thread count
         for r in doc["rows"]:
             if r["workload"] != name or r["status"] != "ok" or not r.get("p50_ms"):
                 continue
             ax.scatter(r["p50_ms"], r["recall@10"], c=colours[r["engine"]], marker=markers.get(r["threads"], "^"))
-            ax.annotate(f"{r['setting']} t{r['threads']}", (r["p50_ms"], r["recall@10"]), fontsize=6)
+            points.setdefault((r["engine"], r["setting"]), []).append((r["threads"], r["p50_ms"], r["recall@10"]))
+        for (engine, setting), pts in points.items():  # one label per setting, a line between its thread counts
+            pts.sort()
+            ax.plot([p[1] for p in pts], [p[2] for p in pts], c=colours[engine], lw=0.6, alpha=0.6)
+            ax.annotate(setting, pts[0][1:], xytext=(4, 3), textcoords="offset points", fontsize=6, c=colours[engine])
         ax.set(xscale="log", xlabel="p50 latency per query (ms, log)", ylabel="recall@10 vs exhaustive", title=name)
         ax.grid(True, which="both", alpha=0.3)
     handles = [plt.Line2D([], [], color=colours[e], marker="o", ls="", label=e) for e in engines]
