@@ -420,7 +420,7 @@ def _f(x, spec: str) -> str:
 
 
 def reference_row(rows: list[dict], r: dict, engine: str = "colbert_fast", setting: str = "accurate") -> dict | None:
-    """colbert_fast's default (accurate) row for r's workload and thread count, the ratios' base."""
+    """colbert_fast's paper-path (accurate, fp16 + IVFPQ) row for r's workload and thread count: the ratios' base."""
     for x in rows:
         if (x["workload"], x["engine"], x["setting"], x["threads"], x["status"]) == (
             r["workload"],
@@ -446,7 +446,7 @@ def markdown(doc: dict) -> str:
         " MRR@10 come from the first 10 of those 100",
         "- build: once, at the largest thread count, in its own process; RSS: VmHWM of the build process and of"
         " each search process (which loads the index and runs every setting)",
-        "- ratios: p50 and q/s against colbert_fast accurate (the default mode) at the same thread count"
+        "- ratios: p50 and q/s against colbert_fast accurate (the paper's path over fp16) at the same thread count"
         " (p50 x > 1: slower than colbert_fast; q/s x < 1: less throughput)",
         "",
     ]
