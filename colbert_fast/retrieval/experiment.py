@@ -290,13 +290,13 @@ def _engine_row(store, Q, q_mask, queries: _Queries, exhaustive_top, k: int = 10
         stats.append(st)
     ms = 1000 * (time.perf_counter() - t0) / max(Q.shape[0], 1)
     run = {q: [queries.pids[d] for d in row] for q, row in zip(queries.qids, tops)}
-    recall = sum(len(set(t[:10]) & set(e[:10])) / max(min(10, len(e)), 1) for t, e in zip(tops, exhaustive_top))
+    truth = {q: [queries.pids[d] for d in row] for q, row in zip(queries.qids, exhaustive_top)}
     summary = SearchStats.cat(stats).summary()
     return {
         "nprobe": CENTROID_NPROBE,
         "ncandidates": ncand,
         "quality": _quality(run, queries.qrels),
-        "recall@10": recall / max(len(tops), 1),
+        "recall@10": recall_against(run, truth, (10,))["10"],
         "ms_per_query": ms,
         "certified": summary["certified"],
         "cells_scored": summary["cells_scored"],
