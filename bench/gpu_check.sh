@@ -15,7 +15,8 @@
 #              debug info (CFLAGS=-g0), in a scratch directory; the .so is moved into place at the end
 #   triton     meanwhile: the Triton conformance, op, launch and no-sync tests and the Inductor
 #              test on the GPU, in parallel (pytest-xdist) where it is installed
-#   cuda       after the build: the CUDA conformance and op tests and the no-sync test
+#   cuda       after the build: the CUDA conformance and op tests, the no-sync test and the centroid
+#              engine's no-sync and CUDA-graph test
 #   bench_core the core benchmark (bf16; no torch.compile, no peers)
 #   bench_rest fp16 + sweep + peers + torch.compile rows, in what time is left
 #   suite      the rest of the test suite on the GPU, in what time is left
@@ -55,7 +56,7 @@ BUILD_JOBS=${BUILD_JOBS:-$(( NCPU > 8 ? 6 : 1 ))}
 TEST_WORKERS=${TEST_WORKERS:-$(( NCPU > 8 ? 8 : 1 ))}
 TRITON_TESTS=${TRITON_TESTS:-tests/core/test_conformance.py tests/core/test_random_shapes.py tests/backends/test_triton_ops.py tests/backends/test_triton_backward.py tests/backends/test_triton_launch.py tests/core/test_no_sync.py}
 TRITON_K=${TRITON_K:-triton}
-CUDA_TESTS=${CUDA_TESTS:-tests/core/test_conformance.py tests/core/test_random_shapes.py tests/backends/test_cuda_ops.py tests/core/test_no_sync.py}
+CUDA_TESTS=${CUDA_TESTS:-tests/core/test_conformance.py tests/core/test_random_shapes.py tests/backends/test_cuda_ops.py tests/core/test_no_sync.py tests/retrieval/test_engine_static.py}
 CUDA_K=${CUDA_K:-cuda and not triton}
 # The rest: what the two stages above did not select, without the GPU-free compile checks (CI runs
 # them). -k matches module names and markers too: "(test_cuda_ops or ...) and cuda" is exactly what

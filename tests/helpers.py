@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib
 import os
@@ -131,3 +132,26 @@ def record_write_calls(monkeypatch) -> list[str]:
     monkeypatch.setattr(files, "write_fully", write)
     monkeypatch.setattr(files, "fsync", fsync)
     return calls
+
+
+READS = ("item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__", "__len__")
+
+
+@contextlib.contextmanager
+def no_host_reads(monkeypatch):
+    """Every Python-level way of reading a tensor's value raises inside the block (a GPU would wait
+    for each); yields the list of reads attempted. Data-dependent C++ ops (nonzero, boolean
+    indexing) are not Python reads: tests/retrieval/test_engine_static.py adds fake tensors for those."""
+    calls = []
+
+    def forbid(name):
+        def read(self, *args, **kwargs):
+            calls.append(name)
+            raise AssertionError(f"host read of a tensor: Tensor.{name} on shape {tuple(self.shape)}")
+
+        return read
+
+    with monkeypatch.context() as m:
+        for name in READS:
+            m.setattr(torch.Tensor, name, forbid(name))
+        yield calls

@@ -55,9 +55,17 @@ returned, so it never blocks a certificate), exact=True widens over allowed docs
 never scored. The certificate then speaks of the allowed subset: a certified answer is exactly the
 exhaustive top k over the allowed docs. cells_scored keeps its meaning (docs scored / all docs).
 
-GPU: steps 1-5 are torch ops on the store's device; the length of the expanded lists (step 2) and
-the scored width (step 4) depend on the data, so this version reads them on the host (a sync per
-group of queries and one per batch), and exact=True widens query by query.
+Static shapes (CentroidEngine(static_shapes=...), on by default for a CUDA store): steps 1-5 are
+torch ops on the store's device, and two sizes would come from the data: the expanded lists' length
+(step 2) and the scored width (step 4). With static_shapes both come from the shapes and settings
+alone: a query token's expansion is padded to the most its `nprobe` probes can hold (the sum of the
+`nprobe` longest lists, known at load), and the survivors are the first min(ncandidates, N) of one
+stable sort, -1 where no candidate is left. Nothing reads a tensor back inside a batch
+(search_on_device; exact=True still widens query by query, reading as it goes), so a GPU never
+waits and the batch can be captured in a CUDA graph; the price is the padding's work (up to the
+longest lists' length over the actual one) and a full sort per query. The answer is the same either
+way (tests/retrieval/test_engine_static.py, also on fake tensors that carry no data); the CPU
+default sizes from the data, which is the faster there.
 """
 
 from __future__ import annotations
@@ -93,6 +101,8 @@ _MATMUL_ULP = {"highest": 2.0**-24, "high": 2.0**-11, "medium": 2.0**-8}
 _WIDEN_BLOCK = 1024
 # (query, doc, query token) cells of the approximate pass's table held at once (16 MB of fp32).
 _DENSE_CELLS = 1 << 22
+# List entries a static-shape group expands at once (~40 bytes each across the step's tensors).
+_STATIC_ENTRIES = 1 << 23
 
 
 def build_engine(codes: cf.CompressedDocs) -> dict[str, torch.Tensor]:
@@ -206,6 +216,31 @@ def _positive(name: str, value) -> int:
     return value
 
 
+def _expand(starts: torch.Tensor, counts: torch.Tensor, budget: int | None):
+    """The list entries of a group's probes: (probe_of, pos, valid), one element per entry.
+
+    Probe j covers ivf_docs[starts[j] : starts[j] + counts[j]]; entry e belongs to probe probe_of[e]
+    and reads ivf_docs[pos[e]]. budget None: exactly the entries, sized by a host read of their
+    total (valid None). budget int: `budget` entries, a size known before the data (no host read,
+    fixed shapes); those past the total are padding (valid False, probe_of and pos still in range).
+    """
+    dev = counts.device
+    if budget is None:
+        total = int(counts.sum())  # host read: the size of the expansion
+        probe_of = torch.repeat_interleave(torch.arange(counts.numel(), device=dev), counts, output_size=total)
+        first = torch.cumsum(counts, 0) - counts
+        # (index_select: a gather by a 1-d index, faster on the CPU than advanced indexing)
+        pos = torch.index_select(starts - first, 0, probe_of) + torch.arange(total, device=dev)
+        return probe_of, pos, None
+    ends = torch.cumsum(counts, 0)
+    e = torch.arange(budget, device=dev)
+    probe_of = torch.searchsorted(ends, e, right=True)  # the first probe whose entries end past e
+    valid = probe_of < counts.numel()
+    probe_of.clamp_(max=max(counts.numel() - 1, 0))
+    pos = torch.index_select(starts - (ends - counts), 0, probe_of) + e
+    return probe_of, pos.masked_fill_(~valid, 0), valid
+
+
 @dataclasses.dataclass
 class SearchStats:
     """Per query of a search (fp32/bool tensors [B] on the CPU).
@@ -262,12 +297,24 @@ class CentroidEngine:
         codes: the residual CompressedDocs (on the device where search runs).
         tensors: build_engine's output (any device; moved to codes' device).
         backend: scoring backend for cf.maxsim_packed.
+        static_shapes: size every tensor of a search (exact=False) from the shapes and settings
+            alone, never from the data: no host read inside a batch (a GPU never waits; the search
+            can be captured in a CUDA graph), for more work (the lists' expansion is padded to its
+            largest possible length, survivors come from a full sort). Default: on for a CUDA
+            store, off on the CPU. Results are identical either way.
     """
 
-    def __init__(self, codes: cf.CompressedDocs, tensors: dict[str, torch.Tensor], backend: str = "auto"):
+    def __init__(
+        self,
+        codes: cf.CompressedDocs,
+        tensors: dict[str, torch.Tensor],
+        backend: str = "auto",
+        static_shapes: bool | None = None,
+    ):
         _require_residual(codes)
         device = codes.device
         self.codes, self.backend = codes, backend
+        self.static_shapes = device.type == "cuda" if static_shapes is None else bool(static_shapes)
         self.num_docs = codes.num_docs
         self.num_centroids = codes.centroids.shape[0]
         self.centroids = codes.centroids
@@ -282,6 +329,14 @@ class CentroidEngine:
         wmax = float(codes.bucket_weights.abs().max()) * codes.dim**0.5
         smax = float(self.doc_stats[:, 1].max()) if self.num_docs else 0.0
         self.dmax = max(smax, 1.0) * (cmax + wmax)
+        # static_shapes: the longest expansion p probes of one query token can have is the sum of
+        # the p longest lists (a token's p probed centroids are distinct): prefix sums, read once.
+        list_lengths = (self.ivf_offsets[1:] - self.ivf_offsets[:-1]).cpu()
+        self._cap_prefix = torch.cumsum(torch.sort(list_lengths, descending=True).values, 0).tolist()
+
+    def _list_cap(self, p: int) -> int:
+        """The most list entries the p probes of one query token can expand to."""
+        return self._cap_prefix[p - 1] if p and self._cap_prefix else 0
 
     # ---- the pieces ---------------------------------------------------------------------------------
 
@@ -317,6 +372,8 @@ class CentroidEngine:
         qn = (Q.norm(dim=-1) * q_mask).sum(dim=1)  # [B]: the residual term's sum_i |q_i|
         weights = q_mask.to(torch.float32)
         step = max(1, _DENSE_CELLS // max(N * Lq, 1))
+        if self.static_shapes:  # the padded expansion is held at once too
+            step = min(step, max(1, _STATIC_ENTRIES // max(Lq * self._list_cap(p), 1)))
         for b0 in range(0, B, step):
             G = min(step, B - b0)
             g_ids = ids[b0 : b0 + G]
@@ -324,17 +381,16 @@ class CentroidEngine:
             counts = (self.ivf_offsets[g_ids + 1].reshape(-1) - starts) * q_mask[b0 : b0 + G, :, None].expand(
                 G, Lq, p
             ).reshape(-1)
-            total = int(counts.sum())  # host read: the size of the expansion
-            probe_of = torch.repeat_interleave(torch.arange(counts.numel(), device=dev), counts, output_size=total)
-            first = torch.cumsum(counts, 0) - counts
-            # (index_select: a gather by a 1-d index, faster on the CPU than advanced indexing)
-            pos = torch.index_select(starts - first, 0, probe_of) + torch.arange(total, device=dev)
+            budget = G * Lq * self._list_cap(p) if self.static_shapes else None
+            probe_of, pos, valid = _expand(starts, counts, budget)
             docs = torch.index_select(self.ivf_docs, 0, pos)
             # Each entry's cell in the [G, N, Lq] table of M: (query * N + doc) * Lq + token.
             probe = torch.arange(G * Lq * p, device=dev)
             cell_base = probe // (Lq * p) * (N * Lq) + (probe // p) % Lq
             cell = torch.index_select(cell_base, 0, probe_of).add_(docs, alpha=Lq)
             entry_vals = torch.index_select(vals[b0 : b0 + G].reshape(-1), 0, probe_of)
+            if valid is not None:  # padding entries: -inf changes no max
+                entry_vals.masked_fill_(~valid, float("-inf"))
             M = theta[b0 : b0 + G, None, :].expand(G, N, Lq).contiguous()
             M.view(-1).scatter_reduce_(0, cell, entry_vals, "amax")
             # -inf (every centroid probed; masked token) times a 0 weight would be NaN below.
@@ -344,8 +400,11 @@ class CentroidEngine:
             # The bound sum_i f_d(M_d(q_i)) + rmax_d sum_i |q_i| (module doc), written with f_d's two
             # slopes; for a doc with no probed centroid it is smax_d P + smin_d N + rmax_d R.
             bounds[b0 : b0 + G] = self._smin * a + self._sgap * positive + self._rmax * qn[b0 : b0 + G, None]
-            hit = torch.zeros(G * N, dtype=torch.bool, device=dev)
-            hit.index_fill_(0, cell.div_(Lq, rounding_mode="floor"), True)  # the entry's row in [G, N]
+            row = cell.div_(Lq, rounding_mode="floor")  # the entry's row in [G, N]
+            if valid is None:
+                hit = torch.zeros(G * N, dtype=torch.bool, device=dev).index_fill_(0, row, True)
+            else:
+                hit = torch.zeros(G * N, dtype=torch.int32, device=dev).index_add_(0, row, valid.int()) > 0
             approx[b0 : b0 + G] = torch.where(hit.view(G, N), a, approx[b0 : b0 + G])
         bounds += engine_margin(Q, q_mask, self.dmax)[:, None]
         if allowed is not None:
@@ -406,7 +465,6 @@ class CentroidEngine:
 
     # ---- search -------------------------------------------------------------------------------------
 
-    @torch.inference_mode()
     def search(self, Q, q_mask, k: int, nprobe: int, ncandidates: int, exact: bool = False, timer=None, allowed=None):
         """Top k per query: (scores fp32 [B, k'], rows int64 [B, k'] (-1 = none), SearchStats).
 
@@ -420,6 +478,16 @@ class CentroidEngine:
         subset (a certified answer is the exhaustive top k over it); an empty subset gives no
         rows, certified. cells_scored stays docs scored / all docs.
         """
+        top, rows, stats = self.search_on_device(Q, q_mask, k, nprobe, ncandidates, exact, timer, allowed)
+        return top, rows, SearchStats(*(getattr(stats, f.name).cpu() for f in dataclasses.fields(SearchStats)))
+
+    @torch.inference_mode()
+    def search_on_device(
+        self, Q, q_mask, k: int, nprobe: int, ncandidates: int, exact: bool = False, timer=None, allowed=None
+    ):
+        """search, with the SearchStats left on the store's device. With static_shapes and exact=False
+        nothing in it reads a tensor back: a GPU runs the batch without waiting, and the call can be
+        captured in a CUDA graph (replayed with new queries copied into the captured Q)."""
         _positive("k", k)
         _positive("ncandidates", ncandidates)
         stage = timer.stage if timer is not None else _untimed
@@ -436,8 +504,10 @@ class CentroidEngine:
             top, top_rows = best_k(scores, rows, k)
         with stage("candidates"):
             scored = (rows >= 0).sum(dim=1)
-            qi = torch.arange(B, device=dev)[:, None].expand_as(rows)
-            bounds[qi[rows >= 0], rows[rows >= 0]] = float("-inf")  # scored docs need no bound
+            # Scored docs need no bound: -inf for them; an empty slot (-1) lowers nothing (+inf).
+            lowered = torch.where(rows >= 0, float("-inf"), float("inf"))
+            if rows.shape[1]:
+                bounds.scatter_reduce_(1, rows.clamp(min=0), lowered, "amin")
         if exact:
             with stage("score"):
                 top, top_rows, scored = self._widen(Q, q_mask, k, top, top_rows, bounds, scored)
@@ -446,12 +516,20 @@ class CentroidEngine:
             left = bounds.max(dim=1).values if self.num_docs else torch.full((B,), float("-inf"), device=dev)
             certified = (kth > left) | torch.isneginf(left)
         cells = scored.float() / max(self.num_docs, 1)
-        return top, top_rows, SearchStats(certified.cpu(), cells.cpu(), kth.cpu(), left.cpu())
+        return top, top_rows, SearchStats(certified, cells, kth, left)
 
     def _survivors(self, approx: torch.Tensor, keep: int) -> torch.Tensor:
         """int64 [B, W]: per query the rows of its best `keep` candidates by approximate score (equal
-        scores: lower rows first), ascending, -1 padded. approx: Pass.approx (-inf: no candidate)."""
+        scores: lower rows first), -1 padded. approx: Pass.approx (-inf: no candidate).
+
+        Dynamic: W = min(keep, the most candidates a query has) (a host read), rows ascending.
+        static_shapes: W = min(keep, N), best first, from one stable sort (no host read).
+        """
         B, N = approx.shape
+        if self.static_shapes:
+            width = min(keep, N)
+            best, order = torch.sort(approx, dim=1, descending=True, stable=True)
+            return torch.where(best[:, :width] > float("-inf"), order[:, :width], -1)
         is_cand = approx > float("-inf")
         width = min(keep, int(is_cand.sum(dim=1).max())) if B and N else 0  # host read: the scored width
         rows = torch.full((B, width), -1, dtype=torch.int64, device=approx.device)

@@ -9,34 +9,12 @@ torch.cuda.set_sync_debug_mode("error"), which raises on any synchronising CUDA 
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
-from helpers import backend_or_skip, normalized
+from helpers import backend_or_skip, no_host_reads, normalized
 
 import colbert_fast as cf
 from colbert_fast import validation
-
-READS = ("item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__", "__len__")
-
-
-@contextlib.contextmanager
-def no_host_reads(monkeypatch):
-    """Every Python-level way of reading a tensor's value raises inside the block."""
-    calls = []
-
-    def forbid(name):
-        def read(self, *args, **kwargs):
-            calls.append(name)
-            raise AssertionError(f"host read of a tensor: Tensor.{name} on shape {tuple(self.shape)}")
-
-        return read
-
-    with monkeypatch.context() as m:
-        for name in READS:
-            m.setattr(torch.Tensor, name, forbid(name))
-        yield calls
 
 
 def _r1_inputs(device, store=2_000, k=1_000, seed=0):
