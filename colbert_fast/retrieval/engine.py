@@ -44,8 +44,8 @@ length (bench/results/engine). Queries go through in groups of at most _DENSE_CE
 
 Certified: the k-th exact score is > every bound of a doc not scored (strictly: then no doc left out
 can tie or beat it). Equal scores are ranked by ascending doc row (best_k), so a certified answer is
-exactly what exhaustive scoring returns. `exact=True` scores the remaining docs of an uncertified
-query, best bound first, until it is certified, so it always equals exhaustive scoring. Each query
+exactly what exhaustive scoring returns. `exact=True` then scores every doc whose bound is not below
+the k-th score (in two rounds, _widen), so it is always certified and equals exhaustive scoring. Each query
 reports the fraction of (doc, query token) cells it scored exactly (docs scored / docs: every valid
 query token of a scored doc is scored).
 
@@ -61,7 +61,7 @@ torch ops on the store's device, and two sizes would come from the data: the exp
 alone: a query token's expansion is padded to the most its `nprobe` probes can hold (the sum of the
 `nprobe` longest lists, known at load), and the survivors are the first min(ncandidates, N) of one
 stable sort, -1 where no candidate is left. Nothing reads a tensor back inside a batch
-(search_on_device; exact=True still widens query by query, reading as it goes), so a GPU never
+(search_on_device; exact=True still reads the width of each of its two rounds), so a GPU never
 waits and the batch can be captured in a CUDA graph; the price is the padding's work (up to the
 longest lists' length over the actual one) and a full sort per query. The answer is the same either
 way (tests/retrieval/test_engine_static.py, also on fake tensors that carry no data); the CPU
@@ -97,7 +97,7 @@ _FP16_OPERANDS = 2.0**-9
 # Relative error of an fp32 matmul under torch.set_float32_matmul_precision (TF32: 10-bit mantissa;
 # bf16 passes: 8 bits), per element of the centroid scores.
 _MATMUL_ULP = {"highest": 2.0**-24, "high": 2.0**-11, "medium": 2.0**-8}
-# Docs scored at once per query when exact=True widens a search.
+# Docs per query scored in exact=True's first round (_widen), before it scores all that is still needed.
 _WIDEN_BLOCK = 1024
 # (query, doc, query token) cells of the approximate pass's table held at once (16 MB of fp32).
 _DENSE_CELLS = 1 << 22
@@ -470,7 +470,7 @@ class CentroidEngine:
 
         Q [B, Lq, dim] (converted to fp32), q_mask bool [B, Lq] or None. Equal scores rank by
         ascending row (best_k). ncandidates: docs scored exactly per query (at least k). exact=True
-        keeps scoring the docs left, best bound first, until every query is certified. timer: an
+        scores every doc left whose bound is not below the k-th score, so every query is certified. timer: an
         object with .stage(name) context managers (retrieval.timing.StageTimer) to time steps 1-3
         and the certificate as "candidates", exact scoring as "score", the top k as "topk".
         allowed: None, or a bool tensor over doc rows, [N] (every query) or [B, N] (per query): only
@@ -544,28 +544,36 @@ class CentroidEngine:
         return rows
 
     def _widen(self, Q, q_mask, k, top, top_rows, bounds, scored):
-        """exact=True: per uncertified query, score the docs not scored yet in decreasing bound order,
-        a block at a time, until the k-th score is above the next bound (then it is above every doc
-        left). Marks the docs it scores in `bounds` (-inf); returns (top, top_rows, scored)."""
-        B, dev = Q.shape[0], Q.device
+        """exact=True: score what the certificate still needs, in two batched rounds, and return
+        (top, top_rows, scored); marks the docs it scores in `bounds` (-inf).
+
+        A doc not scored can enter the top k only if its bound is >= the k-th score. Round 1 scores
+        each query's _WIDEN_BLOCK unscored docs of largest bound among those (raising the k-th score
+        when the bounds are tight, so round 2 has less to do); round 2 scores every unscored doc
+        whose bound is still >= the k-th score. The k-th score never falls, so afterwards every doc
+        left has a bound below it: certified, and equal to exhaustive scoring. Loose bounds make
+        round 2 score most of the collection, in one call rather than block by block.
+        """
+        B, N, dev = Q.shape[0], self.num_docs, Q.device
         out_s = torch.full((B, k), float("-inf"), device=dev)
         out_r = torch.full((B, k), -1, dtype=torch.int64, device=dev)
         out_s[:, : top.shape[1]], out_r[:, : top.shape[1]] = top, top_rows
         scored = scored.clone()
-        for b in range(B):
-            order = torch.argsort(bounds[b], descending=True)
-            ub = bounds[b][order]
-            at = 0
-            while at < order.numel() and not bool(torch.isneginf(ub[at])) and not bool(out_s[b, k - 1] > ub[at]):
-                block = order[at : at + _WIDEN_BLOCK]
-                block = block[torch.isfinite(bounds[b][block])]
-                s = self.score(Q[b : b + 1], q_mask[b : b + 1], block[None])
-                merged_s = torch.cat([out_s[b : b + 1], s], dim=1)
-                merged_r = torch.cat([out_r[b : b + 1], block[None]], dim=1)
-                best_s, best_r = best_k(merged_s, merged_r, k)
-                out_s[b, : best_s.shape[1]], out_r[b, : best_r.shape[1]] = best_s[0], best_r[0]
-                bounds[b, block] = float("-inf")
-                scored[b] += block.numel()
-                at += _WIDEN_BLOCK
+        for limit in (_WIDEN_BLOCK, N):
+            kth = out_s[:, k - 1 : k]
+            need = (bounds >= kth) & (bounds > float("-inf"))  # scored or not allowed: -inf, never needed
+            width = min(limit, int(need.sum(dim=1).max())) if B and N else 0  # host read: the round's width
+            if width == 0:
+                break
+            # Per query the `width` needed docs of largest bound (-1 where it needs fewer).
+            best, order = torch.topk(torch.where(need, bounds, float("-inf")), width, dim=1)
+            rows = torch.where(best > float("-inf"), order, N)
+            # Ascending rows: the kernel then reads the store front to back (-1 slots last).
+            rows = torch.sort(rows, dim=1).values
+            rows.masked_fill_(rows == N, -1)
+            s = self.score(Q, q_mask, rows)
+            out_s, out_r = best_k(torch.cat([out_s, s], dim=1), torch.cat([out_r, rows], dim=1), k)
+            bounds.scatter_reduce_(1, rows.clamp(min=0), torch.where(rows >= 0, float("-inf"), float("inf")), "amin")
+            scored += (rows >= 0).sum(dim=1)
         found = int((out_r >= 0).sum(dim=1).max()) if B else 0
         return out_s[:, :found], out_r[:, :found], scored

@@ -106,6 +106,26 @@ def test_exact_search_always_equals_exhaustive_scoring(nbits, dim):
         assert bool(((stats.cells_scored > 0) & (stats.cells_scored <= 1)).all())
 
 
+@pytest.mark.parametrize("block", (1, 2, 7))
+def test_exact_search_is_exhaustive_whatever_its_first_round_scores(monkeypatch, block):
+    """exact=True's first round scores `block` docs per query; the second must finish the job."""
+    from colbert_fast.retrieval import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "_WIDEN_BLOCK", block)
+    for nbits, seed in ((2, 0), (4, 1)):
+        store, engine, Q, q_mask = clustered_store(nbits, 96, seed, noise=0.3)
+        allowed = torch.rand(Q.shape[0], store.num_docs, generator=torch.Generator().manual_seed(seed)) < 0.8
+        for k in (1, 4, 80):
+            scores, rows, stats = engine.search(Q, q_mask, k, 1, 1, exact=True, allowed=allowed)
+            all_s = all_scores(store, Q, q_mask).masked_fill(~allowed, float("-inf"))
+            pids = torch.arange(store.num_docs).expand(Q.shape[0], -1).masked_fill(~allowed, -1)
+            ex_s, ex_r = best_k(all_s, pids, k)
+            assert bool(stats.certified.all())
+            got = torch.full_like(ex_r, -1)
+            got[:, : rows.shape[1]] = rows
+            assert torch.equal(got, ex_r)  # the allowed docs' exhaustive top k, -1 past them
+
+
 def test_exact_search_resolves_ties_by_row():
     store, engine, Q, q_mask = clustered_store(2, 64, 0)
     Q = torch.stack([store.doc(3)[:1]] * 2)  # doc 3's own token: docs 3, 7, 31 tie on top
