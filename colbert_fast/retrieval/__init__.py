@@ -7,6 +7,8 @@
     index        a built index on disk: Index, its manifest and checks
     build        build_index, build_index_from_embeddings: encode, pack, train faiss, commit
     search       Searcher: re-ranking (paper 3.5) and end-to-end search (3.6)
+    engine       the centroid engine: candidates from a residual store's centroids, certified top k
+    captured     CapturedSearch: the engine's static-shape search as one CUDA graph per batch
     bm25         the lexical baseline (bm25s)
     metrics      MRR@10, nDCG@10, Recall@k
     datasets     Cranfield (shipped as package data) and MS MARCO-format test collections

@@ -16,7 +16,8 @@ from helpers import no_host_reads
 from test_engine import clustered_store, exhaustive
 from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, FakeTensorMode
 
-from colbert_fast.retrieval.engine import CentroidEngine, build_engine
+from colbert_fast.retrieval.captured import CapturedSearch
+from colbert_fast.retrieval.engine import CentroidEngine, SearchStats, build_engine
 
 
 def both(nbits: int, dim: int, seed: int, **kwargs):
@@ -120,6 +121,41 @@ def test_static_search_runs_on_fake_tensors_and_the_data_sized_one_does_not():
         torch.nonzero(Q > 0)
 
 
+def test_a_captured_search_answers_any_batch_up_to_its_size():
+    store, _, static, Q, q_mask = both(2, 96, 1, noise=0.2)
+    allowed = torch.rand(store.num_docs, generator=torch.Generator().manual_seed(2)) < 0.8
+    search = CapturedSearch(
+        static, batch=Q.shape[0], query_len=Q.shape[1], k=5, nprobe=3, ncandidates=8, allowed=allowed
+    )
+    assert search.graph is None  # the CPU: no graph, the same calls
+    for b in (Q.shape[0], 3, 1):
+        want = static.search(Q[:b], q_mask[:b], 5, 3, 8, allowed=allowed)
+        assert_same_search(want, search(Q[:b], q_mask[:b]))
+    assert_same_search(static.search(Q, None, 5, 3, 8, allowed=allowed), search(Q))  # q_mask None: all valid
+    with pytest.raises(ValueError, match="static_shapes"):
+        CapturedSearch(CentroidEngine(store, build_engine(store)), 4, 9, 5, 3, 8)
+    with pytest.raises(ValueError, match=r"Q must be \[b <= 8, 9, 96\]"):
+        search(torch.zeros(9, 9, 96))
+    with pytest.raises(ValueError, match="Q must be"):
+        search(torch.zeros(2, 10, 96))
+    with pytest.raises(ValueError, match="q_mask must be"):
+        search(Q[:2], q_mask[:3])
+    with pytest.raises(ValueError, match="batch must be a positive int"):
+        CapturedSearch(static, 0, 9, 5, 3, 8)
+
+
+def on_cpu(result, flip: bool = False, b: int | None = None):
+    """A search result moved to the CPU (queries reversed and cut to b when asked)."""
+    top, rows, stats = result
+
+    def move(t):
+        t = t.cpu()
+        return t.flip(0)[:b] if flip else t
+
+    fields = ("certified", "cells_scored", "kth_score", "bound")
+    return move(top), move(rows), SearchStats(*(move(getattr(stats, f)) for f in fields))
+
+
 @pytest.mark.cuda
 def test_gpu_search_does_not_sync_and_replays_from_a_cuda_graph(device):
     store, _, _, Q, q_mask = both(2, 128, 6, num_docs=400, noise=0.2)
@@ -134,23 +170,12 @@ def test_gpu_search_does_not_sync_and_replays_from_a_cuda_graph(device):
     prev = torch.cuda.get_sync_debug_mode()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        top, rows, stats = engine.search_on_device(Qd, md, 10, 4, 32)
+        got = engine.search_on_device(Qd, md, 10, 4, 32)
     finally:
         torch.cuda.set_sync_debug_mode(prev)
-    assert torch.equal(rows.cpu(), want[1]) and torch.equal(top.cpu(), want[0])
-    assert torch.equal(stats.certified.cpu(), want[2].certified)
-    static_q, static_m = Qd.clone(), md.clone()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        engine.search_on_device(static_q, static_m, 10, 4, 32)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        g_top, g_rows, g_stats = engine.search_on_device(static_q, static_m, 10, 4, 32)
-    static_q.copy_(Qd.flip(0))  # new queries into the captured input, then replay
-    static_m.copy_(md.flip(0))
-    graph.replay()
-    torch.cuda.synchronize()
-    assert torch.equal(g_rows.cpu(), want[1].flip(0)) and torch.equal(g_top.cpu(), want[0].flip(0))
-    assert torch.equal(g_stats.certified.cpu(), want[2].certified.flip(0))
+    assert_same_search(want, on_cpu(got))
+    search = CapturedSearch(engine, batch=Q.shape[0], query_len=Q.shape[1], k=10, nprobe=4, ncandidates=32)
+    assert search.graph is not None
+    for b in (Q.shape[0], 3):  # new queries into the recorded graph's input, then a replay
+        got = search(Qd.flip(0)[:b], md.flip(0)[:b])
+        assert_same_search(on_cpu(want, flip=True, b=b), on_cpu(got))
