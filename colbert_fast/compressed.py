@@ -78,9 +78,9 @@ def kmeans(x: torch.Tensor, k: int, iterations: int = 8, seed: int = 0, fast: bo
 
     Starts from k distinct random rows; a centroid that loses every point is moved to the point
     farthest from its centroid, so none is wasted. fast (default: where bf16 products are native,
-    _bf16_is_fast) assigns points to centroids from bf16 products (rounded to bf16: ~2^-9 of |x||c|),
-    so a point may go to a centroid that is that close to its nearest; the means stay fp32, and
-    encoding (ResidualCodec.encode) always assigns in fp32.
+    _bf16_is_fast) assigns points to centroids from bf16 operands and scores (rounded to bf16:
+    ~2^-8 of x.c - |c|^2 / 2), so a point may go to a centroid that is that close to its nearest;
+    the means stay fp32, and encoding (ResidualCodec.encode) always assigns in fp32.
     """
     n = x.shape[0]
     _check(1 <= k <= n, f"k-means needs 1 <= k <= number of vectors, got k={k} for {n} vectors")
@@ -121,22 +121,25 @@ def _bf16_is_fast(device: torch.device) -> bool:
 def _nearest(x: torch.Tensor, centroids: torch.Tensor, low=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Index of the nearest centroid (squared L2) of every row, and that squared distance.
 
-    low: x in bf16 (k-means' training passes): products of bf16 operands, rounded to bf16.
+    The nearest centroid maximises x.c - |c|^2 / 2: one addmm per block (the -|c|^2 / 2 row is the
+    GEMM's starting value, so no pass over the [rows, C] scores is spent on it) and a max.
+    low: x in bf16 (k-means' training passes): bf16 operands and bf16 scores (~2^-8 of their size;
+    the max over bf16 also reads half the bytes), so a point may go to a centroid that close to
+    its nearest.
     """
-    half_norms = 0.5 * (centroids * centroids).sum(dim=1)
+    neg_half_norms = -0.5 * (centroids * centroids).sum(dim=1)
     assign = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
     dist = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
     step = max(256, _SCORE_BLOCK // centroids.shape[0])
-    low_centroids = centroids.bfloat16() if low is not None else None
+    if low is not None:
+        operands, lhs, bias = centroids.bfloat16().T, low, neg_half_norms.bfloat16()
+    else:
+        operands, lhs, bias = centroids.T, x, neg_half_norms
     for s in range(0, x.shape[0], step):
-        block = x[s : s + step].float()
-        if low is None:
-            products = block @ centroids.T
-        else:
-            products = (low[s : s + step] @ low_centroids.T).float()
-        best, idx = (products - half_norms).max(dim=1)  # argmin |x - c|^2
+        best, idx = torch.addmm(bias, lhs[s : s + step], operands).max(dim=1)  # argmin |x - c|^2
+        block = x[s : s + step]
         assign[s : s + step] = idx
-        dist[s : s + step] = ((block * block).sum(dim=1) - 2 * best).clamp(min=0)
+        dist[s : s + step] = ((block * block).sum(dim=1) - 2 * best.float()).clamp(min=0)
     return assign, dist
 
 
@@ -195,7 +198,8 @@ class ResidualCodec:
         x = vectors[rows].float()
         _check(bool(torch.isfinite(x).all()), "vectors hold NaN or inf values")
         centroids = _fp16_exact(kmeans(x, min(num_centroids, size), iterations, seed))
-        assign, _ = _nearest(x, centroids)
+        # The residuals' quantiles are statistics of the sample: assigned as k-means' passes are.
+        assign, _ = _nearest(x, centroids, x.bfloat16() if _bf16_is_fast(x.device) else None)
         residuals = (x - centroids[assign]).flatten()
         levels = 1 << nbits
         probs = torch.arange(1, levels, dtype=torch.float64) / levels
