@@ -197,7 +197,7 @@ def build_index_from_embeddings(
     faiss = require_faiss() if config.ivf else None
     if similarity not in ("cosine", "l2"):
         raise ValueError(f"similarity must be 'cosine' or 'l2', got {similarity!r}")
-    docs = as_packed(embeddings)
+    docs = as_packed(embeddings, torch.float16)  # what the store holds: half the bytes of fp32 lists
     ids = [str(i) for i in range(docs.num_docs)] if ids is None else [str(i) for i in ids]
     if len(ids) != docs.num_docs:
         raise ValueError(f"got {len(ids)} ids for {docs.num_docs} docs")
@@ -224,9 +224,14 @@ def build_index_from_embeddings(
     return Index.load(index_dir, verify=False)
 
 
-def as_packed(embeddings) -> PackedDocs:
+def as_packed(embeddings, dtype: torch.dtype | None = None) -> PackedDocs:
     """Token embeddings in (a PackedDocs or a list of [L_i, dim] tensors/arrays) as one PackedDocs:
-    at least one doc, every value finite (ValueError), else TypeError for what is not embeddings."""
+    at least one doc, every value finite (ValueError), else TypeError for what is not embeddings.
+
+    dtype: pack a list straight into this dtype (builds store fp16: packing a list of fp32 docs as
+    fp16 holds half the bytes, and a value beyond fp16's range is caught here instead of being
+    stored as inf). A PackedDocs is returned as it is.
+    """
     if isinstance(embeddings, PackedDocs):
         docs = embeddings
     else:
@@ -235,12 +240,38 @@ def as_packed(embeddings) -> PackedDocs:
                 "embeddings must be a PackedDocs or a list of [L_i, dim] tensors/arrays, "
                 f"got {type(embeddings).__name__}"
             )
-        docs = PackedDocs.from_list([torch.as_tensor(e) for e in embeddings])
+        items = [torch.as_tensor(e) for e in embeddings]
+        docs = PackedDocs.from_list(items) if dtype is None else _pack_into(items, dtype)
     if docs.num_docs == 0:
         raise ValueError("cannot index an empty collection (no docs)")
-    if docs.num_tokens and not bool(torch.isfinite(docs.embeddings).all()):
-        raise ValueError("embeddings hold NaN or inf values")
+    if not _all_finite(docs.embeddings):
+        beyond = " (or beyond fp16's range, +-65504: the store is fp16)" if docs.dtype == torch.float16 else ""
+        raise ValueError(f"embeddings hold NaN or inf values{beyond}")
     return docs
+
+
+def _pack_into(items: list[torch.Tensor], dtype: torch.dtype) -> PackedDocs:
+    """PackedDocs.from_list's checks, then each doc copied into one [T, dim] buffer of dtype."""
+    if not items:
+        raise ValueError("cannot index an empty collection (no docs)")
+    dim = items[0].shape[1] if items[0].dim() == 2 else "dim"
+    for i, d in enumerate(items):
+        if d.dim() != 2 or d.shape[1] != dim:
+            raise ValueError(f"embeddings[{i}] must be a [L, {dim}] tensor, got {tuple(d.shape)}")
+        if not d.dtype.is_floating_point:
+            raise TypeError(f"embeddings[{i}] must be floating point, got {d.dtype}")
+    lengths = [d.shape[0] for d in items]
+    out = torch.empty(sum(lengths), dim, dtype=dtype)
+    at = 0
+    for d in items:
+        out[at : at + d.shape[0]].copy_(d)
+        at += d.shape[0]
+    return PackedDocs(out, lengths)
+
+
+def _all_finite(x: torch.Tensor, rows: int = 1 << 20) -> bool:
+    """Whether every value of x [T, dim] is finite, a block of rows at a time (no [T, dim] bool copy)."""
+    return all(bool(torch.isfinite(x[s : s + rows]).all()) for s in range(0, x.shape[0], rows))
 
 
 # ---- step 1: what decides a build ------------------------------------------------------------------

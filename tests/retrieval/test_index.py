@@ -360,3 +360,31 @@ def test_keep_fp16_beside_a_compressed_store(enc, built, tmp_path):
     kept.write_bytes(kept.read_bytes()[:-10])
     with pytest.raises(CorruptIndexError, match="truncated"):
         Index.load(tmp_path / "idx")
+
+
+def test_embeddings_in_are_packed_as_the_fp16_store_holds_them(tmp_path):
+    """A list of docs (fp32, fp16, numpy, empty ones) packs straight to fp16: the same store as the
+    same docs handed over as a PackedDocs; out-of-range values and bad lists raise before writing."""
+    from colbert_fast.retrieval.build import as_packed, build_index_from_embeddings
+
+    g = torch.Generator().manual_seed(0)
+    docs = [torch.randn(n, 16, generator=g) for n in (5, 0, 9, 3)]
+    mixed = [docs[0], docs[1].half(), docs[2].numpy(), docs[3]]
+    packed = as_packed(mixed, torch.float16)
+    assert packed.dtype == torch.float16 and packed.lengths.tolist() == [5, 0, 9, 3]
+    assert torch.equal(packed.embeddings, torch.cat(docs).half())
+    config = IndexConfig(store="fp16", ivf=False)
+    a = build_index_from_embeddings(mixed, tmp_path / "a", config)
+    b = build_index_from_embeddings(PackedDocs.from_list(docs), tmp_path / "b", config)
+    assert torch.equal(a.docs.embeddings, b.docs.embeddings)
+    with pytest.raises(ValueError, match="beyond fp16's range"):
+        build_index_from_embeddings([docs[0] * 1e5], tmp_path / "c", config)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        build_index_from_embeddings([torch.full((2, 16), float("nan"))], tmp_path / "c", config)
+    with pytest.raises(ValueError, match=r"embeddings\[1\] must be a \[L, 16\] tensor, got \(2, 8\)"):
+        build_index_from_embeddings([docs[0], torch.zeros(2, 8)], tmp_path / "c", config)
+    with pytest.raises(TypeError, match=r"embeddings\[0\] must be floating point"):
+        build_index_from_embeddings([torch.zeros(2, 16, dtype=torch.long)], tmp_path / "c", config)
+    with pytest.raises(ValueError, match="empty collection"):
+        build_index_from_embeddings([], tmp_path / "c", config)
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").glob("manifest.json"))
