@@ -101,6 +101,11 @@ _MATMUL_ULP = {"highest": 2.0**-24, "high": 2.0**-11, "medium": 2.0**-8}
 _WIDEN_BLOCK = 1024
 # (query, doc, query token) cells of the approximate pass's table held at once (16 MB of fp32).
 _DENSE_CELLS = 1 << 22
+# On a GPU a group costs a few dozen kernel launches whatever its size, and memory is plentiful:
+# larger groups (256 MB of table, ~1.3 GB of padded entries), so E1 100k (3.2M cells a query) takes
+# 20 queries a group, not 1. Not measured (no GPU lent yet).
+_GPU_DENSE_CELLS = 1 << 26
+_GPU_STATIC_ENTRIES = 1 << 25
 # List entries a static-shape group expands at once (~40 bytes each across the step's tensors).
 _STATIC_ENTRIES = 1 << 23
 
@@ -371,9 +376,11 @@ class CentroidEngine:
         bounds = torch.empty((B, N), device=dev)
         qn = (Q.norm(dim=-1) * q_mask).sum(dim=1)  # [B]: the residual term's sum_i |q_i|
         weights = q_mask.to(torch.float32)
-        step = max(1, _DENSE_CELLS // max(N * Lq, 1))
+        gpu = dev.type == "cuda"
+        cells, entries = (_GPU_DENSE_CELLS, _GPU_STATIC_ENTRIES) if gpu else (_DENSE_CELLS, _STATIC_ENTRIES)
+        step = max(1, cells // max(N * Lq, 1))
         if self.static_shapes:  # the padded expansion is held at once too
-            step = min(step, max(1, _STATIC_ENTRIES // max(Lq * self._list_cap(p), 1)))
+            step = min(step, max(1, entries // max(Lq * self._list_cap(p), 1)))
         for b0 in range(0, B, step):
             G = min(step, B - b0)
             g_ids = ids[b0 : b0 + G]
