@@ -73,14 +73,17 @@ def _expect(name: str, t: torch.Tensor, dtype: torch.dtype, shape: tuple | None,
     _check(ok, f"{name} must be {dtype} {want}, got {t.dtype} {tuple(t.shape)}", TypeError)
 
 
-def kmeans(x: torch.Tensor, k: int, iterations: int = 8, seed: int = 0, fast: bool | None = None) -> torch.Tensor:
+def kmeans(
+    x: torch.Tensor, k: int, iterations: int = 8, seed: int = 0, fast: bool | None = None, progress=None
+) -> torch.Tensor:
     """Lloyd's k-means (squared L2) on fp32 rows x [n, dim]: k centroids [k, dim].
 
     Starts from k distinct random rows; a centroid that loses every point is moved to the point
     farthest from its centroid, so none is wasted. fast (default: where bf16 products are native,
     _bf16_is_fast) assigns points to centroids from bf16 operands and scores (rounded to bf16:
     ~2^-8 of x.c - |c|^2 / 2), so a point may go to a centroid that is that close to its nearest;
-    the means stay fp32, and encoding (ResidualCodec.encode) always assigns in fp32.
+    the means stay fp32, and encoding (ResidualCodec.encode) always assigns in fp32. progress: None
+    or a callable progress(stage, done, total) (see CompressedDocs.from_packed), told of each pass.
     """
     n = x.shape[0]
     _check(1 <= k <= n, f"k-means needs 1 <= k <= number of vectors, got k={k} for {n} vectors")
@@ -88,7 +91,9 @@ def kmeans(x: torch.Tensor, k: int, iterations: int = 8, seed: int = 0, fast: bo
     x = x.float()
     centroids = x[torch.randperm(n, generator=g)[:k].to(x.device)].clone()
     low = x.bfloat16() if (_bf16_is_fast(x.device) if fast is None else fast) else None
-    for _ in range(iterations):
+    for it in range(iterations):
+        if progress is not None:
+            progress("k-means", it, iterations)
         assign, dist = _nearest(x, centroids, low)
         sums = torch.zeros_like(centroids).index_add_(0, assign, x)
         counts = torch.bincount(assign, minlength=k)
@@ -97,6 +102,8 @@ def kmeans(x: torch.Tensor, k: int, iterations: int = 8, seed: int = 0, fast: bo
         if empty.numel():
             far = torch.topk(dist, min(empty.numel(), n)).indices
             centroids[empty[: far.numel()]] = x[far]
+    if progress is not None:
+        progress("k-means", iterations, iterations)
     return centroids
 
 
@@ -175,6 +182,7 @@ class ResidualCodec:
         sample: int | None = None,
         iterations: int = 8,
         seed: int = 0,
+        progress=None,
     ) -> ResidualCodec:
         """Fit centroids (k-means on a sample) and bucket cutoffs/weights (quantiles of the sample's
         residuals, as ColBERTv2 does).
@@ -184,6 +192,7 @@ class ResidualCodec:
             nbits: 1, 2 or 4 bits per dimension.
             num_centroids: default 2**floor(log2(16 sqrt(T))) (PLAID's rule), at most the sample size.
             sample: vectors used for training (default min(T, max(65,536, 64 * centroids))).
+            progress: None or progress(stage, done, total) (CompressedDocs.from_packed).
         """
         _check(nbits in RESIDUAL_NBITS, f"nbits must be one of {RESIDUAL_NBITS}, got {nbits!r}")
         _check(
@@ -197,7 +206,7 @@ class ResidualCodec:
         rows = torch.randperm(T, generator=g)[:size].sort().values.to(vectors.device)
         x = vectors[rows].float()
         _check(bool(torch.isfinite(x).all()), "vectors hold NaN or inf values")
-        centroids = _fp16_exact(kmeans(x, min(num_centroids, size), iterations, seed))
+        centroids = _fp16_exact(kmeans(x, min(num_centroids, size), iterations, seed, progress=progress))
         # The residuals' quantiles are statistics of the sample: assigned as k-means' passes are.
         assign, _ = _nearest(x, centroids, x.bfloat16() if _bf16_is_fast(x.device) else None)
         residuals = (x - centroids[assign]).flatten()
@@ -209,8 +218,9 @@ class ResidualCodec:
         weights = torch.quantile(residuals.double(), mids.to(residuals.device)).float()
         return cls(centroids.contiguous(), cutoffs, weights, nbits)
 
-    def encode(self, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """[T, dim] -> (centroid_ids int32 [T], codes uint8 [T, ceil(dim * nbits / 8)], scales fp16 [T])."""
+    def encode(self, vectors: torch.Tensor, progress=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """[T, dim] -> (centroid_ids int32 [T], codes uint8 [T, ceil(dim * nbits / 8)], scales fp16 [T]).
+        progress: None or progress("encoding", tokens done, T) (CompressedDocs.from_packed)."""
         _check(vectors.dim() == 2 and vectors.shape[1] == self.centroids.shape[1],
                f"vectors must be [T, {self.centroids.shape[1]}], got {tuple(vectors.shape)}")  # fmt: skip
         ids, codes, scales = [], [], []
@@ -225,6 +235,8 @@ class ResidualCodec:
             ids.append(assign.to(torch.int32))
             codes.append(_pack_bits(buckets, self.nbits))
             scales.append(_norm_scales(x, decoded))
+            if progress is not None:
+                progress("encoding", s + x.shape[0], vectors.shape[0])
         if not ids:
             dim = self.centroids.shape[1]
             return (torch.zeros(0, dtype=torch.int32), torch.zeros(0, -(-dim * self.nbits // 8), dtype=torch.uint8),
@@ -383,9 +395,16 @@ class CompressedDocs(DocLayout):
         codebook: ResidualCodec | None = None,
         num_centroids: int | None = None,
         seed: int = 0,
+        progress=None,
     ) -> CompressedDocs:
         """Encode a PackedDocs. residual: trains a codebook on the store (or uses `codebook`, e.g.
-        an existing index's, so new docs are encoded against the same centroids)."""
+        an existing index's, so new docs are encoded against the same centroids).
+
+        progress: None, or a callable progress(stage, done, total) told how the long parts advance:
+        stage "k-means" (done of `total` passes) and "encoding" (done of `total` tokens); at scale
+        they take minutes (E1 100k: 10M tokens, 32,768 centroids). retrieval.build draws them as
+        tqdm bars.
+        """
         _check(isinstance(docs, PackedDocs), f"docs must be a PackedDocs, got {type(docs).__name__}", TypeError)
         _check(codec in CODECS, f"codec must be one of {CODECS}, got {codec!r}")
         if codec == "int8":
@@ -393,9 +412,9 @@ class CompressedDocs(DocLayout):
             return cls("int8", 8, docs.lengths, codes, scales)
         if codebook is None:
             _check(docs.num_tokens >= 1, "cannot train a residual codebook on a store with no tokens")
-            codebook = ResidualCodec.train(docs.embeddings, nbits, num_centroids, seed=seed)
+            codebook = ResidualCodec.train(docs.embeddings, nbits, num_centroids, seed=seed, progress=progress)
         _check(codebook.nbits == nbits or nbits is None, f"codebook has nbits={codebook.nbits}, asked for {nbits}")
-        ids, codes, scales = codebook.encode(docs.embeddings)
+        ids, codes, scales = codebook.encode(docs.embeddings, progress)
         book = {
             "centroids": codebook.centroids,
             "bucket_cutoffs": codebook.bucket_cutoffs,

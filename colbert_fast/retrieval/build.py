@@ -162,7 +162,7 @@ def build_index(
         docs = concat_stores(chunk_files, writer, f"docs-{tag}.safetensors")
         model = {"checkpoint": checkpoint, "config": encoder.config.to_dict(), "fingerprint": model_fingerprint}
         source = {"path": str(collection.resolve()), "sha256": collection_sha}
-        finish_build(faiss, writer, tag, docs, pids, config, model, source)
+        finish_build(faiss, writer, tag, docs, pids, config, model, source, progress=progress)
     shutil.rmtree(partial, ignore_errors=True)
     return Index.load(index_dir, verify=False)
 
@@ -175,6 +175,7 @@ def build_index_from_embeddings(
     ids: Sequence | None = None,
     similarity: str = "cosine",
     codebook=None,
+    progress: bool = False,
 ) -> Index:
     """Write an index of token embeddings you already have (no encoder): any model, any dim.
 
@@ -189,6 +190,7 @@ def build_index_from_embeddings(
         similarity: "cosine" (dot products, the default) or "l2", recorded for search.
         codebook: a residual store's centroids and buckets to encode with instead of training
             them (e.g. another index's, to compare it with a fresh build of the same docs).
+        progress: tqdm bars for the long steps (a residual store's k-means passes and encoding).
 
     Returns:
         the loaded Index. Search it with query embeddings (Searcher.search accepts tensors).
@@ -220,7 +222,7 @@ def build_index_from_embeddings(
         stored = PackedDocs.load(writer.path(name), mmap=True)
         model = {"checkpoint": None, "config": {"dim": docs.dim, "similarity": similarity}, "fingerprint": None}
         source = {"embeddings": True, "sha256": record["sha256"]}
-        finish_build(faiss, writer, tag, stored, ids, config, model, source, codebook)
+        finish_build(faiss, writer, tag, stored, ids, config, model, source, codebook, progress)
     return Index.load(index_dir, verify=False)
 
 
@@ -382,12 +384,12 @@ def concat_stores(parts: list[Path], writer: IndexWriter, name: str) -> PackedDo
 
 
 def finish_build(
-    faiss, writer: IndexWriter, tag: str, docs: PackedDocs, pids, config, model, source, codebook=None
+    faiss, writer: IndexWriter, tag: str, docs: PackedDocs, pids, config, model, source, codebook=None, progress=False
 ) -> dict:
     """faiss over the store's token rows (unless config.ivf is False), the compressed store and the
     centroid engine's file (residual), the other files under the store's tag (each verified), then
     the manifest (the commit point), then removal of what the old manifest named. Returns the
-    manifest written."""
+    manifest written. progress: tqdm bars while the compressed store is trained and encoded."""
     files = {"docs": f"docs-{tag}.safetensors", "ids": f"ids-{tag}.json"}
     if docs.num_tokens == 0:
         raise ValueError("the collection has no token vectors to index (every doc is empty)")
@@ -400,7 +402,7 @@ def finish_build(
     store = {"codec": "fp16", "bytes_per_token": docs.dim * 2}
     if config.store != "fp16":  # the codes become the store; the fp16 file stays only if asked
         codes_name = f"codes-{tag}.safetensors"
-        codes, record = write_compressed_store(docs, config, writer.path(codes_name), codebook)
+        codes, record = write_compressed_store(docs, config, writer.path(codes_name), codebook, progress)
         writer.add(codes_name, record)
         store = {"codec": config.store, "nbits": codes.nbits, "bytes_per_token": codes.bytes_per_token}
         if config.keep_fp16:
@@ -448,10 +450,11 @@ def _estimated_bytes(docs: PackedDocs, config: IndexConfig) -> int:
 
 
 def write_compressed_store(
-    docs: PackedDocs, config: IndexConfig, path: Path, codebook=None
+    docs: PackedDocs, config: IndexConfig, path: Path, codebook=None, progress=False
 ) -> tuple[CompressedDocs, dict]:  # codebook: a CompressedDocs.codebook (compressed.ResidualCodec)
     """Encode the fp16 store with config.store's codec (residual: `codebook`, or one trained on it)
-    and write it atomically and verified to `path`; returns the store and the file's record."""
+    and write it atomically and verified to `path`; returns the store and the file's record.
+    progress: a tqdm bar per long step (k-means passes, tokens encoded)."""
     nbits = config.store_nbits if config.store == "residual" else 8
     if codebook is not None and config.store != "residual":
         raise ValueError(f"a codebook goes with store='residual', not {config.store!r}")
@@ -459,8 +462,37 @@ def write_compressed_store(
         nbits = codebook.nbits
         if codebook.centroids.shape[1] != docs.dim:
             raise ValueError(f"the codebook's dim is {codebook.centroids.shape[1]}, the docs' {docs.dim}")
-    codes = CompressedDocs.from_packed(docs, config.store, nbits, seed=config.seed, codebook=codebook)
+    bars = StageBars() if progress else None
+    try:
+        codes = CompressedDocs.from_packed(
+            docs, config.store, nbits, seed=config.seed, codebook=codebook, progress=bars
+        )
+    finally:
+        if bars is not None:
+            bars.close()
     return codes, codes.save(path)
+
+
+class StageBars:
+    """progress(stage, done, total) as one tqdm bar per stage (CompressedDocs.from_packed's protocol)."""
+
+    def __init__(self):
+        self.bars = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        bar = self.bars.get(stage)
+        if bar is None:
+            self.close()  # the stage before it is over
+            passes = stage == "k-means"
+            unit = "pass" if passes else "token"
+            bar = self.bars[stage] = tqdm(total=total, desc=stage, unit=unit, unit_scale=not passes, dynamic_ncols=True)
+        bar.update(done - bar.n)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
 
 
 def write_manifest(writer: IndexWriter, manifest: dict, files: dict[str, str]) -> dict:

@@ -374,3 +374,20 @@ def test_every_cpu_simd_path(isa, codec_nbits, monkeypatch, device):
     for dtype in (torch.float16, torch.bfloat16, torch.float32):
         D, _ = cf.gather(store, pids, dtype=dtype, backend="cpu")
         assert torch.equal(D, Dr.to(dtype))
+
+
+def test_progress_reports_each_kmeans_pass_and_the_tokens_encoded(monkeypatch):
+    monkeypatch.setattr(compressed, "_ENCODE_ROWS", 128)  # several encoding steps
+    g = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(500, 16, generator=g), dim=1)
+    seen = []
+    store = CompressedDocs.from_packed(
+        cf.PackedDocs(x, [200, 0, 300]), "residual", 2, num_centroids=8, progress=lambda *a: seen.append(a)
+    )
+    kmeans_steps = [(d, t) for s, d, t in seen if s == "k-means"]
+    encoding = [(d, t) for s, d, t in seen if s == "encoding"]
+    assert kmeans_steps == [(i, 8) for i in range(9)]  # before each of the 8 passes, then done
+    assert encoding == [(128, 500), (256, 500), (384, 500), (500, 500)]
+    assert [s for s, _, _ in seen] == ["k-means"] * 9 + ["encoding"] * 4  # training, then encoding
+    quiet = CompressedDocs.from_packed(cf.PackedDocs(x, [200, 0, 300]), "residual", 2, num_centroids=8)
+    assert torch.equal(quiet.codes, store.codes)  # reporting changes nothing

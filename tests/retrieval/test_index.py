@@ -388,3 +388,15 @@ def test_embeddings_in_are_packed_as_the_fp16_store_holds_them(tmp_path):
     with pytest.raises(ValueError, match="empty collection"):
         build_index_from_embeddings([], tmp_path / "c", config)
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").glob("manifest.json"))
+
+
+def test_a_residual_build_shows_its_long_steps_when_asked(tmp_path, capsys):
+    from colbert_fast.retrieval.build import build_index_from_embeddings
+
+    g = torch.Generator().manual_seed(0)
+    docs = [torch.nn.functional.normalize(torch.randn(20, 16, generator=g), dim=1) for _ in range(30)]
+    build_index_from_embeddings(docs, tmp_path / "quiet", IndexConfig(ivf=False))
+    assert capsys.readouterr().err == ""
+    build_index_from_embeddings(docs, tmp_path / "shown", IndexConfig(ivf=False), progress=True)
+    err = capsys.readouterr().err
+    assert "k-means" in err and "8/8" in err and "encoding" in err and "600/600" in err
