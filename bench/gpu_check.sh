@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check: one prepared command for a lent GPU machine that ends well inside one 540 s
-# command and leaves named results under $OUT (8 files, no folders):
+# command and leaves named results under $OUT (8 files, no folders: the device tool returns 8 at most):
 #
-#   summary.json, summary.md   what ran, how long, pass/fail counts, failures; rewritten after every stage
+#   summary.json, summary.md   what ran, how long, pass/fail counts, failures; rewritten after every stage;
+#                              the centroid engine's results (bench/engine_gpu.py) are folded in here
 #   gpu_check.log              this script's log: environment, build output, benchmark progress
 #   tests.log                  every pytest stage's output (failures with tracebacks, -rfE summary)
 #   bench_core.json, .md       the core benchmark: bf16 R1 R3 X1 X2 P1 T1, per-call and kernel-only times
@@ -18,6 +19,7 @@
 #   cuda       after the build: the CUDA conformance and op tests, the no-sync test and the centroid
 #              engine's no-sync and CUDA-graph test
 #   bench_core the core benchmark (bf16; no torch.compile, no peers)
+#   engine     the centroid engine on E1 10k then 100k (the second if time allows): bench/engine_gpu.py
 #   bench_rest fp16 + sweep + peers + torch.compile rows, in what time is left
 #   suite      the rest of the test suite on the GPU, in what time is left
 # COLBERT_FAST_REQUIRE_BACKENDS=cuda,triton: a backend that cannot load fails its tests (a failed
@@ -34,8 +36,9 @@
 #
 # Knobs (environment): TOTAL_S (520: the whole check), RESERVE_S (10: kept for the last summary),
 # GRACE_S (15: after SIGINT, then SIGKILL), MIN_STAGE_S (20: a stage with less is skipped), the
-# caps BUILD_S TRITON_S CUDA_S CORE_S REST_S SUITE_S, BUILD_CMD, BUILD_JOBS, TEST_WORKERS,
-# TRITON_TESTS/TRITON_K, CUDA_TESTS/CUDA_K, SUITE_TESTS/SUITE_K, BENCH_SIZE, CORE_ARGS, REST_ARGS.
+# caps BUILD_S TRITON_S CUDA_S CORE_S ENGINE_S REST_S SUITE_S, BUILD_CMD, BUILD_JOBS, TEST_WORKERS,
+# TRITON_TESTS/TRITON_K, CUDA_TESTS/CUDA_K, SUITE_TESTS/SUITE_K, BENCH_SIZE, CORE_ARGS, REST_ARGS,
+# ENGINE_ARGS.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -49,6 +52,7 @@ BUILD_S=${BUILD_S:-330}
 TRITON_S=${TRITON_S:-210}
 CUDA_S=${CUDA_S:-100}
 CORE_S=${CORE_S:-150}
+ENGINE_S=${ENGINE_S:-100}
 REST_S=${REST_S:-120}
 SUITE_S=${SUITE_S:-600}
 NCPU=$(nproc 2>/dev/null || echo 2)
@@ -67,9 +71,11 @@ SUITE_K=${SUITE_K-not (($(modules "$TRITON_TESTS")) and ($TRITON_K)) and not (($
 if [ "$DEVICE" = cuda ]; then
     BENCH_SIZE=${BENCH_SIZE:---full}
     REQUIRE=${REQUIRE_BACKENDS:-cuda,triton}
+    ENGINE_ARGS=${ENGINE_ARGS:---docs 10000,100000 --backends auto,cuda,triton}
 else
     BENCH_SIZE=${BENCH_SIZE:---tiny}
     REQUIRE=${REQUIRE_BACKENDS:-triton}
+    ENGINE_ARGS=${ENGINE_ARGS:---docs 200 --backends auto --reps 2}
 fi
 CORE_ARGS=${CORE_ARGS:---workload R1,R3,X1,X2,P1,T1 --dtype bf16 --no-compile --no-peers --reps 20 --budget 0.3 --codecs residual2}
 REST_ARGS=${REST_ARGS:---workload R1,R2,R3,X1,X2,P1,T1 --dtype fp16 --sweep --compile --compile-budget 60 --reps 10 --budget 0.2}
@@ -201,6 +207,22 @@ run_bench() {  # name cap args...
     log "$name: exit $rc after $(( SECONDS - start ))s"
 }
 
+run_engine() {  # name cap
+    local name=$1 cap=$2
+    local limit
+    limit=$(limit_for "$cap")
+    begin_stage "$name" "$limit" || return 0
+    local start=$SECONDS
+    log "$name: bench/engine_gpu.py $ENGINE_ARGS (limit ${limit}s)"
+    # shellcheck disable=SC2086
+    with_limit "$limit" $PY bench/engine_gpu.py --device "$DEVICE" --budget $(( limit * 3 / 4 )) $ENGINE_ARGS \
+        --out "$WORK/$name" >>"$LOG" 2>&1
+    local rc=$?
+    summary stage --name "$name" --rc $rc --start $start --end $SECONDS --limit "$limit" \
+        --engine "$WORK/$name/engine.json"
+    log "$name: exit $rc after $(( SECONDS - start ))s"
+}
+
 # shellcheck disable=SC2086
 run_tests triton "$TRITON_S" "$TRITON_K" $TRITON_TESTS
 
@@ -218,6 +240,7 @@ log "build: exit $build_rc; $ext"
 run_tests cuda "$CUDA_S" "$CUDA_K" $CUDA_TESTS
 # shellcheck disable=SC2086
 run_bench bench_core "$CORE_S" $CORE_ARGS
+run_engine engine "$ENGINE_S"
 # shellcheck disable=SC2086
 run_bench bench_rest "$REST_S" $REST_ARGS
 # shellcheck disable=SC2086

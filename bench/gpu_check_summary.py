@@ -166,6 +166,8 @@ def markdown(doc: dict) -> str:
                 f"- rows by status: {b['rows']}; workloads: {', '.join(b['workloads'])}",
             ]
             lines += [f"- {p}" for p in b["problems"]]
+        if s.get("engine_md"):
+            lines += ["", f"## {s['name']}", ""] + s["engine_md"].strip().splitlines()[1:]
     if doc.get("git_sha") and any(s.get("bench", {}).get("file") for s in doc["stages"]):
         lines += [
             "",
@@ -199,6 +201,7 @@ def main(argv=None) -> int:
     p.add_argument("--junit")
     p.add_argument("--bench")
     p.add_argument("--bench-name")
+    p.add_argument("--engine", help="bench/engine_gpu.py's engine.json: kept in summary.json, its table in summary.md")
     p.add_argument("--note", default="")
     p.add_argument("--elapsed", type=float)
     args = p.parse_args(argv)
@@ -235,6 +238,14 @@ def main(argv=None) -> int:
                 stage["status"] = "failed"
         if args.bench:
             stage["bench"] = bench_summary(Path(args.bench), out, args.bench_name or args.name)
+        if args.engine:  # folded into the summary: the device tool returns at most 8 files
+            path = Path(args.engine)
+            if path.exists():
+                stage["engine"] = json.loads(path.read_text())
+                md = path.with_suffix(".md")
+                stage["engine_md"] = md.read_text() if md.exists() else ""
+            else:
+                stage["note"] = (stage["note"] + "; " if stage["note"] else "") + "no engine.json written"
         _set_stage(doc, stage)
     elif args.action == "running":  # left as is if the whole command is killed before the stage ends
         _set_stage(doc, {"name": args.name, "status": "running", "started_s": args.start, "limit_s": args.limit,

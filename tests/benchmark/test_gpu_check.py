@@ -90,7 +90,7 @@ def test_ends_inside_its_budget_with_the_named_files_only(dry_run):
 def test_stages_in_order_and_the_build_overlaps_the_triton_tests(dry_run):
     *_, summary, stages = dry_run
     names = [s["name"] for s in summary["stages"]]
-    assert names == ["env", "build", "triton", "cuda", "bench_core", "bench_rest", "suite"]
+    assert names == ["env", "build", "triton", "cuda", "bench_core", "engine", "bench_rest", "suite"]
     assert stages["env"]["status"] == "ok"
     build, triton = stages["build"], stages["triton"]
     assert build["status"] == "ok" and "extension loads" in build["note"]
@@ -124,6 +124,17 @@ def test_benchmarks_core_complete_rest_cut_by_the_budget(dry_run):
     assert json.loads((out / "bench_rest.json").read_text())["partial"] is True
     suite = stages["suite"]
     assert suite["status"] == "skipped" and suite["note"].startswith("no time left")
+
+
+def test_the_engine_stage_searches_e1_end_to_end(dry_run):
+    _, _, out, _, stages = dry_run
+    engine = stages["engine"]
+    assert engine["status"] == "ok"
+    (size,) = engine["engine"]["sizes"]  # folded into summary.json (8 files come back at most)
+    res = size["backends"]["auto"]
+    assert size["docs"] == 200 and "error" not in res and "problem" not in res
+    assert res["recall_at_10"] > 0.9 and res["captured_qps"] > 0 and not res["recorded_as_graph"]  # CPU: no graph
+    assert "## engine" in (out / "summary.md").read_text() and "| 200 |" in (out / "summary.md").read_text()
 
 
 def test_summary_reads_junit_and_exit_codes(tmp_path):
