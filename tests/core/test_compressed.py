@@ -391,3 +391,19 @@ def test_progress_reports_each_kmeans_pass_and_the_tokens_encoded(monkeypatch):
     assert [s for s, _, _ in seen] == ["k-means"] * 9 + ["encoding"] * 4  # training, then encoding
     quiet = CompressedDocs.from_packed(cf.PackedDocs(x, [200, 0, 300]), "residual", 2, num_centroids=8)
     assert torch.equal(quiet.codes, store.codes)  # reporting changes nothing
+
+
+def test_nearest_centroid_in_tiles_is_the_nearest_and_ties_keep_the_lowest(monkeypatch):
+    monkeypatch.setattr(compressed, "_ROW_TILE", 5)
+    monkeypatch.setattr(compressed, "_CENTROID_TILE", 3)  # 4 tiles of centroids, the last short
+    g = torch.Generator().manual_seed(0)
+    centroids = torch.randn(11, 8, generator=g)
+    centroids[9] = centroids[2]  # a duplicate in a later tile: the lower index must win
+    x = torch.cat([torch.randn(40, 8, generator=g), centroids[2:3] + 1e-3])
+    assign, dist = compressed._nearest(x, centroids)
+    want = torch.cdist(x.double(), centroids.double()).argmin(dim=1)
+    assert torch.equal(assign, want) and int(assign[-1]) == 2
+    torch.testing.assert_close(dist, ((x - centroids[want]) ** 2).sum(dim=1), atol=1e-4, rtol=1e-4)
+    low, _ = compressed._nearest(x, centroids, x.bfloat16())  # bf16 scores: nearest to rounding
+    gap = ((x - centroids[low]) ** 2).sum(dim=1) - ((x - centroids[want]) ** 2).sum(dim=1)
+    assert float(gap.max()) <= 0.05 * float(((x - centroids[want]) ** 2).sum(dim=1).max())
