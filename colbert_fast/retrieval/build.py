@@ -220,8 +220,11 @@ def build_index_from_embeddings(
         )
         writer.add(name, record)
         stored = PackedDocs.load(writer.path(name), mmap=True)
-        model = {"checkpoint": None, "config": {"dim": docs.dim, "similarity": similarity}, "fingerprint": None}
+        model = {"checkpoint": None, "config": {"dim": stored.dim, "similarity": similarity}, "fingerprint": None}
         source = {"embeddings": True, "sha256": record["sha256"]}
+        # The rest reads the written store: drop our packed copy (a list's fp16 pack, 2.5 GB at E1
+        # 100k) so it is not held beside the store's pages while the codebook trains.
+        del docs, emb
         finish_build(faiss, writer, tag, stored, ids, config, model, source, codebook, progress)
     return Index.load(index_dir, verify=False)
 
