@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from .engine import CentroidEngine, SearchStats
+from .engine import CentroidEngine
 
 
 class CapturedSearch:
@@ -96,5 +96,4 @@ class CapturedSearch:
         else:
             self.out = self._run()
         top, rows, stats = self.out
-        fields = (getattr(stats, name)[:b].clone() for name in ("certified", "cells_scored", "kth_score", "bound"))
-        return top[:b].clone(), rows[:b].clone(), SearchStats(*fields)
+        return top[:b].clone(), rows[:b].clone(), stats.apply(lambda t: t[:b].clone())

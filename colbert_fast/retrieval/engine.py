@@ -246,6 +246,14 @@ def _expand(starts: torch.Tensor, counts: torch.Tensor, budget: int | None):
     return probe_of, pos.masked_fill_(~valid, 0), valid
 
 
+def _mark_scored(bounds: torch.Tensor, rows: torch.Tensor) -> None:
+    """Scored docs need no bound: bounds [B, N] set to -inf at rows [B, W] (an empty slot, -1,
+    lowers nothing: +inf). A scatter, not boolean indexing: no host read."""
+    if rows.shape[1]:
+        lowered = torch.where(rows >= 0, float("-inf"), float("inf"))
+        bounds.scatter_reduce_(1, rows.clamp(min=0), lowered, "amin")
+
+
 @dataclasses.dataclass
 class SearchStats:
     """Per query of a search (fp32/bool tensors [B] on the CPU).
@@ -267,6 +275,10 @@ class SearchStats:
         if not parts:
             return cls(torch.zeros(0, dtype=torch.bool), *(torch.zeros(0) for _ in fields[1:]))
         return cls(*(torch.cat([getattr(p, f) for p in parts]) for f in fields))
+
+    def apply(self, fn) -> SearchStats:
+        """fn applied to every field (moved to the CPU, cut to some queries, copied, ...)."""
+        return SearchStats(*(fn(getattr(self, f.name)) for f in dataclasses.fields(self)))
 
     def summary(self) -> dict[str, float]:
         n = max(self.certified.numel(), 1)
@@ -486,7 +498,7 @@ class CentroidEngine:
         rows, certified. cells_scored stays docs scored / all docs.
         """
         top, rows, stats = self.search_on_device(Q, q_mask, k, nprobe, ncandidates, exact, timer, allowed)
-        return top, rows, SearchStats(*(getattr(stats, f.name).cpu() for f in dataclasses.fields(SearchStats)))
+        return top, rows, stats.apply(torch.Tensor.cpu)
 
     @torch.inference_mode()
     def search_on_device(
@@ -511,10 +523,7 @@ class CentroidEngine:
             top, top_rows = best_k(scores, rows, k)
         with stage("candidates"):
             scored = (rows >= 0).sum(dim=1)
-            # Scored docs need no bound: -inf for them; an empty slot (-1) lowers nothing (+inf).
-            lowered = torch.where(rows >= 0, float("-inf"), float("inf"))
-            if rows.shape[1]:
-                bounds.scatter_reduce_(1, rows.clamp(min=0), lowered, "amin")
+            _mark_scored(bounds, rows)
         if exact:
             with stage("score"):
                 top, top_rows, scored = self._widen(Q, q_mask, k, top, top_rows, bounds, scored)
@@ -580,7 +589,7 @@ class CentroidEngine:
             rows.masked_fill_(rows == N, -1)
             s = self.score(Q, q_mask, rows)
             out_s, out_r = best_k(torch.cat([out_s, s], dim=1), torch.cat([out_r, rows], dim=1), k)
-            bounds.scatter_reduce_(1, rows.clamp(min=0), torch.where(rows >= 0, float("-inf"), float("inf")), "amin")
+            _mark_scored(bounds, rows)
             scored += (rows >= 0).sum(dim=1)
         found = int((out_r >= 0).sum(dim=1).max()) if B else 0
         return out_s[:, :found], out_r[:, :found], scored
