@@ -14,17 +14,20 @@ timed, and the difference divided by n; the same n calls without flushes give th
 time. CPU: the same batches timed with perf_counter (there the call is the kernel: the numbers
 mostly repeat the per-call ones).
 
-`poison_allocator` fills the memory the allocator hands out next with NaN, so an implementation
-that leaves part of its output unwritten cannot pass the correctness check on a freed buffer
-that still holds the baseline's scores.
+`unwritten_reads_nan` makes every torch.empty inside it come back NaN-filled (torch's deterministic
+mode), and `poison_allocator` fills the blocks the allocator hands out next with NaN for memory
+taken around torch's factories: an implementation that leaves part of its output unwritten
+cannot pass the correctness check on a freed buffer that still holds the baseline's scores.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -239,6 +242,27 @@ def measure_kernel(
     cold = med["both"] - med["flushes"] if flush is not None else med["calls"]
     # The difference of two medians can dip below the warm time by noise; the warm time is the floor.
     return KernelTiming(max(cold, med["calls"]), med["calls"], method, n)
+
+
+@contextlib.contextmanager
+def unwritten_reads_nan() -> Iterator[None]:
+    """Inside: torch.empty and its kin hand back NaN (integers: their maximum), whatever the freed
+    block held. Poisoning the allocator alone was a guess at which block comes next, and glibc
+    guessed otherwise once (a lazy peer's unwritten output held the right scores in CI). Torch's
+    deterministic mode, warnings only (no op is refused), fills every new tensor; the previous
+    settings come back on exit."""
+    was_on = torch.are_deterministic_algorithms_enabled()
+    was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    was_fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        with warnings.catch_warnings():  # "op X has no deterministic version": not our question here
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        torch.use_deterministic_algorithms(was_on, warn_only=was_warn_only)
+        torch.utils.deterministic.fill_uninitialized_memory = was_fill
 
 
 def poison_allocator(device: torch.device, nbytes: int, copies: int = 8) -> None:

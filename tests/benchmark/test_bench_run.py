@@ -175,13 +175,18 @@ def _lazy_options(impls, workload="R1"):
 
 
 @pytest.mark.parametrize("workload", ["R1", "R3", "X1", "X2"])
-def test_an_implementation_that_writes_nothing_is_flagged(monkeypatch, workload):
-    # torch.empty hands back freed memory: without poisoning, the baseline's freed scores can sit
-    # there (seen on X1 with glibc here: the row passed). Poisoned, the unwritten scores read NaN.
+@pytest.mark.parametrize("poisoned", [True, False])
+def test_an_implementation_that_writes_nothing_is_flagged(monkeypatch, workload, poisoned):
+    # torch.empty hands back freed memory, and the baseline's freed scores can sit there (seen on X1
+    # here, and on R3 in CI even with the allocator poisoned: the row passed). The checked call's
+    # new tensors read NaN whatever the allocator hands out, so the row fails with or without the
+    # poisoning.
     def writes_nothing(case):
         return lambda: torch.empty(case.spec.B, case.spec.K)
 
     monkeypatch.setitem(peers.PEERS, "lazy-peer", ("torch", writes_nothing))
+    if not poisoned:
+        monkeypatch.setattr(runner, "poison_allocator", lambda *a, **k: None)
     rows = {r["impl"]: r for r in runner.run(_lazy_options(["lazy-peer"], workload)).rows}
     assert rows["baseline"]["status"] == "ok"
     assert rows["lazy-peer"]["status"] == "wrong" and rows["lazy-peer"]["median_ms"] is None, rows["lazy-peer"]
@@ -251,3 +256,26 @@ def test_codec_rows_score_the_codes_and_count_their_bytes(monkeypatch):
     monkeypatch.setattr(runner, "_codes_fn", scores_the_float_store)
     rows = {r["impl"]: r for r in runner.run(_lazy_options(["cpu:residual2"], "R1")).rows}
     assert rows["cpu:residual2"]["status"] == "wrong", rows["cpu:residual2"]
+
+
+def test_unwritten_memory_reads_nan_inside_and_settings_come_back():
+    """A freed block full of valid scores comes back NaN inside unwritten_reads_nan (integers at
+    their maximum), and torch's deterministic settings are as they were afterwards."""
+    from colbert_fast.benchmark import timing
+
+    def settings():
+        return torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+
+    before = settings()
+    for _ in range(20):
+        held = torch.full((64, 32), 1.5)
+        del held
+        with timing.unwritten_reads_nan():
+            out = torch.empty(64, 32)
+            ids = torch.empty(8, dtype=torch.int64)
+            assert torch.isnan(out).all()
+            assert (ids == torch.iinfo(torch.int64).max).all()
+    assert settings() == before
+    with pytest.raises(ValueError), timing.unwritten_reads_nan():
+        raise ValueError("an implementation that crashes")
+    assert settings() == before
