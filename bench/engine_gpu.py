@@ -4,10 +4,11 @@
 
 Per E1 size (colbert_fast.testing.clustered_collection, dim 128, 64 queries of 32 tokens): the
 residual 2-bit store trained and encoded on the device (k-means included) and the engine's lists;
-the truth, exhaustive MaxSim over the same store; then the default search (k 10, nprobe 64, 256
-candidates: Searcher's defaults) three ways, each on a batch of 64 queries: data-sized (reads
-sizes back), static shapes run eagerly, and static shapes replayed from a CUDA graph
-(retrieval.captured.CapturedSearch); plus one query at a time from a graph of batch 1 (p50/p95).
+the truth, exhaustive MaxSim over the same store; then the default search (k 10 at the Searcher's
+default budget, retrieval.search.centroid_budget: nprobe 64 and 256 candidates at 10k docs) three
+ways, each on a batch of 64 queries: data-sized (reads sizes back), static shapes run eagerly, and
+static shapes replayed from a CUDA graph (retrieval.captured.CapturedSearch); plus one query at a
+time from a graph of batch 1 (p50/p95).
 Every way must return the same top 10 (checked); recall@10 is against the exhaustive truth over
 the same store (the codec's loss is not the engine's), with the fraction certified. Scoring uses
 each backend in --backends that loads here (auto = what `auto` picks on this device).
@@ -38,7 +39,7 @@ import colbert_fast as cf  # noqa: E402
 from colbert_fast import CompressedDocs  # noqa: E402
 from colbert_fast.retrieval.captured import CapturedSearch  # noqa: E402
 from colbert_fast.retrieval.engine import CentroidEngine, best_k, build_engine  # noqa: E402
-from colbert_fast.retrieval.search import CENTROID_CANDIDATES, CENTROID_NPROBE  # noqa: E402
+from colbert_fast.retrieval.search import centroid_budget  # noqa: E402
 from colbert_fast.testing import clustered_collection  # noqa: E402
 
 K = 10
@@ -95,7 +96,8 @@ def one_size(n: int, device: torch.device, backends: list[str], reps: int) -> di
     want = truth(store, Q, device)
     sync(device)
     row["exhaustive_s"] = time.perf_counter() - t0
-    settings = dict(k=K, nprobe=CENTROID_NPROBE, ncandidates=max(CENTROID_CANDIDATES, 10 * K))
+    nprobe, ncandidates = centroid_budget(K, store.num_docs, store.centroids.shape[0])  # the Searcher's defaults
+    settings = dict(k=K, nprobe=nprobe, ncandidates=ncandidates)
     row["settings"] = settings
     row["backends"] = {}
     for backend in backends:
@@ -140,12 +142,12 @@ def markdown(doc: dict) -> str:
     lines = [
         f"# Centroid engine on {doc['device_name']} (git {doc['git_sha']})",
         "",
-        f"E1, residual 2-bit, k {K}, nprobe {CENTROID_NPROBE}, batch {BATCH}; load {doc['load_before']} -> "
+        f"E1, residual 2-bit, k {K}, the Searcher's default budget, batch {BATCH}; load {doc['load_before']} -> "
         f"{doc.get('load_after')}. q/s = queries per second for a batch of {BATCH}.",
         "",
-        "| docs | tokens | store s | backend | recall@10 | certified | data-sized q/s | static q/s "
-        "| graph q/s | graph p50 / p95 ms (1 query) | note |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| docs | tokens | store s | nprobe / candidates | backend | recall@10 | certified | data-sized q/s "
+        "| static q/s | graph q/s | graph p50 / p95 ms (1 query) | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in doc["sizes"]:
         for backend, r in row.get("backends", {}).items():
@@ -155,7 +157,9 @@ def markdown(doc: dict) -> str:
 
             note = r.get("error") or r.get("problem") or ("" if r.get("recorded_as_graph") else "no graph (CPU)")
             lines.append(
-                f"| {row['docs']} | {row['tokens']} | {row['store_s']:.1f} | {backend} | {f('recall_at_10', '{:.3f}')} "
+                f"| {row['docs']} | {row['tokens']} | {row['store_s']:.1f} "
+                f"| {row['settings']['nprobe']} / {row['settings']['ncandidates']} | {backend} "
+                f"| {f('recall_at_10', '{:.3f}')} "
                 f"| {f('certified', '{:.2f}')} | {f('data_sized_qps')} | {f('static_qps')} | {f('captured_qps')} "
                 f"| {f('captured_p50_ms', '{:.2f}')} / {f('captured_p95_ms', '{:.2f}')} | {note} |"
             )

@@ -277,15 +277,15 @@ def _engine_row(store, Q, q_mask, queries: _Queries, exhaustive_top, k: int = 10
     Searcher's default budget, beside exhaustive scoring of the same store: quality, recall@10 of the
     store's exhaustive top 10, latency one query at a time, certified fraction and cells scored."""
     from .engine import CentroidEngine, SearchStats, build_engine
-    from .search import CENTROID_CANDIDATES, CENTROID_CANDIDATES_PER_K, CENTROID_NPROBE
+    from .search import centroid_budget
 
     engine = CentroidEngine(store, build_engine(store))
-    ncand = max(CENTROID_CANDIDATES, CENTROID_CANDIDATES_PER_K * k)
+    nprobe, ncand = centroid_budget(k, engine.num_docs, engine.num_centroids)
     Q, q_mask = Q.to(store.device), q_mask.to(store.device)
     tops, stats = [], []
     t0 = time.perf_counter()
     for b in range(Q.shape[0]):
-        _, rows, st = engine.search(Q[b : b + 1], q_mask[b : b + 1], k, CENTROID_NPROBE, ncand)
+        _, rows, st = engine.search(Q[b : b + 1], q_mask[b : b + 1], k, nprobe, ncand)
         tops.append([int(r) for r in rows[0].tolist() if r >= 0])
         stats.append(st)
     ms = 1000 * (time.perf_counter() - t0) / max(Q.shape[0], 1)
@@ -293,7 +293,7 @@ def _engine_row(store, Q, q_mask, queries: _Queries, exhaustive_top, k: int = 10
     truth = {q: [queries.pids[d] for d in row] for q, row in zip(queries.qids, exhaustive_top)}
     summary = SearchStats.cat(stats).summary()
     return {
-        "nprobe": CENTROID_NPROBE,
+        "nprobe": nprobe,
         "ncandidates": ncand,
         "quality": _quality(run, queries.qrels),
         "recall@10": recall_against(run, truth, (10,))["10"],

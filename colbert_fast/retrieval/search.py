@@ -49,6 +49,7 @@ bench/results/search_defaults/).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -65,20 +66,25 @@ from .index import Index, require_faiss
 from .padding import pad_ids, pad_vectors
 from .timing import StageTimer
 
-__all__ = ["DOC_SIDE", "MODES", "PAPER_MODES", "Ranking", "Searcher", "candidate_budget", "check_encoder",
-           "default_mode", "load_index_encoder"]  # fmt: skip
+__all__ = ["DOC_SIDE", "MODES", "PAPER_MODES", "Ranking", "Searcher", "candidate_budget", "centroid_budget",
+           "check_encoder", "default_mode", "load_index_encoder"]  # fmt: skip
 
 STAGES = ("encode", "candidates", "score", "topk")
 MODES = ("accurate", "fast", "paper", "centroid", "exhaustive")
 PAPER_MODES = ("accurate", "fast", "paper")  # faiss IVFPQ candidates (the paper's 3.6)
-# The centroid engine's defaults: centroids probed per query token, docs scored exactly per query
-# (at least CENTROID_CANDIDATES_PER_K * k). Measured in bench/engine_quality.py (results in
-# bench/results/engine/, residual 2-bit): nprobe 64 with 256 candidates has recall@10 0.992 on E1
-# 10k and 1.000 on Cranfield (nprobe 16: 0.913 on E1); k = 100 needs ~1,000 candidates (recall@100
-# 0.996 on E1 10k, 1.000 on Cranfield). Approximate: these answers are not certified (see the note there).
+# The centroid engine's defaults at (up to) 10k docs: centroids probed per query token, docs scored
+# exactly per query (at least CENTROID_CANDIDATES_PER_K * k); centroid_budget grows both with the
+# collection. Measured in bench/engine_quality.py (results in bench/results/engine/, residual
+# 2-bit): nprobe 64 with 256 candidates has recall@10 0.992 on E1 10k and 1.000 on Cranfield
+# (nprobe 16: 0.913 on E1); k = 100 needs ~1,000 candidates (recall@100 0.996 on E1 10k, 1.000 on
+# Cranfield). Approximate: these answers are not certified (see the note there).
 CENTROID_NPROBE = 64
 CENTROID_CANDIDATES = 256
 CENTROID_CANDIDATES_PER_K = 10
+# Larger collections: one probe per CENTROIDS_PER_PROBE centroids, and the candidates times
+# sqrt(docs / CENTROID_BUDGET_DOCS). See centroid_budget for the measurements.
+CENTROIDS_PER_PROBE = 128
+CENTROID_BUDGET_DOCS = 10_000
 # Encoder settings that shape the stored doc vectors: a searcher's encoder must agree on them.
 DOC_SIDE = ("dim", "doc_maxlen", "doc_marker", "mask_punctuation", "skiplist")
 # Exhaustive mode scores at most this many (query, doc) pairs per kernel call: the scores, the row
@@ -118,6 +124,25 @@ def candidate_budget(k: int, mode: str, index_nprobe: int) -> tuple[int, int]:
     if mode == "fast":
         return index_nprobe, max(k // 2, 1)
     raise ValueError(f"mode {mode!r} has no faiss candidate budget (paper modes: {', '.join(PAPER_MODES)})")
+
+
+def centroid_budget(k: int, num_docs: int, num_centroids: int) -> tuple[int, int]:
+    """(nprobe, ncandidates): the centroid engine's default budget for top-k retrieval.
+
+    Up to 10k docs: nprobe CENTROID_NPROBE (64) and max(256, 10 k) candidates, which find the
+    store's exhaustive top k with recall >= 0.99 on Cranfield and E1 10k. A fixed budget does not
+    carry to larger collections: the build's centroids grow as sqrt(tokens), so 64 probes cover a
+    smaller share of the space, and more docs sit near the k-th score. On E1 100k (32,768
+    centroids) the 10k budget found recall@10 0.836 and recall@100 0.764 of the store's own top k;
+    probing the same share of the centroids as at 10k (one per 128: nprobe 256) and scoring
+    sqrt(10) times the candidates brought both to >= 0.99 (bench/results/engine/, e1_scaling).
+    So: nprobe = max(64, centroids / 128), at most every centroid, and candidates times
+    sqrt(docs / 10k), at least k.
+    """
+    nprobe = min(max(CENTROID_NPROBE, num_centroids // CENTROIDS_PER_PROBE), max(num_centroids, 1))
+    growth = math.sqrt(max(1.0, num_docs / CENTROID_BUDGET_DOCS))
+    ncandidates = math.ceil(max(CENTROID_CANDIDATES, CENTROID_CANDIDATES_PER_K * k) * growth)
+    return nprobe, max(ncandidates, k)
 
 
 def _positive_int(name: str, value) -> None:
@@ -526,8 +551,8 @@ class Searcher:
             mode: "accurate", "fast", "paper", "centroid" or "exhaustive" (default: the Searcher's).
             nprobe: IVF cells (paper modes) or centroids (centroid) probed per query token.
             neighbors_per_token: paper modes: token vectors faiss returns per query token.
-            ncandidates: centroid mode: docs scored exactly per query (at least k; default
-                max(CENTROID_CANDIDATES, CENTROID_CANDIDATES_PER_K * k)).
+            ncandidates: centroid mode: docs scored exactly per query (at least k; default from
+                centroid_budget, with nprobe: they grow with the collection).
             exact: centroid mode: widen each query's search until its top k is certified (then it
                 equals exhaustive search). Exhaustive search is exact anyway.
             batch_size: queries encoded and scored together.
@@ -568,8 +593,9 @@ class Searcher:
                 results.extend(Ranking((), True, 0.0) for _ in range(Q.shape[0]))
                 continue
             if mode == "centroid":
-                probe = nprobe or self.nprobe or CENTROID_NPROBE
-                wanted = ncandidates or max(CENTROID_CANDIDATES, CENTROID_CANDIDATES_PER_K * k)
+                default_probe, default_wanted = centroid_budget(k, n, engine.num_centroids)
+                probe = nprobe or self.nprobe or default_probe
+                wanted = ncandidates or default_wanted
                 top, top_rows, stats = engine.search(
                     Q, q_mask_b, k, probe, wanted, exact=exact, timer=self.timer, allowed=allowed
                 )

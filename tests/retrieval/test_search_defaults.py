@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from colbert_fast.retrieval.build import IndexConfig, build_index_from_embeddings
-from colbert_fast.retrieval.search import Searcher
+from colbert_fast.retrieval.search import Searcher, centroid_budget
 from colbert_fast.testing import clustered_collection
 
 RECALL_FLOOR = 0.99
@@ -41,6 +41,40 @@ def test_default_settings_meet_the_recall_floor(e1, k):
     assert all(len(t) == k for t in truth)
     recall = _recall(searcher.search(Q, k=k), truth)
     assert recall >= RECALL_FLOOR, f"default search recall@{k} = {recall:.4f} < {RECALL_FLOOR}"
+
+
+def test_the_centroid_budget_holds_up_to_10k_docs_and_grows_past_them():
+    # Cranfield (1,400 docs, 4,096 centroids) and E1 10k (8,192): the budget the floor was measured at.
+    assert centroid_budget(10, 1_400, 4_096) == (64, 256)
+    assert centroid_budget(100, 10_000, 8_192) == (64, 1_000)
+    # E1 100k (32,768 centroids): the share of centroids probed at 10k, sqrt(10) x the candidates.
+    assert centroid_budget(10, 100_000, 32_768) == (256, 810)
+    assert centroid_budget(100, 100_000, 32_768) == (256, 3_163)
+    # Never more probes than centroids, never fewer candidates than k.
+    assert centroid_budget(10, 50, 16) == (16, 256)
+    assert centroid_budget(5_000, 20_000, 8_192)[1] == 70_711
+    sizes = [(10_000, 8_192), (30_000, 16_384), (100_000, 32_768), (1_000_000, 131_072)]
+    nprobes, cands = zip(*(centroid_budget(10, n, c) for n, c in sizes))
+    assert list(nprobes) == sorted(nprobes) and list(cands) == sorted(cands) and cands[-1] > cands[0]
+
+
+def test_the_searcher_hands_the_engine_its_default_budget(tmp_path, monkeypatch):
+    docs, Q, _ = clustered_collection(200, num_queries=2, seed=5)
+    index = build_index_from_embeddings(docs, tmp_path / "index", IndexConfig())
+    searcher = Searcher(index, device="cpu")
+    assert searcher.mode == "centroid"
+    engine = searcher.engine
+    seen = []
+    real = engine.search
+
+    def spy(Q, q_mask, k, nprobe, ncandidates, **kw):
+        seen.append((k, nprobe, ncandidates))
+        return real(Q, q_mask, k, nprobe, ncandidates, **kw)
+
+    monkeypatch.setattr(engine, "search", spy)
+    searcher.search(Q, k=20)
+    searcher.search(Q, k=20, nprobe=3, ncandidates=40)
+    assert seen == [(20, *centroid_budget(20, index.num_docs, engine.num_centroids)), (20, 3, 40)]
 
 
 def test_each_query_finds_the_doc_it_was_drawn_from(e1):

@@ -1,0 +1,144 @@
+"""The centroid engine's default budget as the collection grows: recall and latency per E1 size.
+
+    python bench/engine_scaling.py [--e1-docs 10000,30000,100000] [--threads 1] [--out bench/results/engine]
+                                   [--workdir out/engine_quality]
+
+Per size, the synthetic clustered collection (colbert_fast.testing.clustered_collection, 64
+queries of 32 tokens) indexed with the default IndexConfig (residual 2-bit store, no faiss IVF;
+indexes in --workdir are reused, shared with bench/engine_quality.py), and for k = 10 and 100:
+    fixed     the 10k budget at every size (nprobe 64, max(256, 10 k) candidates: the defaults
+              before they grew with the collection)
+    default   what Searcher uses now (retrieval.search.centroid_budget)
+searched one query at a time by embeddings (recall@k against exhaustive MaxSim over the same
+store, p50/p95 latency, cells scored), beside exhaustive scoring's time per query. Writes
+scaling.json, scaling.md and scaling.png (recall and p50 against docs) with the load average before
+and after and the git sha.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+# Shared with the settings grid of the same engine (bench/engine_quality.py, this directory).
+from engine_quality import CONFIG, e1, ground_truth, measure
+
+KS = (10, 100)
+
+
+def fixed_budget(k: int) -> tuple[int, int]:
+    from colbert_fast.retrieval.search import CENTROID_CANDIDATES, CENTROID_CANDIDATES_PER_K, CENTROID_NPROBE
+
+    return CENTROID_NPROBE, max(CENTROID_CANDIDATES, CENTROID_CANDIDATES_PER_K * k)
+
+
+def run_size(workdir: Path, num_docs: int) -> dict:
+    from colbert_fast.retrieval.search import Searcher, centroid_budget
+
+    index_dir, Q, q_mask = e1(workdir, num_docs)
+    searcher = Searcher(index_dir, device="cpu")
+    docs = searcher.index.docs
+    out = {"num_docs": docs.num_docs, "num_tokens": docs.num_tokens, "centroids": int(docs.centroids.shape[0]),
+           "queries": int(Q.shape[0]), "bytes_per_token": docs.bytes_per_token, "rows": []}  # fmt: skip
+    t0 = time.perf_counter()
+    truth = ground_truth(searcher, Q, q_mask)
+    out["exhaustive_ms_per_query"] = 1000 * (time.perf_counter() - t0) / Q.shape[0]
+    for k in KS:
+        budgets = {"fixed": fixed_budget(k), "default": centroid_budget(k, docs.num_docs, out["centroids"])}
+        for name, (nprobe, ncand) in budgets.items():
+            row = measure(searcher, Q, q_mask, k, truth, nprobe=nprobe, ncandidates=ncand)
+            out["rows"].append({"budget": name, "k": k, "nprobe": nprobe, "ncandidates": ncand, **row})
+            print(f"E1 {num_docs} k={k} {name} (nprobe {nprobe}, {ncand} candidates): recall {row['recall']:.4f} "
+                  f"p50 {row['p50_ms']:.1f} ms, cells {row['cells_scored']:.3f}", flush=True)  # fmt: skip
+    return out
+
+
+def markdown(results: dict) -> str:
+    lines = [
+        "# Centroid engine: the default budget as the collection grows (E1)",
+        "",
+        f"{results['machine']}, torch threads {results['torch_threads']}, load average "
+        f"{results['load_before']} before, {results['load_after']} after; git {results['git']}.",
+        f"Index: {results['config']}. Recall@k against exhaustive MaxSim over the same store; latency one query",
+        "at a time by embeddings. fixed = the 10k budget at every size; default = centroid_budget.",
+        "",
+        "| docs | centroids | k | budget | nprobe | candidates | recall@k | min recall | p50 ms | p95 ms | cells "
+        "| exhaustive ms | p50 / exhaustive |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for size in results["sizes"]:
+        ex = size["exhaustive_ms_per_query"]
+        for r in size["rows"]:
+            lines.append(
+                f"| {size['num_docs']} | {size['centroids']} | {r['k']} | {r['budget']} | {r['nprobe']} "
+                f"| {r['ncandidates']} | {r['recall']:.4f} | {r['min_recall']:.2f} | {r['p50_ms']:.1f} "
+                f"| {r['p95_ms']:.1f} | {r['cells_scored']:.3f} | {ex:.1f} | {r['p50_ms'] / ex:.3f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_r, ax_t) = plt.subplots(1, 2, figsize=(11, 4))
+    for k in KS:
+        for budget, style in (("fixed", "--"), ("default", "-")):
+            pts = [(s["num_docs"], r) for s in results["sizes"] for r in s["rows"]
+                   if (r["k"], r["budget"]) == (k, budget)]  # fmt: skip
+            xs = [n for n, _ in pts]
+            ax_r.plot(xs, [r["recall"] for _, r in pts], style, marker="o", label=f"k={k} {budget}")
+            ax_t.plot(xs, [r["p50_ms"] for _, r in pts], style, marker="o", label=f"k={k} {budget}")
+    xs = [s["num_docs"] for s in results["sizes"]]
+    ax_t.plot(xs, [s["exhaustive_ms_per_query"] for s in results["sizes"]], ":", color="gray", label="exhaustive")
+    ax_r.axhline(0.99, color="gray", lw=0.8)
+    ax_r.set(xscale="log", xlabel="docs", ylabel="recall@k vs exhaustive (same store)", title="recall")
+    ax_t.set(xscale="log", yscale="log", xlabel="docs", ylabel="p50 ms, one query", title="latency")
+    for ax in (ax_r, ax_t):
+        ax.legend(fontsize=8)
+    fig.suptitle(f"centroid engine budget vs collection size (git {results['git']}, load {results['load_before']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="bench/results/engine")
+    ap.add_argument("--workdir", default="out/engine_quality", help="where the indexes are built (reused)")
+    ap.add_argument("--e1-docs", default="10000,30000,100000", help="comma-separated collection sizes")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    workdir, out = Path(args.workdir), Path(args.out)
+    workdir.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    results = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "torch_threads": torch.get_num_threads(),
+        "git": git + (" (with uncommitted changes)" if dirty.stdout.strip() else ""),
+        "config": CONFIG,
+        "load_before": [round(x, 2) for x in os.getloadavg()],
+        "sizes": [run_size(workdir, int(n)) for n in args.e1_docs.split(",")],
+    }
+    results["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    (out / "scaling.json").write_text(json.dumps(results, indent=2))
+    (out / "scaling.md").write_text(markdown(results))
+    plot(results, out / "scaling.png")
+    print(f"wrote {out / 'scaling.json'}, {out / 'scaling.md'} and {out / 'scaling.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
