@@ -33,8 +33,9 @@ Exhaustive search scores the allowed rows only, centroid search hands the mask t
 paper modes drop disallowed faiss candidates before scoring. cells_scored stays a fraction of the
 whole collection.
 
-A candidate mode whose budget could reach every doc anyway (query tokens x neighbours >= docs)
-scores every doc instead: exact, and no slower than the union it would have built.
+A candidate mode whose budget could reach every doc anyway (query tokens x neighbours >= docs, or
+ncandidates >= docs in centroid mode; with a filter, the allowed docs) scores every doc instead:
+exact, certified, and no slower than the candidates it would have built.
 
 Queries are strings (encoded with the index's model, loaded on first use) or embeddings: a
 tensor [B, Lq, dim] with an optional q_mask, or a list of [Lq_i, dim] tensors/arrays. Searching by
@@ -217,7 +218,9 @@ class Searcher:
         backend: scoring backend for cf.maxsim_packed ("auto" picks the fastest).
         load_ivf: False never opens the faiss index (re-ranking, centroid and exhaustive search only).
         score_all_if_covered: in a candidate mode, score every doc when the budget could reach
-            them all anyway (default True; False always goes through faiss, e.g. to measure it).
+            them all anyway (paper modes: query tokens x neighbours; centroid: ncandidates >= the
+            allowed docs). Default True; False always goes through faiss or the centroid engine,
+            e.g. to measure them.
 
     Example:
         >>> s = Searcher("indexes/msmarco")
@@ -455,8 +458,22 @@ class Searcher:
         cheap and exact. With a filter the union scored is at most the allowed docs, hence that count."""
         if not self.score_all_if_covered:
             return False
-        reachable = self.index.num_docs if allowed is None else int(allowed.sum())
-        return int(q_mask.sum(dim=1).max()) * neighbors >= reachable
+        return int(q_mask.sum(dim=1).max()) * neighbors >= self._reachable(allowed)
+
+    def _candidates_cover_collection(self, ncandidates: int, allowed=None) -> bool:
+        """Centroid mode: whether the docs to score exactly number at least the (allowed) docs. Then
+        the engine would score them all anyway, after probing lists and bounding every doc; scoring
+        them directly is exact, certified and cheaper (a selective filter, a small collection)."""
+        return self.score_all_if_covered and ncandidates >= self._reachable(allowed)
+
+    def _reachable(self, allowed) -> int:
+        return self.index.num_docs if allowed is None else int(allowed.sum())
+
+    def _exhaustive_rankings(self, Q, q_mask, k: int, allowed) -> list[Ranking]:
+        """Every (allowed) doc scored: the exact top k, certified; cells a share of the collection."""
+        scores, rows = self._exhaustive(Q, q_mask, k, allowed)
+        cells = 1.0 if allowed is None else int(allowed.sum()) / max(self.index.num_docs, 1)
+        return self._rank(scores, rows, k, True, cells)
 
     def _allowed_rows(self, allowed) -> torch.Tensor | None:
         """search's `allowed` as None or a bool mask [num_docs] over doc rows, on the searcher's device.
@@ -596,6 +613,9 @@ class Searcher:
                 default_probe, default_wanted = centroid_budget(k, n, engine.num_centroids)
                 probe = nprobe or self.nprobe or default_probe
                 wanted = ncandidates or default_wanted
+                if self._candidates_cover_collection(wanted, allowed):
+                    results.extend(self._exhaustive_rankings(Q, q_mask_b, k, allowed))
+                    continue
                 top, top_rows, stats = engine.search(
                     Q, q_mask_b, k, probe, wanted, exact=exact, timer=self.timer, allowed=allowed
                 )
@@ -607,9 +627,7 @@ class Searcher:
             probe, neighbors = (None, None) if mode == "exhaustive" else self.budget(k, mode)
             neighbors = neighbors_per_token or neighbors
             if mode == "exhaustive" or self._budget_covers_collection(q_mask_b, neighbors, allowed):
-                scores, rows = self._exhaustive(Q, q_mask_b, k, allowed)
-                cells = 1.0 if allowed is None else int(allowed.sum()) / max(n, 1)
-                results.extend(self._rank(scores, rows, k, True, cells))
+                results.extend(self._exhaustive_rankings(Q, q_mask_b, k, allowed))
                 continue
             rows = self.candidates(Q, q_mask_b, neighbors, nprobe or probe)
             if allowed is not None:

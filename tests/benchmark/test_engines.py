@@ -178,3 +178,28 @@ def test_colbert_fast_settings_plug_in_as_data():
     assert e.name == "colbert_fast residual" and e.build == {"store": "residual"}
     assert e.settings == [("centroid", {"mode": "centroid", "nprobe": 4})]
     assert e.available() is None
+
+
+def test_the_driver_reads_docs_in_chunks_and_queries_alone(tmp_path):
+    """engine_driver.read_docs equals safetensors' own split of the file (fp32 copies, chunks that end
+    at doc boundaries, a doc longer than a chunk read whole), and read_queries drops masked tokens."""
+    from safetensors.torch import save_file
+
+    from colbert_fast.benchmark import engine_driver
+
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([3, 1, 9, 2, 5, 1])
+    emb = torch.randn(int(lengths.sum()), 8, generator=g).half()
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    path = tmp_path / "e.safetensors"
+    save_file({"doc_embeddings": emb, "doc_lengths": lengths, "queries": torch.randn(2, 3, 8, generator=g),
+               "query_mask": mask}, str(path))  # fmt: skip
+    want = [d.float() for d in torch.split(emb, lengths.tolist())]
+    for chunk in (1, 4, 6, 1 << 20):
+        docs = engine_driver.read_docs(path, chunk_tokens=chunk)
+        assert len(docs) == len(want) and all(a.dtype == torch.float32 and torch.equal(a, b) for a, b in zip(docs, want))
+    queries = engine_driver.read_queries(path)
+    assert [q.shape[0] for q in queries] == [2, 1]
+    save_file({"doc_embeddings": emb.float(), "doc_lengths": lengths}, str(tmp_path / "f.safetensors"))
+    with pytest.raises(ValueError, match="F16"):
+        engine_driver.read_docs(tmp_path / "f.safetensors")

@@ -150,3 +150,37 @@ def test_tampered_engine_file_is_caught(e1, tmp_path):
     engine.write_bytes(bytes(raw))
     with pytest.raises(CorruptIndexError, match="sha256"):
         Index.load(copy)
+
+
+def test_candidates_covering_the_collection_score_every_doc(e1, monkeypatch):
+    """When ncandidates reaches the (allowed) docs, the Searcher scores them all instead of running
+    the engine: exact and certified. With score_all_if_covered=False the engine runs."""
+    path, Q, q_mask = e1
+    searcher = Searcher(path, device="cpu")
+    truth = searcher.search(Q, q_mask=q_mask, k=10, mode="exhaustive")
+    calls = []
+    real = searcher.engine.search
+    monkeypatch.setattr(searcher.engine, "search", lambda *a, **kw: calls.append(a[2:5]) or real(*a, **kw))
+    covered = searcher.search(Q, q_mask=q_mask, k=10, mode="centroid", ncandidates=300)
+    assert calls == []
+    for f, t in zip(covered, truth):
+        same_ranking(f, t, Q.shape[1])
+        assert f.certified and f.cells_scored == 1.0
+    # A filter of 43 docs under a budget of 64: those 43 are scored, nothing else is read.
+    allowed = torch.zeros(300, dtype=torch.bool)
+    allowed[::7] = True
+    searcher.reset_timings()
+    filtered = searcher.search(Q, q_mask=q_mask, k=5, mode="centroid", ncandidates=64, allowed=allowed)
+    assert calls == [] and searcher.docs_scored == Q.shape[0] * 43
+    want = searcher.search(Q, q_mask=q_mask, k=5, mode="exhaustive", allowed=allowed)
+    for f, t in zip(filtered, want):
+        same_ranking(f, t, Q.shape[1])
+        assert f.certified and f.cells_scored == pytest.approx(43 / 300)
+    # One candidate short of the collection: the engine runs.
+    searcher.search(Q, q_mask=q_mask, k=10, mode="centroid", ncandidates=299)
+    assert len(calls) == 1 and calls[0][0] == 10 and calls[0][2] == 299
+    off = Searcher(path, device="cpu", score_all_if_covered=False)
+    off_real = off.engine.search
+    monkeypatch.setattr(off.engine, "search", lambda *a, **kw: calls.append(a[2:5]) or off_real(*a, **kw))
+    off.search(Q, q_mask=q_mask, k=10, mode="centroid", ncandidates=300)
+    assert len(calls) == 2 and calls[1][2] == 300

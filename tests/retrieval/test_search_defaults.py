@@ -59,7 +59,7 @@ def test_the_centroid_budget_holds_up_to_10k_docs_and_grows_past_them():
 
 
 def test_the_searcher_hands_the_engine_its_default_budget(tmp_path, monkeypatch):
-    docs, Q, _ = clustered_collection(200, num_queries=2, seed=5)
+    docs, Q, _ = clustered_collection(400, num_queries=2, seed=5)  # more docs than the 256 candidates
     index = build_index_from_embeddings(docs, tmp_path / "index", IndexConfig())
     searcher = Searcher(index, device="cpu")
     assert searcher.mode == "centroid"
