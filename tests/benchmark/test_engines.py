@@ -197,7 +197,8 @@ def test_the_driver_reads_docs_in_chunks_and_queries_alone(tmp_path):
     want = [d.float() for d in torch.split(emb, lengths.tolist())]
     for chunk in (1, 4, 6, 1 << 20):
         docs = engine_driver.read_docs(path, chunk_tokens=chunk)
-        assert len(docs) == len(want) and all(a.dtype == torch.float32 and torch.equal(a, b) for a, b in zip(docs, want))
+        assert len(docs) == len(want)
+        assert all(a.dtype == torch.float32 and torch.equal(a, b) for a, b in zip(docs, want))
     queries = engine_driver.read_queries(path)
     assert [q.shape[0] for q in queries] == [2, 1]
     save_file({"doc_embeddings": emb.float(), "doc_lengths": lengths}, str(tmp_path / "f.safetensors"))
