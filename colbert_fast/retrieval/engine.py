@@ -40,7 +40,8 @@ Steps 2-3 run dense over doc rows (CentroidEngine.approximate): per query a toke
 table of M_d(q_i), one scatter-max of every expanded list entry's centroid score into it (a doc
 whose cells rose is a candidate), then raised to theta_i. That costs the lists' length plus N Lq
 per query and needs no sort; an earlier version made the (query, doc) pairs unique with a sort,
-which cost twice as much at E1 10k and grew with the lists' length (bench/results/engine). Queries go through in groups of at most _DENSE_CELLS cells.
+which cost twice as much at E1 10k and grew with the lists' length (bench/results/engine). Queries
+go through in groups of at most _DENSE_CELLS cells.
 
 Certified: the k-th exact score is > every bound of a doc not scored (strictly: then no doc left out
 can tie or beat it). Equal scores are ranked by ascending doc row (best_k), so a certified answer is
