@@ -190,6 +190,27 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def start_run(args) -> tuple[Path, Path, dict]:
+    """Threads set, --workdir and --out made: (workdir, out, the run's header: machine, torch threads,
+    git sha (marked when the tree has uncommitted changes) and the load average before)."""
+    torch.set_num_threads(args.threads)
+    workdir, out = Path(args.workdir), Path(args.out)
+    workdir.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    return (
+        workdir,
+        out,
+        {
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+            "torch_threads": torch.get_num_threads(),
+            "git": git + (" (with uncommitted changes)" if dirty.stdout.strip() else ""),
+            "load_before": _load(),
+        },
+    )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="bench/results/engine")
@@ -197,19 +218,8 @@ def main() -> int:
     ap.add_argument("--e1-docs", type=int, default=10_000)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    workdir, out = Path(args.workdir), Path(args.out)
-    workdir.mkdir(parents=True, exist_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
-    results = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        "torch_threads": torch.get_num_threads(),
-        "git": git + (" (with uncommitted changes)" if dirty.stdout.strip() else ""),
-        "load_before": _load(),
-        "collections": {},
-    }
+    workdir, out, results = start_run(args)
+    results["collections"] = {}
     cdir, cQ, cmask = cranfield(workdir)
     results["collections"]["Cranfield"] = run_collection("Cranfield", cdir, cQ, cmask)
     edir, eQ, emask = e1(workdir, args.e1_docs)

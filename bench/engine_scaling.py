@@ -20,16 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 # Shared with the settings grid of the same engine (bench/engine_quality.py, this directory).
-from engine_quality import CONFIG, e1, ground_truth, measure
+from engine_quality import CONFIG, e1, ground_truth, measure, start_run
 
 KS = (10, 100)
 
@@ -119,20 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--e1-docs", default="10000,30000,100000", help="comma-separated collection sizes")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    workdir, out = Path(args.workdir), Path(args.out)
-    workdir.mkdir(parents=True, exist_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
-    results = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        "torch_threads": torch.get_num_threads(),
-        "git": git + (" (with uncommitted changes)" if dirty.stdout.strip() else ""),
-        "config": CONFIG,
-        "load_before": [round(x, 2) for x in os.getloadavg()],
-        "sizes": [run_size(workdir, int(n)) for n in args.e1_docs.split(",")],
-    }
+    workdir, out, results = start_run(args)
+    results["config"] = CONFIG
+    results["sizes"] = [run_size(workdir, int(n)) for n in args.e1_docs.split(",")]
     results["load_after"] = [round(x, 2) for x in os.getloadavg()]
     (out / "scaling.json").write_text(json.dumps(results, indent=2))
     (out / "scaling.md").write_text(markdown(results))
