@@ -10,7 +10,9 @@ indexes in --workdir are reused, shared with bench/engine_quality.py), and for k
               before they grew with the collection)
     default   what Searcher uses now (retrieval.search.centroid_budget)
 searched one query at a time by embeddings (recall@k against exhaustive MaxSim over the same
-store, p50/p95 latency, cells scored), beside exhaustive scoring's time per query. Writes
+store, p50/p95 latency, cells scored), beside exhaustive scoring's time per query; then filtered
+search at k = 10 (random filters of 1-24% of the docs): the filter scored whole against the engine,
+and the path the default Searcher takes. Writes
 scaling.json, scaling.md and scaling.png (recall and p50 against docs) with the load average before
 and after and the git sha.
 """
@@ -20,14 +22,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
+
+import torch
 
 # Shared with the settings grid of the same engine (bench/engine_quality.py, this directory).
 from engine_quality import CONFIG, e1, ground_truth, measure, start_run
 
 KS = (10, 100)
+FILTER_SHARES = (0.01, 0.02, 0.04, 0.08, 0.24)  # of the docs, allowed by a random filter
 
 
 def fixed_budget(k: int) -> tuple[int, int]:
@@ -54,7 +60,43 @@ def run_size(workdir: Path, num_docs: int) -> dict:
             out["rows"].append({"budget": name, "k": k, "nprobe": nprobe, "ncandidates": ncand, **row})
             print(f"E1 {num_docs} k={k} {name} (nprobe {nprobe}, {ncand} candidates): recall {row['recall']:.4f} "
                   f"p50 {row['p50_ms']:.1f} ms, cells {row['cells_scored']:.3f}", flush=True)  # fmt: skip
+    out["filters"] = filter_rows(index_dir, Q, q_mask, docs)
     return out
+
+
+def filter_rows(index_dir, Q, q_mask, docs, k: int = 10, queries: int = 8) -> list[dict]:
+    """Filtered search at the default budget, per share of allowed docs: scoring the filter whole
+    (mode exhaustive) against the engine (score_all_if_covered off), p50 over `queries` one-query
+    searches, and the path the default Searcher takes (SCORE_ALL_TOKENS_PER_ENTRY)."""
+    from colbert_fast.retrieval import search as search_module
+
+    default, engine_only = (search_module.Searcher(index_dir, device="cpu", score_all_if_covered=on) for on in (1, 0))
+    nprobe, _ = search_module.centroid_budget(k, docs.num_docs, int(docs.centroids.shape[0]))
+    entries = int(q_mask.sum(dim=1).max()) * nprobe * docs.num_tokens / docs.centroids.shape[0]
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for share in FILTER_SHARES:
+        allowed = torch.zeros(docs.num_docs, dtype=torch.bool)
+        allowed[torch.randperm(docs.num_docs, generator=g)[: max(1, int(share * docs.num_docs))]] = True
+
+        def p50(searcher, mode, allowed=allowed):
+            times = []
+            for b in range(queries + 1):  # the first is a warm-up
+                t0 = time.perf_counter()
+                ranking = searcher.search(Q[b : b + 1], q_mask=q_mask[b : b + 1], k=k, mode=mode, allowed=allowed)[0]
+                times.append(time.perf_counter() - t0)
+            return 1000 * statistics.median(times[1:]), ranking.certified
+
+        whole, _ = p50(engine_only, "exhaustive")
+        engine, _ = p50(engine_only, "centroid")
+        chosen, certified = p50(default, "centroid")
+        tokens_per_entry = int(docs.lengths[allowed].sum()) / entries
+        rows.append({"share": share, "allowed": int(allowed.sum()), "tokens_per_entry": tokens_per_entry,
+                     "whole_ms": whole, "engine_ms": engine, "default_ms": chosen, "default_certified": certified,
+                     "scored_whole": tokens_per_entry <= search_module.SCORE_ALL_TOKENS_PER_ENTRY})  # fmt: skip
+        print(f"E1 {docs.num_docs} filter {share:.0%}: whole {whole:.1f} ms, engine {engine:.1f} ms, default "
+              f"{chosen:.1f} ms (tokens per entry {tokens_per_entry:.2f})", flush=True)  # fmt: skip
+    return rows
 
 
 def markdown(results: dict) -> str:
@@ -78,6 +120,19 @@ def markdown(results: dict) -> str:
                 f"| {size['num_docs']} | {size['centroids']} | {r['k']} | {r['budget']} | {r['nprobe']} "
                 f"| {r['ncandidates']} | {r['recall']:.4f} | {r['min_recall']:.2f} | {r['p50_ms']:.1f} "
                 f"| {r['p95_ms']:.1f} | {r['cells_scored']:.3f} | {ex:.1f} | {r['p50_ms'] / ex:.3f} |"
+            )
+    lines += ["", "Filtered search (k = 10, default budget; p50 of one-query searches): the filter scored whole",
+              "(exhaustive over the allowed docs), the engine, and what the default Searcher does (it scores",
+              "the filter whole when its tokens are at most SCORE_ALL_TOKENS_PER_ENTRY per list entry).", "",
+              "| docs | allowed | tokens per entry | whole ms | engine ms | whole / engine | default ms "
+              "| default path |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for size in results["sizes"]:
+        for r in size.get("filters", []):
+            path = "whole (certified)" if r["scored_whole"] else "engine"
+            lines.append(
+                f"| {size['num_docs']} | {r['allowed']} | {r['tokens_per_entry']:.2f} | {r['whole_ms']:.1f} "
+                f"| {r['engine_ms']:.1f} | {r['whole_ms'] / r['engine_ms']:.2f} | {r['default_ms']:.1f} | {path} |"
             )
     return "\n".join(lines) + "\n"
 

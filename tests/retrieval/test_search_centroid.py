@@ -184,3 +184,35 @@ def test_candidates_covering_the_collection_score_every_doc(e1, monkeypatch):
     monkeypatch.setattr(off.engine, "search", lambda *a, **kw: calls.append(a[2:5]) or off_real(*a, **kw))
     off.search(Q, q_mask=q_mask, k=10, mode="centroid", ncandidates=300)
     assert len(calls) == 2 and calls[1][2] == 300
+
+
+def test_a_selective_filter_is_scored_whole_when_that_is_cheaper(e1, monkeypatch):
+    """A filter whose docs hold at most SCORE_ALL_TOKENS_PER_ENTRY tokens per list entry the probes
+    would expand is scored whole (exact, certified) even when ncandidates is smaller; a wider one
+    goes through the engine."""
+    from colbert_fast.retrieval import search as search_module
+
+    path, Q, q_mask = e1
+    searcher = Searcher(path, device="cpu")
+    engine, docs = searcher.engine, searcher.index.docs
+    calls = []
+    real = engine.search
+    monkeypatch.setattr(engine, "search", lambda *a, **kw: calls.append(a[2:5]) or real(*a, **kw))
+    nprobe, ncandidates = 64, 10
+    entries = Q.shape[1] * nprobe * docs.num_tokens / engine.num_centroids
+    narrow, wide = torch.zeros(300, dtype=torch.bool), torch.zeros(300, dtype=torch.bool)
+    narrow[:40], wide[::2] = True, True
+    share = {name: int(docs.lengths[m].sum()) / entries for name, m in (("narrow", narrow), ("wide", wide))}
+    limit = search_module.SCORE_ALL_TOKENS_PER_ENTRY
+    assert share["narrow"] <= limit < share["wide"], share  # the two filters fall on both sides
+    found = searcher.search(Q, q_mask=q_mask, k=5, mode="centroid", nprobe=nprobe, ncandidates=ncandidates,
+                            allowed=narrow)  # fmt: skip
+    assert calls == []
+    for f, t in zip(found, searcher.search(Q, q_mask=q_mask, k=5, mode="exhaustive", allowed=narrow)):
+        same_ranking(f, t, Q.shape[1])
+        assert f.certified
+    searcher.search(Q, q_mask=q_mask, k=5, mode="centroid", nprobe=nprobe, ncandidates=ncandidates, allowed=wide)
+    assert calls == [(5, nprobe, ncandidates)]
+    monkeypatch.setattr(search_module, "SCORE_ALL_TOKENS_PER_ENTRY", 0.0)  # the rule off: the engine runs
+    searcher.search(Q, q_mask=q_mask, k=5, mode="centroid", nprobe=nprobe, ncandidates=ncandidates, allowed=narrow)
+    assert len(calls) == 2
