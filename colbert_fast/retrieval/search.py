@@ -90,8 +90,9 @@ CENTROIDS_PER_PROBE = 128
 CENTROID_BUDGET_DOCS = 10_000
 # Centroid mode scores every allowed doc instead when their tokens are at most this many per list
 # entry the probes would expand (mean list length x nprobe x query tokens). Measured one query at a
-# time, 1 thread (E1, default budgets): scoring the filter whole cost 0.77x the engine at 0.32
-# tokens per entry (100k docs) and 0.50x at 0.24 (10k); the crossovers were near 0.4 and 0.55.
+# time, 1 thread (E1, default budgets; bench/results/engine/scaling.md): scoring a filter whole cost
+# 0.64x / 0.84x / 0.78x the engine at 0.32 tokens per entry (10k / 30k / 100k docs) and 1.7x / 2.3x /
+# 2.1x at 0.95; the crossovers lie near 0.4-0.55.
 SCORE_ALL_TOKENS_PER_ENTRY = 0.3
 # Encoder settings that shape the stored doc vectors: a searcher's encoder must agree on them.
 DOC_SIDE = ("dim", "doc_maxlen", "doc_marker", "mask_punctuation", "skiplist")
@@ -474,7 +475,7 @@ class Searcher:
         them all anyway, after probing lists and bounding every doc), or the allowed docs hold at
         most SCORE_ALL_TOKENS_PER_ENTRY tokens per list entry the engine's probes would expand (a
         selective filter on a large collection: at E1 100k a filter of 2,000 docs was scored whole
-        in 28 ms where the engine took 142 ms, at any filter the same ~110 ms of list expansion).
+        in 18 ms where the engine took 84 ms, about what it takes whatever the filter).
         """
         if not self.score_all_if_covered:
             return False
