@@ -376,8 +376,8 @@ class CentroidEngine:
         """Steps 1-3 and every doc's bound, for checked Q [B, Lq, dim] fp32 and q_mask [B, Lq].
 
         Dense over doc rows, a few queries at a time (_DENSE_CELLS): per query a [Lq, N] table of
-        M_d(q_i), filled with theta_i and raised to the best probed centroid score of each list entry
-        (one scatter-max, no sort: the cost is the lists' length plus N Lq per query). Masked query
+        M_d(q_i), the best probed centroid score of each list entry (one scatter-max into -inf, no
+        sort: the cost is the lists' length plus N Lq per query), then raised to theta_i. Masked query
         tokens probe nothing and count for nothing. allowed: None or bool [B, N] (allowed_mask):
         a doc not allowed is no candidate and gets bound -inf.
         """

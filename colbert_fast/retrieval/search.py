@@ -144,7 +144,7 @@ def centroid_budget(k: int, num_docs: int, num_centroids: int) -> tuple[int, int
     smaller share of the space, and more docs sit near the k-th score. On E1 100k (32,768
     centroids) the 10k budget found recall@10 0.836 and recall@100 0.764 of the store's own top k;
     probing the same share of the centroids as at 10k (one per 128: nprobe 256) and scoring
-    sqrt(10) times the candidates brought both to >= 0.99 (bench/results/engine/, e1_scaling).
+    sqrt(10) times the candidates brought both to >= 0.99 (bench/results/engine/scaling.md).
     So: nprobe = max(64, centroids / 128), at most every centroid, and candidates times
     sqrt(docs / 10k), at least k.
     """
