@@ -70,8 +70,10 @@ env: setup
 
 # colbert-ai and PyLate, only for the parity tests (pytest -m peers). They pin transformers <= 5.3
 # and sentence-transformers 5.3, so they get a venv of their own: the product's tests keep running
-# against the newest releases setup.py allows. That venv has the same torch and imports
-# colbert_fast from this checkout (a .pth file), with the extension `make setup` built. Their full
+# against the newest releases setup.py allows. That venv imports colbert_fast from this checkout
+# (a .pth file), with the extension `make setup` built, and the product venv's torch: torch and
+# what it requires (triton, the CUDA libraries: 5+ GB) are linked in, not installed a second time
+# (two copies filled CI's disk), by tests/peers_share_torch.py. Their full
 # dependency lists would replace torch, so they go in without dependencies and the few modules
 # their scoring and encoding paths import are named here. voyager is PyLate's Voyager index (the
 # oracle of tests/compat/test_pylate_index.py); PyLate 1.6.0 hands it lists, which voyager >= 2.2
@@ -88,9 +90,11 @@ $(PEERS_STAMP): $(STAMP) Makefile
 	test -x $(PEERS_PY) || $(PYTHON) -m venv $(PEERS_VENV)
 	$(PY) -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(PEERS_VENV)/peer-constraints.txt
 	$(PEERS_PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PEERS_PY) -m pip install -q -c $(PEERS_VENV)/peer-constraints.txt torch numpy safetensors pytest hypothesis
 	$(PEERS_PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > $(PEERS_VENV)/purelib.txt
 	echo "$(CURDIR)" > "$$(cat $(PEERS_VENV)/purelib.txt)/colbert_fast_checkout.pth"
+	$(PY) tests/peers_share_torch.py $(PEERS_VENV)/product-torch > "$$(cat $(PEERS_VENV)/purelib.txt)/colbert_fast_product_torch.pth"
+	$(PEERS_PY) -m pip install -q -c $(PEERS_VENV)/peer-constraints.txt torch numpy safetensors pytest hypothesis
+	$(PEERS_PY) -c "import os, sys, torch; own = os.path.join(os.path.realpath(sys.prefix), ''); sys.exit('the peers venv installed a second torch' if os.path.realpath(torch.__file__).startswith(own) else 0)"
 	$(PEERS_PY) -m pip install -q -c $(PEERS_VENV)/peer-constraints.txt --no-deps $(PEERS)
 	$(PEERS_PY) -m pip install -q -c $(PEERS_VENV)/peer-constraints.txt $(PEER_DEPS)
 	touch $@
