@@ -7,6 +7,7 @@ scores = cf.maxsim_packed(Q, docs, pids)                  # [B, K], pid -1 -> -i
 D, d_mask = cf.gather(docs, pids)
 small = cf.CompressedDocs.from_packed(docs, codec="residual", nbits=2)   # 38 B/token at dim 128
 scores = cf.maxsim_packed(Q, small, pids)                 # scored from the codes
+score, positive, hit = cf.centroid_interaction(ids, scores, floor, offsets, docs, N)  # PLAID's pass
 cf.selected_backend("cpu")                                # which backend "auto" runs there
 
 The layers of the package and who may import whom: docs/architecture.md.
@@ -15,7 +16,7 @@ The layers of the package and who may import whom: docs/architecture.md.
 from .backends import available as available_backends
 from .backends import selected as selected_backend
 from .compressed import CompressedDocs
-from .ops import gather, maxsim, maxsim_packed
+from .ops import centroid_interaction, gather, maxsim, maxsim_packed
 from .packed import PackedDocs
 
 __version__ = "0.1.0"
@@ -23,6 +24,7 @@ __all__ = [
     "maxsim",
     "maxsim_packed",
     "gather",
+    "centroid_interaction",
     "PackedDocs",
     "CompressedDocs",
     "available_backends",

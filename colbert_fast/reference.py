@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["maxsim", "maxsim_packed", "gather", "lengths_to_mask", "decode_residual", "decode_int8", "unpack_bits"]
+__all__ = ["maxsim", "maxsim_packed", "gather", "lengths_to_mask", "decode_residual", "decode_int8", "unpack_bits",
+           "centroid_interaction"]  # fmt: skip
 
 
 def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -203,3 +204,38 @@ def tolerance(exact: torch.Tensor, same_dtype: torch.Tensor, dtype: torch.dtype,
     finite = torch.isfinite(exact)
     low_err = (same_dtype[finite].double() - exact[finite].double()).abs().max().item() if finite.any() else 0.0
     return 2.0 * low_err + TOLERANCE_FLOOR[dtype] * lq
+
+
+def centroid_interaction(
+    probe_ids: torch.Tensor,
+    probe_scores: torch.Tensor,
+    floor: torch.Tensor,
+    list_offsets: torch.Tensor,
+    list_docs: torch.Tensor,
+    num_docs: int,
+    q_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PLAID's centroid interaction, one probe at a time (the rule is colbert_fast.ops.centroid_interaction's).
+
+    Per query b and counting token i: M = the best score of i's probed lists per doc (-inf where
+    none holds it); score[b] += max(M, floor[b, i]), positive[b] += max(that, 0), hit[b] |= M > -inf.
+    Tokens are added in order, in fp32, on the CPU.
+    """
+    B, Lq, P = probe_ids.shape
+    score = torch.zeros(B, num_docs)
+    positive = torch.zeros(B, num_docs)
+    hit = torch.zeros(B, num_docs, dtype=torch.bool)
+    for b in range(B):
+        for i in range(Lq):
+            if q_mask is not None and not bool(q_mask[b, i]):
+                continue
+            best = torch.full((num_docs,), float("-inf"))
+            for j in range(P):
+                c = int(probe_ids[b, i, j])
+                docs = list_docs[int(list_offsets[c]) : int(list_offsets[c + 1])].cpu()
+                best[docs] = torch.maximum(best[docs], probe_scores[b, i, j].float().cpu())
+            hit[b] |= best > float("-inf")
+            value = torch.maximum(best, floor[b, i].float().cpu())
+            score[b] += value
+            positive[b] += value.clamp(min=0)
+    return score, positive, hit

@@ -10,6 +10,9 @@ A backend is a module named <name>_backend in this package exposing:
     maxsim(Q, D, q_mask, d_mask, d_lengths, floor) -> fp32 [B, N] or [B, K]
     maxsim_packed(Q, embeddings, offsets, lengths, pids, q_mask, max_len, floor) -> fp32 [B, K]
     gather(embeddings, offsets, lengths, pids, max_len) -> (D [*pids.shape, max_len, dim], mask)
+    centroid_interaction(probe_ids, probe_scores, floor, q_mask, list_offsets, list_docs, num_docs,
+                         max_entries) -> (score, positive, hit)     (optional: cpu and torch have it)
+    supports(op, device) -> bool                             (optional) whether this build has `op`
 and, where it has compressed-store kernels (supports_codes(device) -> True):
     maxsim_packed_codes(Q, view, pids, q_mask, max_len, floor) -> fp32 [B, K]    view: CodesView
     gather_codes(view, pids, max_len, dtype) -> (D [*pids.shape, max_len, dim] in dtype, mask)
@@ -52,6 +55,15 @@ def _supports_codes(module, device: torch.device) -> bool:
     return bool(getattr(module, "supports_codes", lambda device: False)(device))
 
 
+def _has_op(module, op: str, device: torch.device) -> bool:
+    """Whether `module` implements `op` for `device` tensors: not every backend has every op
+    (centroid_interaction: cpu and torch), and a build may predate an op (supports(op, device))."""
+    if not hasattr(module, op):
+        return False
+    supports = getattr(module, "supports", None)
+    return supports is None or bool(supports(op, device))
+
+
 def has_backward(module, op: str = "maxsim") -> bool:
     """Whether `module`'s `op` (maxsim, maxsim_packed, gather, maxsim_packed_codes, gather_codes)
     lets gradients flow."""
@@ -78,6 +90,8 @@ def select(backend: str, device: torch.device, needs_grad: bool = False, codes: 
             )
         if codes and not _supports_codes(module, device):
             raise RuntimeError(f"backend {backend!r} has no compressed-store kernels for {device} tensors")
+        if not _has_op(module, op, device):
+            raise RuntimeError(f"backend {backend!r} has no {op} for {device} tensors")
         return module
     for name in AUTO_ORDER.get(device.type, ("torch",)):
         if unavailable_reason(name, device) is None:
@@ -85,6 +99,8 @@ def select(backend: str, device: torch.device, needs_grad: bool = False, codes: 
             if needs_grad and not has_backward(module, op):
                 continue
             if codes and not _supports_codes(module, device):
+                continue
+            if not _has_op(module, op, device):
                 continue
             return module
     return load("torch")

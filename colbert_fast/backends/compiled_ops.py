@@ -45,3 +45,10 @@ def gather_codes(view, pids, max_len, dtype):
         view.codes, view.scales, view.centroid_ids, view.centroids, view.bucket_weights, view.offsets,
         view.lengths, pids, max_len, view.nbits, dtype,
     )  # fmt: skip
+
+
+def centroid_interaction(probe_ids, probe_scores, floor, q_mask, list_offsets, list_docs, num_docs, max_entries=None):
+    # max_entries only pads the torch version's expansion; the kernel reads nothing back anyway.
+    return torch.ops.colbert_fast.centroid_interaction(
+        probe_ids, probe_scores, floor, q_mask, list_offsets, list_docs, num_docs
+    )

@@ -13,6 +13,7 @@ import torch
 from .. import extension
 from . import compiled_ops
 from .compiled_ops import (  # noqa: F401  (the backend interface)
+    centroid_interaction,
     gather,
     gather_codes,
     maxsim,
@@ -33,6 +34,11 @@ def unavailable_reason(device: torch.device) -> str | None:
     if not extension.has_kernel("maxsim", "CPU"):
         return "this build of colbert_fast._C has no CPU MaxSim kernels"
     return None
+
+
+def supports(op: str, device: torch.device) -> bool:
+    """Whether this build has `op`'s kernel for `device` (an extension older than the op has not)."""
+    return extension.has_kernel(op, "CPU")
 
 
 def cpu_isa() -> str:

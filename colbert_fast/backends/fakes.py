@@ -38,12 +38,19 @@ def _gather_codes_fake(codes, scales, centroid_ids, centroids, bucket_weights, o
     return codes.new_empty((*shape, max_len, dim), dtype=dtype), codes.new_empty((*shape, max_len), dtype=torch.bool)
 
 
+def _centroid_interaction_fake(probe_ids, probe_scores, floor, q_mask, list_offsets, list_docs, num_docs):
+    shape = (probe_ids.shape[0], num_docs)
+    new = probe_scores.new_empty
+    return new(shape, dtype=torch.float32), new(shape, dtype=torch.float32), new(shape, dtype=torch.bool)
+
+
 _FAKES = {
     "maxsim": _maxsim_fake,
     "maxsim_packed": _maxsim_packed_fake,
     "gather": _gather_fake,
     "maxsim_packed_codes": _maxsim_packed_codes_fake,
     "gather_codes": _gather_codes_fake,
+    "centroid_interaction": _centroid_interaction_fake,
 }
 
 

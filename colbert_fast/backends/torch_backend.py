@@ -182,3 +182,93 @@ def maxsim_packed_codes(Q, view, pids, q_mask, max_len, floor=None):
         out.append(maxsim(Q.float(), D, q_mask, d_mask, None, fl))
     scores = torch.cat(out, dim=1) if out else Q.new_zeros((B, 0), dtype=torch.float32)
     return scores.masked_fill(pids < 0, float("-inf"))
+
+
+# ---- centroid interaction (ops.centroid_interaction) ------------------------------------------------
+
+# (query, token, doc) cells of the dense table held at once: 16 MB of fp32 on the CPU. On a GPU a
+# group costs a few dozen kernel launches whatever its size, and memory is plentiful: larger groups
+# (256 MB of table, ~1.3 GB of padded entries), so E1 100k (3.2M cells a query) takes 20 queries a
+# group, not 1. Not measured (no GPU lent yet).
+CENTROID_CELLS = 1 << 22
+CENTROID_GPU_CELLS = 1 << 26
+# List entries a padded group (max_entries given) expands at once (~40 bytes each across the step's tensors).
+CENTROID_ENTRIES = 1 << 23
+CENTROID_GPU_ENTRIES = 1 << 25
+
+
+def expand_lists(starts: torch.Tensor, counts: torch.Tensor, budget: int | None):
+    """The list entries of a group's probes: (probe_of, pos, valid), one element per entry.
+
+    Probe j covers list_docs[starts[j] : starts[j] + counts[j]]; entry e belongs to probe probe_of[e]
+    and reads list_docs[pos[e]]. budget None: exactly the entries, sized by a host read of their
+    total (valid None). budget int: `budget` entries, a size known before the data (no host read,
+    fixed shapes); those past the total are padding (valid False, probe_of and pos still in range).
+    """
+    dev = counts.device
+    if budget is None:
+        total = int(counts.sum())  # host read: the size of the expansion
+        probe_of = torch.repeat_interleave(torch.arange(counts.numel(), device=dev), counts, output_size=total)
+        first = torch.cumsum(counts, 0) - counts
+        # (index_select: a gather by a 1-d index, faster on the CPU than advanced indexing)
+        pos = torch.index_select(starts - first, 0, probe_of) + torch.arange(total, device=dev)
+        return probe_of, pos, None
+    ends = torch.cumsum(counts, 0)
+    e = torch.arange(budget, device=dev)
+    probe_of = torch.searchsorted(ends, e, right=True)  # the first probe whose entries end past e
+    valid = probe_of < counts.numel()
+    probe_of.clamp_(max=max(counts.numel() - 1, 0))
+    pos = torch.index_select(starts - (ends - counts), 0, probe_of) + e
+    return probe_of, pos.masked_fill_(~valid, 0), valid
+
+
+def centroid_interaction(probe_ids, probe_scores, floor, q_mask, list_offsets, list_docs, num_docs, max_entries=None):
+    """Dense over doc rows, a few queries at a time: per query a token-major [Lq, N] table of the
+    best listed score, one scatter-max of every expanded list entry into it (filled with -inf, so a
+    doc is hit where a cell rose), then raised to the floor and summed over the counting tokens.
+    max_entries: pad each token's expansion to that many entries, so no size comes from the data."""
+    B, Lq, p = probe_ids.shape
+    N, dev = num_docs, probe_ids.device
+    neg_inf = float("-inf")
+    score = torch.empty((B, N), device=dev)
+    positive = torch.empty((B, N), device=dev)
+    hit = torch.zeros((B, N), dtype=torch.bool, device=dev)
+    gpu = dev.type == "cuda"
+    cells, entries = (CENTROID_GPU_CELLS, CENTROID_GPU_ENTRIES) if gpu else (CENTROID_CELLS, CENTROID_ENTRIES)
+    step = max(1, cells // max(N * Lq, 1))
+    if max_entries is not None:  # the padded expansion is held at once too
+        step = min(step, max(1, entries // max(Lq * max_entries, 1)))
+    for b0 in range(0, B, step):
+        G = min(step, B - b0)
+        g_ids, g_mask = probe_ids[b0 : b0 + G], q_mask[b0 : b0 + G, :, None]
+        M = torch.full((G, Lq, N), neg_inf, device=dev)
+        if Lq * p and list_docs.numel():  # (no probe, or only empty lists: nothing to expand)
+            starts = list_offsets[g_ids].reshape(-1)  # one entry per probe (query, token, rank)
+            counts = (list_offsets[g_ids + 1].reshape(-1) - starts) * g_mask.expand(G, Lq, p).reshape(-1)
+            budget = G * Lq * max_entries if max_entries is not None else None
+            probe_of, pos, valid = expand_lists(starts, counts, budget)
+            docs = torch.index_select(list_docs, 0, pos)
+            # Each entry's cell in the [G, Lq, N] table: (query * Lq + token) * N + doc. Token-major: one
+            # token's probes write within one row of N floats, which stays in cache (doc-major spread
+            # them over the whole table: the scatter took 1.7x as long at N = 100k).
+            probe = torch.arange(G * Lq * p, device=dev)
+            cell = torch.index_select(probe.div_(p, rounding_mode="floor").mul_(N), 0, probe_of).add_(docs)
+            entry_vals = torch.index_select(probe_scores[b0 : b0 + G].reshape(-1), 0, probe_of)
+            if valid is not None:  # padding entries: -inf changes no max and hits no doc
+                entry_vals.masked_fill_(~valid, neg_inf)
+            M.view(-1).scatter_reduce_(0, cell, entry_vals, "amax")
+        # (Per token, not M.amax(dim=1) > -inf: one NaN cell would hide the doc's other tokens.)
+        torch.any(M > neg_inf, dim=1, out=hit[b0 : b0 + G])
+        torch.maximum(M, floor[b0 : b0 + G, :, None], out=M)
+        M.masked_fill_(~g_mask, 0.0)  # a masked token counts for nothing (its row may be -inf)
+        _sum_rows_in_order(M, score[b0 : b0 + G])
+        _sum_rows_in_order(M.clamp_(min=0), positive[b0 : b0 + G])
+    return score, positive, hit
+
+
+def _sum_rows_in_order(M: torch.Tensor, out: torch.Tensor) -> None:
+    """out = M[:, 0] + M[:, 1] + ... in that order: the C++ kernel's rounding, bit for bit (a
+    sum(dim=1) may pair the terms differently), so every backend gives one answer."""
+    out.zero_()
+    for i in range(M.shape[1]):
+        out += M[:, i]

@@ -36,12 +36,12 @@ that was never a candidate has M_d(q_i) <= theta_i for every i: its bound is sma
 rmax_d R with P = sum max(theta_i, 0), N = sum min(theta_i, 0), R = sum |q_i|). An empty doc has
 smin = smax = rmax = 0 and bound 0 (it scores exactly 0).
 
-Steps 2-3 run dense over doc rows (CentroidEngine.approximate): per query a token-major [Lq, N]
-table of M_d(q_i), one scatter-max of every expanded list entry's centroid score into it (a doc
-whose cells rose is a candidate), then raised to theta_i. That costs the lists' length plus N Lq
-per query and needs no sort; an earlier version made the (query, doc) pairs unique with a sort,
-which cost twice as much at E1 10k and grew with the lists' length (bench/results/engine). Queries
-go through in groups of at most _DENSE_CELLS cells.
+Steps 2-3 are the library's cf.centroid_interaction over the engine's lists (CentroidEngine.approximate),
+dense over doc rows: per query and token a row of M_d(q_i) over all N docs, every probed list's
+entries max-ed into it (a doc some list holds is a candidate), then raised to theta_i and summed.
+That costs the lists' length plus N Lq per query and needs no sort. On the CPU a C++ kernel walks the
+lists straight into one row per thread (csrc/cpu/centroid_cpu.cpp); the torch version (a GPU, or
+static_shapes) expands the lists into index tensors and scatters them into a [Lq, N] table per query.
 
 Certified: the k-th exact score is > every bound of a doc not scored (strictly: then no doc left out
 can tie or beat it). Equal scores are ranked by ascending doc row (best_k), so a certified answer is
@@ -57,16 +57,16 @@ never scored. The certificate then speaks of the allowed subset: a certified ans
 exhaustive top k over the allowed docs. cells_scored keeps its meaning (docs scored / all docs).
 
 Static shapes (CentroidEngine(static_shapes=...), on by default for a CUDA store): steps 1-5 are
-torch ops on the store's device, and two sizes would come from the data: the expanded lists' length
-(step 2) and the scored width (step 4). With static_shapes both come from the shapes and settings
-alone: a query token's expansion is padded to the most its `nprobe` probes can hold (the sum of the
-`nprobe` longest lists, known at load), and the survivors are the first min(ncandidates, N) of one
-stable sort, -1 where no candidate is left. Nothing reads a tensor back inside a batch
-(search_on_device; exact=True still reads the width of each of its two rounds), so a GPU never
-waits and the batch can be captured in a CUDA graph; the price is the padding's work (up to the
-longest lists' length over the actual one) and a full sort per query. The answer is the same either
-way (tests/retrieval/test_engine_static.py, also on fake tensors that carry no data); the CPU
-default sizes from the data, which is the faster there.
+torch ops on the store's device (step 3: the torch centroid_interaction), and two sizes would come
+from the data: the expanded lists' length (step 2) and the scored width (step 4). With static_shapes
+both come from the shapes and settings alone: a query token's expansion is padded to the most its
+`nprobe` probes can hold (the sum of the `nprobe` longest lists, known at load), and the survivors
+are the first min(ncandidates, N) of one stable sort, -1 where no candidate is left. Nothing reads
+a tensor back inside a batch (search_on_device; exact=True still reads the width of each of its two
+rounds), so a GPU never waits and the batch can be captured in a CUDA graph; the price is the
+padding's work (up to the longest lists' length over the actual one) and a full sort per query. The
+answer is the same either way (tests/retrieval/test_engine_static.py, also on fake tensors that
+carry no data); the CPU default sizes from the data and runs the C++ pass, which is the faster there.
 """
 
 from __future__ import annotations
@@ -100,15 +100,6 @@ _FP16_OPERANDS = 2.0**-9
 _MATMUL_ULP = {"highest": 2.0**-24, "high": 2.0**-11, "medium": 2.0**-8}
 # Docs per query scored in exact=True's first round (_widen), before it scores all that is still needed.
 _WIDEN_BLOCK = 1024
-# (query, doc, query token) cells of the approximate pass's table held at once (16 MB of fp32).
-_DENSE_CELLS = 1 << 22
-# On a GPU a group costs a few dozen kernel launches whatever its size, and memory is plentiful:
-# larger groups (256 MB of table, ~1.3 GB of padded entries), so E1 100k (3.2M cells a query) takes
-# 20 queries a group, not 1. Not measured (no GPU lent yet).
-_GPU_DENSE_CELLS = 1 << 26
-_GPU_STATIC_ENTRIES = 1 << 25
-# List entries a static-shape group expands at once (~40 bytes each across the step's tensors).
-_STATIC_ENTRIES = 1 << 23
 
 
 def build_engine(codes: cf.CompressedDocs) -> dict[str, torch.Tensor]:
@@ -220,31 +211,6 @@ def _positive(name: str, value) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return value
-
-
-def _expand(starts: torch.Tensor, counts: torch.Tensor, budget: int | None):
-    """The list entries of a group's probes: (probe_of, pos, valid), one element per entry.
-
-    Probe j covers ivf_docs[starts[j] : starts[j] + counts[j]]; entry e belongs to probe probe_of[e]
-    and reads ivf_docs[pos[e]]. budget None: exactly the entries, sized by a host read of their
-    total (valid None). budget int: `budget` entries, a size known before the data (no host read,
-    fixed shapes); those past the total are padding (valid False, probe_of and pos still in range).
-    """
-    dev = counts.device
-    if budget is None:
-        total = int(counts.sum())  # host read: the size of the expansion
-        probe_of = torch.repeat_interleave(torch.arange(counts.numel(), device=dev), counts, output_size=total)
-        first = torch.cumsum(counts, 0) - counts
-        # (index_select: a gather by a 1-d index, faster on the CPU than advanced indexing)
-        pos = torch.index_select(starts - first, 0, probe_of) + torch.arange(total, device=dev)
-        return probe_of, pos, None
-    ends = torch.cumsum(counts, 0)
-    e = torch.arange(budget, device=dev)
-    probe_of = torch.searchsorted(ends, e, right=True)  # the first probe whose entries end past e
-    valid = probe_of < counts.numel()
-    probe_of.clamp_(max=max(counts.numel() - 1, 0))
-    pos = torch.index_select(starts - (ends - counts), 0, probe_of) + e
-    return probe_of, pos.masked_fill_(~valid, 0), valid
 
 
 def _mark_scored(bounds: torch.Tensor, rows: torch.Tensor) -> None:
@@ -375,58 +341,28 @@ class CentroidEngine:
     def approximate(self, Q: torch.Tensor, q_mask: torch.Tensor, nprobe: int, allowed=None) -> Pass:
         """Steps 1-3 and every doc's bound, for checked Q [B, Lq, dim] fp32 and q_mask [B, Lq].
 
-        Dense over doc rows, a few queries at a time (_DENSE_CELLS): per query a [Lq, N] table of
-        M_d(q_i), the best probed centroid score of each list entry (one scatter-max into -inf, no
-        sort: the cost is the lists' length plus N Lq per query), then raised to theta_i. Masked query
-        tokens probe nothing and count for nothing. allowed: None or bool [B, N] (allowed_mask):
-        a doc not allowed is no candidate and gets bound -inf.
+        Step 3 is cf.centroid_interaction over the engine's lists (per doc and query token the best
+        probed centroid score among the doc's centroids, raised to theta_i; summed, and the sum of
+        the positive parts f_d needs): the C++ kernel on the CPU, the library's dense torch pass
+        elsewhere, padded to the longest expansion with static_shapes. Masked query tokens probe
+        nothing and count for nothing. allowed: None or bool [B, N] (allowed_mask): a doc not
+        allowed is no candidate and gets bound -inf.
         """
-        B, Lq, _ = Q.shape
-        N, dev = self.num_docs, Q.device
         ids, vals, theta = self.probe(Q, nprobe)
-        p = ids.shape[2]
-        approx = torch.full((B, N), float("-inf"), device=dev)
-        bounds = torch.empty((B, N), device=dev)
+        static = self.static_shapes  # the torch pass, padded: no size read back (a GPU never waits)
+        a, positive, hit = cf.centroid_interaction(
+            ids, vals, theta, self.ivf_offsets, self.ivf_docs, self.num_docs, q_mask,
+            max_entries=self._list_cap(ids.shape[2]) if static else None, backend="torch" if static else "auto",
+        )  # fmt: skip
         qn = (Q.norm(dim=-1) * q_mask).sum(dim=1)  # [B]: the residual term's sum_i |q_i|
-        weights = q_mask.to(torch.float32)
-        gpu = dev.type == "cuda"
-        cells, entries = (_GPU_DENSE_CELLS, _GPU_STATIC_ENTRIES) if gpu else (_DENSE_CELLS, _STATIC_ENTRIES)
-        step = max(1, cells // max(N * Lq, 1))
-        if self.static_shapes:  # the padded expansion is held at once too
-            step = min(step, max(1, entries // max(Lq * self._list_cap(p), 1)))
-        for b0 in range(0, B, step):
-            G = min(step, B - b0)
-            g_ids = ids[b0 : b0 + G]
-            starts = self.ivf_offsets[g_ids].reshape(-1)  # one entry per probe (query, token, rank)
-            counts = (self.ivf_offsets[g_ids + 1].reshape(-1) - starts) * q_mask[b0 : b0 + G, :, None].expand(
-                G, Lq, p
-            ).reshape(-1)
-            budget = G * Lq * self._list_cap(p) if self.static_shapes else None
-            probe_of, pos, valid = _expand(starts, counts, budget)
-            docs = torch.index_select(self.ivf_docs, 0, pos)
-            # Each entry's cell in the [G, Lq, N] table of M: (query * Lq + token) * N + doc. Token-major:
-            # one token's probes write within one row of N floats, which stays in cache (doc-major
-            # spread them over the whole table: the scatter took 1.7x as long at N = 100k).
-            probe = torch.arange(G * Lq * p, device=dev)
-            cell = torch.index_select(probe.div_(p, rounding_mode="floor").mul_(N), 0, probe_of).add_(docs)
-            entry_vals = torch.index_select(vals[b0 : b0 + G].reshape(-1), 0, probe_of)
-            if valid is not None:  # padding entries: -inf changes no max and hits no doc
-                entry_vals.masked_fill_(~valid, float("-inf"))
-            # Filled with -inf first, so a doc is a candidate (some list names it) where a cell rose;
-            # the scores are finite (_checked). Then theta, the floor of every unprobed centroid.
-            M = torch.full((G, Lq, N), float("-inf"), device=dev)
-            M.view(-1).scatter_reduce_(0, cell, entry_vals, "amax")
-            hit = M.amax(dim=1) > float("-inf")  # [G, N] (amax over rows runs along N: faster than any)
-            torch.maximum(M, theta[b0 : b0 + G, :, None], out=M)
-            # -inf (every centroid probed; masked token) times a 0 weight would be NaN below.
-            M.clamp_(min=-1e30).mul_(weights[b0 : b0 + G, :, None])
-            a = M.sum(dim=1)  # [G, N]: the approximate score (step 3) of every doc
-            positive = M.clamp_(min=0).sum(dim=1)
-            # The bound sum_i f_d(M_d(q_i)) + rmax_d sum_i |q_i| (module doc), written with f_d's two
-            # slopes; for a doc with no probed centroid it is smax_d P + smin_d N + rmax_d R.
-            bounds[b0 : b0 + G] = self._smin * a + self._sgap * positive + self._rmax * qn[b0 : b0 + G, None]
-            approx[b0 : b0 + G] = torch.where(hit, a, approx[b0 : b0 + G])
+        # A -inf term (every centroid probed, no list holds the doc: an empty doc, whose smin = smax =
+        # rmax = 0) would make 0 * -inf = NaN below: -1e30 keeps that bound at 0.
+        a.clamp_(min=-1e30)
+        # The bound sum_i f_d(M_d(q_i)) + rmax_d sum_i |q_i| (module doc), written with f_d's two
+        # slopes; for a doc with no probed centroid it is smax_d P + smin_d N + rmax_d R.
+        bounds = self._smin * a + self._sgap * positive + self._rmax * qn[:, None]
         bounds += engine_margin(Q, q_mask, self.dmax)[:, None]
+        approx = a.masked_fill_(~hit, float("-inf"))  # a doc is a candidate where some probed list holds it
         if allowed is not None:
             approx.masked_fill_(~allowed, float("-inf"))
             bounds.masked_fill_(~allowed, float("-inf"))

@@ -93,6 +93,11 @@ TORCH_LIBRARY(colbert_fast, m) {
   m.def(
       "gather_codes(Tensor codes, Tensor scales, Tensor? centroid_ids, Tensor? centroids, Tensor? bucket_weights, "
       "Tensor offsets, Tensor lengths, Tensor pids, int max_len, int nbits, ScalarType dtype) -> (Tensor, Tensor)");
+  // PLAID's centroid interaction over inverted lists (colbert_fast/ops.py centroid_interaction):
+  // (score, positive, hit), each [B, num_docs].
+  m.def(
+      "centroid_interaction(Tensor probe_ids, Tensor probe_scores, Tensor floor, Tensor q_mask, Tensor list_offsets, "
+      "Tensor list_docs, int num_docs) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(colbert_fast, CPU, m) { m.impl("gather", &gather_cpu_op); }

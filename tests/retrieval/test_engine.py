@@ -192,15 +192,22 @@ def test_candidates_and_survivors_match_a_written_out_pass(nprobe):
             assert rows[b][rows[b] >= 0].tolist() == sorted(ranked[:keep])
 
 
-def test_the_dense_pass_gives_the_same_answer_in_any_grouping(monkeypatch):
-    """Queries go through the dense pass in groups (_DENSE_CELLS): one query per group changes nothing."""
-    from colbert_fast.retrieval import engine as engine_module
+def test_the_torch_pass_in_one_query_groups_gives_the_engine_the_same_answer(monkeypatch):
+    """Step 3 runs the C++ kernel on the CPU when built; without it (a build that predates the op)
+    the torch pass takes over, in groups of queries (CENTROID_CELLS): one query per group gives the
+    same bounds, candidates and search, bit for bit."""
+    from colbert_fast.backends import cpu_backend, torch_backend
 
     store, engine, Q, q_mask = clustered_store(2, 96, 1, noise=0.2)
     allowed = torch.rand(Q.shape[0], store.num_docs, generator=torch.Generator().manual_seed(0)) < 0.7
     together = engine.doc_bounds(Q, q_mask, 3, allowed=allowed), engine.search(Q, q_mask, 4, 3, 6, allowed=allowed)
-    monkeypatch.setattr(engine_module, "_DENSE_CELLS", 1)
+    monkeypatch.setattr(cpu_backend, "supports", lambda op, device: op != "centroid_interaction")
+    monkeypatch.setattr(torch_backend, "CENTROID_CELLS", 1)
+    calls = []
+    real = torch_backend.centroid_interaction
+    monkeypatch.setattr(torch_backend, "centroid_interaction", lambda *a: calls.append(1) or real(*a))
     apart = engine.doc_bounds(Q, q_mask, 3, allowed=allowed), engine.search(Q, q_mask, 4, 3, 6, allowed=allowed)
+    assert calls  # the torch pass ran
     (b1, c1), (s1, r1, st1) = together
     (b2, c2), (s2, r2, st2) = apart
     assert torch.equal(b1, b2) and torch.equal(c1.doc, c2.doc) and torch.equal(c1.approx, c2.approx)

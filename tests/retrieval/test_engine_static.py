@@ -89,11 +89,11 @@ def test_static_survivors_are_the_same_docs_with_ties_broken_by_row():
 
 
 def test_the_static_grouping_changes_nothing(monkeypatch):
-    from colbert_fast.retrieval import engine as engine_module
+    from colbert_fast.backends import torch_backend
 
     store, _, static, Q, q_mask = both(2, 96, 1, noise=0.2)
     together = static.search(Q, q_mask, 4, 3, 6)
-    monkeypatch.setattr(engine_module, "_STATIC_ENTRIES", 1)  # one query per group
+    monkeypatch.setattr(torch_backend, "CENTROID_ENTRIES", 1)  # one query per group
     assert_same_search(together, static.search(Q, q_mask, 4, 3, 6))
 
 

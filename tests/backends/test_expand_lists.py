@@ -1,4 +1,5 @@
-"""engine._expand, the list expansion of the candidate stage, against a plain loop over the probes:
+"""torch_backend.expand_lists, the list expansion of the torch centroid_interaction (the engine's
+candidate stage), against a plain loop over the probes:
 the data-sized form (exact entries) and the padded one (a budget, padding marked invalid), with
 empty probes anywhere (first, last, in runs) and no probes at all."""
 
@@ -7,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from colbert_fast.retrieval import engine
+from colbert_fast.backends import torch_backend
 
 
 def _by_loop(starts, counts):
@@ -26,10 +27,10 @@ def test_expand_matches_a_loop(counts):
     counts = torch.tensor(counts, dtype=torch.int64)
     starts = torch.tensor([11, 2, 40, 7, 0, 23, 5][: counts.numel()], dtype=torch.int64)
     want_probe, want_pos = _by_loop(starts, counts)
-    probe_of, pos, valid = engine._expand(starts, counts, None)
+    probe_of, pos, valid = torch_backend.expand_lists(starts, counts, None)
     assert valid is None and torch.equal(probe_of, want_probe) and torch.equal(pos, want_pos)
     budget = int(counts.sum()) + 3
-    probe_of, pos, valid = engine._expand(starts, counts, budget)
+    probe_of, pos, valid = torch_backend.expand_lists(starts, counts, budget)
     n = int(counts.sum())
     assert valid.tolist() == [True] * n + [False] * 3
     assert torch.equal(probe_of[:n], want_probe) and torch.equal(pos[:n], want_pos)
@@ -37,5 +38,5 @@ def test_expand_matches_a_loop(counts):
 
 def test_expand_of_no_probes():
     empty = torch.zeros(0, dtype=torch.int64)
-    probe_of, pos, valid = engine._expand(empty, empty, None)
+    probe_of, pos, valid = torch_backend.expand_lists(empty, empty, None)
     assert probe_of.numel() == 0 and pos.numel() == 0 and valid is None
