@@ -60,8 +60,33 @@ def run_size(workdir: Path, num_docs: int) -> dict:
             out["rows"].append({"budget": name, "k": k, "nprobe": nprobe, "ncandidates": ncand, **row})
             print(f"E1 {num_docs} k={k} {name} (nprobe {nprobe}, {ncand} candidates): recall {row['recall']:.4f} "
                   f"p50 {row['p50_ms']:.1f} ms, cells {row['cells_scored']:.3f}", flush=True)  # fmt: skip
+    out["pass"] = pass_rows(searcher, Q, q_mask)
     out["filters"] = filter_rows(index_dir, Q, q_mask, docs)
     return out
+
+
+def pass_rows(searcher, Q, q_mask, k: int = 10, queries: int = 16) -> dict:
+    """The candidate pass alone (cf.centroid_interaction, step 3) at the default budget's nprobe, one
+    query at a time, per backend that has it: p50 ms, side by side over the same probes."""
+    import colbert_fast as cf
+    from colbert_fast.retrieval.search import centroid_budget
+
+    engine = searcher.engine
+    nprobe, _ = centroid_budget(k, engine.num_docs, engine.num_centroids)
+    probes = [engine.probe(Q[b : b + 1].float(), nprobe) for b in range(min(queries, Q.shape[0]))]
+    row = {"nprobe": nprobe}
+    for backend, available in cf.available_backends().items():
+        if backend not in ("cpu", "torch") or available is not None:
+            continue
+        times = []
+        for b, (ids, vals, theta) in enumerate(probes):
+            t0 = time.perf_counter()
+            cf.centroid_interaction(ids, vals, theta, engine.ivf_offsets, engine.ivf_docs, engine.num_docs,
+                                    q_mask[b : b + 1], backend=backend)  # fmt: skip
+            times.append(time.perf_counter() - t0)
+        row[f"{backend}_ms"] = 1000 * statistics.median(times)
+    print(f"E1 {engine.num_docs} candidate pass (nprobe {nprobe}): {row}", flush=True)
+    return row
 
 
 def filter_rows(index_dir, Q, q_mask, docs, k: int = 10, queries: int = 8) -> list[dict]:
@@ -121,6 +146,15 @@ def markdown(results: dict) -> str:
                 f"| {r['ncandidates']} | {r['recall']:.4f} | {r['min_recall']:.2f} | {r['p50_ms']:.1f} "
                 f"| {r['p95_ms']:.1f} | {r['cells_scored']:.3f} | {ex:.1f} | {r['p50_ms'] / ex:.3f} |"
             )
+    lines += ["", "The candidate pass alone (cf.centroid_interaction at the default nprobe for k = 10, one query at",
+              "a time, p50 over 16 queries, the same probes): the C++ kernel (backend cpu, what the engine runs",
+              "on the CPU) and the torch pass (what it runs on a GPU; the CPU's before the kernel).", "",
+              "| docs | nprobe | C++ ms | torch ms | torch / C++ |", "|---|---|---|---|---|"]  # fmt: skip
+    for size in results["sizes"]:
+        r = size.get("pass")
+        if r and "cpu_ms" in r and "torch_ms" in r:
+            lines.append(f"| {size['num_docs']} | {r['nprobe']} | {r['cpu_ms']:.2f} | {r['torch_ms']:.2f} "
+                         f"| {r['torch_ms'] / r['cpu_ms']:.1f} |")  # fmt: skip
     lines += ["", "Filtered search (k = 10, default budget; p50 of one-query searches): the filter scored whole",
               "(exhaustive over the allowed docs), the engine, and what the default Searcher does (it scores",
               "the filter whole when its tokens are at most SCORE_ALL_TOKENS_PER_ENTRY per list entry).", "",

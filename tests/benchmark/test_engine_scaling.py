@@ -27,10 +27,12 @@ def test_engine_scaling_tiny(tmp_path):
             assert (fixed["nprobe"], fixed["ncandidates"]) == (default["nprobe"], default["ncandidates"])
             assert 0.0 <= default["recall"] <= 1.0 and default["p50_ms"] > 0
         assert size["exhaustive_ms_per_query"] > 0
+        assert size["pass"]["torch_ms"] > 0 and size["pass"]["nprobe"] == rows[(10, "default")]["nprobe"]
         filters = size["filters"]
         assert [f["share"] for f in filters] == list(engine_scaling.FILTER_SHARES)
         assert all(f["whole_ms"] > 0 and f["engine_ms"] > 0 for f in filters)
         assert all(f["default_certified"] for f in filters if f["scored_whole"])
     table = (out / "scaling.md").read_text()
     assert table.count("| default |") == 4 and "load average" in table and "Filtered search" in table
+    assert "The candidate pass alone" in table
     assert (out / "scaling.png").stat().st_size > 0
