@@ -92,12 +92,12 @@ def pass_rows(searcher, Q, q_mask, k: int = 10, queries: int = 16) -> dict:
 def filter_rows(index_dir, Q, q_mask, docs, k: int = 10, queries: int = 8) -> list[dict]:
     """Filtered search at the default budget, per share of allowed docs: scoring the filter whole
     (mode exhaustive) against the engine (score_all_if_covered off), p50 over `queries` one-query
-    searches, and the path the default Searcher takes (SCORE_ALL_TOKENS_PER_ENTRY)."""
+    searches, and the path the default Searcher takes (SCORE_ALL_ENGINE_WORK)."""
     from colbert_fast.retrieval import search as search_module
 
     default, engine_only = (search_module.Searcher(index_dir, device="cpu", score_all_if_covered=on) for on in (1, 0))
-    nprobe, _ = search_module.centroid_budget(k, docs.num_docs, int(docs.centroids.shape[0]))
-    entries = int(q_mask.sum(dim=1).max()) * nprobe * docs.num_tokens / docs.centroids.shape[0]
+    nprobe, ncandidates = search_module.centroid_budget(k, docs.num_docs, int(docs.centroids.shape[0]))
+    work = default.engine_work(int(q_mask.sum(dim=1).max()), nprobe, ncandidates)
     g = torch.Generator().manual_seed(0)
     rows = []
     for share in FILTER_SHARES:
@@ -115,12 +115,12 @@ def filter_rows(index_dir, Q, q_mask, docs, k: int = 10, queries: int = 8) -> li
         whole, _ = p50(engine_only, "exhaustive")
         engine, _ = p50(engine_only, "centroid")
         chosen, certified = p50(default, "centroid")
-        tokens_per_entry = int(docs.lengths[allowed].sum()) / entries
-        rows.append({"share": share, "allowed": int(allowed.sum()), "tokens_per_entry": tokens_per_entry,
+        tokens = int(docs.lengths[allowed].sum())
+        rows.append({"share": share, "allowed": int(allowed.sum()), "tokens": tokens, "engine_work": work,
                      "whole_ms": whole, "engine_ms": engine, "default_ms": chosen, "default_certified": certified,
-                     "scored_whole": tokens_per_entry <= search_module.SCORE_ALL_TOKENS_PER_ENTRY})  # fmt: skip
+                     "scored_whole": tokens <= search_module.SCORE_ALL_ENGINE_WORK * work})  # fmt: skip
         print(f"E1 {docs.num_docs} filter {share:.0%}: whole {whole:.1f} ms, engine {engine:.1f} ms, default "
-              f"{chosen:.1f} ms (tokens per entry {tokens_per_entry:.2f})", flush=True)  # fmt: skip
+              f"{chosen:.1f} ms (tokens / engine work {tokens / work:.2f})", flush=True)  # fmt: skip
     return rows
 
 
@@ -157,15 +157,16 @@ def markdown(results: dict) -> str:
                          f"| {r['torch_ms'] / r['cpu_ms']:.1f} |")  # fmt: skip
     lines += ["", "Filtered search (k = 10, default budget; p50 of one-query searches): the filter scored whole",
               "(exhaustive over the allowed docs), the engine, and what the default Searcher does (it scores",
-              "the filter whole when its tokens are at most SCORE_ALL_TOKENS_PER_ENTRY per list entry).", "",
-              "| docs | allowed | tokens per entry | whole ms | engine ms | whole / engine | default ms "
+              "the filter whole when its tokens are at most SCORE_ALL_ENGINE_WORK times the engine's work in",
+              "doc tokens, Searcher.engine_work).", "",
+              "| docs | allowed | tokens / engine work | whole ms | engine ms | whole / engine | default ms "
               "| default path |",
               "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for size in results["sizes"]:
         for r in size.get("filters", []):
             path = "whole (certified)" if r["scored_whole"] else "engine"
             lines.append(
-                f"| {size['num_docs']} | {r['allowed']} | {r['tokens_per_entry']:.2f} | {r['whole_ms']:.1f} "
+                f"| {size['num_docs']} | {r['allowed']} | {r['tokens'] / r['engine_work']:.2f} | {r['whole_ms']:.1f} "
                 f"| {r['engine_ms']:.1f} | {r['whole_ms'] / r['engine_ms']:.2f} | {r['default_ms']:.1f} | {path} |"
             )
     return "\n".join(lines) + "\n"

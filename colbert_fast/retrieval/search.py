@@ -36,8 +36,8 @@ whole collection.
 A candidate mode whose budget could reach every doc anyway (query tokens x neighbours >= docs, or
 ncandidates >= docs in centroid mode; with a filter, the allowed docs) scores every doc instead:
 exact, certified, and no slower than the candidates it would have built. So does centroid mode
-under a filter selective enough that scoring its docs costs less than expanding the probed lists
-(SCORE_ALL_TOKENS_PER_ENTRY).
+under a filter selective enough that scoring its docs costs less than the engine's own work
+(SCORE_ALL_ENGINE_WORK).
 
 Queries are strings (encoded with the index's model, loaded on first use) or embeddings: a
 tensor [B, Lq, dim] with an optional q_mask, or a list of [Lq_i, dim] tensors/arrays. Searching by
@@ -88,12 +88,16 @@ CENTROID_CANDIDATES_PER_K = 10
 # sqrt(docs / CENTROID_BUDGET_DOCS). See centroid_budget for the measurements.
 CENTROIDS_PER_PROBE = 128
 CENTROID_BUDGET_DOCS = 10_000
-# Centroid mode scores every allowed doc instead when their tokens are at most this many per list
-# entry the probes would expand (mean list length x nprobe x query tokens). Measured one query at a
-# time, 1 thread (E1, default budgets; bench/results/engine/scaling.md): scoring a filter whole cost
-# 0.64x / 0.84x / 0.78x the engine at 0.32 tokens per entry (10k / 30k / 100k docs) and 1.7x / 2.3x /
-# 2.1x at 0.95; the crossovers lie near 0.4-0.55.
-SCORE_ALL_TOKENS_PER_ENTRY = 0.3
+# Centroid mode scores every allowed doc instead when they hold at most SCORE_ALL_ENGINE_WORK times
+# the engine's own work, counted in doc tokens scored (engine_work): its candidates' tokens
+# (ncandidates x mean doc length), one per centroid (the query x centroids product is the same
+# work per centroid as per doc token), and one per ENTRIES_PER_SCORED_TOKEN list entries its pass
+# walks (the C++ pass: ~1.8 ns an entry against ~80 ns a token scored at E1 100k). Measured one query
+# at a time, 1 thread (E1, default budgets; bench/results/engine/scaling.md, git 9b1c1e0 and after):
+# scoring a filter whole crossed the engine at 2.3x / 2.2x / 2.0x that work (10k / 30k / 100k docs).
+# (Before the C++ pass the engine cost 3x as much and the rule was 0.3 tokens per list entry.)
+SCORE_ALL_ENGINE_WORK = 2.0
+ENTRIES_PER_SCORED_TOKEN = 44
 # Encoder settings that shape the stored doc vectors: a searcher's encoder must agree on them.
 DOC_SIDE = ("dim", "doc_maxlen", "doc_marker", "mask_punctuation", "skiplist")
 # Exhaustive mode scores at most this many (query, doc) pairs per kernel call: the scores, the row
@@ -473,9 +477,9 @@ class Searcher:
 
         Either the docs to score exactly number at least the allowed docs (the engine would score
         them all anyway, after probing lists and bounding every doc), or the allowed docs hold at
-        most SCORE_ALL_TOKENS_PER_ENTRY tokens per list entry the engine's probes would expand (a
-        selective filter on a large collection: at E1 100k a filter of 2,000 docs was scored whole
-        in 18 ms where the engine took 84 ms, about what it takes whatever the filter).
+        most SCORE_ALL_ENGINE_WORK times the engine's work in doc tokens (engine_work: a selective
+        filter on a large collection; at E1 100k a filter of 1,000 docs was scored whole in 8 ms
+        where the engine took 25 ms, about what it takes whatever the filter).
         """
         if not self.score_all_if_covered:
             return False
@@ -483,9 +487,14 @@ class Searcher:
             return True
         docs = self.index.docs
         tokens = docs.num_tokens if allowed is None else int(docs.lengths[allowed.to(docs.lengths.device)].sum())
-        mean_list = docs.num_tokens / max(self.engine.num_centroids, 1)
-        entries = int(q_mask.sum(dim=1).max()) * min(nprobe, self.engine.num_centroids) * mean_list
-        return tokens <= SCORE_ALL_TOKENS_PER_ENTRY * entries
+        return tokens <= SCORE_ALL_ENGINE_WORK * self.engine_work(int(q_mask.sum(dim=1).max()), nprobe, ncandidates)
+
+    def engine_work(self, query_tokens: int, nprobe: int, ncandidates: int) -> float:
+        """The centroid engine's work for one query, in doc tokens scored (SCORE_ALL_ENGINE_WORK)."""
+        docs, centroids = self.index.docs, max(self.engine.num_centroids, 1)
+        mean_doc = docs.num_tokens / max(docs.num_docs, 1)
+        entries = query_tokens * min(nprobe, centroids) * docs.num_tokens / centroids
+        return ncandidates * mean_doc + centroids + entries / ENTRIES_PER_SCORED_TOKEN
 
     def _reachable(self, allowed) -> int:
         return self.index.num_docs if allowed is None else int(allowed.sum())

@@ -176,7 +176,13 @@ def test_candidates_covering_the_collection_score_every_doc(e1, monkeypatch):
     for f, t in zip(filtered, want):
         same_ranking(f, t, Q.shape[1])
         assert f.certified and f.cells_scored == pytest.approx(43 / 300)
-    # One candidate short of the collection: the engine runs.
+    # One candidate short of the collection: 299 docs' tokens are most of what the engine would
+    # score, so the work rule scores the collection whole; with that rule off, the engine runs.
+    searcher.search(Q, q_mask=q_mask, k=10, mode="centroid", ncandidates=299)
+    assert calls == []
+    from colbert_fast.retrieval import search as search_module
+
+    monkeypatch.setattr(search_module, "SCORE_ALL_ENGINE_WORK", 0.0)
     searcher.search(Q, q_mask=q_mask, k=10, mode="centroid", ncandidates=299)
     assert len(calls) == 1 and calls[0][0] == 10 and calls[0][2] == 299
     off = Searcher(path, device="cpu", score_all_if_covered=False)
@@ -187,9 +193,9 @@ def test_candidates_covering_the_collection_score_every_doc(e1, monkeypatch):
 
 
 def test_a_selective_filter_is_scored_whole_when_that_is_cheaper(e1, monkeypatch):
-    """A filter whose docs hold at most SCORE_ALL_TOKENS_PER_ENTRY tokens per list entry the probes
-    would expand is scored whole (exact, certified) even when ncandidates is smaller; a wider one
-    goes through the engine."""
+    """A filter whose docs hold at most SCORE_ALL_ENGINE_WORK times the engine's work (in doc tokens)
+    is scored whole (exact, certified) even when ncandidates is smaller; a wider one goes through
+    the engine."""
     from colbert_fast.retrieval import search as search_module
 
     path, Q, q_mask = e1
@@ -199,11 +205,20 @@ def test_a_selective_filter_is_scored_whole_when_that_is_cheaper(e1, monkeypatch
     real = engine.search
     monkeypatch.setattr(engine, "search", lambda *a, **kw: calls.append(a[2:5]) or real(*a, **kw))
     nprobe, ncandidates = 64, 10
-    entries = Q.shape[1] * nprobe * docs.num_tokens / engine.num_centroids
+    mean_doc = docs.num_tokens / docs.num_docs
+    work = (
+        ncandidates * mean_doc
+        + engine.num_centroids
+        + Q.shape[1]
+        * min(nprobe, engine.num_centroids)
+        * (docs.num_tokens / engine.num_centroids)
+        / search_module.ENTRIES_PER_SCORED_TOKEN
+    )
+    assert searcher.engine_work(Q.shape[1], nprobe, ncandidates) == pytest.approx(work)
     narrow, wide = torch.zeros(300, dtype=torch.bool), torch.zeros(300, dtype=torch.bool)
-    narrow[:40], wide[::2] = True, True
-    share = {name: int(docs.lengths[m].sum()) / entries for name, m in (("narrow", narrow), ("wide", wide))}
-    limit = search_module.SCORE_ALL_TOKENS_PER_ENTRY
+    narrow[:20], wide[::2] = True, True
+    share = {name: int(docs.lengths[m].sum()) / work for name, m in (("narrow", narrow), ("wide", wide))}
+    limit = search_module.SCORE_ALL_ENGINE_WORK
     assert share["narrow"] <= limit < share["wide"], share  # the two filters fall on both sides
     found = searcher.search(Q, q_mask=q_mask, k=5, mode="centroid", nprobe=nprobe, ncandidates=ncandidates,
                             allowed=narrow)  # fmt: skip
@@ -213,6 +228,6 @@ def test_a_selective_filter_is_scored_whole_when_that_is_cheaper(e1, monkeypatch
         assert f.certified
     searcher.search(Q, q_mask=q_mask, k=5, mode="centroid", nprobe=nprobe, ncandidates=ncandidates, allowed=wide)
     assert calls == [(5, nprobe, ncandidates)]
-    monkeypatch.setattr(search_module, "SCORE_ALL_TOKENS_PER_ENTRY", 0.0)  # the rule off: the engine runs
+    monkeypatch.setattr(search_module, "SCORE_ALL_ENGINE_WORK", 0.0)  # the rule off: the engine runs
     searcher.search(Q, q_mask=q_mask, k=5, mode="centroid", nprobe=nprobe, ncandidates=ncandidates, allowed=narrow)
     assert len(calls) == 2
