@@ -226,3 +226,46 @@ def check_packed(Q, docs, pids, q_mask, floor=None):
     pids = check_pids(pids, docs, Q.shape[0])
     floor = check_floor(floor, _shape(pids), docs.device, "pids' shape [B, K]")
     return last_dim_contiguous(Q.to(docs.dtype)), pids, q_mask, floor
+
+
+def check_centroid_interaction(probe_ids, probe_scores, floor, list_offsets, list_docs, num_docs, q_mask, max_entries):
+    """centroid_interaction's inputs: shapes, dtypes and devices (no values: reading them would cost
+    a GPU a host sync). Returns q_mask, all True when None."""
+    tensors = {"probe_ids": probe_ids, "probe_scores": probe_scores, "floor": floor,
+               "list_offsets": list_offsets, "list_docs": list_docs}  # fmt: skip
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"centroid_interaction: {name} must be a tensor, got {type(t).__name__}")
+    if probe_ids.dtype != torch.int64 or probe_ids.dim() != 3:
+        raise ValueError(f"centroid_interaction: probe_ids must be int64 [B, Lq, P], got {probe_ids.dtype} "
+                         f"{list(probe_ids.shape)}")  # fmt: skip
+    B, Lq, P = probe_ids.shape
+    if probe_scores.dtype != torch.float32 or probe_scores.shape != probe_ids.shape:
+        raise ValueError(f"centroid_interaction: probe_scores must be float32 {list(probe_ids.shape)}, got "
+                         f"{probe_scores.dtype} {list(probe_scores.shape)}")  # fmt: skip
+    if floor.dtype != torch.float32 or tuple(floor.shape) != (B, Lq):
+        raise ValueError(
+            f"centroid_interaction: floor must be float32 [{B}, {Lq}], got {floor.dtype} {list(floor.shape)}"
+        )
+    if list_offsets.dtype != torch.int64 or list_offsets.dim() != 1 or list_offsets.numel() < 1:
+        raise ValueError("centroid_interaction: list_offsets must be int64 [C + 1] (C >= 0 lists)")
+    if list_docs.dtype != torch.int64 or list_docs.dim() != 1:
+        raise ValueError(f"centroid_interaction: list_docs must be int64 [nnz], got {list_docs.dtype} "
+                         f"{list(list_docs.shape)}")  # fmt: skip
+    if not isinstance(num_docs, int) or isinstance(num_docs, bool) or num_docs < 0:
+        raise ValueError(f"centroid_interaction: num_docs must be an int >= 0, got {num_docs!r}")
+    for name, t in tensors.items():
+        if t.device != probe_ids.device:
+            raise ValueError(f"centroid_interaction: {name} is on {t.device}, probe_ids on {probe_ids.device}")
+    device = probe_ids.device
+    if q_mask is None:
+        q_mask = torch.ones((B, Lq), dtype=torch.bool, device=device)
+    elif not isinstance(q_mask, torch.Tensor) or q_mask.dtype != torch.bool or tuple(q_mask.shape) != (B, Lq):
+        raise ValueError(f"centroid_interaction: q_mask must be a bool tensor [{B}, {Lq}]")
+    elif q_mask.device != device:
+        raise ValueError(f"centroid_interaction: q_mask is on {q_mask.device}, probe_ids on {device}")
+    if max_entries is not None and (
+        not isinstance(max_entries, int) or isinstance(max_entries, bool) or max_entries < 0
+    ):
+        raise ValueError(f"centroid_interaction: max_entries must be None or an int >= 0, got {max_entries!r}")
+    return q_mask

@@ -93,7 +93,7 @@ CENTROID_BUDGET_DOCS = 10_000
 # (ncandidates x mean doc length), one per centroid (the query x centroids product is the same
 # work per centroid as per doc token), and one per ENTRIES_PER_SCORED_TOKEN list entries its pass
 # walks (the C++ pass: ~1.8 ns an entry against ~80 ns a token scored at E1 100k). Measured one query
-# at a time, 1 thread (E1, default budgets; bench/results/engine/scaling.md, git 9b1c1e0 and after):
+# at a time, 1 thread (E1, default budgets; bench/results/engine/scaling.md at c02d94a, and a run before):
 # scoring a filter whole crossed the engine at 2.3x / 2.2x / 2.0x that work (10k / 30k / 100k docs).
 # (Before the C++ pass the engine cost 3x as much and the rule was 0.3 tokens per list entry.)
 SCORE_ALL_ENGINE_WORK = 2.0
